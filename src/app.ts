@@ -1,0 +1,18 @@
+import type { BlobCache } from "./cache/blob-cache.ts";
+import type { ManifestCache } from "./cache/manifest-cache.ts";
+import type { Config } from "./config.ts";
+import type { TypedKv } from "./kv/kv.ts";
+import type { Logger } from "./log.ts";
+import type { BlobStore } from "./storage/blob-store.ts";
+import type { UpstreamClient } from "./upstream/client.ts";
+
+/** Everything a request handler needs, assembled once at start-up (src/server.ts). */
+export type App = {
+  config: Config;
+  clients: ReadonlyMap<string, UpstreamClient>;
+  manifests: ManifestCache;
+  blobs: BlobCache;
+  kv: TypedKv;
+  store: BlobStore;
+  log: Logger;
+};

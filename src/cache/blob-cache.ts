@@ -1,0 +1,150 @@
+import type { Logger } from "../log.ts";
+import { RegistryError } from "../registry/errors.ts";
+import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
+import type { Digest } from "../registry/reference.ts";
+import { BlobFetch, type BlobFetchDeps, type FetchSource } from "./blob-fetch.ts";
+import { BlobRecord, keys, LinkRecord } from "./records.ts";
+import { registryErrorFor } from "./upstream-errors.ts";
+
+/** What the HTTP layer needs to answer a blob request. */
+export type BlobAnswer = {
+  status: 200 | 206;
+  /** Full size of the blob, when known (it is unknown only for an in-flight fetch whose upstream sent no length). */
+  size: number | null;
+  range: ByteRange | null;
+  body: ReadableStream<Uint8Array> | null;
+  source: "cache" | "upstream" | "coalesced";
+};
+
+/**
+ * Blobs: served from the store when cached, otherwise fetched from upstream
+ * once (single flight per digest) and streamed to every client asking.
+ */
+export class BlobCache {
+  private readonly inflight = new Map<Digest, BlobFetch>();
+
+  constructor(private readonly deps: BlobFetchDeps) {}
+
+  get inflightCount(): number {
+    return this.inflight.size;
+  }
+
+  async get(
+    source: FetchSource,
+    digest: Digest,
+    method: "GET" | "HEAD",
+    rangeHeader: string | null,
+    log: Logger,
+  ): Promise<BlobAnswer> {
+    const { kv } = this.deps;
+    const what = `blob ${digest} of ${source.client.upstream.name}/${source.repo}`;
+    const linked = (await kv.read(keys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
+    const record = await kv.read(keys.blob(digest), BlobRecord);
+    if (record) {
+      if (!linked) await this.confirmUpstreamHas(source, digest, what, log);
+      const answer = await this.fromStore(digest, record.size, method, rangeHeader);
+      if (answer) return answer;
+      log.warn("blob listed in KV is missing from the store; fetching it again", { digest });
+      await kv.remove(keys.blob(digest));
+    }
+
+    let fetch = this.inflight.get(digest);
+    let sourceKind: BlobAnswer["source"] = "coalesced";
+    if (fetch) {
+      if (!linked && !sameSource(fetch.source, source)) await this.confirmUpstreamHas(source, digest, what, log);
+    } else if (method === "HEAD") {
+      return this.headUpstream(source, digest, what, log);
+    } else {
+      fetch = this.startFetch(source, digest, log);
+      sourceKind = "upstream";
+    }
+
+    try {
+      await fetch.ready;
+    } catch (err) {
+      throw registryErrorFor(err, "blob", what);
+    }
+    // Checked synchronously before following: a committed fetch has released its spool.
+    if (fetch.state === "failed") throw registryErrorFor(fetch.error, "blob", what);
+    if (fetch.state === "committed") return this.afterCommit(digest, method, rangeHeader, what);
+
+    const size = fetch.size;
+    if (rangeHeader !== null && size === null) {
+      // Cannot place a range without the length: wait for the whole blob.
+      await fetch.settled;
+      if (!fetch.committed) throw registryErrorFor(fetch.error, "blob", what);
+      return this.afterCommit(digest, method, rangeHeader, what);
+    }
+    const request = size === null ? { kind: "full" as const } : parseRange(rangeHeader, size);
+    if (request.kind === "unsatisfiable") throw rangeNotSatisfiable(size ?? 0);
+    const range = request.kind === "partial" ? request.range : null;
+    const body = method === "HEAD" ? null : fetch.follow(range?.start ?? 0, range ? range.end + 1 : null);
+    return { status: range ? 206 : 200, size, range, body, source: sourceKind };
+  }
+
+  private startFetch(source: FetchSource, digest: Digest, log: Logger): BlobFetch {
+    const fetch = new BlobFetch(digest, source, this.deps, log);
+    this.inflight.set(digest, fetch);
+    fetch.settled.then(() => {
+      if (this.inflight.get(digest) === fetch) this.inflight.delete(digest);
+    });
+    return fetch;
+  }
+
+  private async afterCommit(digest: Digest, method: "GET" | "HEAD", rangeHeader: string | null, what: string): Promise<BlobAnswer> {
+    const record = await this.deps.kv.read(keys.blob(digest), BlobRecord);
+    const answer = record ? await this.fromStore(digest, record.size, method, rangeHeader) : null;
+    if (!answer) throw new RegistryError("UNAVAILABLE", `${what} was fetched but could not be read back from the store`, { status: 500 });
+    return answer;
+  }
+
+  private async fromStore(digest: Digest, size: number, method: "GET" | "HEAD", rangeHeader: string | null): Promise<BlobAnswer | null> {
+    const request = parseRange(rangeHeader, size);
+    if (request.kind === "unsatisfiable") throw rangeNotSatisfiable(size);
+    const range = request.kind === "partial" ? request.range : null;
+    if (method === "HEAD") {
+      const stat = await this.deps.store.stat(digest);
+      if (!stat) return null;
+      return { status: range ? 206 : 200, size, range, body: null, source: "cache" };
+    }
+    const body = await this.deps.store.open(digest, range ?? undefined);
+    if (!body) return null;
+    return { status: range ? 206 : 200, size, range, body, source: "cache" };
+  }
+
+  /** HEAD on an uncached blob: ask upstream, do not download. */
+  private async headUpstream(source: FetchSource, digest: Digest, what: string, log: Logger): Promise<BlobAnswer> {
+    try {
+      const { response } = await source.client.blob(source.repo, digest, "HEAD", log);
+      const length = response.headers.get("content-length");
+      return { status: 200, size: length && /^\d+$/.test(length) ? Number(length) : null, range: null, body: null, source: "upstream" };
+    } catch (err) {
+      throw registryErrorFor(err, "blob", what);
+    }
+  }
+
+  /**
+   * Blob bytes are shared across repositories, but a repository may only see a
+   * cached blob the upstream confirms it has: otherwise anyone could read a
+   * private image's layers through a public repository by digest.
+   */
+  private async confirmUpstreamHas(source: FetchSource, digest: Digest, what: string, log: Logger): Promise<void> {
+    try {
+      await source.client.blob(source.repo, digest, "HEAD", log);
+    } catch (err) {
+      throw registryErrorFor(err, "blob", what);
+    }
+    await this.deps.kv.write(keys.link(source.client.upstream.name, source.repo, digest), { linkedAt: Date.now() });
+  }
+}
+
+function sameSource(a: FetchSource, b: FetchSource): boolean {
+  return a.client === b.client && a.repo === b.repo;
+}
+
+function rangeNotSatisfiable(size: number): RegistryError {
+  return new RegistryError("RANGE_INVALID", `the requested range is not satisfiable for a blob of ${size} bytes`, {
+    status: 416,
+    headers: { "content-range": unsatisfiedRange(size) },
+  });
+}

@@ -1,0 +1,205 @@
+import type { TypedKv } from "../kv/kv.ts";
+import type { Logger } from "../log.ts";
+import { detectManifestMediaType, type ManifestMediaType } from "../registry/media-types.ts";
+import { digestAlgorithm, parseDigest, type Digest, type Reference } from "../registry/reference.ts";
+import type { BlobStore } from "../storage/blob-store.ts";
+import { UpstreamError } from "../upstream/upstream-error.ts";
+import type { FetchSource } from "./blob-fetch.ts";
+import { ManifestBytesLru } from "./manifest-bytes.ts";
+import { keys, ManifestRecord, TagRecord } from "./records.ts";
+import { SingleFlight } from "./single-flight.ts";
+import { registryErrorFor } from "./upstream-errors.ts";
+
+/** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+export type ManifestAnswer = {
+  digest: Digest;
+  mediaType: ManifestMediaType;
+  size: number;
+  bytes: Uint8Array<ArrayBuffer>;
+  /** cache: fresh or revalidated; upstream: fetched now; stale: upstream failed, served the last known copy. */
+  source: "cache" | "upstream" | "stale";
+};
+
+type Cached = { digest: Digest; record: ManifestRecord; bytes: Uint8Array<ArrayBuffer> };
+
+export type ManifestCacheDeps = { kv: TypedKv; store: BlobStore; tagTtlMs: number; now?: () => number };
+
+/**
+ * Manifests and tags. Bytes are stored exactly as the upstream sent them,
+ * under their verified digest, with the upstream's media type.
+ *  - by digest: immutable; once cached, upstream is never asked again;
+ *  - by tag: served from cache inside the freshness window; after it a HEAD
+ *    (free on Docker Hub's rate limit) decides whether to fetch again; if the
+ *    upstream is down or rate-limiting, the last known digest is served.
+ */
+export class ManifestCache {
+  private readonly lru = new ManifestBytesLru(32 * 1024 * 1024);
+  private readonly flights = new SingleFlight<ManifestAnswer>();
+  private readonly now: () => number;
+
+  constructor(private readonly deps: ManifestCacheDeps) {
+    this.now = deps.now ?? Date.now;
+  }
+
+  async get(source: FetchSource, reference: Reference, log: Logger): Promise<ManifestAnswer> {
+    return reference.kind === "digest" ? this.byDigest(source, reference.digest, log) : this.byTag(source, reference.tag, log);
+  }
+
+  private async byDigest(source: FetchSource, digest: Digest, log: Logger): Promise<ManifestAnswer> {
+    const cached = await this.cached(source, digest);
+    if (cached) return { ...answerOf(cached), source: "cache" };
+    return this.fetch(source, digest, null, log);
+  }
+
+  private async byTag(source: FetchSource, tag: string, log: Logger): Promise<ManifestAnswer> {
+    const { kv, tagTtlMs } = this.deps;
+    const name = source.client.upstream.name;
+    const tagKey = keys.tag(name, source.repo, tag);
+    const record = await kv.read(tagKey, TagRecord);
+    const cached = record ? await this.cached(source, record.digest) : null;
+    if (!record || !cached) return this.fetch(source, tag, null, log);
+    if (this.now() - record.checkedAt < tagTtlMs) return { ...answerOf(cached), source: "cache" };
+
+    try {
+      const { response } = await source.client.manifest(source.repo, tag, "HEAD", log);
+      const current = parseDigest(response.headers.get("docker-content-digest") ?? "");
+      if (current === record.digest) {
+        await kv.write(tagKey, { ...record, checkedAt: this.now() });
+        return { ...answerOf(cached), source: "cache" };
+      }
+      return await this.fetch(source, tag, cached, log);
+    } catch (err) {
+      if (err instanceof UpstreamError && err.isOutage) {
+        log.warn("upstream unavailable; serving the last known digest of the tag", {
+          upstream: name,
+          repo: source.repo,
+          tag,
+          digest: record.digest,
+          error: err,
+        });
+        return { ...answerOf(cached), source: "stale" };
+      }
+      if (err instanceof UpstreamError && err.failure === "not-found") await kv.remove(tagKey);
+      throw registryErrorFor(err, "manifest", `manifest ${name}/${source.repo}:${tag}`);
+    }
+  }
+
+  /** Fetches from upstream (once per reference at a time), verifies, stores. Falls back to `stale` on an outage. */
+  private fetch(source: FetchSource, reference: string, stale: Cached | null, log: Logger): Promise<ManifestAnswer> {
+    const name = source.client.upstream.name;
+    const key = `${name}\n${source.repo}\n${reference}`;
+    return this.flights.run(key, async () => {
+      try {
+        return await this.fetchAndStore(source, reference, log);
+      } catch (err) {
+        if (stale && err instanceof UpstreamError && err.isOutage) {
+          log.warn("upstream unavailable; serving the last known digest of the tag", {
+            upstream: name,
+            repo: source.repo,
+            tag: reference,
+            digest: stale.digest,
+            error: err,
+          });
+          return { ...answerOf(stale), source: "stale" as const };
+        }
+        throw registryErrorFor(err, "manifest", `manifest ${name}/${source.repo}${reference.includes(":") ? "@" : ":"}${reference}`);
+      }
+    });
+  }
+
+  private async fetchAndStore(source: FetchSource, reference: string, log: Logger): Promise<ManifestAnswer> {
+    const { kv, store } = this.deps;
+    const name = source.client.upstream.name;
+    const reply = await source.client.manifest(source.repo, reference, "GET", log);
+    const bytes = await readLimited(reply.response, MAX_MANIFEST_BYTES, () => reply.abort());
+    if (bytes === null) {
+      throw new UpstreamError("bad-response", `upstream ${name} sent a manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
+    }
+    const mediaType = detectManifestMediaType(bytes, reply.response.headers.get("content-type"));
+    if (!mediaType) {
+      throw new UpstreamError("bad-response", `upstream ${name} sent something that is not an image manifest or index for ${source.repo}`);
+    }
+    const requested = parseDigest(reference);
+    const digest = await digestOf(bytes, requested ? digestAlgorithm(requested) : "sha256");
+    if (requested && digest !== requested) {
+      throw new UpstreamError("bad-response", `upstream ${name} sent a manifest for ${requested} whose bytes hash to ${digest}`);
+    }
+    const announced = parseDigest(reply.response.headers.get("docker-content-digest") ?? "");
+    if (announced && digestAlgorithm(announced) === digestAlgorithm(digest) && announced !== digest) {
+      throw new UpstreamError("bad-response", `upstream ${name} announced ${announced} but the manifest bytes hash to ${digest}`);
+    }
+    const now = this.now();
+    await store.put(digest, bytes);
+    const record: ManifestRecord = { mediaType, size: bytes.byteLength, storedAt: now };
+    await kv.write(keys.manifest(name, source.repo, digest), record);
+    if (!requested) {
+      await kv.write(keys.tag(name, source.repo, reference), { digest, mediaType, size: bytes.byteLength, checkedAt: now });
+    }
+    this.lru.set(digest, bytes);
+    log.info("manifest cached", { upstream: name, repo: source.repo, reference, digest, mediaType });
+    return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
+  }
+
+  /** The cached manifest of this repository, if both its record and its bytes are still there. */
+  private async cached(source: FetchSource, digest: Digest): Promise<Cached | null> {
+    const { kv, store } = this.deps;
+    const record = await kv.read(keys.manifest(source.client.upstream.name, source.repo, digest), ManifestRecord);
+    if (!record) return null;
+    let bytes = this.lru.get(digest);
+    if (!bytes) {
+      const stream = await store.open(digest);
+      if (!stream) return null; // record without bytes: the store lost them; fetch again
+      bytes = new Uint8Array(await new Response(stream).arrayBuffer());
+      if (bytes.byteLength !== record.size) return null;
+      this.lru.set(digest, bytes);
+    }
+    return { digest, record, bytes };
+  }
+}
+
+function answerOf(c: Cached): Omit<ManifestAnswer, "source"> {
+  return { digest: c.digest, mediaType: c.record.mediaType, size: c.record.size, bytes: c.bytes };
+}
+
+async function digestOf(bytes: Uint8Array<ArrayBuffer>, algorithm: "sha256" | "sha512"): Promise<Digest> {
+  const hash = await crypto.subtle.digest(algorithm === "sha256" ? "SHA-256" : "SHA-512", bytes);
+  const hex = Array.from(new Uint8Array(hash), (b) => b.toString(16).padStart(2, "0")).join("");
+  const digest = parseDigest(`${algorithm}:${hex}`);
+  if (!digest) throw new Error("computed digest failed to parse");
+  return digest;
+}
+
+/** Reads a whole body, or returns null (and cuts the connection) once it exceeds `max` bytes. */
+async function readLimited(response: Response, max: number, abort: () => void): Promise<Uint8Array<ArrayBuffer> | null> {
+  const declared = Number(response.headers.get("content-length") ?? "NaN");
+  if (declared > max) {
+    abort();
+    return null;
+  }
+  if (!response.body) return new Uint8Array(0);
+  const reader = response.body.getReader();
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read().catch((cause) => {
+      throw new UpstreamError("unreachable", "the upstream connection broke while sending a manifest", { cause });
+    });
+    if (done) break;
+    total += value.byteLength;
+    if (total > max) {
+      abort();
+      return null;
+    }
+    parts.push(value);
+  }
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.byteLength;
+  }
+  return out;
+}
+

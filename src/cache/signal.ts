@@ -1,0 +1,49 @@
+/**
+ * Wakes everyone waiting for "something changed" (more bytes, done, failed).
+ * Waiters re-check state after waking, so a missed wake-up costs nothing.
+ */
+export class ChangeSignal {
+  private waiters: Array<() => void> = [];
+
+  wait(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  notify(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
+  }
+}
+
+/**
+ * Calls `onIdle` when `touch()` was not called for `ms`. One timer re-armed
+ * lazily, so touching on every chunk of a fast stream costs almost nothing.
+ */
+export class IdleTimer {
+  private last = Date.now();
+  private timer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(private readonly ms: number, private readonly onIdle: () => void) {
+    this.arm(ms);
+  }
+
+  touch(): void {
+    this.last = Date.now();
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private arm(delay: number): void {
+    this.timer = setTimeout(() => {
+      const quiet = Date.now() - this.last;
+      if (quiet >= this.ms) {
+        this.timer = null;
+        this.onIdle();
+      } else this.arm(this.ms - quiet);
+    }, delay);
+  }
+}

@@ -1,0 +1,609 @@
+/**
+ * Stowage configuration: command-line flags > STOWAGE_* environment >
+ * config file (YAML or JSON) > built-in defaults.
+ *
+ * Pure: the caller injects argv, the environment and a file reader, so every
+ * path is testable without touching the disk.
+ */
+import { z } from "zod";
+import { parseDocument } from "yaml";
+
+// ---------------------------------------------------------------- types
+
+export type Credentials = { username: string; password: string };
+
+export type Upstream = {
+  name: string;
+  url: string;
+  host: string;
+  aliases: string[];
+  dockerHub: boolean;
+  credentials?: Credentials;
+};
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+export type Listen = { hostname: string; port: number };
+
+export type Config = {
+  listen: Listen;
+  dataDir: string;
+  upstreams: Upstream[];
+  defaultUpstream: string;
+  publicUrl: string | null;
+  tagTtlSeconds: number;
+  upstreamTimeoutSeconds: number;
+  logLevel: LogLevel;
+};
+
+/** One-line, operator-facing message naming the setting and the problem. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export type ConfigSources = {
+  argv: string[];
+  env: Record<string, string | undefined>;
+  readFile: (path: string) => string;
+};
+
+export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+
+export const DEFAULTS = {
+  listen: "127.0.0.1:5000",
+  dataDir: "./data",
+  upstream: { name: "docker.io", url: "https://registry-1.docker.io" },
+  tagTtlSeconds: 60,
+  upstreamTimeoutSeconds: 30,
+  logLevel: "info",
+} as const;
+
+// Node's setTimeout fires immediately for delays above 2^31-1 ms (~24.8 days),
+// so an unbounded timeout would silently become no timeout at all.
+const MAX_UPSTREAM_TIMEOUT_SECONDS = 86_400;
+
+// ------------------------------------------------------- value parsers
+// Each returns a problem description without the setting name; the caller
+// prefixes the name as the operator wrote it (flag, env var or file path).
+
+type Parsed<T> = { ok: true; value: T } | { ok: false; problem: string };
+const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
+const bad = <T>(problem: string): Parsed<T> => ({ ok: false, problem });
+
+/** Quote a value for an error message: one line, bounded, URL userinfo hidden. */
+function quote(value: string): string {
+  const hidden = value.replace(/\/\/[^/\s]*@/g, "//***@");
+  const short = hidden.length > 80 ? `${hidden.slice(0, 77)}...` : hidden;
+  return JSON.stringify(short);
+}
+
+function parseListen(raw: string): Parsed<Listen> {
+  const expected = `expected HOST:PORT (e.g. 127.0.0.1:5000), got ${quote(raw)}`;
+  const m = /^(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([A-Za-z0-9.-]*)):(\d+)$/.exec(raw);
+  if (!m) return bad(expected);
+  const bracketed = m[1];
+  const plain = m[2] ?? "";
+  if (bracketed !== undefined && !bracketed.includes(":")) return bad(expected);
+  const port = Number(m[3]);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    return bad(`port must be between 1 and 65535, got ${m[3]}`);
+  }
+  // ":PORT" follows the Go/Docker convention of "all interfaces".
+  const hostname = bracketed ?? (plain === "" ? "0.0.0.0" : plain);
+  return ok({ hostname, port });
+}
+
+const DURATION_HINT = "expected a duration like 90, 90s, 5m or 1h30m";
+
+function parseDuration(raw: unknown, min: number, max: number): Parsed<number> {
+  let seconds: number;
+  if (typeof raw === "number") {
+    if (!Number.isSafeInteger(raw)) return bad(`${DURATION_HINT}, got ${raw}`);
+    seconds = raw;
+  } else if (typeof raw === "string") {
+    const text = raw.trim();
+    const m = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text);
+    if (/^\d+$/.test(text)) {
+      seconds = Number(text);
+    } else if (m && text !== "") {
+      seconds = Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
+    } else {
+      return bad(`${DURATION_HINT}, got ${quote(raw)}`);
+    }
+    if (!Number.isSafeInteger(seconds)) return bad(`${DURATION_HINT}, got ${quote(raw)}`);
+  } else {
+    return bad(`${DURATION_HINT}, got ${describe(raw)}`);
+  }
+  if (seconds < min) return bad(`must be at least ${min}s, got ${seconds}s`);
+  if (seconds > max) return bad(`must be at most ${max}s, got ${seconds}s`);
+  return ok(seconds);
+}
+
+const NAME_PATTERN = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
+
+function parseUpstreamName(raw: string): Parsed<string> {
+  if (NAME_PATTERN.test(raw)) return ok(raw);
+  return bad(
+    `invalid upstream name ${quote(raw)}: use lowercase letters and digits separated by ".", "_", "__" or "-" (e.g. docker.io)`,
+  );
+}
+
+type HttpUrl = { url: string; host: string };
+
+/** Shared checks for upstream and public URLs; never echoes embedded credentials. */
+function parseHttpUrl(raw: string, example: string): Parsed<HttpUrl & { path: string }> {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    return bad(`must be an http:// or https:// URL (e.g. ${example}), got ${quote(raw)}`);
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") {
+    return bad(`must use http:// or https:// (e.g. ${example}), got scheme ${quote(u.protocol)}`);
+  }
+  if (u.username !== "" || u.password !== "") {
+    return bad("must not contain a username or password; give credentials separately (--upstream-credentials, or username/password in the config file)");
+  }
+  if (raw.includes("?") || raw.includes("#")) {
+    return bad(`must not contain a query or fragment, got ${quote(raw)}`);
+  }
+  const path = u.pathname.replace(/\/+$/, "");
+  return ok({ url: `${u.origin}${path}`, host: u.host, path });
+}
+
+function parseUpstreamUrl(raw: string): Parsed<HttpUrl> {
+  const r = parseHttpUrl(raw, DEFAULTS.upstream.url);
+  return r.ok ? ok({ url: r.value.url, host: r.value.host }) : r;
+}
+
+function parsePublicUrl(raw: string): Parsed<string> {
+  const r = parseHttpUrl(raw, "https://cache.example.com");
+  if (!r.ok) return r;
+  // Registry clients always call /v2/ at the host root, so a path prefix
+  // would produce URLs no client can use.
+  if (r.value.path !== "") {
+    return bad(`must be an origin without a path (e.g. https://cache.example.com), got ${quote(raw)}`);
+  }
+  return ok(r.value.url);
+}
+
+function parseLogLevel(raw: string): Parsed<LogLevel> {
+  const level = LOG_LEVELS.find((l) => l === raw.trim().toLowerCase());
+  return level ? ok(level) : bad(`expected one of ${LOG_LEVELS.join(", ")}, got ${quote(raw)}`);
+}
+
+function parseDataDir(raw: string): Parsed<string> {
+  return raw.trim() === "" ? bad("must not be empty") : ok(raw);
+}
+
+/** "NAME=URL" as used by --upstream and STOWAGE_UPSTREAMS. */
+function parseUpstreamEntry(raw: string): Parsed<{ name: string } & HttpUrl> {
+  const eq = raw.indexOf("=");
+  if (eq <= 0) return bad(`expected NAME=URL (e.g. docker.io=${DEFAULTS.upstream.url}), got ${quote(raw)}`);
+  const name = parseUpstreamName(raw.slice(0, eq));
+  if (!name.ok) return name;
+  const url = parseUpstreamUrl(raw.slice(eq + 1));
+  if (!url.ok) return bad(`upstream ${quote(name.value)}: URL ${url.problem}`);
+  return ok({ name: name.value, ...url.value });
+}
+
+/** "NAME=USER:PASSWORD"; split at the first "=" and the first ":" after it. */
+function parseCredentialsEntry(raw: string): Parsed<{ name: string; credentials: Credentials }> {
+  const eq = raw.indexOf("=");
+  const colon = raw.indexOf(":", eq + 1);
+  if (eq <= 0 || colon < 0) {
+    // The value may be nothing but a password, so it is never shown.
+    return bad("expected NAME=USER:PASSWORD (value not shown because it may contain a password)");
+  }
+  const name = parseUpstreamName(raw.slice(0, eq));
+  if (!name.ok) return name;
+  const username = raw.slice(eq + 1, colon);
+  const password = raw.slice(colon + 1);
+  if (username === "") return bad(`credentials for ${quote(name.value)} have an empty username`);
+  if (password === "") return bad(`credentials for ${quote(name.value)} have an empty password`);
+  return ok({ name: name.value, credentials: { username, password } });
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  return typeof v === "object" ? "a mapping" : typeof v === "string" ? quote(v) : String(v);
+}
+
+function must<T>(label: string, r: Parsed<T>): T {
+  if (!r.ok) throw new ConfigError(`${label}: ${r.problem}`);
+  return r.value;
+}
+
+// ------------------------------------------------------------- layers
+// Every source is turned into a Layer; layers are then merged in order.
+
+type Labeled<T> = { value: T; label: string };
+type UpstreamDef = { name: string } & HttpUrl;
+type CredentialsDef = { name: string; credentials: Credentials; label: string };
+
+type Layer = {
+  listen?: Listen;
+  dataDir?: string;
+  defaultUpstream?: Labeled<string>;
+  publicUrl?: string;
+  tagTtlSeconds?: number;
+  upstreamTimeoutSeconds?: number;
+  logLevel?: LogLevel;
+  upstreams: UpstreamDef[];
+  credentials: CredentialsDef[];
+};
+
+type ScalarKey =
+  | "listen"
+  | "dataDir"
+  | "defaultUpstream"
+  | "publicUrl"
+  | "tagTtl"
+  | "upstreamTimeout"
+  | "logLevel"
+  | "config";
+
+type ListKey = "upstream" | "credentials";
+
+/** Raw strings from flags or environment, before validation. */
+type RawSettings = {
+  scalars: Partial<Record<ScalarKey, string>>;
+  upstreams: string[];
+  credentials: string[];
+};
+
+export const FLAGS: Readonly<Record<ScalarKey | ListKey, string>> = {
+  listen: "--listen",
+  dataDir: "--data-dir",
+  upstream: "--upstream",
+  credentials: "--upstream-credentials",
+  defaultUpstream: "--default-upstream",
+  publicUrl: "--public-url",
+  tagTtl: "--tag-ttl",
+  upstreamTimeout: "--upstream-timeout",
+  logLevel: "--log-level",
+  config: "--config",
+};
+
+export const ENV_VARS: Readonly<Record<ScalarKey | ListKey, string>> = {
+  listen: "STOWAGE_LISTEN",
+  dataDir: "STOWAGE_DATA_DIR",
+  upstream: "STOWAGE_UPSTREAMS",
+  credentials: "STOWAGE_UPSTREAM_CREDENTIALS",
+  defaultUpstream: "STOWAGE_DEFAULT_UPSTREAM",
+  publicUrl: "STOWAGE_PUBLIC_URL",
+  tagTtl: "STOWAGE_TAG_TTL",
+  upstreamTimeout: "STOWAGE_UPSTREAM_TIMEOUT",
+  logLevel: "STOWAGE_LOG_LEVEL",
+  config: "STOWAGE_CONFIG",
+};
+
+const FLAG_KEYS = new Map<string, ScalarKey | ListKey>(
+  Object.entries(FLAGS).map(([key, flag]) => [flag, key as ScalarKey | ListKey]),
+);
+
+function readFlags(argv: string[]): RawSettings {
+  const raw: RawSettings = { scalars: {}, upstreams: [], credentials: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? "";
+    if (!arg.startsWith("-")) throw new ConfigError(`unexpected argument ${quote(arg)} (see stowage serve --help)`);
+    const eq = arg.indexOf("=");
+    const flag = eq < 0 ? arg : arg.slice(0, eq);
+    const key = FLAG_KEYS.get(flag);
+    if (key === undefined) throw new ConfigError(`unknown option ${flag} (see stowage serve --help)`);
+    let value: string | undefined;
+    if (eq >= 0) {
+      value = arg.slice(eq + 1);
+    } else {
+      const next = argv[i + 1];
+      // A following "--flag" means the operator forgot this flag's value.
+      if (next !== undefined && !next.startsWith("--")) {
+        value = next;
+        i++;
+      }
+    }
+    if (value === undefined || value === "") throw new ConfigError(`${flag} needs a value`);
+    if (key === "upstream") raw.upstreams.push(value);
+    else if (key === "credentials") raw.credentials.push(value);
+    else raw.scalars[key] = value; // repeated scalar flags: the last one wins
+  }
+  return raw;
+}
+
+function readEnv(env: Record<string, string | undefined>): RawSettings {
+  // Empty variables count as unset, as compose files often declare them blank.
+  const get = (key: ScalarKey | ListKey) => {
+    const v = env[ENV_VARS[key]];
+    return v === undefined || v.trim() === "" ? undefined : v;
+  };
+  const scalars: Partial<Record<ScalarKey, string>> = {};
+  for (const key of Object.keys(FLAGS) as (ScalarKey | ListKey)[]) {
+    if (key === "upstream" || key === "credentials") continue;
+    const v = get(key);
+    if (v !== undefined) scalars[key] = v;
+  }
+  return {
+    scalars,
+    upstreams: (get("upstream") ?? "").split(/[\s,]+/).filter((s) => s !== ""),
+    // Whitespace only, so that passwords may contain commas.
+    credentials: (get("credentials") ?? "").split(/\s+/).filter((s) => s !== ""),
+  };
+}
+
+function layerFromRaw(raw: RawSettings, names: Readonly<Record<ScalarKey | ListKey, string>>): Layer {
+  const s = raw.scalars;
+  const layer: Layer = { upstreams: [], credentials: [] };
+  if (s.listen !== undefined) layer.listen = must(names.listen, parseListen(s.listen));
+  if (s.dataDir !== undefined) layer.dataDir = must(names.dataDir, parseDataDir(s.dataDir));
+  if (s.defaultUpstream !== undefined) {
+    const value = must(names.defaultUpstream, parseUpstreamName(s.defaultUpstream));
+    layer.defaultUpstream = { value, label: names.defaultUpstream };
+  }
+  if (s.publicUrl !== undefined) layer.publicUrl = must(names.publicUrl, parsePublicUrl(s.publicUrl));
+  if (s.tagTtl !== undefined) {
+    layer.tagTtlSeconds = must(names.tagTtl, parseDuration(s.tagTtl, 0, Number.MAX_SAFE_INTEGER));
+  }
+  if (s.upstreamTimeout !== undefined) {
+    layer.upstreamTimeoutSeconds = must(
+      names.upstreamTimeout,
+      parseDuration(s.upstreamTimeout, 1, MAX_UPSTREAM_TIMEOUT_SECONDS),
+    );
+  }
+  if (s.logLevel !== undefined) layer.logLevel = must(names.logLevel, parseLogLevel(s.logLevel));
+
+  for (const entry of raw.upstreams) {
+    const def = must(names.upstream, parseUpstreamEntry(entry));
+    if (layer.upstreams.some((u) => u.name === def.name)) {
+      throw new ConfigError(`${names.upstream}: upstream ${quote(def.name)} is given more than once`);
+    }
+    layer.upstreams.push(def);
+  }
+  for (const entry of raw.credentials) {
+    const def = must(names.credentials, parseCredentialsEntry(entry));
+    if (layer.credentials.some((c) => c.name === def.name)) {
+      throw new ConfigError(`${names.credentials}: credentials for ${quote(def.name)} are given more than once`);
+    }
+    layer.credentials.push({ ...def, label: names.credentials });
+  }
+  return layer;
+}
+
+// -------------------------------------------------------- config file
+
+/** Adapts a value parser to zod so file errors carry their path. */
+function zValue<T>(parse: (raw: unknown) => Parsed<T>) {
+  return z.unknown().transform((raw, ctx): T => {
+    const r = parse(raw);
+    if (r.ok) return r.value;
+    ctx.addIssue({ code: "custom", message: r.problem });
+    return z.NEVER;
+  });
+}
+
+function fromString<T>(parse: (raw: string) => Parsed<T>) {
+  return (raw: unknown): Parsed<T> =>
+    typeof raw === "string" ? parse(raw) : bad(`expected a string, got ${describe(raw)}`);
+}
+
+// Secrets get a type check only: their value must never reach a message.
+const secretString = z.string({ error: "expected a string (quote it in YAML)" }).min(1, { error: "must not be empty" });
+
+const fileUpstreamSchema = z.strictObject({
+  name: zValue(fromString(parseUpstreamName)),
+  url: zValue(fromString(parseUpstreamUrl)),
+  username: secretString.nullish(),
+  password: secretString.nullish(),
+  passwordEnv: z.string({ error: "expected the name of an environment variable" }).min(1).nullish(),
+  passwordFile: z.string({ error: "expected a file path" }).min(1).nullish(),
+});
+
+const fileSchema = z.strictObject({
+  listen: zValue(fromString(parseListen)).nullish(),
+  dataDir: zValue(fromString(parseDataDir)).nullish(),
+  defaultUpstream: zValue(fromString(parseUpstreamName)).nullish(),
+  publicUrl: zValue(fromString(parsePublicUrl)).nullish(),
+  tagTtl: zValue((raw) => parseDuration(raw, 0, Number.MAX_SAFE_INTEGER)).nullish(),
+  upstreamTimeout: zValue((raw) => parseDuration(raw, 1, MAX_UPSTREAM_TIMEOUT_SECONDS)).nullish(),
+  logLevel: zValue(fromString(parseLogLevel)).nullish(),
+  upstreams: z.array(fileUpstreamSchema, { error: "expected a list of {name, url} entries" }).nullish(),
+});
+
+type FileUpstream = z.output<typeof fileUpstreamSchema>;
+
+function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const p of path) out += typeof p === "number" ? `[${p}]` : out === "" ? String(p) : `.${String(p)}`;
+  return out;
+}
+
+function zodProblem(file: string, issue: z.core.$ZodIssue): string {
+  const where = formatPath(issue.path);
+  const prefix = where === "" ? file : `${file}: ${where}`;
+  if (issue.code === "unrecognized_keys") {
+    const allowed = Object.keys(where === "" ? fileSchema.shape : fileUpstreamSchema.shape);
+    const keys = issue.keys.map((k) => quote(k)).join(", ");
+    return `${prefix}: unknown key ${keys} (allowed: ${allowed.join(", ")})`;
+  }
+  if (issue.code === "invalid_type" && issue.path.length === 0) {
+    return `${file}: expected a mapping of settings at the top level`;
+  }
+  return `${prefix}: ${issue.message}`;
+}
+
+/** Parse JSON or YAML without ever echoing file content (it may hold passwords). */
+function parseFileText(file: string, text: string): unknown {
+  if (text.trimStart().startsWith("{")) {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      const pos = /at position (\d+)/.exec(e instanceof Error ? e.message : "");
+      throw new ConfigError(`${file}: invalid JSON${pos ? ` at character ${pos[1]}` : ""}; fix the syntax or use YAML`);
+    }
+  }
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const err = doc.errors[0];
+  if (err) {
+    const at = err.linePos?.[0];
+    // The parser's message can quote tokens from the file; keep only the description.
+    const what = (err.message.split("\n")[0] ?? "")
+      .replace(/ at line \d+, column \d+:?$/, "")
+      .replace(/:\s*".*$/, "");
+    throw new ConfigError(`${file}: invalid YAML${at ? ` at line ${at.line}, column ${at.col}` : ""}: ${what}`);
+  }
+  return doc.toJS() ?? {};
+}
+
+function fileCredentials(
+  file: string,
+  index: number,
+  u: FileUpstream,
+  src: ConfigSources,
+): Credentials | undefined {
+  const where = `${file}: upstreams[${index}]`;
+  const sources = [u.password, u.passwordEnv, u.passwordFile].filter((v) => v != null).length;
+  if (sources > 1) throw new ConfigError(`${where}: use only one of password, passwordEnv and passwordFile`);
+  if (u.username == null) {
+    if (sources > 0) throw new ConfigError(`${where}: a password is given without a username; add username`);
+    return undefined;
+  }
+  if (sources === 0) {
+    throw new ConfigError(`${where}: username is given without a password; add password, passwordEnv or passwordFile`);
+  }
+  let password: string;
+  if (u.passwordEnv != null) {
+    const v = src.env[u.passwordEnv];
+    if (v === undefined || v === "") {
+      throw new ConfigError(`${where}.passwordEnv: environment variable ${u.passwordEnv} is not set or empty`);
+    }
+    password = v;
+  } else if (u.passwordFile != null) {
+    password = readText(`${where}.passwordFile`, u.passwordFile, src).trim();
+    if (password === "") throw new ConfigError(`${where}.passwordFile: file ${quote(u.passwordFile)} is empty`);
+  } else {
+    password = u.password ?? "";
+  }
+  return { username: u.username, password };
+}
+
+function readText(label: string, path: string, src: ConfigSources): string {
+  try {
+    return src.readFile(path);
+  } catch (e) {
+    const why = e instanceof Error ? (e.message.split("\n")[0] ?? "") : String(e);
+    throw new ConfigError(`${label}: cannot read ${quote(path)} (${why})`);
+  }
+}
+
+function fileLayer(label: string, file: string, src: ConfigSources): Layer {
+  const text = readText(label, file, src);
+  const result = fileSchema.safeParse(parseFileText(file, text));
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    throw new ConfigError(issue ? zodProblem(file, issue) : `${file}: invalid configuration`);
+  }
+  const f = result.data;
+  const layer: Layer = { upstreams: [], credentials: [] };
+  if (f.listen != null) layer.listen = f.listen;
+  if (f.dataDir != null) layer.dataDir = f.dataDir;
+  if (f.defaultUpstream != null) layer.defaultUpstream = { value: f.defaultUpstream, label: `${file}: defaultUpstream` };
+  if (f.publicUrl != null) layer.publicUrl = f.publicUrl;
+  if (f.tagTtl != null) layer.tagTtlSeconds = f.tagTtl;
+  if (f.upstreamTimeout != null) layer.upstreamTimeoutSeconds = f.upstreamTimeout;
+  if (f.logLevel != null) layer.logLevel = f.logLevel;
+  (f.upstreams ?? []).forEach((u, i) => {
+    const first = layer.upstreams.findIndex((d) => d.name === u.name);
+    if (first >= 0) {
+      throw new ConfigError(`${file}: upstreams[${i}].name: duplicate upstream ${quote(u.name)} (also upstreams[${first}])`);
+    }
+    layer.upstreams.push({ name: u.name, ...u.url });
+    const credentials = fileCredentials(file, i, u, src);
+    if (credentials) layer.credentials.push({ name: u.name, credentials, label: `${file}: upstreams[${i}]` });
+  });
+  return layer;
+}
+
+// -------------------------------------------------------------- merge
+
+const DOCKER_HUB_HOSTS = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+function toUpstream(def: UpstreamDef, credentials: Credentials | undefined): Upstream {
+  const dockerHub = DOCKER_HUB_HOSTS.includes(def.host);
+  const upstream: Upstream = {
+    name: def.name,
+    url: def.url,
+    host: def.host,
+    aliases: dockerHub ? [...DOCKER_HUB_HOSTS] : [def.host],
+    dockerHub,
+  };
+  if (credentials) upstream.credentials = credentials;
+  return upstream;
+}
+
+/** Lowest-precedence layer first. */
+function merge(layers: Layer[]): Config {
+  const pick = <K extends keyof Layer>(key: K): Layer[K] | undefined => {
+    let value: Layer[K] | undefined;
+    for (const layer of layers) if (layer[key] !== undefined) value = layer[key];
+    return value;
+  };
+
+  // Later sources replace the URL of a name in place; new names append.
+  const defs = new Map<string, UpstreamDef>();
+  for (const layer of layers) for (const def of layer.upstreams) defs.set(def.name, def);
+  if (defs.size === 0) {
+    const { name, url } = DEFAULTS.upstream;
+    defs.set(name, { name, url, host: new URL(url).host });
+  }
+  const known = () => [...defs.keys()].join(", ");
+
+  const creds = new Map<string, CredentialsDef>();
+  for (const layer of layers) for (const c of layer.credentials) creds.set(c.name, c);
+  for (const c of creds.values()) {
+    if (!defs.has(c.name)) {
+      throw new ConfigError(`${c.label}: credentials are given for ${quote(c.name)}, which is not a configured upstream (upstreams: ${known()})`);
+    }
+  }
+
+  const upstreams = [...defs.values()].map((d) => toUpstream(d, creds.get(d.name)?.credentials));
+  const chosen = pick("defaultUpstream");
+  if (chosen && !defs.has(chosen.value)) {
+    throw new ConfigError(`${chosen.label}: ${quote(chosen.value)} is not a configured upstream (upstreams: ${known()})`);
+  }
+
+  return {
+    listen: pick("listen") ?? must("default listen", parseListen(DEFAULTS.listen)),
+    dataDir: pick("dataDir") ?? DEFAULTS.dataDir,
+    upstreams,
+    defaultUpstream: chosen?.value ?? upstreams[0]?.name ?? DEFAULTS.upstream.name,
+    publicUrl: pick("publicUrl") ?? null,
+    tagTtlSeconds: pick("tagTtlSeconds") ?? DEFAULTS.tagTtlSeconds,
+    upstreamTimeoutSeconds: pick("upstreamTimeoutSeconds") ?? DEFAULTS.upstreamTimeoutSeconds,
+    logLevel: pick("logLevel") ?? DEFAULTS.logLevel,
+  };
+}
+
+// ------------------------------------------------------------- public
+
+export function loadConfig(src: ConfigSources): Config {
+  const flags = readFlags(src.argv);
+  const env = readEnv(src.env);
+  const layers: Layer[] = [];
+  const file = flags.scalars.config ?? env.scalars.config;
+  if (file !== undefined) {
+    const label = flags.scalars.config !== undefined ? FLAGS.config : ENV_VARS.config;
+    layers.push(fileLayer(label, file, src));
+  }
+  layers.push(layerFromRaw(env, ENV_VARS), layerFromRaw(flags, FLAGS));
+  return merge(layers);
+}
+
+/** The configuration for the start-up log, with every password replaced. */
+export function redactedConfig(c: Config): unknown {
+  return {
+    ...c,
+    upstreams: c.upstreams.map((u) =>
+      u.credentials ? { ...u, credentials: { username: u.credentials.username, password: "***" } } : { ...u },
+    ),
+  };
+}

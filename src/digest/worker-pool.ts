@@ -1,0 +1,166 @@
+import { createHash } from "node:crypto";
+import type { Worker } from "node:worker_threads";
+import type { DigestAlgorithm } from "../registry/reference.ts";
+import type { Hasher, HasherFactory } from "./hasher.ts";
+
+/** Bytes gathered before one message to a worker: fewer, larger messages cost less. */
+const BATCH_BYTES = 1024 * 1024;
+/** Bytes one hasher may have posted but not yet hashed before `update` waits. */
+const BACKLOG_BYTES = 8 * 1024 * 1024;
+
+type Outbound = { op: "ack"; id: number; bytes: number } | { op: "digest"; id: number; hex: string | null };
+
+type Job = {
+  backlog: number;
+  drained: (() => void) | null;
+  result: { resolve(hex: string): void; reject(err: Error): void } | null;
+  failed: Error | null;
+};
+
+class DigestWorker {
+  readonly jobs = new Map<number, Job>();
+  private broken: Error | null = null;
+
+  constructor(private readonly worker: Worker) {
+    worker.on("message", (msg: Outbound) => this.onMessage(msg));
+    worker.on("error", (err) => this.fail(err instanceof Error ? err : new Error(String(err))));
+    worker.on("exit", (code) => this.fail(new Error(`digest worker exited with code ${code}`)));
+  }
+
+  get load(): number {
+    let bytes = 0;
+    for (const job of this.jobs.values()) bytes += job.backlog;
+    return bytes + this.jobs.size;
+  }
+
+  get healthy(): boolean {
+    return this.broken === null;
+  }
+
+  post(message: unknown, transfer?: ArrayBuffer[]): void {
+    if (this.broken) throw this.broken;
+    this.worker.postMessage(message, transfer);
+  }
+
+  private onMessage(msg: Outbound): void {
+    const job = this.jobs.get(msg.id);
+    if (!job) return;
+    if (msg.op === "ack") {
+      job.backlog -= msg.bytes;
+      if (job.backlog <= BACKLOG_BYTES && job.drained) {
+        const wake = job.drained;
+        job.drained = null;
+        wake();
+      }
+    } else {
+      this.jobs.delete(msg.id);
+      if (msg.hex) job.result?.resolve(msg.hex);
+      else job.result?.reject(new Error("digest worker lost the job"));
+    }
+  }
+
+  private fail(err: Error): void {
+    this.broken = err;
+    for (const job of this.jobs.values()) {
+      job.failed = err;
+      job.drained?.();
+      job.result?.reject(err);
+    }
+    this.jobs.clear();
+  }
+
+  terminate(): Promise<number> {
+    return this.worker.terminate();
+  }
+}
+
+/**
+ * sha256/sha512 in worker threads (workers/digest-worker.ts). Each blob's
+ * hash runs on one worker; blobs are spread over the least loaded worker.
+ */
+export class WorkerHasherFactory implements HasherFactory {
+  readonly mode = "worker" as const;
+  private nextId = 1;
+
+  private constructor(private readonly workers: DigestWorker[]) {}
+
+  /** Starts `count` workers and checks that one answers; throws if workers cannot run here. */
+  static async start(count: number, spawn: (script: URL) => Worker): Promise<WorkerHasherFactory> {
+    const url = new URL("../../workers/digest-worker.ts", import.meta.url);
+    const workers = Array.from({ length: count }, () => new DigestWorker(spawn(url)));
+    const factory = new WorkerHasherFactory(workers);
+    // Prove the worker actually loads (a TypeScript worker needs the loader to be inherited).
+    const probe = factory.create("sha256");
+    await probe.update(new TextEncoder().encode("stowage"));
+    const hex = await withTimeout(probe.finish(), 10_000, "digest worker did not answer within 10 s");
+    const expected = createHash("sha256").update("stowage").digest("hex");
+    if (hex !== expected) throw new Error("digest worker computed a wrong sha256 in its self-test");
+    return factory;
+  }
+
+  create(algorithm: DigestAlgorithm): Hasher {
+    const healthy = this.workers.filter((w) => w.healthy);
+    const worker = healthy.sort((a, b) => a.load - b.load)[0];
+    if (!worker) throw new Error("no digest worker is running");
+    const id = this.nextId++;
+    const job: Job = { backlog: 0, drained: null, result: null, failed: null };
+    worker.jobs.set(id, job);
+    worker.post({ op: "start", id, algorithm });
+
+    let batch = new Uint8Array(BATCH_BYTES);
+    let filled = 0;
+    const flush = () => {
+      if (filled === 0) return;
+      // Hand the batch itself to the worker (no copy) and start a fresh one.
+      const data = filled === BATCH_BYTES ? batch.buffer : batch.buffer.slice(0, filled);
+      job.backlog += filled;
+      worker.post({ op: "update", id, data }, [data]);
+      batch = new Uint8Array(BATCH_BYTES);
+      filled = 0;
+    };
+
+    return {
+      async update(chunk) {
+        if (job.failed) throw job.failed;
+        let offset = 0;
+        while (offset < chunk.byteLength) {
+          const n = Math.min(BATCH_BYTES - filled, chunk.byteLength - offset);
+          batch.set(chunk.subarray(offset, offset + n), filled);
+          filled += n;
+          offset += n;
+          if (filled === BATCH_BYTES) flush();
+        }
+        if (job.backlog > BACKLOG_BYTES) {
+          await new Promise<void>((resolve) => (job.drained = resolve));
+          if (job.failed) throw job.failed;
+        }
+      },
+      finish() {
+        if (job.failed) return Promise.reject(job.failed);
+        flush();
+        return new Promise<string>((resolve, reject) => {
+          job.result = { resolve, reject };
+          worker.post({ op: "finish", id });
+        });
+      },
+      discard() {
+        batch = new Uint8Array(0);
+        if (worker.jobs.delete(id) && worker.healthy) worker.post({ op: "discard", id });
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(message)), ms);
+    p.then(
+      (v) => (clearTimeout(timer), resolve(v)),
+      (e) => (clearTimeout(timer), reject(e)),
+    );
+  });
+}

@@ -1,0 +1,94 @@
+import { z } from "zod";
+import type { App } from "../app.ts";
+import type { FetchSource } from "../cache/blob-fetch.ts";
+import { registryErrorFor } from "../cache/upstream-errors.ts";
+import type { Logger } from "../log.ts";
+import { RegistryError } from "../registry/errors.ts";
+import { contentRange } from "../registry/range.ts";
+import { parseDigest, parseReference } from "../registry/reference.ts";
+import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
+import { resolveTarget } from "./target.ts";
+
+type Method = "GET" | "HEAD";
+
+/** The distribution API is read-only here; say so in the protocol's terms. */
+export function readOnly(method: string): RegistryError {
+  return new RegistryError(
+    "UNSUPPORTED",
+    `${method} is not supported: Stowage is a read-only pull-through cache; push to the upstream registry instead`,
+  );
+}
+
+function sourceFor(app: App, name: string, url: URL): FetchSource {
+  const target = resolveTarget(app.config.upstreams, app.config.defaultUpstream, name, url.searchParams.get("ns"));
+  const client = app.clients.get(target.upstream.name);
+  if (!client) throw new Error(`no client for upstream ${target.upstream.name}`);
+  return { client, repo: target.repo };
+}
+
+export async function getManifest(app: App, name: string, reference: string, method: Method, url: URL, log: Logger): Promise<Response> {
+  const source = sourceFor(app, name, url);
+  const ref = parseReference(reference);
+  if (!ref) {
+    throw reference.includes(":")
+      ? new RegistryError("DIGEST_INVALID", `invalid digest "${reference}"`)
+      : new RegistryError("MANIFEST_INVALID", `invalid tag "${reference}"`, { status: 400 });
+  }
+  const answer = await app.manifests.get(source, ref, log);
+  return new Response(method === "HEAD" ? null : answer.bytes, {
+    status: 200,
+    headers: {
+      ...API_VERSION_HEADER,
+      "content-type": answer.mediaType,
+      "content-length": String(answer.size),
+      "docker-content-digest": answer.digest,
+      etag: `"${answer.digest}"`,
+      "x-stowage-cache": answer.source,
+    },
+  });
+}
+
+export async function getBlob(app: App, name: string, digestText: string, method: Method, req: Request, url: URL, log: Logger): Promise<Response> {
+  const source = sourceFor(app, name, url);
+  const digest = parseDigest(digestText);
+  if (!digest) throw new RegistryError("DIGEST_INVALID", `invalid digest "${digestText}"`);
+  const answer = await app.blobs.get(source, digest, method, req.headers.get("range"), log);
+  const headers: Record<string, string> = {
+    ...API_VERSION_HEADER,
+    "content-type": "application/octet-stream",
+    "docker-content-digest": digest,
+    "accept-ranges": "bytes",
+    etag: `"${digest}"`,
+    "x-stowage-cache": answer.source,
+  };
+  if (answer.range && answer.size !== null) {
+    headers["content-range"] = contentRange(answer.range, answer.size);
+    headers["content-length"] = String(answer.range.end - answer.range.start + 1);
+  } else if (answer.size !== null) {
+    headers["content-length"] = String(answer.size);
+  }
+  return new Response(answer.body, { status: answer.status, headers });
+}
+
+const TagList = z.object({ name: z.string(), tags: z.array(z.string()).nullable() });
+
+/** Tag listing is passed through (it is a live view of the upstream), not cached. */
+export async function listTags(app: App, name: string, url: URL, log: Logger): Promise<Response> {
+  const source = sourceFor(app, name, url);
+  const query = new URLSearchParams();
+  for (const key of ["n", "last"]) {
+    const value = url.searchParams.get(key);
+    if (value !== null) query.set(key, value);
+  }
+  const what = `tags of ${source.client.upstream.name}/${source.repo}`;
+  let parsed: z.infer<typeof TagList>;
+  try {
+    const reply = await source.client.tags(source.repo, query.size ? `?${query}` : "", log);
+    const result = TagList.safeParse(await reply.response.json().catch(() => null));
+    if (!result.success) throw new RegistryError("UNAVAILABLE", `${what}: the upstream sent an invalid tag list`, { status: 502 });
+    parsed = result.data;
+  } catch (err) {
+    throw registryErrorFor(err, "repository", what);
+  }
+  return jsonResponse({ name, tags: parsed.tags ?? [] });
+}

@@ -1,0 +1,66 @@
+import type { z } from "zod";
+
+/** Key parts allowed by Deno KV (and the @deno/kv polyfill). */
+export type KvKeyPart = string | number | bigint | boolean | Uint8Array;
+export type KvKey = readonly KvKeyPart[];
+
+/**
+ * The subset of the Deno KV API that Stowage uses. `Deno.openKv()` and the
+ * `@deno/kv` polyfill both satisfy it structurally, so the rest of the code
+ * never knows which runtime it is on.
+ */
+export interface Kv {
+  get<T = unknown>(key: KvKey): Promise<{ value: T | null; versionstamp: string | null }>;
+  set(key: KvKey, value: unknown, options?: { expireIn?: number }): Promise<{ ok: true; versionstamp: string }>;
+  delete(key: KvKey): Promise<void>;
+  list<T = unknown>(selector: { prefix: KvKey }, options?: { limit?: number }): AsyncIterable<{ key: KvKey; value: T; versionstamp: string }>;
+  atomic(): KvAtomic;
+  close(): void;
+}
+
+export interface KvAtomic {
+  check(...checks: Array<{ key: KvKey; versionstamp: string | null }>): KvAtomic;
+  set(key: KvKey, value: unknown, options?: { expireIn?: number }): KvAtomic;
+  delete(key: KvKey): KvAtomic;
+  commit(): Promise<{ ok: boolean }>;
+}
+
+/**
+ * Typed access to KV records. Everything read back is validated with zod:
+ * records written by an older Stowage, or damaged, are treated as absent
+ * rather than trusted.
+ */
+export class TypedKv {
+  constructor(readonly raw: Kv) {}
+
+  async read<S extends z.ZodType>(key: KvKey, schema: S): Promise<z.infer<S> | null> {
+    const entry = await this.raw.get(key);
+    if (entry.value === null) return null;
+    const parsed = schema.safeParse(entry.value);
+    return parsed.success ? parsed.data : null;
+  }
+
+  /** Like `read`, also returning the versionstamp for a later compare-and-set. */
+  async readVersioned<S extends z.ZodType>(
+    key: KvKey,
+    schema: S,
+  ): Promise<{ value: z.infer<S> | null; versionstamp: string | null }> {
+    const entry = await this.raw.get(key);
+    if (entry.value === null) return { value: null, versionstamp: entry.versionstamp };
+    const parsed = schema.safeParse(entry.value);
+    return { value: parsed.success ? parsed.data : null, versionstamp: entry.versionstamp };
+  }
+
+  /** `expireInMs` lets KV reclaim the record eventually; callers still check their own timestamps (KV expiry is lazy). */
+  async write(key: KvKey, value: unknown, expireInMs?: number): Promise<void> {
+    await this.raw.set(key, value, expireInMs === undefined ? undefined : { expireIn: expireInMs });
+  }
+
+  async remove(key: KvKey): Promise<void> {
+    await this.raw.delete(key);
+  }
+
+  async ping(): Promise<void> {
+    await this.raw.get(["stowage", "ping"]);
+  }
+}

@@ -1,0 +1,131 @@
+// Manifest media types, detection of the type of upstream manifest bytes, and
+// extraction of the descriptors a manifest points at.
+import { z } from "zod";
+import { parseDigest, type Digest } from "./reference.ts";
+
+export const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
+export const DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
+export const DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+export type ManifestMediaType =
+  | typeof OCI_MANIFEST
+  | typeof OCI_INDEX
+  | typeof DOCKER_MANIFEST
+  | typeof DOCKER_MANIFEST_LIST;
+
+export const MANIFEST_MEDIA_TYPES: readonly ManifestMediaType[] = Object.freeze([
+  OCI_INDEX,
+  DOCKER_MANIFEST_LIST,
+  OCI_MANIFEST,
+  DOCKER_MANIFEST,
+]);
+
+/** Lists every type we can store so the upstream never falls back to schema1 or picks one for us. */
+export const MANIFEST_ACCEPT: string = MANIFEST_MEDIA_TYPES.join(", ");
+
+export function isManifestMediaType(s: string): s is ManifestMediaType {
+  return (MANIFEST_MEDIA_TYPES as readonly string[]).includes(s);
+}
+
+export function isIndexMediaType(s: string): boolean {
+  return s === OCI_INDEX || s === DOCKER_MANIFEST_LIST;
+}
+
+/** Decodes and parses JSON without throwing; invalid UTF-8 counts as invalid JSON. */
+function parseJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    return undefined;
+  }
+}
+
+// Only the fields detection looks at; anything else in the document is ignored.
+const DetectionShape = z.object({
+  schemaVersion: z.unknown().optional(),
+  mediaType: z.unknown().optional(),
+  manifests: z.unknown().optional(),
+  config: z.unknown().optional(),
+  layers: z.unknown().optional(),
+});
+
+export function detectManifestMediaType(bytes: Uint8Array, contentType: string | null): ManifestMediaType | null {
+  if (contentType !== null) {
+    // Media types are case-insensitive and may carry parameters such as charset.
+    const essence = (contentType.split(";")[0] ?? "").trim().toLowerCase();
+    if (isManifestMediaType(essence)) return essence;
+  }
+  const parsed = DetectionShape.safeParse(parseJson(bytes));
+  if (!parsed.success) return null;
+  const doc = parsed.data;
+  if (typeof doc.mediaType === "string" && isManifestMediaType(doc.mediaType)) return doc.mediaType;
+  if (doc.schemaVersion !== 2 || doc.mediaType !== undefined) return null;
+  if (Array.isArray(doc.manifests)) return OCI_INDEX;
+  if (Array.isArray(doc.layers) && isPlainObject(doc.config)) return OCI_MANIFEST;
+  return null;
+}
+
+function isPlainObject(v: unknown): boolean {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+export type Descriptor = {
+  mediaType: string;
+  digest: Digest;
+  size: number;
+  platform?: { os: string; architecture: string; variant?: string };
+};
+
+const DigestSchema = z.custom<Digest>((v) => typeof v === "string" && parseDigest(v) !== null, {
+  message: "invalid digest",
+});
+
+const PlatformSchema = z.object({
+  os: z.string(),
+  architecture: z.string(),
+  variant: z.string().optional(),
+});
+
+const DescriptorSchema = z.object({
+  mediaType: z.string(),
+  digest: DigestSchema,
+  size: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  platform: PlatformSchema.optional(),
+});
+
+const IndexSchema = z.object({
+  schemaVersion: z.literal(2),
+  manifests: z.array(DescriptorSchema),
+});
+
+const ImageSchema = z.object({
+  schemaVersion: z.literal(2),
+  config: DescriptorSchema,
+  layers: z.array(DescriptorSchema),
+});
+
+/** Drops an absent optional field instead of carrying `variant: undefined` around. */
+function toDescriptor(d: z.infer<typeof DescriptorSchema>): Descriptor {
+  const out: Descriptor = { mediaType: d.mediaType, digest: d.digest, size: d.size };
+  if (d.platform !== undefined) {
+    const { os, architecture, variant } = d.platform;
+    out.platform = variant === undefined ? { os, architecture } : { os, architecture, variant };
+  }
+  return out;
+}
+
+export function parseManifestReferences(
+  bytes: Uint8Array,
+  mediaType: ManifestMediaType,
+): { kind: "index"; manifests: Descriptor[] } | { kind: "image"; config: Descriptor; layers: Descriptor[] } | null {
+  const json = parseJson(bytes);
+  if (isIndexMediaType(mediaType)) {
+    const parsed = IndexSchema.safeParse(json);
+    return parsed.success ? { kind: "index", manifests: parsed.data.manifests.map(toDescriptor) } : null;
+  }
+  const parsed = ImageSchema.safeParse(json);
+  return parsed.success
+    ? { kind: "image", config: toDescriptor(parsed.data.config), layers: parsed.data.layers.map(toDescriptor) }
+    : null;
+}

@@ -1,0 +1,56 @@
+import { serve } from "@hono/node-server";
+import { openKv } from "@deno/kv";
+import { access, constants, mkdir } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import type { AddressInfo } from "node:net";
+import { Worker } from "node:worker_threads";
+import type { Kv } from "../kv/kv.ts";
+import type { Runtime } from "./runtime.ts";
+
+/** Node 20 cannot load TypeScript by itself: a worker first registers tsx, then imports the module. */
+function spawnTsWorker(script: URL): Worker {
+  const source = `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(script.href)}); })`;
+  return new Worker(source, { eval: true });
+}
+
+export const nodeRuntime: Runtime = {
+  name: "node",
+  serve(handler, listen) {
+    return new Promise((resolve, reject) => {
+      const server = serve({ fetch: handler, hostname: listen.hostname, port: listen.port, overrideGlobalObjects: false });
+      server.once("error", reject);
+      server.once("listening", () => {
+        const address = server.address() as AddressInfo;
+        resolve({
+          hostname: address.address,
+          port: address.port,
+          close: () =>
+            new Promise<void>((done) => {
+              server.close(() => done());
+              (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+            }),
+        });
+      });
+    });
+  },
+  async openKv(path) {
+    return (await openKv(path)) as unknown as Kv;
+  },
+  spawnWorker: spawnTsWorker,
+  async canWrite(path) {
+    try {
+      await mkdir(path, { recursive: true });
+      await access(path, constants.W_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  onSignal(signal, fn) {
+    process.on(signal, fn);
+  },
+  args: () => process.argv.slice(2),
+  env: () => process.env,
+  readTextFile: (path) => readFileSync(path, "utf8"),
+  exit: (code) => process.exit(code),
+};

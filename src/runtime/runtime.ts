@@ -1,0 +1,30 @@
+import type { Worker } from "node:worker_threads";
+import type { FetchHandler } from "../http/handler.ts";
+import type { Kv } from "../kv/kv.ts";
+
+export type Listening = { hostname: string; port: number; close(): Promise<void> };
+
+/**
+ * Everything that differs between Deno and Node, and nothing else. The rest of
+ * Stowage is written against this interface and web-standard APIs.
+ */
+export interface Runtime {
+  readonly name: "node" | "deno";
+  serve(handler: FetchHandler, listen: { hostname: string; port: number }): Promise<Listening>;
+  /** Opens the KV store: a file path, ":memory:", or undefined for the platform default (Deno Deploy). */
+  openKv(path: string | undefined): Promise<Kv>;
+  /** Starts a worker thread running a TypeScript module, or null where threads are unavailable. */
+  readonly spawnWorker: ((script: URL) => Worker) | null;
+  /** Whether the local disk may be written (false under `deno run --deny-write` or on Deno Deploy). */
+  canWrite(path: string): Promise<boolean>;
+  onSignal(signal: "SIGINT" | "SIGTERM", fn: () => void): void;
+  args(): string[];
+  env(): Record<string, string | undefined>;
+  readTextFile(path: string): string;
+  exit(code: number): never;
+}
+
+export async function currentRuntime(): Promise<Runtime> {
+  if ("Deno" in globalThis) return (await import("./deno.ts")).denoRuntime;
+  return (await import("./node.ts")).nodeRuntime;
+}

@@ -1,0 +1,79 @@
+import { join, resolve } from "node:path";
+import type { App } from "./app.ts";
+import { BlobCache } from "./cache/blob-cache.ts";
+import { ManifestCache } from "./cache/manifest-cache.ts";
+import { redactedConfig, type Config } from "./config.ts";
+import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
+import { WorkerHasherFactory } from "./digest/worker-pool.ts";
+import { createHandler } from "./http/handler.ts";
+import { TypedKv } from "./kv/kv.ts";
+import type { Logger } from "./log.ts";
+import type { Runtime } from "./runtime/runtime.ts";
+import { FsBlobStore } from "./storage/fs-store.ts";
+import { UpstreamClient } from "./upstream/client.ts";
+import { UpstreamTokenCache } from "./upstream/token-cache.ts";
+
+export type RunningServer = { url: string; close(): Promise<void> };
+
+/** Thrown for start-up problems the operator must fix; main prints the message and exits non-zero. */
+export class StartupError extends Error {}
+
+/** Assembles the app from the configuration and starts listening. */
+export async function startServer(config: Config, runtime: Runtime, log: Logger): Promise<RunningServer> {
+  const dataDir = resolve(config.dataDir);
+  if (!(await runtime.canWrite(dataDir))) {
+    throw new StartupError(`--data-dir ${dataDir} is not writable: choose a writable directory with --data-dir DIR`);
+  }
+
+  const rawKv = await runtime.openKv(join(dataDir, "kv.sqlite3"));
+  const kv = new TypedKv(rawKv);
+  const store = await FsBlobStore.open(join(dataDir, "blobs"));
+  const hashers = await startHashers(runtime, log);
+
+  const tokens = new UpstreamTokenCache(kv);
+  const timeoutMs = config.upstreamTimeoutSeconds * 1000;
+  const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs })] as const));
+  const app: App = {
+    config,
+    clients,
+    kv,
+    store,
+    log,
+    manifests: new ManifestCache({ kv, store, tagTtlMs: config.tagTtlSeconds * 1000 }),
+    blobs: new BlobCache({ kv, store, hashers, idleTimeoutMs: timeoutMs }),
+  };
+
+  const listening = await runtime.serve(createHandler(app), config.listen);
+  const url = `http://${listening.hostname.includes(":") ? `[${listening.hostname}]` : listening.hostname}:${listening.port}`;
+  log.info("stowage is serving", {
+    url,
+    runtime: runtime.name,
+    store: store.description,
+    kv: join(dataDir, "kv.sqlite3"),
+    hashing: hashers.mode === "worker" ? "sha256 in worker threads" : "sha256 inline (no worker threads)",
+    accessControl: "off: anonymous pulls are allowed for every configured upstream",
+    config: redactedConfig(config),
+  });
+
+  return {
+    url,
+    async close() {
+      await listening.close();
+      await hashers.close();
+      rawKv.close();
+    },
+  };
+}
+
+async function startHashers(runtime: Runtime, log: Logger): Promise<HasherFactory> {
+  if (!runtime.spawnWorker) {
+    log.info("worker threads are not available on this platform; hashing blobs inline");
+    return new InlineHasherFactory();
+  }
+  try {
+    return await WorkerHasherFactory.start(2, runtime.spawnWorker);
+  } catch (err) {
+    log.warn("could not start digest worker threads; hashing blobs inline", { error: err });
+    return new InlineHasherFactory();
+  }
+}

@@ -1,0 +1,45 @@
+import type { ByteRange } from "../registry/range.ts";
+import type { Digest } from "../registry/reference.ts";
+
+/**
+ * Content-addressed storage for blobs and manifest bytes.
+ *
+ * Invariant: nothing is readable under a digest until the bytes behind it were
+ * verified by the caller and `commit()` was called. Implementations make the
+ * commit atomic (a reader sees the whole object or nothing).
+ */
+export interface BlobStore {
+  /** What to tell the operator at start-up, e.g. `filesystem at /var/lib/stowage/blobs`. */
+  readonly description: string;
+  stat(digest: Digest): Promise<{ size: number } | null>;
+  /** A stream of the stored bytes (or of one range of them); null when the store does not have the blob. */
+  open(digest: Digest, range?: ByteRange): Promise<ReadableStream<Uint8Array> | null>;
+  /** Stores small, already verified bytes (manifests) in one step. */
+  put(digest: Digest, bytes: Uint8Array): Promise<void>;
+  /** Starts an upload that becomes visible only on `commit()`. */
+  begin(digest: Digest): Promise<BlobUpload>;
+  delete(digest: Digest): Promise<void>;
+  /** Throws when the store cannot be used (for /readyz). */
+  check(): Promise<void>;
+}
+
+export interface BlobUpload {
+  /** Appends bytes; resolves when they are durable enough to be read back through a reader. */
+  write(chunk: Uint8Array): Promise<void>;
+  /**
+   * A reader of the bytes written so far, so that clients joining an in-flight
+   * fetch are fed from the store instead of from memory. It stays usable after
+   * commit or abort until closed.
+   */
+  openReader(): Promise<PartialReader>;
+  /** Makes the blob visible under its digest. Call only after verifying it. */
+  commit(): Promise<void>;
+  /** Discards everything written; safe to call more than once, and after a failed commit. */
+  abort(): Promise<void>;
+}
+
+export interface PartialReader {
+  /** Reads up to `length` bytes at `offset` of what has been written. */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,179 @@
+import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import type { ByteRange } from "../registry/range.ts";
+import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
+import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
+
+/** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
+const READ_CHUNK = 256 * 1024;
+
+/**
+ * The embedded default store: one file per digest under `<root>/<alg>/<2 hex>/<hex>`.
+ * Uploads go to `<root>/_uploads/` and are renamed into place on commit (atomic on
+ * one filesystem), after an fsync so a crash cannot leave a torn file under a digest.
+ */
+export class FsBlobStore implements BlobStore {
+  readonly description: string;
+  private readonly uploads: string;
+
+  private constructor(private readonly root: string) {
+    this.description = `filesystem at ${root}`;
+    this.uploads = join(root, "_uploads");
+  }
+
+  /** Opens the store, removing uploads a crash left behind. */
+  static async open(root: string): Promise<FsBlobStore> {
+    const store = new FsBlobStore(root);
+    await rm(store.uploads, { recursive: true, force: true });
+    await mkdir(store.uploads, { recursive: true });
+    return store;
+  }
+
+  private pathOf(digest: Digest): string {
+    const hex = digestHex(digest);
+    return join(this.root, digestAlgorithm(digest), hex.slice(0, 2), hex);
+  }
+
+  async stat(digest: Digest): Promise<{ size: number } | null> {
+    try {
+      const s = await stat(this.pathOf(digest));
+      return { size: s.size };
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+  }
+
+  async open(digest: Digest, range?: ByteRange): Promise<ReadableStream<Uint8Array> | null> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.pathOf(digest), "r");
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+    const start = range?.start ?? 0;
+    const end = range ? range.end + 1 : (await handle.stat()).size;
+    return fileStream(handle, start, end);
+  }
+
+  async put(digest: Digest, bytes: Uint8Array): Promise<void> {
+    const tmp = join(this.uploads, `${digestHex(digest)}.${crypto.randomUUID()}`);
+    try {
+      await writeFile(tmp, bytes, { flush: true });
+      await this.place(tmp, digest);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  async begin(digest: Digest): Promise<BlobUpload> {
+    const tmp = join(this.uploads, `${digestHex(digest)}.${crypto.randomUUID()}`);
+    const handle = await open(tmp, "w+");
+    return new FsUpload(handle, tmp, () => this.place(tmp, digest));
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    await rm(this.pathOf(digest), { force: true });
+  }
+
+  async check(): Promise<void> {
+    await readdir(this.uploads);
+  }
+
+  private async place(tmp: string, digest: Digest): Promise<void> {
+    const final = this.pathOf(digest);
+    await mkdir(join(final, ".."), { recursive: true });
+    await rename(tmp, final);
+  }
+}
+
+class FsUpload implements BlobUpload {
+  private offset = 0;
+  private settled = false;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly path: string,
+    private readonly place: () => Promise<void>,
+  ) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < chunk.byteLength) {
+      const { bytesWritten } = await this.handle.write(chunk, done, chunk.byteLength - done, this.offset + done);
+      done += bytesWritten;
+    }
+    this.offset += done;
+  }
+
+  async openReader(): Promise<PartialReader> {
+    // A separate descriptor: it keeps reading the same inode after the rename on
+    // commit, and after the unlink on abort, until the reader closes it.
+    const reader = await open(this.path, "r");
+    return {
+      async read(offset, length) {
+        const buf = new Uint8Array(length);
+        const { bytesRead } = await reader.read(buf, 0, length, offset);
+        return bytesRead === length ? buf : buf.subarray(0, bytesRead);
+      },
+      close: () => reader.close(),
+    };
+  }
+
+  async commit(): Promise<void> {
+    if (this.settled) throw new Error("upload already committed or aborted");
+    this.settled = true;
+    try {
+      await this.handle.datasync();
+      await this.handle.close();
+      await this.place();
+    } catch (err) {
+      await unlink(this.path).catch(() => {});
+      throw err;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.settled) return;
+    this.settled = true;
+    await this.handle.close().catch(() => {});
+    await unlink(this.path).catch(() => {});
+  }
+}
+
+function fileStream(handle: FileHandle, start: number, end: number): ReadableStream<Uint8Array> {
+  let position = start;
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const want = Math.min(READ_CHUNK, end - position);
+          if (want <= 0) {
+            await handle.close();
+            controller.close();
+            return;
+          }
+          const buf = new Uint8Array(want);
+          const { bytesRead } = await handle.read(buf, 0, want, position);
+          if (bytesRead === 0) throw new Error("blob file shorter than expected");
+          position += bytesRead;
+          controller.enqueue(bytesRead === want ? buf : buf.subarray(0, bytesRead));
+        } catch (err) {
+          await handle.close().catch(() => {});
+          controller.error(err);
+        }
+      },
+      async cancel() {
+        await handle.close().catch(() => {});
+      },
+    },
+    { highWaterMark: 2 },
+  );
+}
+
+function isNotFound(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: string }).code === "ENOENT";
+}

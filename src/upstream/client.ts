@@ -1,0 +1,254 @@
+import { z } from "zod";
+import type { Upstream } from "../config.ts";
+import type { Logger } from "../log.ts";
+import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
+import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
+import type { Digest } from "../registry/reference.ts";
+import { mayReceiveCredentials } from "./credential-policy.ts";
+import type { UpstreamTokenCache } from "./token-cache.ts";
+import { UpstreamError } from "./upstream-error.ts";
+
+const MAX_REDIRECTS = 5;
+/** Token services that omit expires_in mean 60 s (Docker token spec). */
+const DEFAULT_TOKEN_SECONDS = 60;
+
+const TokenResponse = z.object({
+  token: z.string().min(1).optional(),
+  access_token: z.string().min(1).optional(),
+  expires_in: z.number().positive().optional(),
+});
+
+/** A successful upstream response whose body is still to be read, and the way to cut it off. */
+export type UpstreamReply = { response: Response; abort(reason?: unknown): void };
+
+export type UpstreamClientOptions = {
+  tokens: UpstreamTokenCache;
+  timeoutMs: number;
+  /** Injected for tests of failure modes no real registry shows on demand. */
+  fetch?: typeof fetch;
+};
+
+/**
+ * Talks to one upstream registry: the token dance (anonymous or with the
+ * configured credentials), redirects without leaking Authorization to other
+ * hosts, timeouts, and a classification of every failure (UpstreamError).
+ */
+export class UpstreamClient {
+  private scheme: "unknown" | "bearer" | "basic" | "none" = "unknown";
+  private readonly fetch: typeof fetch;
+
+  constructor(readonly upstream: Upstream, private readonly opts: UpstreamClientOptions) {
+    this.fetch = opts.fetch ?? globalThis.fetch;
+  }
+
+  manifest(repo: string, reference: string, method: "GET" | "HEAD", log: Logger): Promise<UpstreamReply> {
+    return this.send(method, `/v2/${repo}/manifests/${reference}`, repo, { accept: MANIFEST_ACCEPT }, log);
+  }
+
+  blob(repo: string, digest: Digest, method: "GET" | "HEAD", log: Logger, fromByte = 0): Promise<UpstreamReply> {
+    const headers: Record<string, string> = {};
+    if (fromByte > 0) headers.range = `bytes=${fromByte}-`;
+    return this.send(method, `/v2/${repo}/blobs/${digest}`, repo, headers, log);
+  }
+
+  tags(repo: string, query: string, log: Logger): Promise<UpstreamReply> {
+    return this.send("GET", `/v2/${repo}/tags/list${query}`, repo, { accept: "application/json" }, log);
+  }
+
+  private async send(
+    method: "GET" | "HEAD",
+    path: string,
+    repo: string,
+    extraHeaders: Record<string, string>,
+    log: Logger,
+  ): Promise<UpstreamReply> {
+    const scope = `repository:${repo}:pull`;
+    const url = this.upstream.url + path;
+    for (let attempt = 0; ; attempt++) {
+      const headers = new Headers(extraHeaders);
+      const authorization = await this.authorizationFor(scope);
+      if (authorization) headers.set("authorization", authorization);
+      const started = Date.now();
+      const { response, abort } = await this.fetchFollowingRedirects(method, url, headers);
+      log.debug("upstream response", {
+        upstream: this.upstream.name,
+        method,
+        path,
+        status: response.status,
+        ms: Date.now() - started,
+      });
+      if (response.status === 401 && attempt === 0) {
+        await response.body?.cancel().catch(() => {});
+        await this.opts.tokens.drop(this.upstream.name, scope);
+        await this.authenticate(parseWwwAuthenticate(response.headers.get("www-authenticate") ?? ""), scope, log);
+        continue;
+      }
+      if (response.ok) return { response, abort };
+      await response.body?.cancel().catch(() => {});
+      throw this.failureFor(response, method, path);
+    }
+  }
+
+  private async authorizationFor(scope: string): Promise<string | null> {
+    if (this.scheme === "bearer" || this.scheme === "unknown") {
+      const token = await this.opts.tokens.get(this.upstream.name, scope);
+      if (token) return `Bearer ${token}`;
+    }
+    if (this.scheme === "basic" && this.upstream.credentials) return basicAuth(this.upstream.credentials);
+    return null;
+  }
+
+  private async authenticate(challenges: Challenge[], scope: string, log: Logger): Promise<void> {
+    const bearer = challenges.find((c) => c.scheme === "bearer" && c.params.realm);
+    if (bearer) {
+      this.scheme = "bearer";
+      await this.fetchToken(bearer.params, scope, log);
+      return;
+    }
+    if (challenges.some((c) => c.scheme === "basic")) {
+      if (!this.upstream.credentials) {
+        throw new UpstreamError(
+          "unauthorized",
+          `upstream ${this.upstream.name} requires a username and password: set --upstream-credentials ${this.upstream.name}=USER:PASSWORD`,
+          { status: 401 },
+        );
+      }
+      this.scheme = "basic";
+      return;
+    }
+    throw new UpstreamError("unauthorized", `upstream ${this.upstream.name} answered 401 without a usable challenge`, {
+      status: 401,
+    });
+  }
+
+  private async fetchToken(params: Record<string, string>, scope: string, log: Logger): Promise<void> {
+    let realm: URL;
+    try {
+      realm = new URL(params.realm ?? "");
+    } catch {
+      throw new UpstreamError("bad-response", `upstream ${this.upstream.name} sent an invalid token realm`);
+    }
+    if (params.service) realm.searchParams.set("service", params.service);
+    realm.searchParams.set("scope", scope);
+    const headers = new Headers();
+    const creds = this.upstream.credentials;
+    if (creds) {
+      if (mayReceiveCredentials(this.upstream.url, realm.href)) headers.set("authorization", basicAuth(creds));
+      else {
+        log.warn("not sending upstream credentials to a token realm on another site", {
+          upstream: this.upstream.name,
+          realm: realm.origin,
+        });
+      }
+    }
+    const { response } = await this.fetchFollowingRedirects("GET", realm.href, headers);
+    if (!response.ok) {
+      await response.body?.cancel().catch(() => {});
+      if (response.status === 401 || response.status === 403) {
+        throw new UpstreamError(
+          "unauthorized",
+          creds
+            ? `upstream ${this.upstream.name} token service refused the configured credentials (HTTP ${response.status}): check --upstream-credentials`
+            : `upstream ${this.upstream.name} token service refused anonymous access (HTTP ${response.status}): configure --upstream-credentials`,
+          { status: response.status },
+        );
+      }
+      throw this.failureFor(response, "GET", realm.pathname);
+    }
+    let body: unknown;
+    try {
+      body = await response.json();
+    } catch (cause) {
+      throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent invalid JSON`, { cause });
+    }
+    const parsed = TokenResponse.safeParse(body);
+    const token = parsed.success ? (parsed.data.token ?? parsed.data.access_token) : undefined;
+    if (!parsed.success || !token) {
+      throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent no token`);
+    }
+    await this.opts.tokens.put(this.upstream.name, scope, token, parsed.data.expires_in ?? DEFAULT_TOKEN_SECONDS);
+  }
+
+  /**
+   * fetch() with our own redirect handling: blob downloads are usually
+   * redirected to a CDN or object store, and Authorization must only go to the
+   * upstream's own origin.
+   */
+  private async fetchFollowingRedirects(
+    method: "GET" | "HEAD",
+    url: string,
+    headers: Headers,
+  ): Promise<UpstreamReply> {
+    const controller = new AbortController();
+    const abort = (reason?: unknown) => controller.abort(reason);
+    const timer = setTimeout(
+      () => abort(new UpstreamError("timeout", `upstream ${this.upstream.name} sent no response within ${this.opts.timeoutMs / 1000} s`)),
+      this.opts.timeoutMs,
+    );
+    try {
+      let current = new URL(url);
+      const origin = new URL(this.upstream.url).origin;
+      for (let hop = 0; ; hop++) {
+        const sent = new Headers(headers);
+        if (current.origin !== origin) sent.delete("authorization");
+        const response = await this.fetch(current, { method, headers: sent, redirect: "manual", signal: controller.signal });
+        const location = response.headers.get("location");
+        if (response.status >= 300 && response.status < 400 && location) {
+          await response.body?.cancel().catch(() => {});
+          if (hop >= MAX_REDIRECTS) {
+            throw new UpstreamError("bad-response", `upstream ${this.upstream.name} redirected more than ${MAX_REDIRECTS} times`);
+          }
+          current = new URL(location, current);
+          continue;
+        }
+        return { response, abort };
+      }
+    } catch (err) {
+      if (err instanceof UpstreamError) throw err;
+      const reason = controller.signal.reason;
+      if (controller.signal.aborted && reason instanceof UpstreamError) throw reason;
+      throw new UpstreamError("unreachable", `upstream ${this.upstream.name} is unreachable: ${describeNetworkError(err)}`, {
+        cause: err,
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private failureFor(response: Response, method: string, path: string): UpstreamError {
+    const what = `upstream ${this.upstream.name} answered ${response.status} to ${method} ${path}`;
+    const status = response.status;
+    if (status === 404) return new UpstreamError("not-found", what, { status });
+    if (status === 429) {
+      const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
+      return new UpstreamError("rate-limited", what, { status, ...(retryAfter === undefined ? {} : { retryAfterSeconds: retryAfter }) });
+    }
+    if (status === 401 || status === 403) return new UpstreamError("unauthorized", what, { status });
+    if (status >= 500) return new UpstreamError("server-error", what, { status });
+    return new UpstreamError("bad-response", what, { status });
+  }
+}
+
+function basicAuth(creds: { username: string; password: string }): string {
+  const bytes = new TextEncoder().encode(`${creds.username}:${creds.password}`);
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return `Basic ${btoa(binary)}`;
+}
+
+function parseRetryAfter(value: string | null): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds) && seconds >= 0) return Math.ceil(seconds);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
+
+function describeNetworkError(err: unknown): string {
+  if (err instanceof Error) {
+    const cause = err.cause as { code?: string; message?: string } | undefined;
+    if (cause?.code) return `${cause.code}${cause.message ? ` (${cause.message})` : ""}`;
+    return err.message;
+  }
+  return String(err);
+}

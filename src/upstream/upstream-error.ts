@@ -1,0 +1,25 @@
+/** Why an upstream request failed, in terms the cache can act on. */
+export type UpstreamFailure =
+  | "unreachable" // connection refused, DNS, TLS, reset before headers
+  | "timeout" // no response headers, or no body bytes, within the timeout
+  | "rate-limited" // 429
+  | "not-found" // 404
+  | "unauthorized" // 401/403 even after the token dance
+  | "server-error" // 5xx
+  | "bad-response"; // anything else we cannot use (odd status, bad token JSON, oversize manifest)
+
+export class UpstreamError extends Error {
+  constructor(
+    readonly failure: UpstreamFailure,
+    message: string,
+    readonly opts: { status?: number; retryAfterSeconds?: number; cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+  }
+
+  /** Failures where serving what is cached (stale-if-error) is the right answer. */
+  get isOutage(): boolean {
+    return this.failure === "unreachable" || this.failure === "timeout" || this.failure === "rate-limited" ||
+      this.failure === "server-error";
+  }
+}

@@ -1,0 +1,445 @@
+import t from "tap";
+import { type Config, ConfigError, loadConfig, redactedConfig } from "../../src/config.ts";
+import { parseCommand, SERVE_HELP, USAGE } from "../../src/cli.ts";
+
+const SECRET = "hunter2";
+
+type Env = Record<string, string | undefined>;
+
+function readerFor(files: Record<string, string>) {
+  return (path: string): string => {
+    const text = files[path];
+    if (text === undefined) throw new Error(`ENOENT: no such file or directory, open '${path}'`);
+    return text;
+  };
+}
+
+function load(argv: string[], env: Env = {}, files: Record<string, string> = {}): Config {
+  return loadConfig({ argv, env, readFile: readerFor(files) });
+}
+
+function errorOf(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error("expected a ConfigError, but nothing was thrown");
+}
+
+const DOCKER_HUB = {
+  name: "docker.io",
+  url: "https://registry-1.docker.io",
+  host: "registry-1.docker.io",
+  aliases: ["docker.io", "index.docker.io", "registry-1.docker.io"],
+  dockerHub: true,
+};
+
+t.test("defaults", async (t) => {
+  t.same(load([]), {
+    listen: { hostname: "127.0.0.1", port: 5000 },
+    dataDir: "./data",
+    upstreams: [DOCKER_HUB],
+    defaultUpstream: "docker.io",
+    publicUrl: null,
+    tagTtlSeconds: 60,
+    upstreamTimeoutSeconds: 30,
+    logLevel: "info",
+  });
+});
+
+t.test("each flag, in both --flag value and --flag=value form", async (t) => {
+  const cases: Array<[string, string, Partial<Config>]> = [
+    ["--listen", "0.0.0.0:8080", { listen: { hostname: "0.0.0.0", port: 8080 } }],
+    ["--listen", ":5001", { listen: { hostname: "0.0.0.0", port: 5001 } }],
+    ["--listen", "[::1]:5002", { listen: { hostname: "::1", port: 5002 } }],
+    ["--listen", "localhost:65535", { listen: { hostname: "localhost", port: 65535 } }],
+    ["--data-dir", "/var/lib/stowage", { dataDir: "/var/lib/stowage" }],
+    ["--data-dir", "relative/dir", { dataDir: "relative/dir" }],
+    ["--public-url", "https://cache.example.com/", { publicUrl: "https://cache.example.com" }],
+    ["--public-url", "http://10.0.0.1:8080", { publicUrl: "http://10.0.0.1:8080" }],
+    ["--tag-ttl", "90", { tagTtlSeconds: 90 }],
+    ["--tag-ttl", "90s", { tagTtlSeconds: 90 }],
+    ["--tag-ttl", "5m", { tagTtlSeconds: 300 }],
+    ["--tag-ttl", "1h", { tagTtlSeconds: 3600 }],
+    ["--tag-ttl", "1h30m", { tagTtlSeconds: 5400 }],
+    ["--tag-ttl", "0", { tagTtlSeconds: 0 }],
+    ["--upstream-timeout", "2m", { upstreamTimeoutSeconds: 120 }],
+    ["--log-level", "debug", { logLevel: "debug" }],
+    ["--log-level", "WARN", { logLevel: "warn" }],
+    ["--default-upstream", "docker.io", { defaultUpstream: "docker.io" }],
+  ];
+  for (const [flag, value, expected] of cases) {
+    t.match(load([flag, value]), expected, `${flag} ${value}`);
+    t.match(load([`${flag}=${value}`]), expected, `${flag}=${value}`);
+  }
+  const c = load(["--upstream=ghcr.io=https://ghcr.io/", "--upstream", "local=http://127.0.0.1:5001/prefix/"]);
+  t.same(
+    c.upstreams.map((u) => [u.name, u.url, u.host, u.aliases, u.dockerHub]),
+    [
+      ["ghcr.io", "https://ghcr.io", "ghcr.io", ["ghcr.io"], false],
+      ["local", "http://127.0.0.1:5001/prefix", "127.0.0.1:5001", ["127.0.0.1:5001"], false],
+    ],
+    "--upstream is repeatable and replaces the built-in default",
+  );
+  t.equal(c.defaultUpstream, "ghcr.io", "the first upstream is the default");
+  t.equal(load(["--log-level", "warn", "--log-level", "error"]).logLevel, "error", "last repeated flag wins");
+});
+
+t.test("environment variables", async (t) => {
+  const c = load([], {
+    STOWAGE_LISTEN: ":6000",
+    STOWAGE_DATA_DIR: "/srv/cache",
+    STOWAGE_UPSTREAMS: "ghcr.io=https://ghcr.io, quay.io=https://quay.io\n docker.io=https://index.docker.io",
+    STOWAGE_UPSTREAM_CREDENTIALS: "ghcr.io=bot:p,a:s=s\n  docker.io=me:x",
+    STOWAGE_DEFAULT_UPSTREAM: "quay.io",
+    STOWAGE_PUBLIC_URL: "https://cache.example.com",
+    STOWAGE_TAG_TTL: "10m",
+    STOWAGE_UPSTREAM_TIMEOUT: "45s",
+    STOWAGE_LOG_LEVEL: "error",
+  });
+  t.same(c.listen, { hostname: "0.0.0.0", port: 6000 });
+  t.equal(c.dataDir, "/srv/cache");
+  t.same(c.upstreams.map((u) => u.name), ["ghcr.io", "quay.io", "docker.io"]);
+  t.same(c.upstreams[0]?.credentials, { username: "bot", password: "p,a:s=s" }, "password may hold , : =");
+  t.same(c.upstreams[2]?.credentials, { username: "me", password: "x" });
+  t.equal(c.upstreams[1]?.credentials, undefined);
+  t.equal(c.defaultUpstream, "quay.io");
+  t.equal(c.publicUrl, "https://cache.example.com");
+  t.equal(c.tagTtlSeconds, 600);
+  t.equal(c.upstreamTimeoutSeconds, 45);
+  t.equal(c.logLevel, "error");
+  t.same(load([], { STOWAGE_LISTEN: "", STOWAGE_PUBLIC_URL: "  " }).listen, { hostname: "127.0.0.1", port: 5000 }, "blank variables count as unset");
+});
+
+const YAML_FILE = `
+# comment
+listen: "[::]:7000"
+dataDir: /data
+defaultUpstream: ghcr.io
+publicUrl: https://cache.example.com
+tagTtl: 2m
+upstreamTimeout: 10
+logLevel: warn
+upstreams:
+  - name: docker.io
+    url: https://registry-1.docker.io
+    username: hubuser
+    password: "s:e=c,r et"
+  - name: ghcr.io
+    url: https://ghcr.io
+    username: gh
+    passwordEnv: GH_TOKEN
+  - name: local
+    url: http://127.0.0.1:5001
+    username: admin
+    passwordFile: /run/secrets/local
+`;
+
+const JSON_FILE = JSON.stringify({
+  listen: "127.0.0.2:7001",
+  tagTtl: 0,
+  upstreams: [{ name: "quay.io", url: "https://quay.io" }],
+});
+
+t.test("config file: YAML and JSON", async (t) => {
+  const files = { "/etc/stowage.yaml": YAML_FILE, "/run/secrets/local": "  file-pass\n" };
+  const c = load(["--config", "/etc/stowage.yaml"], { GH_TOKEN: "gh-token" }, files);
+  t.same(c, {
+    listen: { hostname: "::", port: 7000 },
+    dataDir: "/data",
+    upstreams: [
+      { ...DOCKER_HUB, credentials: { username: "hubuser", password: "s:e=c,r et" } },
+      {
+        name: "ghcr.io",
+        url: "https://ghcr.io",
+        host: "ghcr.io",
+        aliases: ["ghcr.io"],
+        dockerHub: false,
+        credentials: { username: "gh", password: "gh-token" },
+      },
+      {
+        name: "local",
+        url: "http://127.0.0.1:5001",
+        host: "127.0.0.1:5001",
+        aliases: ["127.0.0.1:5001"],
+        dockerHub: false,
+        credentials: { username: "admin", password: "file-pass" },
+      },
+    ],
+    defaultUpstream: "ghcr.io",
+    publicUrl: "https://cache.example.com",
+    tagTtlSeconds: 120,
+    upstreamTimeoutSeconds: 10,
+    logLevel: "warn",
+  });
+
+  const j = load([], { STOWAGE_CONFIG: "s.json" }, { "s.json": JSON_FILE });
+  t.same(j.listen, { hostname: "127.0.0.2", port: 7001 });
+  t.equal(j.tagTtlSeconds, 0);
+  t.same(j.upstreams.map((u) => u.name), ["quay.io"]);
+  t.equal(j.defaultUpstream, "quay.io");
+
+  t.same(load(["--config=empty.yaml"], {}, { "empty.yaml": "# nothing yet\n" }), load([]), "an empty file means defaults");
+  t.equal(
+    load(["--config", "a.yaml"], { STOWAGE_CONFIG: "b.yaml" }, { "a.yaml": "tagTtl: 1", "b.yaml": "tagTtl: 2" }).tagTtlSeconds,
+    1,
+    "--config beats STOWAGE_CONFIG",
+  );
+});
+
+t.test("precedence: flags > environment > file > defaults", async (t) => {
+  const files = { "c.yaml": "listen: 127.0.0.1:1001\ndataDir: /file\nlogLevel: debug\ntagTtl: 1\n" };
+  const env = { STOWAGE_CONFIG: "c.yaml", STOWAGE_LISTEN: "127.0.0.1:1002", STOWAGE_DATA_DIR: "/env" };
+  const c = load(["--listen", "127.0.0.1:1003"], env, files);
+  t.equal(c.listen.port, 1003, "flag beats env and file");
+  t.equal(c.dataDir, "/env", "env beats file");
+  t.equal(c.logLevel, "debug", "file beats default");
+  t.equal(c.tagTtlSeconds, 1);
+  t.equal(c.upstreamTimeoutSeconds, 30, "default when no source sets it");
+});
+
+t.test("upstream merging and credentials across sources", async (t) => {
+  const files = {
+    "c.yaml": `
+upstreams:
+  - name: docker.io
+    url: https://registry-1.docker.io
+  - name: ghcr.io
+    url: https://ghcr.io
+    username: file-user
+    password: file-pass
+`,
+  };
+  const env = {
+    STOWAGE_CONFIG: "c.yaml",
+    STOWAGE_UPSTREAMS: "ghcr.io=https://ghcr-mirror.example.com,quay.io=https://quay.io",
+    STOWAGE_UPSTREAM_CREDENTIALS: "docker.io=env-user:env:pa=ss",
+  };
+  const c = load(
+    ["--upstream", "quay.io=https://quay-mirror.example.com", "--upstream", "local=http://localhost:5001",
+      "--upstream-credentials", "ghcr.io=flag-user:a:b=c,d"],
+    env,
+    files,
+  );
+  t.same(
+    c.upstreams.map((u) => [u.name, u.url]),
+    [
+      ["docker.io", "https://registry-1.docker.io"],
+      ["ghcr.io", "https://ghcr-mirror.example.com"],
+      ["quay.io", "https://quay-mirror.example.com"],
+      ["local", "http://localhost:5001"],
+    ],
+    "same name replaces the URL in place; new names append",
+  );
+  t.equal(c.defaultUpstream, "docker.io");
+  t.same(c.upstreams[0]?.credentials, { username: "env-user", password: "env:pa=ss" });
+  t.same(c.upstreams[1]?.credentials, { username: "flag-user", password: "a:b=c,d" }, "flag credentials replace file credentials");
+  t.equal(c.upstreams[3]?.credentials, undefined);
+
+  const onDefault = load(["--upstream-credentials", "docker.io=u:p"]);
+  t.same(onDefault.upstreams[0]?.credentials, { username: "u", password: "p" }, "credentials attach to the built-in default");
+});
+
+t.test("Docker Hub detection", async (t) => {
+  const cases: Array<[string, boolean, string[]]> = [
+    ["https://registry-1.docker.io", true, ["docker.io", "index.docker.io", "registry-1.docker.io"]],
+    ["https://index.docker.io/", true, ["docker.io", "index.docker.io", "registry-1.docker.io"]],
+    ["https://docker.io", true, ["docker.io", "index.docker.io", "registry-1.docker.io"]],
+    ["https://mirror.gcr.io", false, ["mirror.gcr.io"]],
+    ["https://registry-1.docker.io:8443", false, ["registry-1.docker.io:8443"]],
+    ["https://HUB.Example.COM:443/", false, ["hub.example.com"]],
+  ];
+  for (const [url, dockerHub, aliases] of cases) {
+    const u = load(["--upstream", `hub=${url}`]).upstreams[0];
+    t.equal(u?.dockerHub, dockerHub, `${url} dockerHub`);
+    t.same(u?.aliases, aliases, `${url} aliases`);
+    t.ok(u && u.aliases.includes(u.host), `${url} aliases include the host`);
+  }
+});
+
+t.test("bad inputs: one-line messages naming the setting, never the password", async (t) => {
+  const withSecret = { STOWAGE_UPSTREAM_CREDENTIALS: `docker.io=user:${SECRET}` };
+  const cases: Array<{ name: string; argv?: string[]; env?: Env; files?: Record<string, string>; starts: string; has?: string }> = [
+    { name: "bad listen", argv: ["--listen", "abc"], starts: "--listen:", has: '"abc"' },
+    { name: "listen without port", env: { STOWAGE_LISTEN: "127.0.0.1" }, starts: "STOWAGE_LISTEN:" },
+    { name: "bare IPv6 listen", argv: ["--listen", "::1:5000"], starts: "--listen:" },
+    { name: "port 0", argv: ["--listen=:0"], starts: "--listen:", has: "65535" },
+    { name: "port 70000", argv: ["--listen", "127.0.0.1:70000"], starts: "--listen:", has: "70000" },
+    { name: "ftp upstream", argv: ["--upstream", "x=ftp://example.com"], starts: "--upstream:", has: "ftp:" },
+    { name: "upstream without =", argv: ["--upstream", "https://ghcr.io"], starts: "--upstream:", has: "NAME=URL" },
+    { name: "upstream without = and with userinfo", argv: ["--upstream", `https://u:${SECRET}@ghcr.io`], starts: "--upstream:", has: "NAME=URL" },
+    { name: "not a URL", env: { STOWAGE_UPSTREAMS: "x=not a url" }, starts: "STOWAGE_UPSTREAMS:" },
+    { name: "URL with credentials", argv: ["--upstream", `x=https://user:${SECRET}@example.com`], starts: "--upstream:", has: "--upstream-credentials" },
+    { name: "URL with query", argv: ["--upstream", "x=https://example.com/?a=b"], starts: "--upstream:", has: "query" },
+    { name: "duplicate flag names", argv: ["--upstream", "a=https://a.example", "--upstream", "a=https://b.example"], starts: "--upstream:", has: '"a"' },
+    { name: "duplicate env names", env: { STOWAGE_UPSTREAMS: "a=https://a.example a=https://b.example" }, starts: "STOWAGE_UPSTREAMS:" },
+    {
+      name: "duplicate file names",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "upstreams:\n  - {name: a, url: https://a.example}\n  - {name: a, url: https://b.example}\n" },
+      starts: "c.yaml: upstreams[1].name:",
+    },
+    { name: "default naming nothing", argv: ["--default-upstream", "ghcr.io"], env: withSecret, starts: "--default-upstream:", has: "docker.io" },
+    { name: "default naming nothing (env)", env: { STOWAGE_DEFAULT_UPSTREAM: "nope" }, starts: "STOWAGE_DEFAULT_UPSTREAM:" },
+    { name: "invalid upstream name", argv: ["--upstream", "Docker.IO=https://registry-1.docker.io"], starts: "--upstream:", has: '"Docker.IO"' },
+    { name: "invalid default name", argv: ["--default-upstream", "Docker.IO"], starts: "--default-upstream:" },
+    { name: "credentials for unknown upstream", argv: ["--upstream-credentials", `nope=user:${SECRET}`], starts: "--upstream-credentials:", has: '"nope"' },
+    { name: "env credentials for unknown upstream", env: { STOWAGE_UPSTREAM_CREDENTIALS: `nope=user:${SECRET}` }, starts: "STOWAGE_UPSTREAM_CREDENTIALS:" },
+    { name: "credentials without colon", argv: ["--upstream-credentials", `docker.io=${SECRET}`], starts: "--upstream-credentials:" },
+    { name: "credentials without name", argv: [`--upstream-credentials=${SECRET}`], starts: "--upstream-credentials:" },
+    { name: "credentials with empty password", argv: ["--upstream-credentials", "docker.io=user:"], starts: "--upstream-credentials:" },
+    { name: "bad duration", argv: ["--tag-ttl", "5 minutes"], starts: "--tag-ttl:", has: '"5 minutes"' },
+    { name: "bad duration (env)", env: { STOWAGE_UPSTREAM_TIMEOUT: "1.5m" }, starts: "STOWAGE_UPSTREAM_TIMEOUT:" },
+    { name: "zero timeout", argv: ["--upstream-timeout", "0"], starts: "--upstream-timeout:" },
+    { name: "negative file ttl", argv: ["--config", "c.yaml"], files: { "c.yaml": "tagTtl: -5" }, starts: "c.yaml: tagTtl:" },
+    { name: "bad log level", argv: ["--log-level", "verbose"], starts: "--log-level:", has: "debug, info, warn, error" },
+    { name: "public URL with path", argv: ["--public-url", "https://cache.example.com/v2"], starts: "--public-url:" },
+    { name: "unknown flag", argv: ["--foo", "bar"], starts: "unknown option --foo (see stowage serve --help)" },
+    { name: "unknown flag with =", argv: [`--pasword=${SECRET}`], starts: "unknown option --pasword " },
+    { name: "positional argument", argv: ["extra"], starts: "unexpected argument" },
+    { name: "missing value at end", argv: ["--listen"], starts: "--listen needs a value" },
+    { name: "missing value before flag", argv: ["--listen", "--data-dir", "/x"], starts: "--listen needs a value" },
+    { name: "empty = value", argv: ["--data-dir="], starts: "--data-dir needs a value" },
+    { name: "missing config file", argv: ["--config", "nope.yaml"], starts: "--config:", has: "nope.yaml" },
+    { name: "missing config file (env)", env: { STOWAGE_CONFIG: "nope.yaml" }, starts: "STOWAGE_CONFIG:" },
+    {
+      name: "unknown top-level key",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "tagTTL: 60\n" },
+      starts: "c.yaml: unknown key",
+      has: '"tagTTL"',
+    },
+    {
+      name: "unknown upstream key",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `upstreams:\n  - name: a\n    url: https://a.example\n    pasword: ${SECRET}\n` },
+      starts: "c.yaml: upstreams[0]: unknown key",
+      has: '"pasword"',
+    },
+    {
+      name: "bad file url",
+      argv: ["--config", "c.json"],
+      files: { "c.json": JSON.stringify({ upstreams: [{ name: "a", url: "https://a.example" }, { name: "b", url: "ftp://b" }] }) },
+      starts: "c.json: upstreams[1].url:",
+    },
+    {
+      name: "file URL with credentials",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `upstreams:\n  - name: a\n    url: https://u:${SECRET}@a.example\n` },
+      starts: "c.yaml: upstreams[0].url:",
+    },
+    {
+      name: "numeric password in YAML",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "upstreams:\n  - name: a\n    url: https://a.example\n    username: u\n    password: 12345678\n" },
+      starts: "c.yaml: upstreams[0].password:",
+    },
+    {
+      name: "username without password",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "upstreams:\n  - name: a\n    url: https://a.example\n    username: u\n" },
+      starts: "c.yaml: upstreams[0]:",
+      has: "password",
+    },
+    {
+      name: "password without username",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `upstreams:\n  - name: a\n    url: https://a.example\n    password: ${SECRET}\n` },
+      starts: "c.yaml: upstreams[0]:",
+      has: "username",
+    },
+    {
+      name: "two password sources",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `upstreams:\n  - {name: a, url: "https://a.example", username: u, password: ${SECRET}, passwordEnv: X}\n` },
+      starts: "c.yaml: upstreams[0]:",
+    },
+    {
+      name: "passwordEnv not set",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "upstreams:\n  - {name: a, url: 'https://a.example', username: u, passwordEnv: MISSING_VAR}\n" },
+      starts: "c.yaml: upstreams[0].passwordEnv:",
+      has: "MISSING_VAR",
+    },
+    {
+      name: "passwordFile missing",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "upstreams:\n  - {name: a, url: 'https://a.example', username: u, passwordFile: /run/nope}\n" },
+      starts: "c.yaml: upstreams[0].passwordFile:",
+      has: "/run/nope",
+    },
+    {
+      name: "YAML syntax error on a password line",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `upstreams:\n  - name: a\n    password: }${SECRET}\n` },
+      starts: "c.yaml: invalid YAML at line 3",
+    },
+    {
+      name: "JSON syntax error",
+      argv: ["--config", "c.json"],
+      files: { "c.json": `{"upstreams": [{"password": ${SECRET}}]}` },
+      starts: "c.json: invalid JSON",
+    },
+    { name: "top level is a list", argv: ["--config", "c.yaml"], files: { "c.yaml": "- a\n- b\n" }, starts: "c.yaml: expected a mapping" },
+    {
+      name: "upstreams is not a list",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": "upstreams: docker.io\n" },
+      starts: "c.yaml: upstreams:",
+    },
+  ];
+  for (const c of cases) {
+    const err = errorOf(() => load(c.argv ?? [], c.env ?? {}, c.files ?? {}));
+    t.ok(err.message.startsWith(c.starts), `${c.name}: message starts with ${c.starts}`, { found: err.message });
+    if (c.has) t.ok(err.message.includes(c.has), `${c.name}: message mentions ${c.has}`, { found: err.message });
+    t.notOk(err.message.includes("\n"), `${c.name}: one line`);
+    t.notOk(err.message.includes(SECRET), `${c.name}: password not shown`, { found: err.message });
+  }
+});
+
+t.test("redactedConfig hides passwords and keeps the rest", async (t) => {
+  const c = load(["--upstream-credentials", `docker.io=someone:${SECRET}`, "--upstream", "docker.io=https://registry-1.docker.io",
+    "--upstream", "ghcr.io=https://ghcr.io"]);
+  const text = JSON.stringify(redactedConfig(c));
+  t.notOk(text.includes(SECRET), "password gone");
+  t.ok(text.includes("someone"), "username kept");
+  t.ok(text.includes("***"), "placeholder shown");
+  t.match(redactedConfig(c), { upstreams: [{ name: "docker.io", credentials: { password: "***" } }, { name: "ghcr.io" }] });
+  t.equal(c.upstreams[0]?.credentials?.password, SECRET, "the config itself is not modified");
+});
+
+t.test("cli: commands", async (t) => {
+  const parse = (argv: string[], env: Env = {}) => parseCommand(argv, env, readerFor({}));
+  t.same(parse([]), { kind: "help", text: USAGE });
+  t.same(parse(["help"]), { kind: "help", text: USAGE });
+  t.same(parse(["--help"]), { kind: "help", text: USAGE });
+  t.same(parse(["-h"]), { kind: "help", text: USAGE });
+  t.same(parse(["help", "serve"]), { kind: "help", text: SERVE_HELP });
+  t.same(parse(["serve", "--help"]), { kind: "help", text: SERVE_HELP });
+  t.same(parse(["serve", "--listen", "abc", "-h"]), { kind: "help", text: SERVE_HELP }, "help wins over bad flags");
+  t.same(parse(["--version"]), { kind: "version" });
+
+  const serve = parse(["serve", "--listen", ":5555"], { STOWAGE_LOG_LEVEL: "debug" });
+  t.equal(serve.kind, "serve");
+  if (serve.kind === "serve") {
+    t.same(serve.config.listen, { hostname: "0.0.0.0", port: 5555 });
+    t.equal(serve.config.logLevel, "debug");
+  }
+
+  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, help)');
+  t.match(errorOf(() => parse([`--listen=${SECRET}`])).message, /^unknown option --listen \(/);
+  t.notOk(errorOf(() => parse([`--upstream-credentials=a=b:${SECRET}`])).message.includes(SECRET));
+  t.match(errorOf(() => parse(["serve", "--bogus"])).message, "unknown option --bogus");
+});
+
+t.test("help documents every flag and environment variable", async (t) => {
+  const flags = ["--listen", "--data-dir", "--upstream", "--upstream-credentials", "--default-upstream", "--public-url",
+    "--tag-ttl", "--upstream-timeout", "--log-level", "--config"];
+  for (const flag of flags) t.ok(SERVE_HELP.includes(`  ${flag} `), `SERVE_HELP has ${flag}`);
+  const envs = ["STOWAGE_LISTEN", "STOWAGE_DATA_DIR", "STOWAGE_UPSTREAMS", "STOWAGE_UPSTREAM_CREDENTIALS", "STOWAGE_DEFAULT_UPSTREAM",
+    "STOWAGE_PUBLIC_URL", "STOWAGE_TAG_TTL", "STOWAGE_UPSTREAM_TIMEOUT", "STOWAGE_LOG_LEVEL", "STOWAGE_CONFIG"];
+  for (const env of envs) t.ok(SERVE_HELP.includes(env), `SERVE_HELP has ${env}`);
+  for (const cmd of ["serve", "help", "--version"]) t.ok(USAGE.includes(cmd), `USAGE has ${cmd}`);
+});
