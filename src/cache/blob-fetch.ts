@@ -9,7 +9,9 @@ import { keys } from "./records.ts";
 import { ChangeSignal, IdleTimer } from "./signal.ts";
 
 /** Bytes a follower reads from the spool at a time. */
-const FOLLOW_CHUNK = 256 * 1024;
+const FOLLOW_CHUNK = 1024 * 1024;
+/** Written bytes kept in memory for followers near the live edge, per fetch. */
+const WINDOW_BYTES = 4 * 1024 * 1024;
 
 export type BlobFetchDeps = {
   store: BlobStore;
@@ -28,10 +30,13 @@ export class DigestMismatchError extends Error {}
  * while it runs.
  *
  * The upstream body is written to a store upload and hashed (in a worker) as
- * it arrives; clients follow the upload, reading what has been written so far
- * and waiting for more. So:
- *  - memory is bounded: nothing but the chunk in hand is held per client;
- *  - a slow or vanished client holds up nobody: it just reads later;
+ * it arrives, in 1 MiB batches. Clients follow it: near the live edge from the
+ * last few batches kept in memory, further behind from the upload's bytes on
+ * disk (the spool), and they wait when they catch up. So:
+ *  - memory is bounded: a small window of recent batches per fetch, whatever
+ *    the number of clients (they share the same buffers, never copies);
+ *  - a slow or vanished client holds up nobody: it falls behind the window
+ *    and reads the spool later;
  *  - the store is the pacer: if it is slow, the upstream read slows with it
  *    (TCP backpressure) and so do the clients, and nothing piles up in memory;
  *  - the last byte is held back until the digest is verified, so on a
@@ -39,9 +44,12 @@ export class DigestMismatchError extends Error {}
  *    ending cleanly, and nothing is committed.
  */
 export class BlobFetch {
-  state: "connecting" | "streaming" | "committed" | "failed" = "connecting";
+  state: "connecting" | "streaming" | "verified" | "committed" | "failed" = "connecting";
   /** Expected size from the upstream's Content-Length (null if it sent none); the real size once committed. */
   size: number | null = null;
+  /** Bytes received from upstream and offered to followers (from memory while recent). */
+  received = 0;
+  /** Bytes durably in the store upload (readable through the spool reader). */
   written = 0;
   error: Error | null = null;
   /** Resolves once the upstream answered and followers can start; rejects if it did not. */
@@ -50,6 +58,13 @@ export class BlobFetch {
   readonly settled: Promise<void>;
 
   private readonly changed = new ChangeSignal();
+  /**
+   * The most recent batches, so followers at the live edge are fed from
+   * memory without touching the disk. Holds every batch not yet written plus
+   * up to WINDOW_BYTES of written ones; followers further behind read the spool.
+   */
+  private window: Array<{ start: number; bytes: Uint8Array }> = [];
+  private windowBytes = 0;
   private reader: SharedReader | null = null;
   private markReady!: () => void;
   private failReady!: (err: Error) => void;
@@ -93,7 +108,7 @@ export class BlobFetch {
         pull: async (controller) => {
           try {
             for (;;) {
-              const stop = end ?? (this.state === "committed" ? this.written : Infinity);
+              const stop = end ?? (this.state === "committed" || this.state === "verified" ? this.received : Infinity);
               if (position >= stop) {
                 release();
                 controller.close();
@@ -102,11 +117,14 @@ export class BlobFetch {
               if (this.state === "failed") throw this.error ?? new Error("upstream fetch failed");
               const limit = Math.min(stop, this.releasable());
               if (position < limit) {
-                const chunk = await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position));
-                if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
-                position += chunk.byteLength;
-                controller.enqueue(chunk);
-                return;
+                const chunk = this.fromWindow(position, limit) ??
+                  (position < this.written ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, this.written - position)) : null);
+                if (chunk) {
+                  if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
+                  position += chunk.byteLength;
+                  controller.enqueue(chunk);
+                  return;
+                }
               }
               await this.changed.wait();
             }
@@ -123,9 +141,37 @@ export class BlobFetch {
 
   /** Bytes a follower may have: all of them once verified, else all but the last. */
   private releasable(): number {
-    if (this.state === "committed") return this.written;
-    if (this.size !== null) return Math.min(this.written, this.size - 1);
-    return this.written - 1;
+    if (this.state === "committed" || this.state === "verified") return this.received;
+    if (this.size !== null) return Math.min(this.received, this.size - 1);
+    return this.received - 1;
+  }
+
+  /** The bytes at `position` (up to `limit`) if they are still in memory; shared, never copied or mutated. */
+  private fromWindow(position: number, limit: number): Uint8Array | null {
+    for (const { start, bytes } of this.window) {
+      if (position >= start && position < start + bytes.byteLength) {
+        return bytes.subarray(position - start, Math.min(bytes.byteLength, limit - start));
+      }
+    }
+    return null;
+  }
+
+  private remember(batch: Uint8Array): void {
+    this.window.push({ start: this.received, bytes: batch });
+    this.windowBytes += batch.byteLength;
+    this.received += batch.byteLength;
+    this.trimWindow();
+  }
+
+  private trimWindow(): void {
+    // Unwritten batches (at most MAX_BATCHES_IN_FLIGHT + 1) always stay: disk readers cannot have them yet.
+    for (;;) {
+      const oldest = this.window[0];
+      if (!oldest || this.windowBytes - oldest.bytes.byteLength < WINDOW_BYTES) return;
+      if (oldest.start + oldest.bytes.byteLength > this.written) return; // not on disk yet: keep
+      this.window.shift();
+      this.windowBytes -= oldest.bytes.byteLength;
+    }
   }
 
   private async run(): Promise<void> {
@@ -156,24 +202,38 @@ export class BlobFetch {
         activeReply.abort(stalled);
       });
       const bodyReader = body.getReader();
+      // Upstream chunks are small (~64 KiB); store writes and hash messages are
+      // far cheaper in 1 MiB batches. One batch is written while the next fills.
+      const sink = new BatchingSink((batch) => {
+        this.remember(batch);
+        this.changed.notify();
+        // Both calls take their place synchronously (write position, hash order);
+        // completion is awaited later, in order, by the sink.
+        return Promise.all([upload!.write(batch), hasher!.update(batch)]).then(() => {});
+      }, (batch) => {
+        this.written += batch.byteLength;
+        this.trimWindow();
+        this.changed.notify();
+      });
+      let fromUpstream = 0;
       for (;;) {
         let chunk: ReadableStreamReadResult<Uint8Array>;
         try {
           chunk = await bodyReader.read();
         } catch (cause) {
           throw stalled ??
-            new UpstreamError("unreachable", `upstream ${client.upstream.name} broke the connection after ${this.written} bytes of ${this.digest}`, { cause });
+            new UpstreamError("unreachable", `upstream ${client.upstream.name} broke the connection after ${fromUpstream} bytes of ${this.digest}`, { cause });
         }
         if (chunk.done) break;
         const bytes = chunk.value;
         idle.touch();
-        if (this.size !== null && this.written + bytes.byteLength > this.size) {
+        fromUpstream += bytes.byteLength;
+        if (this.size !== null && fromUpstream > this.size) {
           throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent more than the ${this.size} bytes it announced for ${this.digest}`);
         }
-        await Promise.all([upload.write(bytes), hasher.update(bytes)]);
-        this.written += bytes.byteLength;
-        this.changed.notify();
+        await sink.push(bytes);
       }
+      await sink.end();
       idle.stop();
       if (this.size !== null && this.written !== this.size) {
         throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent ${this.written} of the ${this.size} bytes it announced for ${this.digest}`);
@@ -184,12 +244,17 @@ export class BlobFetch {
         throw new DigestMismatchError(`upstream ${client.upstream.name} sent bytes for ${this.digest} that hash to ${digestAlgorithm(this.digest)}:${hex}; nothing was cached`);
       }
       this.size = this.written;
+      // Clients may have the last byte now; the fsync and rename of the commit need not delay them.
+      this.state = "verified";
+      this.changed.notify();
       await upload.commit();
       upload = null;
       const now = Date.now();
       await kv.write(keys.blob(this.digest), { size: this.size, storedAt: now });
       await kv.write(keys.link(client.upstream.name, repo, this.digest), { linkedAt: now });
       this.state = "committed";
+      this.window = [];
+      this.windowBytes = 0;
       this.log.info("blob cached", {
         digest: this.digest,
         upstream: client.upstream.name,
@@ -200,6 +265,8 @@ export class BlobFetch {
     } catch (err) {
       this.error = err instanceof Error ? err : new Error(String(err));
       this.state = "failed";
+      this.window = [];
+      this.windowBytes = 0;
       this.failReady(this.error);
       reply?.abort(this.error);
       hasher?.discard();
@@ -227,5 +294,63 @@ class SharedReader {
   }
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.reader.read(offset, length);
+  }
+}
+
+/** Bytes per store write and hash message. */
+const BATCH_BYTES = 1024 * 1024;
+/** Batches written to the store concurrently; bounds the unwritten bytes held in memory. */
+const MAX_BATCHES_IN_FLIGHT = 4;
+/** A partly filled batch older than this is written anyway, so a slow upstream still reaches clients promptly. */
+const BATCH_MAX_AGE_MS = 25;
+
+/**
+ * Gathers chunks into batches and hands each to `start`, keeping up to
+ * MAX_BATCHES_IN_FLIGHT of them in flight so that store latency does not stall
+ * the upstream read; `done` is called for each batch in order as they complete.
+ */
+class BatchingSink {
+  private batch = new Uint8Array(BATCH_BYTES);
+  private filled = 0;
+  private startedAt = 0;
+  private readonly inFlight: Array<Promise<void>> = [];
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly start: (batch: Uint8Array) => Promise<void>,
+    private readonly done: (batch: Uint8Array) => void,
+  ) {}
+
+  async push(chunk: Uint8Array): Promise<void> {
+    let offset = 0;
+    while (offset < chunk.byteLength) {
+      if (this.filled === 0) this.startedAt = Date.now();
+      const n = Math.min(BATCH_BYTES - this.filled, chunk.byteLength - offset);
+      this.batch.set(chunk.subarray(offset, offset + n), this.filled);
+      this.filled += n;
+      offset += n;
+      if (this.filled === BATCH_BYTES) await this.flush();
+    }
+    if (this.filled > 0 && Date.now() - this.startedAt >= BATCH_MAX_AGE_MS) await this.flush();
+  }
+
+  async end(): Promise<void> {
+    await this.flush();
+    await this.tail;
+  }
+
+  private async flush(): Promise<void> {
+    if (this.filled === 0) return;
+    const full = this.batch.subarray(0, this.filled);
+    this.batch = new Uint8Array(BATCH_BYTES);
+    this.filled = 0;
+    while (this.inFlight.length >= MAX_BATCHES_IN_FLIGHT) await this.inFlight.shift();
+    const started = this.start(full);
+    // Completion is reported in order even if the store finishes out of order.
+    const previous = this.tail;
+    this.tail = Promise.all([previous, started]).then(() => this.done(full));
+    this.inFlight.push(this.tail);
+    // A failure surfaces through `tail` at the next flush or at end(), not as an unhandled rejection.
+    this.tail.catch(() => {});
   }
 }

@@ -24,7 +24,11 @@ export interface BlobStore {
 }
 
 export interface BlobUpload {
-  /** Appends bytes; resolves when they are durable enough to be read back through a reader. */
+  /**
+   * Appends bytes; resolves when they can be read back through a reader.
+   * Callers may start the next write before this one resolves: bytes land in
+   * call order (the position is fixed at the call).
+   */
   write(chunk: Uint8Array): Promise<void>;
   /**
    * A reader of the bytes written so far, so that clients joining an in-flight

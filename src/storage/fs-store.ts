@@ -100,13 +100,15 @@ class FsUpload implements BlobUpload {
     private readonly place: () => Promise<void>,
   ) {}
 
+  /** Positional: the offset is taken when called, so several writes may be in flight at once. */
   async write(chunk: Uint8Array): Promise<void> {
+    const at = this.offset;
+    this.offset += chunk.byteLength;
     let done = 0;
     while (done < chunk.byteLength) {
-      const { bytesWritten } = await this.handle.write(chunk, done, chunk.byteLength - done, this.offset + done);
+      const { bytesWritten } = await this.handle.write(chunk, done, chunk.byteLength - done, at + done);
       done += bytesWritten;
     }
-    this.offset += done;
   }
 
   async openReader(): Promise<PartialReader> {

@@ -4,7 +4,7 @@
  * never leave for a host it was not configured for, but real registries keep
  * their token service on a sibling host (registry-1.docker.io → auth.docker.io,
  * registry.gitlab.com → gitlab.com), so siblings under the same parent domain
- * are allowed over https. IP-address hosts must match exactly.
+ * are allowed over https. IP-address hosts must match exactly, port included.
  */
 export function mayReceiveCredentials(upstreamUrl: string, target: string): boolean {
   let up: URL, to: URL;
@@ -18,7 +18,8 @@ export function mayReceiveCredentials(upstreamUrl: string, target: string): bool
   if (to.protocol !== "https:") return false;
   const a = up.hostname.toLowerCase();
   const b = to.hostname.toLowerCase();
-  if (isIpLiteral(a) || isIpLiteral(b)) return a === b;
+  // An IP has no sibling hosts, and another port on it may be another service: compare host and port.
+  if (isIpLiteral(a) || isIpLiteral(b)) return up.host.toLowerCase() === to.host.toLowerCase();
   const parentA = parentDomain(a);
   return parentA !== null && parentA === parentDomain(b);
 }

@@ -3,11 +3,10 @@
 import t from "tap";
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, BIG_LAYER_PAYLOAD_BYTES, sha256, type TestImage } from "./images.ts";
-import { pushTestImages, skopeo, startContainerd, startRecordingProxy, startRegistry } from "./servers.ts";
+import { makeTempDir, pushTestImages, removeTempDir, skopeo, startContainerd, startRecordingProxy, startRegistry } from "./servers.ts";
 
 // Pinned on purpose: the images must come out byte-identical on every machine. A deliberate change
 // to images.ts must update these.
@@ -52,7 +51,7 @@ let scratch = "";
 const stoppers: Array<() => Promise<void>> = [];
 
 t.before(async () => {
-  scratch = await mkdtemp(join(tmpdir(), "stowage-e2e-harness-"));
+  scratch = await makeTempDir("harness");
   images = await timed("build images", () => buildTestImages(DEFAULT_IMAGE_CACHE_DIR));
   registry = await timed("start registry", () => startRegistry());
   registryHost = new URL(registry.url).host;
@@ -62,8 +61,9 @@ t.before(async () => {
 t.teardown(async () => {
   for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
   await registry?.stop();
-  await rm(scratch, { recursive: true, force: true });
-  t.comment("timings: " + timings.map(([l, ms]) => `${l} ${ms} ms`).join(", "));
+  await removeTempDir(scratch);
+  const total = timings.reduce((sum, [, ms]) => sum + ms, 0);
+  t.comment(`timed steps: ${total} ms in all`);
 });
 
 t.test("the six images are deterministic and shaped as promised", async (t) => {

@@ -1,7 +1,7 @@
 // Real processes on real 127.0.0.1 ports for the end-to-end tests. Every process and temp dir
 // is tracked so that stop() — or, failing that, the test process exiting — leaves nothing behind.
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer as createHttpServer, request as httpRequest, Agent, type IncomingHttpHeaders } from "node:http";
 import { createServer as createNetServer } from "node:net";
@@ -46,8 +46,10 @@ function cleanupSync(): void {
 function installCleanup(): void {
   if (cleanupInstalled) return;
   cleanupInstalled = true;
+  sweepAbandonedTempDirs();
   process.once("exit", cleanupSync);
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  // SIGALRM is how tap ends a test file that timed out; 'exit' does not fire on a signal death.
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP", "SIGALRM"] as const) {
     const onSignal = (): void => {
       cleanupSync();
       // Re-raise so the default action (or tap's own handler) still ends the process.
@@ -58,14 +60,43 @@ function installCleanup(): void {
   }
 }
 
-async function makeTempDir(label: string): Promise<string> {
+// Temp dir names carry the owner's pid, so a run that was SIGKILLed (no handler runs) is cleaned
+// up by the next one without touching dirs of test processes still running in parallel.
+const TEMP_PREFIX = "stowage-e2e-";
+const OWNED_DIR = /^stowage-e2e-[a-z0-9-]+-p(\d+)-[A-Za-z0-9]{6}$/;
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function sweepAbandonedTempDirs(): void {
+  let names: string[] = [];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(OWNED_DIR.exec(name)?.[1]);
+    if (pid && pid !== process.pid && !isAlive(pid)) rmSync(join(tmpdir(), name), { recursive: true, force: true, maxRetries: 3 });
+  }
+}
+
+/** A temp dir under os.tmpdir()/stowage-e2e-*, removed when this process exits (or by a later run). */
+export async function makeTempDir(label: string): Promise<string> {
   installCleanup();
-  const dir = await mkdtemp(join(tmpdir(), `stowage-e2e-${label}-`));
+  const dir = await mkdtemp(join(tmpdir(), `${TEMP_PREFIX}${label}-p${process.pid}-`));
   harnessTempDirs.add(dir);
   return dir;
 }
 
-async function removeTempDir(dir: string): Promise<void> {
+/** Removes a temp dir made by makeTempDir now rather than at exit. */
+export async function removeTempDir(dir: string): Promise<void> {
   harnessTempDirs.delete(dir);
   await rm(dir, { recursive: true, force: true, maxRetries: 3 });
 }
@@ -75,13 +106,32 @@ async function removeTempDir(dir: string): Promise<void> {
 const SETPRIV = "/usr/bin/setpriv";
 const hasSetpriv = existsSync(SETPRIV);
 
-type Spawned = { child: ChildProcess; logs(): string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> };
-
-function spawnTracked(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Spawned {
+/** Spawns a tracked child with stdout/stderr piped; it dies with this process. */
+function spawnChild(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
   installCleanup();
   const [file, argv] = hasSetpriv ? [SETPRIV, ["--pdeathsig", "KILL", "--", cmd, ...args]] : [cmd, args];
   const child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
   liveChildren.add(child);
+  const untrack = () => void liveChildren.delete(child);
+  child.once("error", untrack);
+  child.once("close", untrack);
+  return child;
+}
+
+type Exit = { code: number | null; signal: NodeJS.Signals | null; error?: Error };
+
+function exitOf(child: ChildProcess): Promise<Exit> {
+  return new Promise((resolve) => {
+    child.once("error", (error) => resolve({ code: null, signal: null, error }));
+    child.once("close", (code, signal) => resolve({ code, signal }));
+  });
+}
+
+/** A long-running child whose combined output is kept (the tail, if it gets large). */
+type Spawned = { child: ChildProcess; logs(): string; exited: Promise<Exit> };
+
+function spawnTracked(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Spawned {
+  const child = spawnChild(cmd, args, opts);
   let log = "";
   const capture = (chunk: Buffer): void => {
     log += chunk.toString("utf8");
@@ -89,16 +139,9 @@ function spawnTracked(cmd: string, args: string[], opts: { cwd?: string; env?: N
   };
   child.stdout?.on("data", capture);
   child.stderr?.on("data", capture);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once("error", (err) => {
-      capture(Buffer.from(`\n[spawn error: ${err.message}]\n`));
-      liveChildren.delete(child);
-      resolve({ code: null, signal: null });
-    });
-    child.once("close", (code, signal) => {
-      liveChildren.delete(child);
-      resolve({ code, signal });
-    });
+  const exited = exitOf(child).then((e) => {
+    if (e.error) capture(Buffer.from(`\n[spawn error: ${e.error.message}]\n`));
+    return e;
   });
   return { child, logs: () => log, exited };
 }
@@ -129,31 +172,22 @@ function procFor(s: Spawned, dirs: { scratch?: string[]; data?: string[] } = {})
 
 /** Runs a command to completion, capturing its output; on timeout it is killed and code is -1. */
 async function run(cmd: string, args: string[], timeoutMs: number): Promise<RunResult> {
-  installCleanup();
-  const [file, argv] = hasSetpriv ? [SETPRIV, ["--pdeathsig", "KILL", "--", cmd, ...args]] : [cmd, args];
-  const child = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
-  liveChildren.add(child);
+  const child = spawnChild(cmd, args);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
-  child.stdout.on("data", (c: Buffer) => out.push(c));
-  child.stderr.on("data", (c: Buffer) => err.push(c));
+  child.stdout?.on("data", (c: Buffer) => out.push(c));
+  child.stderr?.on("data", (c: Buffer) => err.push(c));
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
     child.kill("SIGKILL");
   }, timeoutMs);
-  const code = await new Promise<number>((resolve) => {
-    child.once("error", (e) => {
-      err.push(Buffer.from(`[spawn error: ${e.message}]`));
-      resolve(-1);
-    });
-    child.once("close", (c) => resolve(c ?? -1));
-  });
+  const exit = await exitOf(child);
   clearTimeout(timer);
-  liveChildren.delete(child);
   let stderr = Buffer.concat(err).toString("utf8");
+  if (exit.error) stderr += `\n[spawn error: ${exit.error.message}]`;
   if (timedOut) stderr += `\n[${cmd} killed after ${timeoutMs} ms]`;
-  return { code: timedOut ? -1 : code, stdout: Buffer.concat(out).toString("utf8"), stderr };
+  return { code: timedOut || exit.code === null ? -1 : exit.code, stdout: Buffer.concat(out).toString("utf8"), stderr };
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

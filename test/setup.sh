@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs what the test suite needs on a fresh Debian/Ubuntu machine: the real
+# registry, clients and container runtime the end-to-end tests drive, and the
+# npm dependencies. Safe to run again.
+set -eu
+cd "$(dirname "$0")/.."
+need=""
+command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
+command -v skopeo >/dev/null 2>&1 || need="$need skopeo"
+command -v containerd >/dev/null 2>&1 || need="$need containerd"
+if [ -n "$need" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing Debian packages:$need"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
+fi
+npm ci --no-audit --no-fund
