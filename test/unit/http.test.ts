@@ -188,7 +188,8 @@ class FakeRegistry {
   readonly seen: Seen[] = [];
   readonly tokenRequests: Seen[] = [];
   readonly manifests = new Map<string, Manifest>(); // "repo\nreference"
-  readonly blobs = new Map<string, Buffer>();
+  /** Blobs by digest, each visible only in the repositories listed with it. */
+  readonly blobs = new Map<string, { bytes: Buffer; repos: string[] }>();
   private readonly tokens = new Set<string>();
   url = "";
 
@@ -206,9 +207,9 @@ class FakeRegistry {
     return m;
   }
 
-  addBlob(bytes: Buffer): string {
+  addBlob(bytes: Buffer, repos = ["app"]): string {
     const digest = sha256(bytes);
-    this.blobs.set(digest, bytes);
+    this.blobs.set(digest, { bytes, repos });
     this.opts.cdn?.blobs.set(digest, bytes);
     return digest;
   }
@@ -253,8 +254,9 @@ class FakeRegistry {
       res.end(req.method === "HEAD" ? undefined : manifest.bytes);
       return;
     }
-    const blob = this.blobs.get(ref!);
-    if (!blob) return ociError(res, 404, "BLOB_UNKNOWN");
+    const entry = this.blobs.get(ref!);
+    if (!entry || !entry.repos.includes(repo!)) return ociError(res, 404, "BLOB_UNKNOWN");
+    const blob = entry.bytes;
     if (this.opts.cdn) {
       res.writeHead(307, { location: `${this.opts.cdn.url}/data/${ref}?signature=abc`, "content-length": 0 });
       res.end();
@@ -310,6 +312,15 @@ async function startStowage(t: Test, args: string[]): Promise<Stowage> {
     await rm(dataDir, { recursive: true, force: true });
   });
   return { url: server.url, dataDir, logs };
+}
+
+/** Resolves once Stowage logged that it committed the blob (its KV records are written by then). */
+async function committed(stowage: Stowage, digest: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!stowage.logs.some((line) => line.includes('"blob cached"') && line.includes(digest))) {
+    if (Date.now() > deadline) throw new Error(`Stowage never logged that it cached ${digest}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 async function get(url: string, init: RequestInit = {}): Promise<{ res: Response; body: Buffer }> {
@@ -454,6 +465,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.equal(first.res.headers.get("docker-content-digest"), smallDigest);
     t.equal(first.res.headers.get("docker-distribution-api-version"), "registry/2.0");
 
+    await committed(stowage, smallDigest);
     const mark = main.seen.length;
     const cdnMark = cdn.seen.length;
     const second = await get(path);
@@ -477,6 +489,19 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.same(cdn.seen.slice(cdnBefore).map((s) => s.method), ["HEAD"], "a HEAD, not a download");
   });
 
+  await t.test("a GET right after the first download completes is served from the cache", {
+    todo: "bug: src/cache/blob-fetch.ts writes the blob record before the repository link, and blob-cache.ts reads the link before the record; a request in between sees a cached blob without a link and sends the upstream a HEAD",
+  }, async (t) => {
+    const layer = randomBytes(200 * 1024);
+    const digest = main.addBlob(layer);
+    const first = await get(`${base}/v2/app/blobs/${digest}`);
+    t.ok(first.body.equals(layer));
+    const mark = main.seen.length;
+    const second = await get(`${base}/v2/app/blobs/${digest}`);
+    t.ok(second.body.equals(layer));
+    t.same(main.since(mark).map((s) => `${s.method} ${s.path}`), [], "no upstream request");
+  });
+
   await t.test("ranges", async (t) => {
     // cold: the blob is not cached yet, the range is cut from the live download
     const cold = await get(`${base}/v2/app/blobs/${coldDigest}`, { headers: { range: "bytes=0-9" } });
@@ -485,7 +510,8 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.equal(cold.res.headers.get("content-length"), "10");
     t.ok(cold.body.equals(coldLayer.subarray(0, 10)), "cold blob: the first 10 bytes");
 
-    await get(`${base}/v2/app/blobs/${rangeDigest}`); // cache it
+    await get(`${base}/v2/app/blobs/${rangeDigest}`);
+    await committed(stowage, rangeDigest);
     const mark = cdn.seen.length;
     const warm = await get(`${base}/v2/app/blobs/${rangeDigest}`, { headers: { range: "bytes=0-9" } });
     t.equal(warm.res.status, 206, "cached blob: 206");
