@@ -28,8 +28,11 @@ function areaOf(url: string, name: string): string {
 }
 
 function label(frame: ProfileNode["callFrame"]): string {
-  const where = frame.url.startsWith("node:") ? frame.url : frame.url.split("/").slice(-2).join("/");
-  return `${frame.functionName || "(anonymous)"}${where ? ` ${where}:${frame.lineNumber + 1}` : ""}`;
+  const name = frame.functionName || "(anonymous)";
+  if (!frame.url) return name;
+  // tsx's transpiled output does not keep line numbers, so project files are named without one.
+  if (!frame.url.startsWith("node:")) return `${name} ${frame.url.split("/").slice(-2).join("/")}`;
+  return `${name} ${frame.url}:${frame.lineNumber + 1}`;
 }
 
 export async function summarizeProfile(path: string, top = 15): Promise<ProfileSummary> {

@@ -66,48 +66,61 @@ export class PeakRss {
 
 const CLOCK_TICKS = 100; // USER_HZ; `getconf CLK_TCK` is 100 on every Linux the benchmark targets
 
-/** CPU seconds (user+system) per thread name: node names its threads (libuv-worker, V8 workers, …). */
-export type CpuByThread = Map<string, number>;
+type Stat = { comm: string; minflt: number; seconds: number };
 
-function parseStat(text: string): { comm: string; seconds: number } {
+function parseStat(text: string): Stat {
   // comm is in parentheses and may contain spaces, so split after the last ')'.
   const close = text.lastIndexOf(")");
   const comm = text.slice(text.indexOf("(") + 1, close);
-  const fields = text.slice(close + 2).split(" ");
-  // After comm: state is field 3 of stat(5), utime 14 and stime 15, i.e. indexes 11 and 12 here.
-  const seconds = (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  return { comm, seconds };
+  const f = text.slice(close + 2).split(" ");
+  // Fields after comm, 0-based: minflt is 7, utime 11, stime 12 (stat(5) numbers 10, 14, 15).
+  return { comm, minflt: Number(f[7]), seconds: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS };
 }
 
-type ThreadTimes = Map<number, { comm: string; seconds: number }>;
+/** Whole-process figures, ended threads included. */
+export async function processStat(pid: number): Promise<Stat> {
+  return parseStat(await readFile(`/proc/${pid}/stat`, "utf8"));
+}
 
+export async function processCpuSeconds(pid: number): Promise<number> {
+  return (await processStat(pid)).seconds;
+}
+
+type ThreadTimes = { process: Stat; threads: Map<number, number> };
+
+/** CPU seconds per thread id, plus the whole-process totals. */
 export async function threadTimes(pid: number): Promise<ThreadTimes> {
-  const out: ThreadTimes = new Map();
+  const threads = new Map<number, number>();
   for (const tid of await readdir(`/proc/${pid}/task`)) {
     try {
-      const t = parseStat(await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8"));
-      // The main thread shares its name with other threads; the event loop deserves its own line.
-      if (Number(tid) === pid) t.comm = "main thread";
-      out.set(Number(tid), t);
+      threads.set(Number(tid), parseStat(await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8")).seconds);
     } catch {
       // the thread ended between readdir and read
     }
   }
-  return out;
+  return { process: await processStat(pid), threads };
 }
 
-/** CPU each thread name used between two snapshots (threads that ended in between are lost). */
-export function cpuBetween(before: ThreadTimes, after: ThreadTimes): CpuByThread {
-  const out: CpuByThread = new Map();
-  for (const [tid, t] of after) {
-    const spent = t.seconds - (before.get(tid)?.seconds ?? 0);
-    if (spent > 0) out.set(t.comm, (out.get(t.comm) ?? 0) + spent);
+/**
+ * CPU used between two snapshots: the main thread (the event loop), and each other thread that
+ * did anything. Node does not name its threads on this build (all are "node"), so the others
+ * (digest workers, libuv pool, V8 GC and compiler threads) are told apart only by how busy they are.
+ */
+export type CpuUse = { total: number; main: number; others: number[]; minorFaults: number };
+
+export function cpuBetween(pid: number, before: ThreadTimes, after: ThreadTimes): CpuUse {
+  const others: number[] = [];
+  let main = 0;
+  for (const [tid, secs] of after.threads) {
+    const spent = secs - (before.threads.get(tid) ?? 0);
+    if (tid === pid) main = spent;
+    else if (spent > 0) others.push(spent);
   }
-  return out;
-}
-
-export function totalCpu(c: CpuByThread): number {
-  let s = 0;
-  for (const v of c.values()) s += v;
-  return s;
+  others.sort((a, b) => b - a);
+  return {
+    total: after.process.seconds - before.process.seconds,
+    main,
+    others,
+    minorFaults: after.process.minflt - before.process.minflt,
+  };
 }

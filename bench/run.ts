@@ -1,18 +1,23 @@
-// `npm run bench [-- --profile]`: Stowage against CNCF distribution in proxy mode, both pulling
-// the 268 MB big-layer blob from the same local upstream registry. Each peer reaches the upstream
-// through its own recording proxy, so the bytes it fetched can be counted.
+// `npm run bench [-- --counter nginx|harness] [--rounds N] [--profile]`
 //
-// Measured per peer: cold GET (empty cache, after a warm-up pull of small blobs so JIT warm-up
-// is not counted), warm GET (best of 3), 10 concurrent cold GETs on a fresh cache, peak RSS and
-// CPU time per thread in each. --profile adds a CPU profile of Stowage's cold path.
-import { mkdir, readdir } from "node:fs/promises";
-import { join } from "node:path";
+// Stowage against CNCF distribution in proxy mode, both pulling the 268 MB big-layer blob from
+// the same local upstream registry. Each peer reaches the upstream through its own counting proxy
+// (nginx if installed, else test/e2e's recording proxy), so the bytes each fetched can be counted.
+//
+// Per peer: cold GET (empty cache, after a warm-up pull of small blobs so JIT warm-up is not
+// counted), warm GET (best of 3), 10 concurrent cold GETs on a fresh cache; in each, peak RSS, CPU
+// time and minor page faults. With --rounds N every scenario runs N times (peer order alternating)
+// and the table shows medians. --profile adds a V8 + perf profile of Stowage's cold path.
+import { availableParallelism } from "node:os";
+import { parseArgs } from "node:util";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../test/e2e/images.ts";
-import { makeTempDir, pushTestImages, startRecordingProxy, startRegistry } from "../test/e2e/servers.ts";
-import { summarizeProfile } from "./cpuprofile.ts";
+import { readFile } from "node:fs/promises";
+import { pushTestImages, startRegistry } from "../test/e2e/servers.ts";
+import { nginxInstalled, startCounter, type CounterKind, type Traffic, type UpstreamCounter } from "./counters.ts";
 import { curlBlob, type Download } from "./curl.ts";
 import { PEER_NAMES, startPeer, type Peer, type PeerKind } from "./peers.ts";
-import { cpuBetween, PeakRss, pidListeningOn, rssBytes, threadTimes, totalCpu, type CpuByThread } from "./proc.ts";
+import { cpuBetween, PeakRss, pidListeningOn, processCpuSeconds, rssBytes, threadTimes, type CpuUse } from "./proc.ts";
+import { printProfile, profiled, profilingEnv, removePerfMap } from "./profile.ts";
 
 const CONCURRENT_CLIENTS = 10;
 const WARM_REPEATS = 3;
@@ -22,10 +27,8 @@ const PEERS: PeerKind[] = ["stowage", "distribution"];
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const started = performance.now();
-const elapsed = () => `${((performance.now() - started) / 1000).toFixed(1)} s`;
-const progress = (msg: string) => console.error(`[bench ${elapsed()}] ${msg}`);
+const progress = (msg: string) => console.error(`[bench ${((performance.now() - started) / 1000).toFixed(1)} s] ${msg}`);
 
-type RecordingProxy = Awaited<ReturnType<typeof startRecordingProxy>>;
 type Blob = { repo: string; digest: string; size: number };
 
 function imageNamed(images: TestImage[], name: string): TestImage {
@@ -34,124 +37,105 @@ function imageNamed(images: TestImage[], name: string): TestImage {
   return img;
 }
 
-function blobUrl(base: string, b: Blob): string {
-  return `${base}/v2/${b.repo}/blobs/${b.digest}`;
-}
-
-/** Upstream traffic for one blob as the recording proxy saw it. */
-function upstreamFor(rp: RecordingProxy, b: Blob): { gets: number; bytes: number; allBytes: number } {
-  const gets = rp.requests.filter((r) => r.method === "GET" && r.path === `/v2/${b.repo}/blobs/${b.digest}`);
-  return {
-    gets: gets.length,
-    bytes: gets.reduce((s, r) => s + r.bytes, 0),
-    allBytes: rp.requests.reduce((s, r) => s + r.bytes, 0),
-  };
-}
+const blobPath = (b: { repo: string; digest: string }) => `/v2/${b.repo}/blobs/${b.digest}`;
 
 /**
  * Pulls every blob of a small image through the peer: the request path, the upstream client and
  * the store all run (and get compiled) before anything is timed. Same for every peer.
  */
 async function warmUp(peer: Peer, img: TestImage): Promise<void> {
-  const blobs = img.blobs;
-  for (let i = 0; i < blobs.length; i += 5) {
+  for (let i = 0; i < img.blobs.length; i += 5) {
     await Promise.all(
-      blobs.slice(i, i + 5).map(async (b) => {
-        const res = await fetch(blobUrl(peer.url, { repo: img.repo, digest: b.digest, size: b.size }));
+      img.blobs.slice(i, i + 5).map(async (b) => {
+        const res = await fetch(peer.url + blobPath({ repo: img.repo, digest: b.digest }));
         const body = new Uint8Array(await res.arrayBuffer());
         if (res.status !== 200 || body.byteLength !== b.size) throw new Error(`warm-up GET ${b.digest} from ${peer.kind}: ${res.status}, ${body.byteLength} bytes`);
       }),
     );
   }
+  // Let the warm-up's after-work (commits, GC) finish before anything is measured.
+  await sleep(500);
 }
 
 type Measured<T> = {
   value: T;
   wallSeconds: number;
   peakRss: number;
-  peerCpu: CpuByThread;
+  peer: CpuUse;
   upstreamCpu: number;
-  /** CPU of this process, i.e. mostly the recording proxies (curl runs in its own processes). */
-  benchCpu: number;
+  counterCpu: number;
 };
 
+type Context = { upstreamPid: number; counter: UpstreamCounter };
+
 /** Runs `fn` while watching the peer's memory and the CPU time of everything on the data path. */
-async function measure<T>(peer: Peer, upstreamPid: number, fn: () => Promise<T>): Promise<Measured<T>> {
+async function measure<T>(peer: Peer, ctx: Context, fn: () => Promise<T>): Promise<Measured<T>> {
   const rss = await PeakRss.start(peer.pid);
   const peerBefore = await threadTimes(peer.pid);
-  const upBefore = await threadTimes(upstreamPid);
-  const benchBefore = process.cpuUsage();
+  const upBefore = await processCpuSeconds(ctx.upstreamPid);
+  const counterBefore = await ctx.counter.cpuSeconds();
   const t0 = performance.now();
   const value = await fn();
   const wallSeconds = (performance.now() - t0) / 1000;
-  // Work that finishes just after the last byte (commit, bookkeeping) belongs to the scenario.
+  // Work that finishes just after the last byte (commit, bookkeeping, access log) belongs to the scenario.
   await sleep(250);
-  const bench = process.cpuUsage(benchBefore);
   return {
     value,
     wallSeconds,
     peakRss: await rss.stop(),
-    peerCpu: cpuBetween(peerBefore, await threadTimes(peer.pid)),
-    upstreamCpu: totalCpu(cpuBetween(upBefore, await threadTimes(upstreamPid))),
-    benchCpu: (bench.user + bench.system) / 1e6,
+    peer: cpuBetween(peer.pid, peerBefore, await threadTimes(peer.pid)),
+    upstreamCpu: (await processCpuSeconds(ctx.upstreamPid)) - upBefore,
+    counterCpu: (await ctx.counter.cpuSeconds()) - counterBefore,
   };
 }
 
-type SequentialResult = {
-  idleRss: number;
-  cold: Measured<Download>;
-  coldUpstream: { gets: number; bytes: number };
-  warm: Measured<Download[]>;
-  warmUpstream: { gets: number; bytes: number };
-};
+type SequentialResult = { idleRss: number; cold: Measured<Download>; coldUp: Traffic; warm: Measured<Download[]>; warmUp: Traffic };
+type ConcurrentResult = { run: Measured<Download[]>; up: Traffic };
 
-type ConcurrentResult = {
-  run: Measured<Download[]>;
-  upstream: { gets: number; bytes: number };
-};
-
-/** Cold GET on an empty cache, then warm GETs of the now cached blob, on one peer process. */
-async function sequential(kind: PeerKind, upstreamUrl: string, upstreamPid: number, big: Blob, warmImg: TestImage): Promise<SequentialResult> {
-  const rp = await startRecordingProxy(upstreamUrl);
-  const peer = await startPeer(kind, rp.url);
+/** A fresh counter and an empty peer behind it, warmed up; both stopped after `fn`. */
+async function withPeer<T>(
+  kind: PeerKind,
+  opts: { counter: CounterKind; upstreamUrl: string; upstreamPid: number; warmImg: TestImage; env?: Record<string, string> },
+  fn: (peer: Peer, ctx: Context) => Promise<T>,
+): Promise<T> {
+  const counter = await startCounter(opts.counter, opts.upstreamUrl);
   try {
-    await warmUp(peer, warmImg);
-    await sleep(500); // let the warm-up's own after-work (commits, GC) finish before measuring
-    const idleRss = await rssBytes(peer.pid);
-    rp.reset();
-    const cold = await measure(peer, upstreamPid, () => curlBlob(blobUrl(peer.url, big), big.size));
-    const coldUpstream = upstreamFor(rp, big);
-    // distribution finishes writing its copy in the background; give both a moment to settle.
-    await sleep(1000);
-    rp.reset();
-    const warm = await measure(peer, upstreamPid, async () => {
-      const runs: Download[] = [];
-      for (let i = 0; i < WARM_REPEATS; i++) runs.push(await curlBlob(blobUrl(peer.url, big), big.size));
-      return runs;
-    });
-    return { idleRss, cold, coldUpstream, warm, warmUpstream: upstreamFor(rp, big) };
+    const peer = await startPeer(kind, counter.url, { env: opts.env });
+    try {
+      await warmUp(peer, opts.warmImg);
+      await counter.reset();
+      return await fn(peer, { upstreamPid: opts.upstreamPid, counter });
+    } finally {
+      await peer.stop();
+    }
   } finally {
-    await peer.stop();
-    await rp.stop();
+    await counter.stop();
   }
 }
 
+/** Cold GET on an empty cache, then warm GETs of the now cached blob, on one peer process. */
+async function sequential(peer: Peer, ctx: Context, big: Blob): Promise<SequentialResult> {
+  const url = peer.url + blobPath(big);
+  const idleRss = await rssBytes(peer.pid);
+  const cold = await measure(peer, ctx, () => curlBlob(url, big.size));
+  // distribution finishes writing its copy in the background; give both a moment to settle.
+  await sleep(750);
+  const coldUp = await ctx.counter.traffic(blobPath(big));
+  await ctx.counter.reset();
+  const warm = await measure(peer, ctx, async () => {
+    const runs: Download[] = [];
+    for (let i = 0; i < WARM_REPEATS; i++) runs.push(await curlBlob(url, big.size));
+    return runs;
+  });
+  return { idleRss, cold, coldUp, warm, warmUp: await ctx.counter.traffic(blobPath(big)) };
+}
+
 /** CONCURRENT_CLIENTS simultaneous GETs of the same uncached blob on a fresh, empty peer. */
-async function concurrent(kind: PeerKind, upstreamUrl: string, upstreamPid: number, big: Blob, warmImg: TestImage): Promise<ConcurrentResult> {
-  const rp = await startRecordingProxy(upstreamUrl);
-  const peer = await startPeer(kind, rp.url);
-  try {
-    await warmUp(peer, warmImg);
-    await sleep(500);
-    rp.reset();
-    const run = await measure(peer, upstreamPid, () =>
-      Promise.all(Array.from({ length: CONCURRENT_CLIENTS }, () => curlBlob(blobUrl(peer.url, big), big.size))),
-    );
-    return { run, upstream: upstreamFor(rp, big) };
-  } finally {
-    await peer.stop();
-    await rp.stop();
-  }
+async function concurrent(peer: Peer, ctx: Context, big: Blob): Promise<ConcurrentResult> {
+  const url = peer.url + blobPath(big);
+  const run = await measure(peer, ctx, () => Promise.all(Array.from({ length: CONCURRENT_CLIENTS }, () => curlBlob(url, big.size))));
+  await sleep(500);
+  return { run, up: await ctx.counter.traffic(blobPath(big)) };
 }
 
 async function bestOf(n: number, url: string, size: number): Promise<Download> {
@@ -166,69 +150,81 @@ async function bestOf(n: number, url: string, size: number): Promise<Download> {
 // ---------------------------------------------------------------------------
 // Output
 
-type Row = { label: string; s: number; p: number; fmt: (v: number) => string; better: "higher" | "lower" | "" };
+type Round = { seq: SequentialResult; conc: ConcurrentResult };
+type Row = { label: string; get: (r: Round) => number; fmt: (v: number) => string; better: "higher" | "lower" | "" };
 
 const mbps = (v: number) => `${(v / MB).toFixed(1)} MB/s`;
 const mib = (v: number) => `${(v / MiB).toFixed(1)} MiB`;
 const mb = (v: number) => `${(v / MB).toFixed(1)} MB`;
 const secs = (v: number) => `${v.toFixed(2)} s`;
-const count = (v: number) => String(v);
+const count = (v: number) => Math.round(v).toLocaleString("en-US");
 
-function printTable(rows: Row[]): void {
-  const header = ["scenario", PEER_NAMES.stowage, PEER_NAMES.distribution, "ratio (S/peer)", "better"];
-  const cells = rows.map((r) => [r.label, r.fmt(r.s), r.fmt(r.p), r.p === 0 ? (r.s === 0 ? "=" : "n/a") : `${(r.s / r.p).toFixed(2)}×`, r.better]);
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
+}
+
+/** The median, and with several rounds the range too, as the column shows it. */
+function cell(xs: number[], fmt: (v: number) => string): string {
+  if (xs.length < 2) return fmt(median(xs));
+  const bare = (v: number) => fmt(v).split(" ")[0] ?? "";
+  return `${fmt(median(xs))} (${bare(Math.min(...xs))}–${bare(Math.max(...xs))})`;
+}
+
+function printTable(rows: Row[], rounds: Record<PeerKind, Round[]>): void {
+  const multi = rounds.stowage.length > 1;
+  const header = ["scenario", PEER_NAMES.stowage, PEER_NAMES.distribution, "ratio S/peer", "better"];
+  const cells = rows.map((r) => {
+    const s = rounds.stowage.map(r.get);
+    const p = rounds.distribution.map(r.get);
+    const ms = median(s);
+    const mp = median(p);
+    const ratio = mp === 0 ? (ms === 0 ? "=" : "n/a") : `${(ms / mp).toFixed(2)}×`;
+    return [r.label, cell(s, r.fmt), cell(p, r.fmt), ratio, r.better];
+  });
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length)));
   const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(widths[i] ?? 0) : x.padStart(widths[i] ?? 0))).join(" | ");
+  if (multi) console.log(`Medians of ${rounds.stowage.length} rounds (min–max in parentheses); the ratio is of the medians.\n`);
   console.log(line(header));
   console.log(widths.map((w) => "-".repeat(w)).join("-|-"));
   for (const c of cells) console.log(line(c));
 }
 
-function cpuLine(m: Measured<unknown>): string {
-  const threads = [...m.peerCpu.entries()].sort((a, b) => b[1] - a[1]).filter(([, s]) => s >= 0.01);
-  const parts = threads.map(([name, s]) => `${name} ${s.toFixed(2)}`).join(", ");
-  return `${totalCpu(m.peerCpu).toFixed(2)} s CPU in ${m.wallSeconds.toFixed(2)} s wall (${parts || "-"}); upstream registry ${m.upstreamCpu.toFixed(2)} s, recording proxy (bench process) ${m.benchCpu.toFixed(2)} s`;
+function cpuLine(m: Measured<unknown>, counter: CounterKind): string {
+  const others = m.peer.others;
+  const top = others.slice(0, 3).map((s) => s.toFixed(2));
+  const restSum = others.slice(3).reduce((a, b) => a + b, 0);
+  const busiest = top.length ? ` + busiest other threads ${top.join(", ")}` : "";
+  const rest = others.length > 3 ? ` + ${others.length - 3} more ${restSum.toFixed(2)}` : "";
+  const counterName = counter === "harness" ? "recording proxy (this process)" : "nginx counter";
+  return (
+    `${m.peer.total.toFixed(2)} s in ${m.wallSeconds.toFixed(2)} s wall = main ${m.peer.main.toFixed(2)}${busiest}${rest}; ` +
+    `${count(m.peer.minorFaults)} minor faults | upstream registry ${m.upstreamCpu.toFixed(2)} s, ${counterName} ${m.counterCpu.toFixed(2)} s`
+  );
 }
 
-// ---------------------------------------------------------------------------
-// Optional CPU profile of Stowage's cold path
-
-async function profileCold(upstreamUrl: string, big: Blob, warmImg: TestImage): Promise<void> {
-  const dir = await makeTempDir("bench-cpuprof");
-  await mkdir(dir, { recursive: true });
-  const rp = await startRecordingProxy(upstreamUrl);
-  const nodeOptions = `${process.env.NODE_OPTIONS ?? ""} --cpu-prof --cpu-prof-dir=${dir}`.trim();
-  const peer = await startPeer("stowage", rp.url, { env: { NODE_OPTIONS: nodeOptions } });
-  let d: Download;
-  try {
-    await warmUp(peer, warmImg);
-    await sleep(500);
-    d = await curlBlob(blobUrl(peer.url, big), big.size);
-    await sleep(500);
-  } finally {
-    await peer.stop(); // profiles are written as the process exits
-    await rp.stop();
-  }
-  console.log(`\nCPU profile of Stowage's cold GET (${mbps(d.speed)} under the profiler; the profile covers the whole process life, warm-up included):`);
-  // One file per thread: CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile; thread 0 is the main thread.
-  const files = (await readdir(dir)).filter((f) => f.endsWith(".cpuprofile")).sort();
-  for (const f of files) {
-    const tid = f.split(".")[4] ?? "?";
-    const s = await summarizeProfile(join(dir, f));
-    const busy = s.totalMs - (s.byArea.find(([a]) => a === "idle")?.[1] ?? 0);
-    if (busy < 50) continue; // threads that barely ran (e.g. the loader) say nothing here
-    console.log(`\n  thread ${tid}${tid === "0" ? " (main)" : ""}: ${(s.totalMs / 1000).toFixed(2)} s profiled, ${(busy / 1000).toFixed(2)} s busy`);
-    console.log(`    by area: ${s.byArea.map(([a, ms]) => `${a} ${(ms / 1000).toFixed(2)} s`).join(", ")}`);
-    console.log("    top self time:");
-    for (const [fn, ms] of s.topSelf) console.log(`      ${(ms / 1000).toFixed(3).padStart(7)} s  ${fn}`);
-  }
-  console.log(`  (profiles kept until exit in ${dir})`);
+async function loadAverage(): Promise<string> {
+  return (await readFile("/proc/loadavg", "utf8")).split(" ")[0] ?? "?";
 }
 
 // ---------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const profile = process.argv.includes("--profile");
+  const { values } = parseArgs({
+    options: {
+      // nginx when installed: test/e2e's recording proxy costs ~2 CPU s per 268 MB here and caps
+      // every cold fetch at 100–170 MB/s, which would measure the harness more than the peers.
+      counter: { type: "string", default: nginxInstalled() ? "nginx" : "harness" },
+      rounds: { type: "string", default: "2" },
+      profile: { type: "boolean", default: false },
+    },
+  });
+  if (values.counter !== "harness" && values.counter !== "nginx") throw new Error(`--counter must be harness or nginx, not ${values.counter}`);
+  const counterKind: CounterKind = values.counter;
+  const roundCount = Number(values.rounds);
+  if (!Number.isInteger(roundCount) || roundCount < 1) throw new Error(`--rounds must be a positive integer, not ${values.rounds}`);
+  const loadBefore = await loadAverage();
 
   progress("building test images");
   const images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
@@ -241,75 +237,103 @@ async function main(): Promise<void> {
   progress("starting the upstream registry and pushing the images");
   const upstream = await startRegistry();
   try {
-    await pushTestImages(upstream.url, images);
+    // Only the two images the scenarios read: pushing the other four costs time and measures nothing.
+    await pushTestImages(upstream.url, [bigImg, warmImg]);
     const upstreamPid = await pidListeningOn(upstream.port);
+    const opts = { counter: counterKind, upstreamUrl: upstream.url, upstreamPid, warmImg };
 
-    progress("baseline: direct downloads from the upstream");
-    const direct = await bestOf(WARM_REPEATS, blobUrl(upstream.url, big), big.size);
-    const viaProxy = await (async () => {
-      const rp = await startRecordingProxy(upstream.url);
+    progress("baseline: downloads straight from the upstream, and through a counter");
+    const direct = await bestOf(WARM_REPEATS, upstream.url + blobPath(big), big.size);
+    const viaCounter = await (async () => {
+      const c = await startCounter(counterKind, upstream.url);
       try {
-        return await bestOf(WARM_REPEATS, blobUrl(rp.url, big), big.size);
+        return await bestOf(WARM_REPEATS, c.url + blobPath(big), big.size);
       } finally {
-        await rp.stop();
+        await c.stop();
       }
     })();
 
-    const seq = {} as Record<PeerKind, SequentialResult>;
-    const conc = {} as Record<PeerKind, ConcurrentResult>;
-    for (const kind of PEERS) {
-      progress(`${PEER_NAMES[kind]}: cold then warm GETs`);
-      seq[kind] = await sequential(kind, upstream.url, upstreamPid, big, warmImg);
-    }
-    for (const kind of PEERS) {
-      progress(`${PEER_NAMES[kind]}: ${CONCURRENT_CLIENTS} concurrent cold GETs`);
-      conc[kind] = await concurrent(kind, upstream.url, upstreamPid, big, warmImg);
+    const rounds: Record<PeerKind, Round[]> = { stowage: [], distribution: [] };
+    for (let round = 0; round < roundCount; round++) {
+      // Alternating who goes first spreads slow drift on the machine over both peers.
+      const order = round % 2 === 0 ? PEERS : [...PEERS].reverse();
+      const tag = roundCount > 1 ? ` (round ${round + 1}/${roundCount})` : "";
+      const seq = {} as Record<PeerKind, SequentialResult>;
+      for (const kind of order) {
+        progress(`${PEER_NAMES[kind]}: cold then warm GETs${tag}`);
+        seq[kind] = await withPeer(kind, opts, (peer, ctx) => sequential(peer, ctx, big));
+      }
+      for (const kind of order) {
+        progress(`${PEER_NAMES[kind]}: ${CONCURRENT_CLIENTS} concurrent cold GETs, fresh cache${tag}`);
+        const conc = await withPeer(kind, opts, (peer, ctx) => concurrent(peer, ctx, big));
+        rounds[kind].push({ seq: seq[kind], conc });
+      }
     }
 
-    const s = { seq: seq.stowage, conc: conc.stowage };
-    const p = { seq: seq.distribution, conc: conc.distribution };
-    const warmBest = (r: SequentialResult) => Math.max(...r.warm.value.map((d) => d.speed));
-    const served = (r: ConcurrentResult) => r.run.value.reduce((sum, d) => sum + d.bytes, 0);
+    const warmBest = (r: Round) => Math.max(...r.seq.warm.value.map((d) => d.speed));
+    const served = (r: Round) => r.conc.run.value.reduce((sum, d) => sum + d.bytes, 0);
+    const n = CONCURRENT_CLIENTS;
     const rows: Row[] = [
-      { label: "cold GET", s: s.seq.cold.value.speed, p: p.seq.cold.value.speed, fmt: mbps, better: "higher" },
-      { label: "cold GET time to first byte", s: s.seq.cold.value.ttfb, p: p.seq.cold.value.ttfb, fmt: secs, better: "lower" },
-      { label: "cold GET upstream bytes", s: s.seq.coldUpstream.bytes, p: p.seq.coldUpstream.bytes, fmt: mb, better: "lower" },
-      { label: `warm GET (best of ${WARM_REPEATS})`, s: warmBest(s.seq), p: warmBest(p.seq), fmt: mbps, better: "higher" },
-      { label: "warm GETs upstream bytes", s: s.seq.warmUpstream.bytes, p: p.seq.warmUpstream.bytes, fmt: mb, better: "lower" },
-      { label: `${CONCURRENT_CLIENTS}× concurrent cold: wall time`, s: s.conc.run.wallSeconds, p: p.conc.run.wallSeconds, fmt: secs, better: "lower" },
-      { label: `${CONCURRENT_CLIENTS}× concurrent cold: served/wall`, s: served(s.conc) / s.conc.run.wallSeconds, p: served(p.conc) / p.conc.run.wallSeconds, fmt: mbps, better: "higher" },
-      { label: `${CONCURRENT_CLIENTS}× concurrent cold: bytes served`, s: served(s.conc), p: served(p.conc), fmt: mb, better: "" },
-      { label: `${CONCURRENT_CLIENTS}× concurrent cold: upstream bytes`, s: s.conc.upstream.bytes, p: p.conc.upstream.bytes, fmt: mb, better: "lower" },
-      { label: `${CONCURRENT_CLIENTS}× concurrent cold: upstream GETs`, s: s.conc.upstream.gets, p: p.conc.upstream.gets, fmt: count, better: "lower" },
-      { label: "RSS idle after warm-up", s: s.seq.idleRss, p: p.seq.idleRss, fmt: mib, better: "lower" },
-      { label: "peak RSS: cold GET", s: s.seq.cold.peakRss, p: p.seq.cold.peakRss, fmt: mib, better: "lower" },
-      { label: "peak RSS: warm GETs", s: s.seq.warm.peakRss, p: p.seq.warm.peakRss, fmt: mib, better: "lower" },
-      { label: `peak RSS: ${CONCURRENT_CLIENTS}× concurrent cold`, s: s.conc.run.peakRss, p: p.conc.run.peakRss, fmt: mib, better: "lower" },
-      { label: "CPU: cold GET", s: totalCpu(s.seq.cold.peerCpu), p: totalCpu(p.seq.cold.peerCpu), fmt: secs, better: "lower" },
-      { label: `CPU: warm GETs (${WARM_REPEATS})`, s: totalCpu(s.seq.warm.peerCpu), p: totalCpu(p.seq.warm.peerCpu), fmt: secs, better: "lower" },
-      { label: `CPU: ${CONCURRENT_CLIENTS}× concurrent cold`, s: totalCpu(s.conc.run.peerCpu), p: totalCpu(p.conc.run.peerCpu), fmt: secs, better: "lower" },
+      { label: "cold GET", get: (r) => r.seq.cold.value.speed, fmt: mbps, better: "higher" },
+      { label: "cold GET: time to first byte", get: (r) => r.seq.cold.value.ttfb, fmt: secs, better: "lower" },
+      { label: "cold GET: upstream bytes", get: (r) => r.seq.coldUp.bytes, fmt: mb, better: "lower" },
+      { label: `warm GET (best of ${WARM_REPEATS})`, get: warmBest, fmt: mbps, better: "higher" },
+      { label: "warm GETs: upstream bytes", get: (r) => r.seq.warmUp.bytes, fmt: mb, better: "lower" },
+      { label: `${n}× concurrent cold: wall time`, get: (r) => r.conc.run.wallSeconds, fmt: secs, better: "lower" },
+      { label: `${n}× concurrent cold: served / wall`, get: (r) => served(r) / r.conc.run.wallSeconds, fmt: mbps, better: "higher" },
+      { label: `${n}× concurrent cold: bytes served`, get: served, fmt: mb, better: "" },
+      { label: `${n}× concurrent cold: upstream bytes`, get: (r) => r.conc.up.bytes, fmt: mb, better: "lower" },
+      { label: `${n}× concurrent cold: upstream GETs`, get: (r) => r.conc.up.gets, fmt: count, better: "lower" },
+      { label: "RSS idle after warm-up", get: (r) => r.seq.idleRss, fmt: mib, better: "lower" },
+      { label: "peak RSS: cold GET", get: (r) => r.seq.cold.peakRss, fmt: mib, better: "lower" },
+      { label: "peak RSS: warm GETs", get: (r) => r.seq.warm.peakRss, fmt: mib, better: "lower" },
+      { label: `peak RSS: ${n}× concurrent cold`, get: (r) => r.conc.run.peakRss, fmt: mib, better: "lower" },
+      { label: "CPU: cold GET", get: (r) => r.seq.cold.peer.total, fmt: secs, better: "lower" },
+      { label: `CPU: warm GETs (${WARM_REPEATS})`, get: (r) => r.seq.warm.peer.total, fmt: secs, better: "lower" },
+      { label: `CPU: ${n}× concurrent cold`, get: (r) => r.conc.run.peer.total, fmt: secs, better: "lower" },
+      { label: "minor page faults: cold GET", get: (r) => r.seq.cold.peer.minorFaults, fmt: count, better: "lower" },
+      { label: "minor page faults: warm GETs", get: (r) => r.seq.warm.peer.minorFaults, fmt: count, better: "lower" },
     ];
 
-    console.log(`\nBlob ${big.repo}@${big.digest.slice(0, 19)}…, ${mb(big.size)}; MB = 1e6 bytes, MiB = 2^20 bytes; downloads by curl to /dev/null.\n`);
-    printTable(rows);
-    console.log(`\nbaseline, direct from the upstream registry (best of ${WARM_REPEATS}): ${mbps(direct.speed)}`);
-    console.log(`baseline, upstream through a recording proxy (best of ${WARM_REPEATS}): ${mbps(viaProxy.speed)}  (the path each peer's cold fetch takes)`);
+    console.log(`\nBlob ${big.repo}@${big.digest.slice(0, 19)}…, ${mb(big.size)}. MB = 1e6 bytes, MiB = 2^20 bytes. Downloads: curl to /dev/null.`);
+    console.log(`Upstream counter in front of each peer: ${counterKind === "harness" ? "test/e2e recording proxy (node, in this process)" : "nginx, one process"}.\n`);
+    printTable(rows, rounds);
+    console.log(`\nbaseline: direct from the upstream registry, best of ${WARM_REPEATS}: ${mbps(direct.speed)}`);
+    console.log(`baseline: upstream through the counter, best of ${WARM_REPEATS}: ${mbps(viaCounter.speed)}  (the path of every cold fetch: a ceiling for both peers)`);
 
-    console.log("\nCPU time by thread (seconds; user+system, from /proc/<pid>/task/*/stat):");
-    for (const kind of PEERS) {
-      console.log(`  ${PEER_NAMES[kind]} cold GET:        ${cpuLine(seq[kind].cold)}`);
-      console.log(`  ${PEER_NAMES[kind]} warm GETs:       ${cpuLine(seq[kind].warm)}`);
-      console.log(`  ${PEER_NAMES[kind]} concurrent cold: ${cpuLine(conc[kind].run)}`);
-    }
-    const spread = (r: ConcurrentResult) => {
-      const t = r.run.value.map((d) => d.total).sort((a, b) => a - b);
-      return `${secs(t[0] ?? 0)} … ${secs(t[t.length - 1] ?? 0)}`;
+    console.log("\nCPU seconds (user+system, /proc/<pid>/stat) and minor page faults of each peer process:");
+    rounds.stowage.forEach((_, i) => {
+      if (roundCount > 1) console.log(`  round ${i + 1}:`);
+      for (const kind of PEERS) {
+        const r = rounds[kind][i]!;
+        const name = PEER_NAMES[kind].padEnd(18);
+        console.log(`  ${name} cold:       ${cpuLine(r.seq.cold, counterKind)}`);
+        console.log(`  ${name} warm (×${WARM_REPEATS}):   ${cpuLine(r.seq.warm, counterKind)}`);
+        console.log(`  ${name} concurrent: ${cpuLine(r.conc.run, counterKind)}`);
+      }
+    });
+    const spread = (r: Round) => {
+      const t = r.conc.run.value.map((d) => d.total).sort((a, b) => a - b);
+      return `${(t[0] ?? 0).toFixed(1)}…${(t[t.length - 1] ?? 0).toFixed(1)} s`;
     };
-    console.log(`\nper-client time in the concurrent run: Stowage ${spread(s.conc)}, distribution proxy ${spread(p.conc)}`);
+    const speeds = (r: Round) => r.seq.warm.value.map((d) => (d.speed / MB).toFixed(0)).join("/");
+    console.log(`\nper-client time, concurrent run: Stowage ${rounds.stowage.map(spread).join("; ")}, distribution proxy ${rounds.distribution.map(spread).join("; ")}`);
+    console.log(`each warm GET (MB/s): Stowage ${rounds.stowage.map(speeds).join("; ")}, distribution proxy ${rounds.distribution.map(speeds).join("; ")}`);
+    const loadAfter = await loadAverage();
+    console.log(`machine load average (1 min) before/after: ${loadBefore}/${loadAfter} on ${availableParallelism()} CPUs${Number(loadBefore) > 0.5 ? "; something else was running, so expect noise" : ""}`);
 
-    if (profile) {
+    if (values.profile) {
       progress("profiling Stowage's cold path");
-      await profileCold(upstream.url, big, warmImg);
+      const { env, profilePath } = await profilingEnv();
+      await withPeer("stowage", { ...opts, env }, async (peer) => {
+        try {
+          const run = await profiled(peer.pid, profilePath, () => curlBlob(peer.url + blobPath(big), big.size));
+          console.log(`\nProfile of one Stowage cold GET (${mbps(run.value.speed)} with the profilers on):`);
+          await printProfile(run);
+        } finally {
+          await removePerfMap(peer.pid);
+        }
+      });
     }
   } finally {
     await upstream.stop();

@@ -12,7 +12,8 @@ type Outbound = { op: "ack"; id: number; bytes: number } | { op: "digest"; id: n
 
 type Job = {
   backlog: number;
-  drained: (() => void) | null;
+  /** Everyone waiting for the backlog to shrink (several updates may wait at once). */
+  drained: Array<() => void>;
   result: { resolve(hex: string): void; reject(err: Error): void } | null;
   failed: Error | null;
 };
@@ -47,10 +48,10 @@ class DigestWorker {
     if (!job) return;
     if (msg.op === "ack") {
       job.backlog -= msg.bytes;
-      if (job.backlog <= BACKLOG_BYTES && job.drained) {
-        const wake = job.drained;
-        job.drained = null;
-        wake();
+      if (job.backlog <= BACKLOG_BYTES && job.drained.length > 0) {
+        const waiting = job.drained;
+        job.drained = [];
+        for (const wake of waiting) wake();
       }
     } else {
       this.jobs.delete(msg.id);
@@ -63,7 +64,8 @@ class DigestWorker {
     this.broken = err;
     for (const job of this.jobs.values()) {
       job.failed = err;
-      job.drained?.();
+      for (const wake of job.drained) wake();
+      job.drained = [];
       job.result?.reject(err);
     }
     this.jobs.clear();
@@ -103,7 +105,7 @@ export class WorkerHasherFactory implements HasherFactory {
     const worker = healthy.sort((a, b) => a.load - b.load)[0];
     if (!worker) throw new Error("no digest worker is running");
     const id = this.nextId++;
-    const job: Job = { backlog: 0, drained: null, result: null, failed: null };
+    const job: Job = { backlog: 0, drained: [], result: null, failed: null };
     worker.jobs.set(id, job);
     worker.post({ op: "start", id, algorithm });
 
@@ -131,7 +133,7 @@ export class WorkerHasherFactory implements HasherFactory {
           if (filled === BATCH_BYTES) flush();
         }
         if (job.backlog > BACKLOG_BYTES) {
-          await new Promise<void>((resolve) => (job.drained = resolve));
+          await new Promise<void>((resolve) => job.drained.push(resolve));
           if (job.failed) throw job.failed;
         }
       },

@@ -156,6 +156,10 @@ t.test("mayReceiveCredentials", async (t) => {
   for (const [from, to, allowed] of cases) t.equal(mayReceiveCredentials(from, to), allowed, `${from} -> ${to}`);
 });
 
+/** Reported to the lead; the assertion runs and shows "not ok # TODO" until fixed. */
+const BUG_LINK_RACE =
+  "bug: src/cache/blob-fetch.ts writes the blob record before the repository link and src/cache/blob-cache.ts reads the link before the record, so a request in between sees a cached blob without a link and sends the upstream a HEAD";
+
 // ------------------------------------------------------------- fake upstream
 
 type Seen = { method: string; path: string; search: string; authorization: string | undefined };
@@ -489,17 +493,20 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.same(cdn.seen.slice(cdnBefore).map((s) => s.method), ["HEAD"], "a HEAD, not a download");
   });
 
-  await t.test("a GET right after the first download completes is served from the cache", {
-    todo: "bug: src/cache/blob-fetch.ts writes the blob record before the repository link, and blob-cache.ts reads the link before the record; a request in between sees a cached blob without a link and sends the upstream a HEAD",
-  }, async (t) => {
-    const layer = randomBytes(200 * 1024);
-    const digest = main.addBlob(layer);
-    const first = await get(`${base}/v2/app/blobs/${digest}`);
-    t.ok(first.body.equals(layer));
-    const mark = main.seen.length;
-    const second = await get(`${base}/v2/app/blobs/${digest}`);
-    t.ok(second.body.equals(layer));
-    t.same(main.since(mark).map((s) => `${s.method} ${s.path}`), [], "no upstream request");
+  await t.test("a GET right after the first download completes is served from the cache", async (t) => {
+    // The window is short: try a few blobs so that a bug shows up on most runs.
+    const extra: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const layer = randomBytes(20 * 1024 * (i + 1));
+      const digest = main.addBlob(layer);
+      const first = await get(`${base}/v2/app/blobs/${digest}`);
+      const mark = main.seen.length;
+      const second = await get(`${base}/v2/app/blobs/${digest}`);
+      t.ok(first.body.equals(layer) && second.body.equals(layer), `blob ${i}: both GETs get the bytes`);
+      extra.push(...main.since(mark).map((s) => `${s.method} ${s.path}`));
+    }
+    // An extra upstream HEAD is wasted, and fails the request when the upstream is down or rate-limiting.
+    t.same(extra, [], "no upstream request for a blob just downloaded", { todo: BUG_LINK_RACE });
   });
 
   await t.test("ranges", async (t) => {

@@ -1,0 +1,11 @@
+import { WorkerHasherFactory } from "./src/digest/worker-pool.ts";
+import { Worker } from "node:worker_threads";
+import { createHash } from "node:crypto";
+const f = await WorkerHasherFactory.start(2, (url) => new Worker(url));
+const buf = new Uint8Array(50*1024*1024); for (let i=0;i<buf.length;i+=4096) buf[i]=i&255;
+const t=performance.now();
+const h = f.create("sha256");
+for (let o=0;o<buf.length;o+=65536) await h.update(buf.subarray(o,o+65536));
+const hex = await h.finish();
+console.log("worker", hex === createHash("sha256").update(buf).digest("hex"), (buf.length/1e6/((performance.now()-t)/1000)).toFixed(0), "MB/s");
+await f.close();
