@@ -8,10 +8,10 @@
 // counted), warm GET (best of 3), 10 concurrent cold GETs on a fresh cache; in each, peak RSS, CPU
 // time and minor page faults. With --rounds N every scenario runs N times (peer order alternating)
 // and the table shows medians. --profile adds a V8 + perf profile of Stowage's cold path.
+import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../test/e2e/images.ts";
-import { readFile } from "node:fs/promises";
 import { pushTestImages, startRegistry } from "../test/e2e/servers.ts";
 import { nginxInstalled, startCounter, type CounterKind, type Traffic, type UpstreamCounter } from "./counters.ts";
 import { curlBlob, type Download } from "./curl.ts";

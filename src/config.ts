@@ -7,6 +7,8 @@
  */
 import { z } from "zod";
 import { parseDocument } from "yaml";
+import { BCRYPT_HASH, type IdentityEntry, parseHtpasswd } from "./auth/identities.ts";
+import type { Rule } from "./auth/rules.ts";
 
 // ---------------------------------------------------------------- types
 
@@ -25,7 +27,18 @@ export type LogLevel = "debug" | "info" | "warn" | "error";
 
 export type Listen = { hostname: string; port: number };
 
+/** Present only when access control is on; absent means anonymous pulls of everything. */
+export type AccessConfig = {
+  /** The `service` of challenges and the `aud` of tokens. */
+  service: string;
+  issuer: string;
+  tokenTtlSeconds: number;
+  identities: IdentityEntry[];
+  rules: Rule[];
+};
+
 export type Config = {
+  access?: AccessConfig;
   listen: Listen;
   dataDir: string;
   upstreams: Upstream[];
@@ -56,7 +69,14 @@ export const DEFAULTS = {
   tagTtlSeconds: 60,
   upstreamTimeoutSeconds: 30,
   logLevel: "info",
+  tokenTtlSeconds: 900,
+  tokenService: "stowage",
+  tokenIssuer: "stowage",
 } as const;
+
+// Clients refetch tokens below a minute; a day bounds the harm of a leaked token.
+const MIN_TOKEN_TTL_SECONDS = 60;
+const MAX_TOKEN_TTL_SECONDS = 86_400;
 
 // Node's setTimeout fires immediately for delays above 2^31-1 ms (~24.8 days),
 // so an unbounded timeout would silently become no timeout at all.
@@ -204,6 +224,13 @@ function parseCredentialsEntry(raw: string): Parsed<{ name: string; credentials:
   return ok({ name: name.value, credentials: { username, password } });
 }
 
+function parseOnOff(raw: string): Parsed<boolean> {
+  const v = raw.trim().toLowerCase();
+  if (["on", "true", "1", "yes"].includes(v)) return ok(true);
+  if (["off", "false", "0", "no"].includes(v)) return ok(false);
+  return bad(`expected on or off, got ${quote(raw)}`);
+}
+
 function describe(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
@@ -232,6 +259,13 @@ type Layer = {
   logLevel?: LogLevel;
   upstreams: UpstreamDef[];
   credentials: CredentialsDef[];
+  accessControl?: Labeled<boolean>;
+  htpasswd?: Labeled<string>;
+  tokenTtlSeconds?: number;
+  tokenService?: string;
+  /** Only the config file can hold these. */
+  identities?: IdentityEntry[];
+  rules?: Rule[];
 };
 
 type ScalarKey =
@@ -242,6 +276,9 @@ type ScalarKey =
   | "tagTtl"
   | "upstreamTimeout"
   | "logLevel"
+  | "accessControl"
+  | "htpasswd"
+  | "tokenTtl"
   | "config";
 
 type ListKey = "upstream" | "credentials";
@@ -263,6 +300,9 @@ export const FLAGS: Readonly<Record<ScalarKey | ListKey, string>> = {
   tagTtl: "--tag-ttl",
   upstreamTimeout: "--upstream-timeout",
   logLevel: "--log-level",
+  accessControl: "--access-control",
+  htpasswd: "--htpasswd",
+  tokenTtl: "--token-ttl",
   config: "--config",
 };
 
@@ -276,6 +316,9 @@ export const ENV_VARS: Readonly<Record<ScalarKey | ListKey, string>> = {
   tagTtl: "STOWAGE_TAG_TTL",
   upstreamTimeout: "STOWAGE_UPSTREAM_TIMEOUT",
   logLevel: "STOWAGE_LOG_LEVEL",
+  accessControl: "STOWAGE_ACCESS_CONTROL",
+  htpasswd: "STOWAGE_HTPASSWD",
+  tokenTtl: "STOWAGE_TOKEN_TTL",
   config: "STOWAGE_CONFIG",
 };
 
@@ -351,6 +394,13 @@ function layerFromRaw(raw: RawSettings, names: Readonly<Record<ScalarKey | ListK
     );
   }
   if (s.logLevel !== undefined) layer.logLevel = must(names.logLevel, parseLogLevel(s.logLevel));
+  if (s.accessControl !== undefined) {
+    layer.accessControl = { value: must(names.accessControl, parseOnOff(s.accessControl)), label: names.accessControl };
+  }
+  if (s.htpasswd !== undefined) layer.htpasswd = { value: must(names.htpasswd, parseDataDir(s.htpasswd)), label: names.htpasswd };
+  if (s.tokenTtl !== undefined) {
+    layer.tokenTtlSeconds = must(names.tokenTtl, parseDuration(s.tokenTtl, MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS));
+  }
 
   for (const entry of raw.upstreams) {
     const def = must(names.upstream, parseUpstreamEntry(entry));
@@ -407,9 +457,33 @@ const fileSchema = z.strictObject({
   upstreamTimeout: zValue((raw) => parseDuration(raw, 1, MAX_UPSTREAM_TIMEOUT_SECONDS)).nullish(),
   logLevel: zValue(fromString(parseLogLevel)).nullish(),
   upstreams: z.array(fileUpstreamSchema, { error: "expected a list of {name, url} entries" }).nullish(),
+  accessControl: z.boolean({ error: "expected true or false" }).nullish(),
+  htpasswd: zValue(fromString(parseDataDir)).nullish(),
+  tokenTtl: zValue((raw) => parseDuration(raw, MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS)).nullish(),
+  tokenService: z.string().regex(/^[\x21-\x7e]{1,128}$/, { error: "expected a short printable name" }).nullish(),
+  users: z.array(fileUserSchema).nullish(),
+  robots: z.array(fileRobotSchema).nullish(),
+  rules: z.array(fileRuleSchema).nullish(),
 });
 
 type FileUpstream = z.output<typeof fileUpstreamSchema>;
+
+const IDENTITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+const identityName = z
+  .string({ error: "expected a name" })
+  .regex(IDENTITY_NAME, { error: "use letters, digits, '.', '_', '@' or '-' (at most 128)" })
+  .refine((n) => n !== "anonymous", { error: '"anonymous" is reserved for clients without credentials' });
+// Never echo the value: a mistake here is often a plain password pasted in.
+const bcryptHash = z.string().regex(BCRYPT_HASH, { error: "expected a bcrypt hash ($2y$/$2a$/$2b$; create one with stowage user hash)" });
+const glob = z.string().min(1).max(256).regex(/^[A-Za-z0-9._\-/*?]+$/, { error: "expected a name pattern with * or ** wildcards" });
+
+const fileUserSchema = z.strictObject({ name: identityName, passwordHash: bcryptHash });
+const fileRobotSchema = z.strictObject({ name: identityName, secretHash: bcryptHash });
+const fileRuleSchema = z.strictObject({
+  upstream: glob.default("*"),
+  repository: glob,
+  pull: z.array(z.string().min(1), { error: 'expected a list of identities, "anonymous" or "*"' }),
+});
 
 function formatPath(path: readonly PropertyKey[]): string {
   let out = "";
@@ -511,6 +585,17 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
   if (f.tagTtl != null) layer.tagTtlSeconds = f.tagTtl;
   if (f.upstreamTimeout != null) layer.upstreamTimeoutSeconds = f.upstreamTimeout;
   if (f.logLevel != null) layer.logLevel = f.logLevel;
+  if (f.accessControl != null) layer.accessControl = { value: f.accessControl, label: `${file}: accessControl` };
+  if (f.htpasswd != null) layer.htpasswd = { value: f.htpasswd, label: `${file}: htpasswd` };
+  if (f.tokenTtl != null) layer.tokenTtlSeconds = f.tokenTtl;
+  if (f.tokenService != null) layer.tokenService = f.tokenService;
+  if (f.users != null || f.robots != null) {
+    layer.identities = [
+      ...(f.users ?? []).map((u) => ({ name: u.name, kind: "user" as const, hash: u.passwordHash, source: `${file}: users` })),
+      ...(f.robots ?? []).map((r) => ({ name: r.name, kind: "robot" as const, hash: r.secretHash, source: `${file}: robots` })),
+    ];
+  }
+  if (f.rules != null) layer.rules = f.rules;
   (f.upstreams ?? []).forEach((u, i) => {
     const first = layer.upstreams.findIndex((d) => d.name === u.name);
     if (first >= 0) {
@@ -571,7 +656,9 @@ function merge(layers: Layer[]): Config {
     throw new ConfigError(`${chosen.label}: ${quote(chosen.value)} is not a configured upstream (upstreams: ${known()})`);
   }
 
+  const access = accessFrom(layers, pick);
   return {
+    ...(access ? { access } : {}),
     listen: pick("listen") ?? must("default listen", parseListen(DEFAULTS.listen)),
     dataDir: pick("dataDir") ?? DEFAULTS.dataDir,
     upstreams,
@@ -581,6 +668,42 @@ function merge(layers: Layer[]): Config {
     upstreamTimeoutSeconds: pick("upstreamTimeoutSeconds") ?? DEFAULTS.upstreamTimeoutSeconds,
     logLevel: pick("logLevel") ?? DEFAULTS.logLevel,
   };
+}
+
+/** Access control is on when asked for, or implied by --htpasswd; identities are read later (they need files). */
+function accessFrom(layers: Layer[], pick: <K extends keyof Layer>(key: K) => Layer[K] | undefined): AccessConfig | undefined {
+  const asked = pick("accessControl");
+  const htpasswd = pick("htpasswd");
+  if (asked && !asked.value && htpasswd) {
+    throw new ConfigError(`${htpasswd.label} turns access control on, but ${asked.label} turns it off; remove one of them`);
+  }
+  if (!(asked?.value ?? htpasswd !== undefined)) return undefined;
+  const identities = [...(pick("identities") ?? [])];
+  for (const [i, e] of identities.entries()) {
+    if (identities.findIndex((o) => o.name === e.name) !== i) {
+      throw new ConfigError(`${e.source}: ${quote(e.name)} is defined more than once (users and robots share one name space)`);
+    }
+  }
+  return {
+    service: pick("tokenService") ?? DEFAULTS.tokenService,
+    issuer: DEFAULTS.tokenIssuer,
+    tokenTtlSeconds: pick("tokenTtlSeconds") ?? DEFAULTS.tokenTtlSeconds,
+    identities,
+    rules: pick("rules") ?? [],
+    ...(htpasswd ? { htpasswd } : {}),
+  } as AccessConfig;
+}
+
+function addHtpasswdUsers(access: AccessConfig, file: Labeled<string>, src: ConfigSources): void {
+  const parsed = parseHtpasswd(readText(file.label, file.value, src));
+  const first = parsed.problems[0];
+  if (first) throw new ConfigError(`${file.label}: ${quote(file.value)} ${first}`);
+  for (const e of parsed.entries) {
+    if (access.identities.some((o) => o.name === e.name)) {
+      throw new ConfigError(`${file.label}: user ${quote(e.name)} is also defined in the config file; keep one`);
+    }
+    access.identities.push({ name: e.name, kind: "user", hash: e.hash, source: file.value });
+  }
 }
 
 // ------------------------------------------------------------- public
@@ -595,13 +718,20 @@ export function loadConfig(src: ConfigSources): Config {
     layers.push(fileLayer(label, file, src));
   }
   layers.push(layerFromRaw(env, ENV_VARS), layerFromRaw(flags, FLAGS));
-  return merge(layers);
+  const config = merge(layers);
+  let htpasswd: Labeled<string> | undefined;
+  for (const layer of layers) if (layer.htpasswd) htpasswd = layer.htpasswd;
+  if (config.access && htpasswd) addHtpasswdUsers(config.access, htpasswd, src);
+  return config;
 }
 
 /** The configuration for the start-up log, with every password replaced. */
 export function redactedConfig(c: Config): unknown {
   return {
     ...c,
+    ...(c.access
+      ? { access: { ...c.access, identities: c.access.identities.map((i) => `${i.kind} ${i.name} (${i.source})`) } }
+      : {}),
     upstreams: c.upstreams.map((u) =>
       u.credentials ? { ...u, credentials: { username: u.credentials.username, password: "***" } } : { ...u },
     ),

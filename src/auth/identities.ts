@@ -1,0 +1,94 @@
+/**
+ * Who can sign in: static users and robot tokens from the config file, and
+ * users from an Apache htpasswd file. Secrets are only ever held as bcrypt
+ * hashes; successful checks are remembered briefly because bcrypt is slow by
+ * design and clients ask for a token several times per pull.
+ */
+import bcrypt from "bcryptjs";
+
+export type IdentityKind = "user" | "robot";
+
+export type IdentityEntry = { name: string; kind: IdentityKind; hash: string; source: string };
+
+export type HtpasswdResult = { entries: Array<{ name: string; hash: string }>; problems: string[] };
+
+export const BCRYPT_HASH = /^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$/;
+
+/** `name:hash` lines; only bcrypt hashes are accepted (the others are weak or unsupported). */
+export function parseHtpasswd(text: string): HtpasswdResult {
+  const entries: Array<{ name: string; hash: string }> = [];
+  const problems: string[] = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) return;
+    const colon = line.indexOf(":");
+    const where = `line ${i + 1}`;
+    if (colon <= 0) {
+      problems.push(`${where}: expected USER:HASH`);
+      return;
+    }
+    const name = line.slice(0, colon);
+    const hash = line.slice(colon + 1);
+    if (!BCRYPT_HASH.test(hash)) {
+      // Never echo the hash field: a misformatted line may be a plain password.
+      problems.push(`${where}: user ${JSON.stringify(name)} does not have a bcrypt hash (create entries with htpasswd -B)`);
+      return;
+    }
+    if (entries.some((e) => e.name === name)) {
+      problems.push(`${where}: user ${JSON.stringify(name)} appears more than once`);
+      return;
+    }
+    entries.push({ name, hash });
+  });
+  return { entries, problems };
+}
+
+export type Identity = { subject: string; kind: IdentityKind };
+
+const VERIFIED_TTL_MS = 60_000;
+const VERIFIED_MAX = 1_000;
+
+export class IdentityStore {
+  readonly #byName: Map<string, IdentityEntry>;
+  /** sha256(name, password, hash) → expiry; a changed hash invalidates naturally. */
+  readonly #verified = new Map<string, number>();
+
+  constructor(entries: readonly IdentityEntry[]) {
+    this.#byName = new Map(entries.map((e) => [e.name, e]));
+  }
+
+  get size(): number {
+    return this.#byName.size;
+  }
+
+  has(subject: string): boolean {
+    return this.#byName.has(subject);
+  }
+
+  /** The identity for a name and secret, or null; the same work is done for unknown names, so timing does not tell them apart. */
+  async verify(name: string, secret: string, now = Date.now()): Promise<Identity | null> {
+    const entry = this.#byName.get(name);
+    const hash = entry?.hash ?? DUMMY_HASH;
+    const key = await cacheKey(name, secret, hash);
+    const until = this.#verified.get(key);
+    if (entry && until !== undefined && until > now) return { subject: entry.name, kind: entry.kind };
+    const ok = await bcrypt.compare(secret, hash);
+    if (!ok || !entry) return null;
+    if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+    this.#verified.set(key, now + VERIFIED_TTL_MS);
+    return { subject: entry.name, kind: entry.kind };
+  }
+}
+
+// A valid bcrypt hash, compared against when the name is unknown.
+const DUMMY_HASH = "$2b$10$ZIXzboqA/zR3j8Ppe47bnOg29l1NGLw0CtXeW1m70uaYlUWJgnStS";
+
+async function cacheKey(name: string, secret: string, hash: string): Promise<string> {
+  const data = new TextEncoder().encode(`${name}\u0000${secret}\u0000${hash}`);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function hashSecret(secret: string, rounds = 10): Promise<string> {
+  return bcrypt.hash(secret, rounds);
+}

@@ -1,0 +1,61 @@
+/**
+ * Refresh tokens (docker "identity tokens"): long-lived random secrets that
+ * stand in for a password. KV holds only their SHA-256. Clients send them
+ * without a username, so the hash alone is the key.
+ */
+import { z } from "zod";
+import type { TypedKv } from "../kv/kv.ts";
+import type { IdentityKind } from "./identities.ts";
+
+export const REFRESH_TOKEN_TTL_MS = 90 * 24 * 3600 * 1000;
+const PREFIX = ["stowage", "auth", "refresh"] as const;
+const TOKEN_FORMAT = /^[A-Za-z0-9_-]{43}$/;
+
+const record = z.object({ subject: z.string(), kind: z.enum(["user", "robot"]), createdAt: z.number() });
+
+export type RefreshOwner = { subject: string; kind: IdentityKind };
+
+export class RefreshTokens {
+  constructor(
+    private readonly kv: TypedKv,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async create(owner: RefreshOwner): Promise<string> {
+    const bytes = crypto.getRandomValues(new Uint8Array(32));
+    const token = base64url(bytes);
+    await this.kv.write([...PREFIX, await sha256(token)], { ...owner, createdAt: this.now() }, REFRESH_TOKEN_TTL_MS);
+    return token;
+  }
+
+  /** The owner of a live refresh token, or null. */
+  async lookup(token: string): Promise<RefreshOwner | null> {
+    if (!TOKEN_FORMAT.test(token)) return null;
+    const found = await this.kv.read([...PREFIX, await sha256(token)], record);
+    if (!found || found.createdAt + REFRESH_TOKEN_TTL_MS < this.now()) return null;
+    return { subject: found.subject, kind: found.kind };
+  }
+
+  /** Revokes every refresh token of a subject; returns how many there were. */
+  async revokeAll(subject: string): Promise<number> {
+    let n = 0;
+    for await (const entry of this.kv.raw.list({ prefix: [...PREFIX] })) {
+      const owner = record.safeParse(entry.value);
+      if (!owner.success || owner.data.subject !== subject) continue;
+      await this.kv.remove(entry.key);
+      n++;
+    }
+    return n;
+  }
+}
+
+async function sha256(text: string): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function base64url(bytes: Uint8Array): string {
+  let s = "";
+  for (const b of bytes) s += String.fromCharCode(b);
+  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}

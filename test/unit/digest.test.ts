@@ -1,0 +1,87 @@
+// sha256 in worker threads must give exactly what node:crypto gives, for any
+// chunking, with many updates in flight at once (the blob fetch pipelines its
+// batches), and the inline fallback must agree.
+import t from "tap";
+import { createHash } from "node:crypto";
+import { InlineHasherFactory, type HasherFactory } from "../../src/digest/hasher.ts";
+import { WorkerHasherFactory } from "../../src/digest/worker-pool.ts";
+import { nodeRuntime } from "../../src/runtime/node.ts";
+
+function pattern(size: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    bytes[i] = x & 0xff;
+  }
+  return bytes;
+}
+
+const cases: Array<{ name: string; size: number; chunk: number }> = [
+  { name: "empty blob", size: 0, chunk: 1 },
+  { name: "one byte", size: 1, chunk: 1 },
+  { name: "odd chunks across batch edges", size: 3 * 1024 * 1024 + 17, chunk: 65_537 },
+  { name: "exactly one batch", size: 1024 * 1024, chunk: 1024 * 1024 },
+  { name: "chunks larger than a batch", size: 5 * 1024 * 1024 + 3, chunk: 2 * 1024 * 1024 + 1 },
+];
+
+async function check(tt: typeof t, factory: HasherFactory, concurrent: boolean): Promise<void> {
+  for (const [i, c] of cases.entries()) {
+    const data = pattern(c.size, i + 7);
+    const expected = createHash("sha256").update(data).digest("hex");
+    const hasher = factory.create("sha256");
+    const pending: Array<Promise<void>> = [];
+    for (let o = 0; o < c.size; o += c.chunk) {
+      const p = hasher.update(data.subarray(o, o + c.chunk));
+      if (concurrent) pending.push(p);
+      else await p;
+    }
+    await Promise.all(pending);
+    tt.equal(await hasher.finish(), expected, `${factory.mode}${concurrent ? " (all updates in flight)" : ""}: ${c.name}`);
+  }
+}
+
+t.test("worker threads and inline hashing agree with node:crypto", async (tt) => {
+  const spawn = nodeRuntime.spawnWorker;
+  if (!spawn) throw new Error("the Node runtime must offer worker threads");
+  const workers = await WorkerHasherFactory.start(2, spawn);
+  tt.teardown(() => workers.close());
+  tt.equal(workers.mode, "worker");
+  await check(tt, workers, false);
+  await check(tt, new InlineHasherFactory(), false);
+});
+
+t.test("many updates waiting on the worker backlog at once all complete (no lost wake-ups)", async (tt) => {
+  const workers = await WorkerHasherFactory.start(1, nodeRuntime.spawnWorker!);
+  tt.teardown(() => workers.close());
+  // 40 MiB posted without waiting: far above the 8 MiB backlog, so many updates wait together.
+  const data = pattern(40 * 1024 * 1024, 99);
+  const hasher = workers.create("sha256");
+  const pending: Array<Promise<void>> = [];
+  for (let o = 0; o < data.byteLength; o += 1024 * 1024) pending.push(hasher.update(data.subarray(o, o + 1024 * 1024)));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const settled = await Promise.race([
+    Promise.all(pending).then(() => "done"),
+    new Promise((resolve) => (timer = setTimeout(() => resolve("stuck"), 20_000))),
+  ]);
+  clearTimeout(timer);
+  tt.equal(settled, "done", "every update resolved");
+  tt.equal(await hasher.finish(), createHash("sha256").update(data).digest("hex"));
+  await check(tt, workers, true);
+});
+
+t.test("several blobs hashed at the same time do not mix", async (tt) => {
+  const workers = await WorkerHasherFactory.start(2, nodeRuntime.spawnWorker!);
+  tt.teardown(() => workers.close());
+  const blobs = [0, 1, 2, 3, 4].map((i) => pattern(2 * 1024 * 1024 + i * 1000, 50 + i));
+  const digests = await Promise.all(
+    blobs.map(async (blob) => {
+      const h = workers.create("sha256");
+      for (let o = 0; o < blob.byteLength; o += 100_000) await h.update(blob.subarray(o, o + 100_000));
+      return h.finish();
+    }),
+  );
+  digests.forEach((d, i) => tt.equal(d, createHash("sha256").update(blobs[i]!).digest("hex"), `blob ${i}`));
+});
