@@ -1,7 +1,7 @@
 // sha256 in worker threads must give exactly what node:crypto gives, for any
 // chunking, with many updates in flight at once (the blob fetch pipelines its
 // batches), and the inline fallback must agree.
-import t from "tap";
+import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
 import { InlineHasherFactory, type HasherFactory } from "../../src/digest/hasher.ts";
 import { WorkerHasherFactory } from "../../src/digest/worker-pool.ts";
@@ -27,7 +27,7 @@ const cases: Array<{ name: string; size: number; chunk: number }> = [
   { name: "chunks larger than a batch", size: 5 * 1024 * 1024 + 3, chunk: 2 * 1024 * 1024 + 1 },
 ];
 
-async function check(tt: typeof t, factory: HasherFactory, concurrent: boolean): Promise<void> {
+async function check(tt: Test, factory: HasherFactory, concurrent: boolean): Promise<void> {
   for (const [i, c] of cases.entries()) {
     const data = pattern(c.size, i + 7);
     const expected = createHash("sha256").update(data).digest("hex");
