@@ -1,13 +1,14 @@
 // Hashes blob bytes off the main thread so that digest verification never
 // competes with serving clients. Messages (see src/digest/worker-pool.ts):
-//   in:  { op: "start", id, algorithm } | { op: "update", id, data: ArrayBuffer } | { op: "finish", id } | { op: "discard", id }
+//   in:  { op: "start", id, algorithm } | { op: "update", id, data: Uint8Array } | { op: "finish", id } | { op: "discard", id }
+//   (`data` is either transferred to us or a view of shared memory the sender no longer changes)
 //   out: { op: "ack", id, bytes } after each update, { op: "digest", id, hex } after finish
 import { createHash, type Hash } from "node:crypto";
 import { parentPort } from "node:worker_threads";
 
 type Inbound =
   | { op: "start"; id: number; algorithm: "sha256" | "sha512" }
-  | { op: "update"; id: number; data: ArrayBuffer }
+  | { op: "update"; id: number; data: Uint8Array }
   | { op: "finish"; id: number }
   | { op: "discard"; id: number };
 
@@ -22,7 +23,7 @@ port.on("message", (msg: Inbound) => {
       jobs.set(msg.id, createHash(msg.algorithm));
       break;
     case "update": {
-      jobs.get(msg.id)?.update(new Uint8Array(msg.data));
+      jobs.get(msg.id)?.update(msg.data);
       port.postMessage({ op: "ack", id: msg.id, bytes: msg.data.byteLength });
       break;
     }

@@ -305,12 +305,21 @@ const MAX_BATCHES_IN_FLIGHT = 4;
 const BATCH_MAX_AGE_MS = 25;
 
 /**
+ * Batches live in shared memory where the platform has it, so the digest
+ * worker reads them in place instead of receiving a copy. A batch is never
+ * changed once flushed (followers, the store and the worker all read it).
+ */
+function newBatch(): Uint8Array {
+  return typeof SharedArrayBuffer === "function" ? new Uint8Array(new SharedArrayBuffer(BATCH_BYTES)) : new Uint8Array(BATCH_BYTES);
+}
+
+/**
  * Gathers chunks into batches and hands each to `start`, keeping up to
  * MAX_BATCHES_IN_FLIGHT of them in flight so that store latency does not stall
  * the upstream read; `done` is called for each batch in order as they complete.
  */
 class BatchingSink {
-  private batch = new Uint8Array(BATCH_BYTES);
+  private batch = newBatch();
   private filled = 0;
   private startedAt = 0;
   private readonly inFlight: Array<Promise<void>> = [];
@@ -342,7 +351,7 @@ class BatchingSink {
   private async flush(): Promise<void> {
     if (this.filled === 0) return;
     const full = this.batch.subarray(0, this.filled);
-    this.batch = new Uint8Array(BATCH_BYTES);
+    this.batch = newBatch();
     this.filled = 0;
     while (this.inFlight.length >= MAX_BATCHES_IN_FLIGHT) await this.inFlight.shift();
     const started = this.start(full);

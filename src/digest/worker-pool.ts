@@ -5,6 +5,8 @@ import type { Hasher, HasherFactory } from "./hasher.ts";
 
 /** Bytes gathered before one message to a worker: fewer, larger messages cost less. */
 const BATCH_BYTES = 1024 * 1024;
+/** Shared-memory chunks at least this large are posted without copying; the caller must not change them afterwards. */
+const SHARED_MIN_BYTES = 64 * 1024;
 /** Bytes one hasher may have posted but not yet hashed before `update` waits. */
 const BACKLOG_BYTES = 8 * 1024 * 1024;
 
@@ -114,17 +116,27 @@ export class WorkerHasherFactory implements HasherFactory {
     const flush = () => {
       if (filled === 0) return;
       // Hand the batch itself to the worker (no copy) and start a fresh one.
-      const data = filled === BATCH_BYTES ? batch.buffer : batch.buffer.slice(0, filled);
+      const data = filled === BATCH_BYTES ? batch : batch.slice(0, filled);
       job.backlog += filled;
-      worker.post({ op: "update", id, data }, [data]);
+      worker.post({ op: "update", id, data }, [data.buffer as ArrayBuffer]);
       batch = new Uint8Array(BATCH_BYTES);
       filled = 0;
+    };
+    /** Bytes in shared memory are posted as they are: the worker reads the same memory, nothing is copied. */
+    const postShared = (chunk: Uint8Array) => {
+      flush(); // keep the order
+      job.backlog += chunk.byteLength;
+      worker.post({ op: "update", id, data: chunk });
     };
 
     return {
       async update(chunk) {
         if (job.failed) throw job.failed;
         let offset = 0;
+        if (isShared(chunk) && chunk.byteLength >= SHARED_MIN_BYTES) {
+          postShared(chunk);
+          offset = chunk.byteLength;
+        }
         while (offset < chunk.byteLength) {
           const n = Math.min(BATCH_BYTES - filled, chunk.byteLength - offset);
           batch.set(chunk.subarray(offset, offset + n), filled);
@@ -155,6 +167,10 @@ export class WorkerHasherFactory implements HasherFactory {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+function isShared(chunk: Uint8Array): boolean {
+  return typeof SharedArrayBuffer === "function" && chunk.buffer instanceof SharedArrayBuffer;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

@@ -84,6 +84,13 @@ async function storeIsVerified(tt: Test, dataDir: string): Promise<string[]> {
   return found;
 }
 
+/** Starts a resource and registers its stop at once, so a later failure in the test cannot leak it. */
+async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
+  const resource = await start;
+  tt.teardown(() => resource.stop());
+  return resource;
+}
+
 t.before(async () => {
   scratch = await makeTempDir("pull");
   images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
@@ -96,12 +103,8 @@ t.teardown(async () => {
 });
 
 t.test("skopeo copy --all of every image, cold then warm, digest-exact; the warm pull sends nothing upstream", async (tt) => {
-  const upstream = await startRecordingProxy(registry.url);
-  const stowage = await startStowage(["--upstream", `local=${upstream.url}`, "--log-level", "warn"]);
-  tt.teardown(async () => {
-    await stowage.stop();
-    await upstream.stop();
-  });
+  const upstream = await using(tt, startRecordingProxy(registry.url));
+  const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--log-level", "warn"]));
 
   for (const img of images) {
     const dir = await copyThrough(stowage, `local/${img.repo}:${img.tag}`, "cold");
@@ -127,14 +130,9 @@ t.test("skopeo copy --all of every image, cold then warm, digest-exact; the warm
 });
 
 t.test("containerd: ctr content fetch, images pull --platform linux/arm64, and mirror mode (?ns=)", async (tt) => {
-  const upstream = await startRecordingProxy(registry.url);
-  const stowage = await startStowage(["--upstream", `local=${upstream.url}`, "--log-level", "info"]);
-  const containerd = await startContainerd();
-  tt.teardown(async () => {
-    await containerd.stop();
-    await stowage.stop();
-    await upstream.stop();
-  });
+  const upstream = await using(tt, startRecordingProxy(registry.url));
+  const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--log-level", "info"]));
+  const containerd = await using(tt, startContainerd());
   const host = hostOf(stowage.url);
 
   const index = image("oci-index");
@@ -172,12 +170,8 @@ t.test("containerd: ctr content fetch, images pull --platform linux/arm64, and m
 });
 
 t.test("10 concurrent cold pulls of the large image cause one upstream blob fetch", async (tt) => {
-  const upstream = await startRecordingProxy(registry.url);
-  const stowage = await startStowage(["--upstream", `local=${upstream.url}`, "--log-level", "warn"]);
-  tt.teardown(async () => {
-    await stowage.stop();
-    await upstream.stop();
-  });
+  const upstream = await using(tt, startRecordingProxy(registry.url));
+  const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--log-level", "warn"]));
   const big = image("big-layer");
   const started = Date.now();
   const dirs = await Promise.all(Array.from({ length: 10 }, (_, i) => copyThrough(stowage, `local/${big.repo}:v1`, `concurrent${i}`)));
@@ -191,10 +185,9 @@ t.test("10 concurrent cold pulls of the large image cause one upstream blob fetc
 });
 
 t.test("a stopped upstream: cached tags are still served, a miss is a clear 503", async (tt) => {
-  const upstream = await startRecordingProxy(registry.url);
+  const upstream = await using(tt, startRecordingProxy(registry.url));
   // --tag-ttl 0: every tag pull would revalidate, so only stale-if-error can serve it.
-  const stowage = await startStowage(["--upstream", `local=${upstream.url}`, "--tag-ttl", "0", "--upstream-timeout", "3s"]);
-  tt.teardown(() => stowage.stop());
+  const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--tag-ttl", "0", "--upstream-timeout", "3s"]));
   const cached = image("oci-index");
   await copyThrough(stowage, `local/${cached.repo}:v1`, "before-outage");
   await upstream.stop();
@@ -211,9 +204,9 @@ t.test("a stopped upstream: cached tags are still served, a miss is a clear 503"
 });
 
 t.test("an upstream serving corrupted bytes leaves nothing in the cache; a good upstream then heals it", async (tt) => {
-  const corrupt = await startRecordingProxy(registry.url, { corruptBlobs: true });
+  const corrupt = await using(tt, startRecordingProxy(registry.url, { corruptBlobs: true }));
   const img = image("oci-single");
-  const first = await startStowage(["--upstream", `local=${corrupt.url}`, "--log-level", "warn"]);
+  const first = await using(tt, startStowage(["--upstream", `local=${corrupt.url}`, "--log-level", "warn"]));
   const dataDir = first.dataDir;
   const failed = await skopeo([
     "--insecure-policy",
@@ -232,20 +225,15 @@ t.test("an upstream serving corrupted bytes leaves nothing in the cache; a good 
   await first.stop({ keepData: true });
   await corrupt.stop();
 
-  const good = await startRecordingProxy(registry.url);
-  const second = await startStowage(["--upstream", `local=${good.url}`, "--data-dir", dataDir, "--log-level", "warn"]);
-  tt.teardown(async () => {
-    await second.stop();
-    await good.stop();
-  });
+  const good = await using(tt, startRecordingProxy(registry.url));
+  const second = await using(tt, startStowage(["--upstream", `local=${good.url}`, "--data-dir", dataDir, "--log-level", "warn"]));
   const dir = await copyThrough(second, `local/${img.repo}:v1`, "healed");
   await checkDirCopy(tt, dir, img);
   await storeIsVerified(tt, dataDir);
 });
 
 t.test("raw HTTP: headers and errors clients depend on", async (tt) => {
-  const stowage = await startStowage(["--upstream", `local=${registry.url}`, "--log-level", "warn"]);
-  tt.teardown(() => stowage.stop());
+  const stowage = await using(tt, startStowage(["--upstream", `local=${registry.url}`, "--log-level", "warn"]));
   const list = image("docker-list");
   const head = await fetch(`${stowage.url}/v2/local/${list.repo}/manifests/v1`, { method: "HEAD" });
   tt.equal(head.status, 200);
