@@ -1,8 +1,9 @@
 // Hashes blob bytes off the main thread so that digest verification never
 // competes with serving clients. Messages (see src/digest/worker-pool.ts):
 //   in:  { op: "start", id, algorithm } | { op: "update", id, data: Uint8Array } | { op: "finish", id } | { op: "discard", id }
-//   (`data` is either transferred to us or a view of shared memory the sender no longer changes)
-//   out: { op: "ack", id, bytes } after each update, { op: "digest", id, hex } after finish
+//   (`data` is transferred to us)
+//   out: { op: "ack", id, bytes, buffer? } after each update (buffer: the transferred one, returned for reuse),
+//        { op: "digest", id, hex } after finish
 import { createHash, type Hash } from "node:crypto";
 import { parentPort } from "node:worker_threads";
 
@@ -24,7 +25,10 @@ port.on("message", (msg: Inbound) => {
       break;
     case "update": {
       jobs.get(msg.id)?.update(msg.data);
-      port.postMessage({ op: "ack", id: msg.id, bytes: msg.data.byteLength });
+      // Give a transferred buffer back for reuse: fresh 1 MiB buffers cost page faults and GC.
+      const buffer = msg.data.buffer;
+      if (buffer instanceof ArrayBuffer) port.postMessage({ op: "ack", id: msg.id, bytes: msg.data.byteLength, buffer }, [buffer]);
+      else port.postMessage({ op: "ack", id: msg.id, bytes: msg.data.byteLength });
       break;
     }
     case "finish": {

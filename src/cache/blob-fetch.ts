@@ -59,9 +59,9 @@ export class BlobFetch {
 
   private readonly changed = new ChangeSignal();
   /**
-   * The most recent batches, so followers at the live edge are fed from
-   * memory without touching the disk. Holds every batch not yet written plus
-   * up to WINDOW_BYTES of written ones; followers further behind read the spool.
+   * The most recent upstream chunks, so followers at the live edge are fed
+   * from memory without touching the disk. Holds every chunk not yet written
+   * plus up to WINDOW_BYTES of written ones; followers further behind read the spool.
    */
   private window: Array<{ start: number; bytes: Uint8Array }> = [];
   private windowBytes = 0;
@@ -148,29 +148,59 @@ export class BlobFetch {
 
   /** The bytes at `position` (up to `limit`) if they are still in memory; shared, never copied or mutated. */
   private fromWindow(position: number, limit: number): Uint8Array | null {
-    for (const { start, bytes } of this.window) {
-      if (position >= start && position < start + bytes.byteLength) {
-        return bytes.subarray(position - start, Math.min(bytes.byteLength, limit - start));
-      }
+    // Entries are contiguous and ordered by offset: binary search.
+    let lo = 0;
+    let hi = this.window.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const { start, bytes } = this.window[mid]!;
+      if (position < start) hi = mid - 1;
+      else if (position >= start + bytes.byteLength) lo = mid + 1;
+      else return bytes.subarray(position - start, Math.min(bytes.byteLength, limit - start));
     }
     return null;
   }
 
-  private remember(batch: Uint8Array): void {
-    this.window.push({ start: this.received, bytes: batch });
-    this.windowBytes += batch.byteLength;
-    this.received += batch.byteLength;
+  private remember(chunk: Uint8Array): void {
+    this.window.push({ start: this.received, bytes: chunk });
+    this.windowBytes += chunk.byteLength;
+    this.received += chunk.byteLength;
     this.trimWindow();
   }
 
   private trimWindow(): void {
-    // Unwritten batches (at most MAX_BATCHES_IN_FLIGHT + 1) always stay: disk readers cannot have them yet.
+    // Unwritten chunks (at most MAX_UNWRITTEN_BYTES) always stay: disk readers cannot have them yet.
     for (;;) {
       const oldest = this.window[0];
       if (!oldest || this.windowBytes - oldest.bytes.byteLength < WINDOW_BYTES) return;
       if (oldest.start + oldest.bytes.byteLength > this.written) return; // not on disk yet: keep
       this.window.shift();
       this.windowBytes -= oldest.bytes.byteLength;
+    }
+  }
+
+  /** Feeds a response body to `onBytes`; a broken or stalled connection becomes ConnectionLost. */
+  private async readBody(
+    response: Response,
+    idle: IdleTimer,
+    stalled: () => UpstreamError | null,
+    onBytes: (bytes: Uint8Array) => Promise<void>,
+  ): Promise<void> {
+    const name = this.source.client.upstream.name;
+    if (!response.body) throw new UpstreamError("bad-response", `upstream ${name} sent no body for ${this.digest}`);
+    const reader = response.body.getReader();
+    for (;;) {
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch (cause) {
+        throw new ConnectionLost(
+          stalled() ?? new UpstreamError("unreachable", `upstream ${name} broke the connection in the middle of ${this.digest}`, { cause }),
+        );
+      }
+      if (chunk.done) return;
+      idle.touch();
+      await onBytes(chunk.value);
     }
   }
 
@@ -187,53 +217,82 @@ export class BlobFetch {
       reply = await client.blob(repo, this.digest, "GET", this.log);
       const length = reply.response.headers.get("content-length");
       this.size = length !== null && /^\d+$/.test(length) ? Number(length) : null;
-      const body = reply.response.body;
-      if (!body) throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent no body for ${this.digest}`);
       upload = await store.begin(this.digest);
       this.reader = new SharedReader(await upload.openReader());
       hasher = hashers.create(digestAlgorithm(this.digest));
       this.state = "streaming";
       this.markReady();
 
-      const activeReply = reply;
-      const seconds = this.deps.idleTimeoutMs / 1000;
-      idle = new IdleTimer(this.deps.idleTimeoutMs, () => {
-        stalled = new UpstreamError("timeout", `upstream ${client.upstream.name} sent nothing for ${seconds} s in the middle of ${this.digest}`);
-        activeReply.abort(stalled);
-      });
-      const bodyReader = body.getReader();
-      // Upstream chunks are small (~64 KiB); store writes and hash messages are
-      // far cheaper in 1 MiB batches. One batch is written while the next fills.
-      const sink = new BatchingSink((batch) => {
-        this.remember(batch);
+      const writer = new OrderedWriter((chunk) => {
+        this.remember(chunk);
         this.changed.notify();
         // Both calls take their place synchronously (write position, hash order);
-        // completion is awaited later, in order, by the sink.
-        return Promise.all([upload!.write(batch), hasher!.update(batch)]).then(() => {});
-      }, (batch) => {
-        this.written += batch.byteLength;
+        // completion is awaited later, in order, by the writer.
+        return Promise.all([upload!.write(chunk), hasher!.update(chunk)]).then(() => {});
+      }, (chunk) => {
+        this.written += chunk.byteLength;
         this.trimWindow();
         this.changed.notify();
       });
+      // Upstream chunks are ~64 KiB; gathering them into 1 MiB batches (one copy,
+      // shared by every follower) makes far fewer socket writes, store writes and
+      // hash messages, which is what costs most here.
+      const sink = new Batcher((batch) => writer.push(batch));
+      let current: UpstreamReply = reply;
+      const seconds = this.deps.idleTimeoutMs / 1000;
+      idle = new IdleTimer(this.deps.idleTimeoutMs, () => {
+        stalled = new UpstreamError("timeout", `upstream ${client.upstream.name} sent nothing for ${seconds} s in the middle of ${this.digest}`);
+        current.abort(stalled);
+      });
       let fromUpstream = 0;
-      for (;;) {
-        let chunk: ReadableStreamReadResult<Uint8Array>;
+      let skip = 0; // bytes to drop when a resumed response starts from 0 (the upstream ignored Range)
+      for (let resumes = 0; ; ) {
         try {
-          chunk = await bodyReader.read();
-        } catch (cause) {
-          throw stalled ??
-            new UpstreamError("unreachable", `upstream ${client.upstream.name} broke the connection after ${fromUpstream} bytes of ${this.digest}`, { cause });
+          await this.readBody(current.response, idle, () => stalled, async (bytes) => {
+            if (skip > 0) {
+              const dropped = Math.min(skip, bytes.byteLength);
+              skip -= dropped;
+              bytes = bytes.subarray(dropped);
+              if (bytes.byteLength === 0) return;
+            }
+            fromUpstream += bytes.byteLength;
+            if (this.size !== null && fromUpstream > this.size) {
+              throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent more than the ${this.size} bytes it announced for ${this.digest}`);
+            }
+            await sink.push(bytes);
+          });
+          if (this.size === null || fromUpstream >= this.size) break;
+          throw new ConnectionLost(
+            new UpstreamError("unreachable", `upstream ${client.upstream.name} ended ${this.digest} after ${fromUpstream} of ${this.size} bytes`),
+          );
+        } catch (err) {
+          // Only a broken or stalled connection is worth resuming; a store failure or a lying upstream is not.
+          const resumable = err instanceof ConnectionLost && this.size !== null && resumes < MAX_RESUMES;
+          const failure = err instanceof ConnectionLost ? err.failure : err;
+          if (!resumable) throw failure;
+          resumes++;
+          stalled = null;
+          this.log.warn("upstream connection broke mid-blob; resuming with a Range request", {
+            digest: this.digest,
+            upstream: client.upstream.name,
+            at: fromUpstream,
+            of: this.size,
+            attempt: resumes,
+            error: failure,
+          });
+          idle.touch();
+          await sleep(RESUME_BACKOFF_MS * 2 ** (resumes - 1));
+          current = await client.blob(repo, this.digest, "GET", this.log, fromUpstream);
+          reply = current;
+          idle.touch();
+          const resumedAt = resumedOffset(current.response);
+          if (resumedAt === fromUpstream) skip = 0;
+          else if (resumedAt === 0) skip = fromUpstream; // Range ignored: read again from the start, dropping what we have
+          else throw new UpstreamError("bad-response", `upstream ${client.upstream.name} answered a resume at ${fromUpstream} with bytes from ${resumedAt}`);
         }
-        if (chunk.done) break;
-        const bytes = chunk.value;
-        idle.touch();
-        fromUpstream += bytes.byteLength;
-        if (this.size !== null && fromUpstream > this.size) {
-          throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent more than the ${this.size} bytes it announced for ${this.digest}`);
-        }
-        await sink.push(bytes);
       }
       await sink.end();
+      await writer.end();
       idle.stop();
       if (this.size !== null && this.written !== this.size) {
         throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent ${this.written} of the ${this.size} bytes it announced for ${this.digest}`);
@@ -297,38 +356,38 @@ class SharedReader {
   }
 }
 
-/** Bytes per store write and hash message. */
-const BATCH_BYTES = 1024 * 1024;
-/** Batches written to the store concurrently; bounds the unwritten bytes held in memory. */
-const MAX_BATCHES_IN_FLIGHT = 4;
-/** A partly filled batch older than this is written anyway, so a slow upstream still reaches clients promptly. */
-const BATCH_MAX_AGE_MS = 25;
+/** Times a broken upstream connection is resumed with a Range request before the fetch fails. */
+const MAX_RESUMES = 3;
+const RESUME_BACKOFF_MS = 200;
 
-/**
- * Batches live in shared memory where the platform has it, so the digest
- * worker reads them in place instead of receiving a copy. A batch is never
- * changed once flushed (followers, the store and the worker all read it).
- */
-function newBatch(): Uint8Array {
-  return typeof SharedArrayBuffer === "function" ? new Uint8Array(new SharedArrayBuffer(BATCH_BYTES)) : new Uint8Array(BATCH_BYTES);
+/** A read from the upstream body failed: the connection broke or stalled. */
+class ConnectionLost extends Error {
+  constructor(readonly failure: UpstreamError) {
+    super(failure.message);
+  }
 }
 
-/**
- * Gathers chunks into batches and hands each to `start`, keeping up to
- * MAX_BATCHES_IN_FLIGHT of them in flight so that store latency does not stall
- * the upstream read; `done` is called for each batch in order as they complete.
- */
-class BatchingSink {
-  private batch = newBatch();
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Where a (possibly partial) response starts: the Content-Range start for 206, 0 for 200. */
+function resumedOffset(response: Response): number | null {
+  if (response.status === 200) return 0;
+  const match = /^bytes (\d+)-\d+\/(?:\d+|\*)$/.exec(response.headers.get("content-range") ?? "");
+  return response.status === 206 && match ? Number(match[1]) : null;
+}
+
+/** Bytes per batch handed to followers, the store and the hasher. */
+const BATCH_BYTES = 1024 * 1024;
+/** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
+const BATCH_MAX_AGE_MS = 25;
+
+/** Gathers chunks into batches of BATCH_BYTES (the last one shorter). A batch is never changed once passed on. */
+class Batcher {
+  private batch = new Uint8Array(BATCH_BYTES);
   private filled = 0;
   private startedAt = 0;
-  private readonly inFlight: Array<Promise<void>> = [];
-  private tail: Promise<void> = Promise.resolve();
 
-  constructor(
-    private readonly start: (batch: Uint8Array) => Promise<void>,
-    private readonly done: (batch: Uint8Array) => void,
-  ) {}
+  constructor(private readonly emit: (batch: Uint8Array) => Promise<void>) {}
 
   async push(chunk: Uint8Array): Promise<void> {
     let offset = 0;
@@ -345,21 +404,52 @@ class BatchingSink {
 
   async end(): Promise<void> {
     await this.flush();
-    await this.tail;
   }
 
   private async flush(): Promise<void> {
     if (this.filled === 0) return;
-    const full = this.batch.subarray(0, this.filled);
-    this.batch = newBatch();
+    const full = this.filled === BATCH_BYTES ? this.batch : this.batch.subarray(0, this.filled);
+    this.batch = new Uint8Array(BATCH_BYTES);
     this.filled = 0;
-    while (this.inFlight.length >= MAX_BATCHES_IN_FLIGHT) await this.inFlight.shift();
-    const started = this.start(full);
+    await this.emit(full);
+  }
+}
+
+/** Unwritten bytes allowed in flight to the store before the upstream read waits (bounds memory when the store is slow). */
+const MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Passes batches on as they are (no copy): each is handed to `start`
+ * at once (store write and hash take their place synchronously), and `done`
+ * is called for each in order as they complete. When MAX_UNWRITTEN_BYTES are
+ * in flight, `push` waits: the store paces the download.
+ */
+class OrderedWriter {
+  private readonly inFlight: Array<{ bytes: number; settled: Promise<void> }> = [];
+  private unwritten = 0;
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly start: (chunk: Uint8Array) => Promise<void>,
+    private readonly done: (chunk: Uint8Array) => void,
+  ) {}
+
+  async push(chunk: Uint8Array): Promise<void> {
+    while (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) {
+      const oldest = this.inFlight.shift()!;
+      await oldest.settled;
+      this.unwritten -= oldest.bytes;
+    }
+    const started = this.start(chunk);
     // Completion is reported in order even if the store finishes out of order.
-    const previous = this.tail;
-    this.tail = Promise.all([previous, started]).then(() => this.done(full));
-    this.inFlight.push(this.tail);
-    // A failure surfaces through `tail` at the next flush or at end(), not as an unhandled rejection.
+    this.tail = Promise.all([this.tail, started]).then(() => this.done(chunk));
+    // A failure surfaces through `tail` at the next wait or at end(), not as an unhandled rejection.
     this.tail.catch(() => {});
+    this.inFlight.push({ bytes: chunk.byteLength, settled: this.tail });
+    this.unwritten += chunk.byteLength;
+  }
+
+  async end(): Promise<void> {
+    await this.tail;
   }
 }

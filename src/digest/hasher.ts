@@ -3,9 +3,7 @@ import type { DigestAlgorithm } from "../registry/reference.ts";
 
 /**
  * Incremental hashing of one blob. `update` copies what it needs, so the caller
- * may reuse or hand on the chunk as soon as the promise resolves — except a
- * chunk in shared memory (SharedArrayBuffer), which may be read in place by a
- * worker and must never be changed afterwards; the promise
+ * may reuse or hand on the chunk as soon as the promise resolves; the promise
  * resolves early while the hashing backlog is small (pipelining), later when
  * it is not (backpressure).
  */

@@ -5,12 +5,19 @@ import type { Hasher, HasherFactory } from "./hasher.ts";
 
 /** Bytes gathered before one message to a worker: fewer, larger messages cost less. */
 const BATCH_BYTES = 1024 * 1024;
-/** Shared-memory chunks at least this large are posted without copying; the caller must not change them afterwards. */
-const SHARED_MIN_BYTES = 64 * 1024;
 /** Bytes one hasher may have posted but not yet hashed before `update` waits. */
 const BACKLOG_BYTES = 8 * 1024 * 1024;
 
-type Outbound = { op: "ack"; id: number; bytes: number } | { op: "digest"; id: number; hex: string | null };
+type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } | { op: "digest"; id: number; hex: string | null };
+
+/** Batch buffers handed back by the workers, reused instead of allocating (and faulting in) fresh ones. */
+const spareBuffers: ArrayBuffer[] = [];
+const MAX_SPARE_BUFFERS = 16;
+
+function takeBatch(): Uint8Array {
+  const spare = spareBuffers.pop();
+  return spare ? new Uint8Array(spare) : new Uint8Array(BATCH_BYTES);
+}
 
 type Job = {
   backlog: number;
@@ -49,6 +56,7 @@ class DigestWorker {
     const job = this.jobs.get(msg.id);
     if (!job) return;
     if (msg.op === "ack") {
+      if (msg.buffer?.byteLength === BATCH_BYTES && spareBuffers.length < MAX_SPARE_BUFFERS) spareBuffers.push(msg.buffer);
       job.backlog -= msg.bytes;
       if (job.backlog <= BACKLOG_BYTES && job.drained.length > 0) {
         const waiting = job.drained;
@@ -111,7 +119,7 @@ export class WorkerHasherFactory implements HasherFactory {
     worker.jobs.set(id, job);
     worker.post({ op: "start", id, algorithm });
 
-    let batch = new Uint8Array(BATCH_BYTES);
+    let batch = takeBatch();
     let filled = 0;
     const flush = () => {
       if (filled === 0) return;
@@ -119,24 +127,14 @@ export class WorkerHasherFactory implements HasherFactory {
       const data = filled === BATCH_BYTES ? batch : batch.slice(0, filled);
       job.backlog += filled;
       worker.post({ op: "update", id, data }, [data.buffer as ArrayBuffer]);
-      batch = new Uint8Array(BATCH_BYTES);
+      batch = takeBatch();
       filled = 0;
-    };
-    /** Bytes in shared memory are posted as they are: the worker reads the same memory, nothing is copied. */
-    const postShared = (chunk: Uint8Array) => {
-      flush(); // keep the order
-      job.backlog += chunk.byteLength;
-      worker.post({ op: "update", id, data: chunk });
     };
 
     return {
       async update(chunk) {
         if (job.failed) throw job.failed;
         let offset = 0;
-        if (isShared(chunk) && chunk.byteLength >= SHARED_MIN_BYTES) {
-          postShared(chunk);
-          offset = chunk.byteLength;
-        }
         while (offset < chunk.byteLength) {
           const n = Math.min(BATCH_BYTES - filled, chunk.byteLength - offset);
           batch.set(chunk.subarray(offset, offset + n), filled);
@@ -167,10 +165,6 @@ export class WorkerHasherFactory implements HasherFactory {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
-}
-
-function isShared(chunk: Uint8Array): boolean {
-  return typeof SharedArrayBuffer === "function" && chunk.buffer instanceof SharedArrayBuffer;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

@@ -86,21 +86,3 @@ t.test("several blobs hashed at the same time do not mix", async (tt) => {
   digests.forEach((d, i) => tt.equal(d, createHash("sha256").update(blobs[i]!).digest("hex"), `blob ${i}`));
 });
 
-t.test("batches in shared memory are hashed in place, in order with copied chunks", async (tt) => {
-  const workers = await WorkerHasherFactory.start(1, nodeRuntime.spawnWorker!);
-  tt.teardown(() => workers.close());
-  const parts = [pattern(100, 1), pattern(1024 * 1024, 2), pattern(70_000, 3), pattern(3 * 1024 * 1024, 4), pattern(5, 5)];
-  const hasher = workers.create("sha256");
-  const expected = createHash("sha256");
-  for (const [i, part] of parts.entries()) {
-    // Alternate shared and ordinary memory, as a blob fetch may.
-    let chunk = part;
-    if (i % 2 === 1) {
-      chunk = new Uint8Array(new SharedArrayBuffer(part.byteLength));
-      chunk.set(part);
-    }
-    expected.update(part);
-    await hasher.update(chunk);
-  }
-  tt.equal(await hasher.finish(), expected.digest("hex"));
-});

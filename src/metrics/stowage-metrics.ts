@@ -1,0 +1,30 @@
+import { MetricsRegistry } from "./metrics.ts";
+
+/**
+ * Every figure Stowage exports on /metrics. An operator computes the hit ratio
+ * as hits / (hits + misses + coalesced) and the upstream bytes saved as
+ * served_from_cache_bytes.
+ */
+export function createStowageMetrics() {
+  const registry = new MetricsRegistry();
+  return {
+    registry,
+    requests: registry.counter("stowage_http_requests_total", "HTTP requests answered, by route and status."),
+    cacheHits: registry.counter("stowage_cache_hits_total", "Requests served from the cache, by kind (blob, manifest)."),
+    cacheMisses: registry.counter("stowage_cache_misses_total", "Requests that started an upstream fetch, by kind."),
+    coalesced: registry.counter("stowage_cache_coalesced_total", "Blob requests that joined a fetch already in flight."),
+    staleServed: registry.counter("stowage_stale_served_total", "Tags served from their last known digest because the upstream failed."),
+    bytesFromCache: registry.counter("stowage_served_from_cache_bytes_total", "Blob bytes sent to clients from the store."),
+    bytesFromUpstream: registry.counter("stowage_served_from_upstream_bytes_total", "Blob bytes sent to clients while being fetched."),
+    upstreamBytes: registry.counter("stowage_upstream_received_bytes_total", "Blob bytes received from upstreams, by upstream."),
+    upstreamRequests: registry.counter("stowage_upstream_requests_total", "Requests sent to upstreams, by upstream, kind and status."),
+    blobsCommitted: registry.counter("stowage_blobs_committed_total", "Blobs verified and committed to the store."),
+    fetchFailures: registry.counter("stowage_blob_fetch_failures_total", "Blob fetches that failed, by reason."),
+    resumes: registry.counter("stowage_upstream_resumes_total", "Broken upstream blob downloads resumed with a Range request."),
+    storeErrors: registry.counter("stowage_store_errors_total", "Blob store operations that failed, by operation."),
+    inflight: registry.gauge("stowage_inflight_fetches", "Blob fetches from upstream in progress."),
+    rateLimitRemaining: registry.gauge("stowage_upstream_ratelimit_remaining", "Last ratelimit-remaining an upstream reported, by upstream."),
+  };
+}
+
+export type StowageMetrics = ReturnType<typeof createStowageMetrics>;
