@@ -52,7 +52,6 @@ async function startHarnessCounter(upstreamUrl: string): Promise<UpstreamCounter
   };
 }
 
-
 async function startNginxCounter(upstreamUrl: string): Promise<UpstreamCounter> {
   if (!existsSync(NGINX)) throw new Error(`${NGINX} is not installed (apt-get install nginx), or use --counter harness`);
   const dir = await makeTempDir("bench-nginx");

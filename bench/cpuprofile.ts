@@ -1,4 +1,4 @@
-// Reads a V8 .cpuprofile (node --cpu-prof) and says where the samples landed: self time by
+// Reads a V8 .cpuprofile (as node --cpu-prof or the inspector's Profiler.stop write it) and says where the samples landed: self time by
 // function and by broad area (Stowage's code, a dependency, node internals, GC, idle).
 import { readFile } from "node:fs/promises";
 

@@ -1,3 +1,4 @@
+import type { AccessControl } from "./auth/access.ts";
 import type { BlobCache } from "./cache/blob-cache.ts";
 import type { ManifestCache } from "./cache/manifest-cache.ts";
 import type { Config } from "./config.ts";
@@ -15,4 +16,6 @@ export type App = {
   kv: TypedKv;
   store: BlobStore;
   log: Logger;
+  /** Present when access control is on. */
+  access?: AccessControl;
 };

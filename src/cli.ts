@@ -2,18 +2,31 @@
  * Command-line front end: turns argv into a command to run. Printing and
  * exiting belong to the entry point, so this module stays pure.
  */
+import { IDENTITY_NAME } from "./auth/identities.ts";
 import { type Config, ConfigError, DEFAULTS, ENV_VARS, FLAGS, loadConfig } from "./config.ts";
 
 export type CliCommand =
   | { kind: "serve"; config: Config }
   | { kind: "help"; text: string }
-  | { kind: "version" };
+  | { kind: "version" }
+  | { kind: "token-create"; name: string }
+  | { kind: "token-revoke"; name: string; config: Config }
+  | { kind: "user-hash" }
+  | { kind: "keys-rotate"; config: Config };
 
 export const USAGE = `Stowage: a pull-through cache for container images (OCI distribution API)
 
 Usage:
   stowage serve [options]   run the cache server
   stowage help [serve]      show this help, or the help for serve
+  stowage token create NAME print a new robot token secret (once) and the config
+                            entry with its bcrypt hash
+  stowage token revoke NAME [serve options]
+                            revoke every refresh (identity) token of user or robot NAME
+  stowage user hash         read a password from standard input, print its bcrypt hash
+  stowage keys rotate [serve options]
+                            sign new tokens with a new key; tokens signed with the old
+                            key stay valid until they expire
   stowage --version         print the version
 
 Run "stowage serve --help" for every option of serve.
@@ -100,6 +113,35 @@ const OPTIONS: OptionHelp[] = [
     example: "--log-level debug",
   },
   {
+    usage: `${FLAGS.accessControl} on|off`,
+    env: ENV_VARS.accessControl,
+    about: [
+      "Decide who may pull what. When on, clients get bearer tokens from /token (Docker",
+      "token auth); identities come from --htpasswd and users:/robots: in the config",
+      "file, and rules: say who may pull which repository (see below).",
+    ],
+    default: "off (anonymous pulls of everything), or on when --htpasswd is given",
+    example: "--access-control on",
+  },
+  {
+    usage: `${FLAGS.htpasswd} FILE`,
+    env: ENV_VARS.htpasswd,
+    about: [
+      "Users from an Apache htpasswd file with bcrypt entries (htpasswd -B). Turns access",
+      "control on: these users may pull everything, anonymous clients nothing, unless",
+      "rules say otherwise.",
+    ],
+    default: "none",
+    example: "--htpasswd /etc/stowage/htpasswd",
+  },
+  {
+    usage: `${FLAGS.tokenTtl} DURATION`,
+    env: ENV_VARS.tokenTtl,
+    about: ["Lifetime of the bearer tokens Stowage issues (60s to 24h)."],
+    default: `${DEFAULTS.tokenTtlSeconds}s`,
+    example: "--token-ttl 30m",
+  },
+  {
     usage: `${FLAGS.config} FILE`,
     env: ENV_VARS.config,
     about: ["Read settings from a YAML or JSON file (see below)."],
@@ -143,6 +185,31 @@ Config file (YAML or JSON; unknown keys are rejected):
       username: someone      # optional; then exactly one of:
       passwordEnv: HUB_TOKEN #   password, passwordEnv (a variable name)
                              #   or passwordFile (a path; content is trimmed)
+
+  # Access control (all optional; any of these needs accessControl: true or htpasswd)
+  accessControl: true
+  htpasswd: /etc/stowage/htpasswd
+  tokenTtl: 15m
+  tokenService: stowage       # the service= of challenges and aud of tokens
+  users:                      # hashes from: stowage user hash
+    - name: alice
+      passwordHash: $2b$10$...
+  robots:                     # from: stowage token create NAME
+    - name: ci
+      secretHash: $2b$10$...
+  rules:                      # the first rule matching a repository decides;
+    - upstream: docker.io     # no match: every signed-in identity, not anonymous
+      repository: library/*   # * stays within a path component, ** does not
+      pull: [anonymous, "*"]  # "*" is every signed-in identity
+    - repository: team/**     # upstream defaults to every upstream
+      pull: [alice, ci, github-ci]
+  oidc:                       # CI jobs sign in with their id_token as the password
+    - issuer: https://token.actions.githubusercontent.com
+      audience: https://cache.example.com
+      identity: github-ci     # the name rules use for such jobs
+      claims:                 # every condition must match (globs)
+        repository_owner: my-org
+        ref: refs/heads/**
 `;
 
 const isHelp = (arg: string) => arg === "--help" || arg === "-h";
@@ -161,9 +228,42 @@ export function parseCommand(
     if (rest.some(isHelp)) return { kind: "help", text: SERVE_HELP };
     return { kind: "serve", config: loadConfig({ argv: rest, env, readFile }) };
   }
+  if (command === "token" || command === "user" || command === "keys") return adminCommand(command, rest, env, readFile);
   if (command.startsWith("-")) {
     const flag = command.split("=")[0];
     throw new ConfigError(`unknown option ${flag} (options go after the command, e.g. stowage serve ${flag} ...; see stowage --help)`);
   }
-  throw new ConfigError(`unknown command ${JSON.stringify(command)} (commands: serve, help)`);
+  throw new ConfigError(`unknown command ${JSON.stringify(command)} (commands: serve, token, user, keys, help)`);
+}
+
+function adminCommand(
+  command: "token" | "user" | "keys",
+  args: string[],
+  env: Record<string, string | undefined>,
+  readFile: (p: string) => string,
+): CliCommand {
+  const [sub, ...rest] = args;
+  const full = `${command} ${sub ?? ""}`.trim();
+  if (args.some(isHelp)) return { kind: "help", text: USAGE };
+  const name = (): string => {
+    const n = rest[0];
+    if (n === undefined || n.startsWith("-")) throw new ConfigError(`stowage ${full} needs a NAME (e.g. stowage ${full} ci-bot)`);
+    if (!IDENTITY_NAME.test(n) || n === "anonymous") {
+      throw new ConfigError(`invalid name ${JSON.stringify(n.slice(0, 80))}: use letters, digits, '.', '_', '@' or '-' (not "anonymous")`);
+    }
+    return n;
+  };
+  switch (full) {
+    case "token create":
+      if (rest.length > 1) throw new ConfigError(`stowage token create takes only a NAME`);
+      return { kind: "token-create", name: name() };
+    case "token revoke":
+      return { kind: "token-revoke", name: name(), config: loadConfig({ argv: rest.slice(1), env, readFile }) };
+    case "user hash":
+      if (rest.length > 0) throw new ConfigError("stowage user hash reads the password from standard input and takes no arguments");
+      return { kind: "user-hash" };
+    case "keys rotate":
+      return { kind: "keys-rotate", config: loadConfig({ argv: rest, env, readFile }) };
+  }
+  throw new ConfigError(`unknown command "stowage ${full}" (see stowage --help)`);
 }

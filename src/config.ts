@@ -7,7 +7,8 @@
  */
 import { z } from "zod";
 import { parseDocument } from "yaml";
-import { BCRYPT_HASH, type IdentityEntry, parseHtpasswd } from "./auth/identities.ts";
+import { BCRYPT_HASH, IDENTITY_NAME, type IdentityEntry, parseHtpasswd } from "./auth/identities.ts";
+import type { OidcProvider } from "./auth/oidc.ts";
 import type { Rule } from "./auth/rules.ts";
 
 // ---------------------------------------------------------------- types
@@ -35,6 +36,8 @@ export type AccessConfig = {
   tokenTtlSeconds: number;
   identities: IdentityEntry[];
   rules: Rule[];
+  /** CI identity federation: tokens of these issuers are accepted as passwords. */
+  oidc: OidcProvider[];
 };
 
 export type Config = {
@@ -266,6 +269,7 @@ type Layer = {
   /** Only the config file can hold these. */
   identities?: IdentityEntry[];
   rules?: Rule[];
+  oidc?: OidcProvider[];
 };
 
 type ScalarKey =
@@ -448,6 +452,44 @@ const fileUpstreamSchema = z.strictObject({
   passwordFile: z.string({ error: "expected a file path" }).min(1).nullish(),
 });
 
+const identityName = z
+  .string({ error: "expected a name" })
+  .regex(IDENTITY_NAME, { error: "use letters, digits, '.', '_', '@' or '-' (at most 128)" })
+  .refine((n) => n !== "anonymous", { error: '"anonymous" is reserved for clients without credentials' });
+// Never echo the value: a mistake here is often a plain password pasted in.
+const bcryptHash = z.string({ error: "expected a bcrypt hash (create one with stowage user hash)" }).regex(BCRYPT_HASH, { error: "expected a bcrypt hash ($2y$/$2a$/$2b$; create one with stowage user hash)" });
+const glob = z.string().min(1).max(256).regex(/^[A-Za-z0-9._\-/*?]+$/, { error: "expected a name pattern with * or ** wildcards" });
+
+const fileUserSchema = z.strictObject({ name: identityName, passwordHash: bcryptHash });
+const fileRobotSchema = z.strictObject({ name: identityName, secretHash: bcryptHash });
+/** https, or plain http on the loopback interface (for a test issuer). */
+function parseIssuerUrl(raw: string): Parsed<string> {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    return bad(`expected an https:// URL, got ${quote(raw)}`);
+  }
+  const loopback = u.hostname === "127.0.0.1" || u.hostname === "localhost" || u.hostname === "[::1]";
+  if (u.protocol !== "https:" && !(u.protocol === "http:" && loopback)) return bad(`must be an https:// URL, got ${quote(raw)}`);
+  if (u.username || u.password || u.search || u.hash) return bad(`must be a plain URL without credentials, query or fragment, got ${quote(raw)}`);
+  return ok(raw);
+}
+
+const fileOidcSchema = z.strictObject({
+  issuer: zValue(fromString(parseIssuerUrl)),
+  audience: z.string().min(1).max(512),
+  jwksUrl: zValue(fromString(parseIssuerUrl)).nullish(),
+  identity: identityName,
+  claims: z.record(z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/), z.string().min(1).max(512)).default({}),
+});
+
+const fileRuleSchema = z.strictObject({
+  upstream: glob.default("*"),
+  repository: glob,
+  pull: z.array(z.string().min(1), { error: 'expected a list of identities, "anonymous" or "*"' }),
+});
+
 const fileSchema = z.strictObject({
   listen: zValue(fromString(parseListen)).nullish(),
   dataDir: zValue(fromString(parseDataDir)).nullish(),
@@ -464,26 +506,11 @@ const fileSchema = z.strictObject({
   users: z.array(fileUserSchema).nullish(),
   robots: z.array(fileRobotSchema).nullish(),
   rules: z.array(fileRuleSchema).nullish(),
+  oidc: z.array(fileOidcSchema).nullish(),
 });
 
 type FileUpstream = z.output<typeof fileUpstreamSchema>;
 
-const IDENTITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
-const identityName = z
-  .string({ error: "expected a name" })
-  .regex(IDENTITY_NAME, { error: "use letters, digits, '.', '_', '@' or '-' (at most 128)" })
-  .refine((n) => n !== "anonymous", { error: '"anonymous" is reserved for clients without credentials' });
-// Never echo the value: a mistake here is often a plain password pasted in.
-const bcryptHash = z.string().regex(BCRYPT_HASH, { error: "expected a bcrypt hash ($2y$/$2a$/$2b$; create one with stowage user hash)" });
-const glob = z.string().min(1).max(256).regex(/^[A-Za-z0-9._\-/*?]+$/, { error: "expected a name pattern with * or ** wildcards" });
-
-const fileUserSchema = z.strictObject({ name: identityName, passwordHash: bcryptHash });
-const fileRobotSchema = z.strictObject({ name: identityName, secretHash: bcryptHash });
-const fileRuleSchema = z.strictObject({
-  upstream: glob.default("*"),
-  repository: glob,
-  pull: z.array(z.string().min(1), { error: 'expected a list of identities, "anonymous" or "*"' }),
-});
 
 function formatPath(path: readonly PropertyKey[]): string {
   let out = "";
@@ -495,7 +522,14 @@ function zodProblem(file: string, issue: z.core.$ZodIssue): string {
   const where = formatPath(issue.path);
   const prefix = where === "" ? file : `${file}: ${where}`;
   if (issue.code === "unrecognized_keys") {
-    const allowed = Object.keys(where === "" ? fileSchema.shape : fileUpstreamSchema.shape);
+    const nested: Record<string, { shape: object }> = {
+      upstreams: fileUpstreamSchema,
+      users: fileUserSchema,
+      robots: fileRobotSchema,
+      rules: fileRuleSchema,
+      oidc: fileOidcSchema,
+    };
+    const allowed = Object.keys(where === "" ? fileSchema.shape : (nested[String(issue.path[0])] ?? fileUpstreamSchema).shape);
     const keys = issue.keys.map((k) => quote(k)).join(", ");
     return `${prefix}: unknown key ${keys} (allowed: ${allowed.join(", ")})`;
   }
@@ -596,6 +630,9 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
     ];
   }
   if (f.rules != null) layer.rules = f.rules;
+  if (f.oidc != null) {
+    layer.oidc = f.oidc.map((o) => ({ issuer: o.issuer, audience: o.audience, jwksUrl: o.jwksUrl ?? null, identity: o.identity, claims: o.claims }));
+  }
   (f.upstreams ?? []).forEach((u, i) => {
     const first = layer.upstreams.findIndex((d) => d.name === u.name);
     if (first >= 0) {
@@ -677,7 +714,15 @@ function accessFrom(layers: Layer[], pick: <K extends keyof Layer>(key: K) => La
   if (asked && !asked.value && htpasswd) {
     throw new ConfigError(`${htpasswd.label} turns access control on, but ${asked.label} turns it off; remove one of them`);
   }
-  if (!(asked?.value ?? htpasswd !== undefined)) return undefined;
+  if (!(asked?.value ?? htpasswd !== undefined)) {
+    // Users or rules without access control would silently leave every pull anonymous.
+    if (asked === undefined && (pick("identities") ?? pick("rules") ?? pick("oidc")) !== undefined) {
+      throw new ConfigError(
+        "the config file has users, robots, rules or oidc, but access control is off: add accessControl: true (or --access-control on); to turn it off on purpose, give --access-control off",
+      );
+    }
+    return undefined;
+  }
   const identities = [...(pick("identities") ?? [])];
   for (const [i, e] of identities.entries()) {
     if (identities.findIndex((o) => o.name === e.name) !== i) {
@@ -690,8 +735,8 @@ function accessFrom(layers: Layer[], pick: <K extends keyof Layer>(key: K) => La
     tokenTtlSeconds: pick("tokenTtlSeconds") ?? DEFAULTS.tokenTtlSeconds,
     identities,
     rules: pick("rules") ?? [],
-    ...(htpasswd ? { htpasswd } : {}),
-  } as AccessConfig;
+    oidc: pick("oidc") ?? [],
+  };
 }
 
 function addHtpasswdUsers(access: AccessConfig, file: Labeled<string>, src: ConfigSources): void {

@@ -1,8 +1,9 @@
+import { createRobotToken, hashPassword, revokeRefreshTokens, rotateKeys } from "./auth/admin.ts";
 import { parseCommand } from "./cli.ts";
-import { ConfigError } from "./config.ts";
+import { ConfigError, DEFAULTS } from "./config.ts";
 import { createLogger } from "./log.ts";
 import { currentRuntime } from "./runtime/runtime.ts";
-import { StartupError, startServer } from "./server.ts";
+import { openStateKv, StartupError, startServer } from "./server.ts";
 import { VERSION } from "./version.ts";
 
 const runtime = await currentRuntime();
@@ -16,6 +17,39 @@ try {
     case "version":
       console.log(`stowage ${VERSION}`);
       break;
+    case "token-create": {
+      const { secret, snippet } = await createRobotToken(command.name);
+      console.error(`Robot token for ${command.name}. The secret is shown only now; store it in your CI's secret store.`);
+      console.error(`Clients sign in with username ${command.name} and this secret as the password.\n`);
+      console.log(secret);
+      console.error(`\nAdd this to the config file (robots:) and restart Stowage:\n`);
+      console.error(snippet.trimEnd());
+      break;
+    }
+    case "user-hash":
+      console.log(await hashPassword(await runtime.readStdin()));
+      break;
+    case "keys-rotate": {
+      const state = await openStateKv(command.config, runtime);
+      try {
+        const ttl = command.config.access?.tokenTtlSeconds ?? DEFAULTS.tokenTtlSeconds;
+        const { kid, retired } = await rotateKeys(state.kv, ttl);
+        console.log(`new signing key ${kid}; ${retired.length ? `retired ${retired.join(", ")}: tokens it signed stay valid until they expire (at most ${ttl}s)` : "there was no key before"}`);
+      } finally {
+        state.close();
+      }
+      break;
+    }
+    case "token-revoke": {
+      const state = await openStateKv(command.config, runtime);
+      try {
+        const n = await revokeRefreshTokens(state.kv, command.name);
+        console.log(`revoked ${n} refresh token${n === 1 ? "" : "s"} of ${command.name}; tokens already issued expire within the token lifetime`);
+      } finally {
+        state.close();
+      }
+      break;
+    }
     case "serve": {
       const log = createLogger(command.config.logLevel, (line) => console.error(line));
       const server = await startServer(command.config, runtime, log);

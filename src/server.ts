@@ -1,5 +1,6 @@
 import { join, resolve } from "node:path";
 import type { App } from "./app.ts";
+import { AccessControl } from "./auth/access.ts";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { redactedConfig, type Config } from "./config.ts";
@@ -12,6 +13,12 @@ import type { Runtime } from "./runtime/runtime.ts";
 import { FsBlobStore } from "./storage/fs-store.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { UpstreamTokenCache } from "./upstream/token-cache.ts";
+
+/** The KV store of a data dir, for the operator commands that change auth state. */
+export async function openStateKv(config: Config, runtime: Runtime): Promise<{ kv: TypedKv; close(): void }> {
+  const raw = await runtime.openKv(join(resolve(config.dataDir), "kv.sqlite3"));
+  return { kv: new TypedKv(raw), close: () => raw.close() };
+}
 
 export type RunningServer = { url: string; close(): Promise<void> };
 
@@ -33,6 +40,14 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   const tokens = new UpstreamTokenCache(kv);
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
   const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs })] as const));
+  const access = config.access
+    ? new AccessControl({ access: config.access, upstreams: config.upstreams, defaultUpstream: config.defaultUpstream, publicUrl: config.publicUrl, kv })
+    : undefined;
+  // The first start creates the signing key; doing it now surfaces KV problems before any client waits on them.
+  await access?.keys.ensure();
+  if (config.access && config.access.identities.length === 0 && !config.access.rules.some((r) => r.pull.includes("anonymous"))) {
+    log.warn("access control is on, but there are no users or robots and no rule lets anonymous clients pull: every pull will be refused; add users (--htpasswd or users: in the config file) or rules");
+  }
   const app: App = {
     config,
     clients,
@@ -41,6 +56,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     log,
     manifests: new ManifestCache({ kv, store, tagTtlMs: config.tagTtlSeconds * 1000 }),
     blobs: new BlobCache({ kv, store, hashers, idleTimeoutMs: timeoutMs }),
+    ...(access ? { access } : {}),
   };
 
   const listening = await runtime.serve(createHandler(app), config.listen);
@@ -51,7 +67,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     store: store.description,
     kv: join(dataDir, "kv.sqlite3"),
     hashing: hashers.mode === "worker" ? "sha256 in worker threads" : "sha256 inline (no worker threads)",
-    accessControl: "off: anonymous pulls are allowed for every configured upstream",
+    accessControl: describeAccess(config),
     config: redactedConfig(config),
   });
 
@@ -63,6 +79,18 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
       rawKv.close();
     },
   };
+}
+
+function describeAccess(config: Config): string {
+  const a = config.access;
+  if (!a) return "off: anonymous pulls are allowed for every configured upstream";
+  const users = a.identities.length;
+  const rules = a.rules.length;
+  const anonymous = a.rules.some((r) => r.pull.includes("anonymous"));
+  return (
+    `on: pulls need a token from /token (service ${a.service}, tokens valid ${a.tokenTtlSeconds}s); ${users} identit${users === 1 ? "y" : "ies"}, ` +
+    `${rules} rule${rules === 1 ? "" : "s"}; ${anonymous ? "some repositories allow anonymous pulls" : "anonymous clients may pull nothing"}`
+  );
 }
 
 async function startHashers(runtime: Runtime, log: Logger): Promise<HasherFactory> {

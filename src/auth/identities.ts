@@ -12,6 +12,9 @@ export type IdentityEntry = { name: string; kind: IdentityKind; hash: string; so
 
 export type HtpasswdResult = { entries: Array<{ name: string; hash: string }>; problems: string[] };
 
+/** User and robot names: also the `sub` of their tokens. */
+export const IDENTITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+
 export const BCRYPT_HASH = /^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$/;
 
 /** `name:hash` lines; only bcrypt hashes are accepted (the others are weak or unsupported). */
@@ -43,7 +46,8 @@ export function parseHtpasswd(text: string): HtpasswdResult {
   return { entries, problems };
 }
 
-export type Identity = { subject: string; kind: IdentityKind };
+/** Someone signed in: a configured user or robot, or a CI job through OIDC federation. */
+export type Identity = { subject: string; kind: IdentityKind | "oidc" };
 
 const VERIFIED_TTL_MS = 60_000;
 const VERIFIED_MAX = 1_000;

@@ -11,6 +11,8 @@ export const SIGNING_ALG = "ES256";
 const KEY = ["stowage", "auth", "signing-keys"] as const;
 // Other instances (or `stowage keys rotate`) may change the keys; look again this often.
 const RELOAD_MS = 10_000;
+// Tokens with made-up key ids must not turn into a KV read each.
+const FORCED_RELOAD_MS = 1_000;
 
 const jwkSchema = z.looseObject({ kty: z.literal("EC"), crv: z.literal("P-256"), x: z.string(), y: z.string(), d: z.string().optional() });
 
@@ -31,6 +33,7 @@ export type KeyLookup = { key: CryptoKey; retiredAt: number | null } | null;
 export class KeyRing {
   #keys: Loaded[] = [];
   #loadedAt = -Infinity;
+  #forcedAt = -Infinity;
 
   /** `retainMs`: how long a retired key keeps verifying (longest token lifetime plus clock skew). */
   constructor(
@@ -73,7 +76,8 @@ export class KeyRing {
     await this.#refresh(false);
     let found = this.#keys.find((k) => k.kid === kid);
     // A key made by another instance since our last look.
-    if (!found) {
+    if (!found && this.now() - this.#forcedAt >= FORCED_RELOAD_MS) {
+      this.#forcedAt = this.now();
       await this.#refresh(true);
       found = this.#keys.find((k) => k.kid === kid);
     }
@@ -85,8 +89,9 @@ export class KeyRing {
     return retiredAt !== null && retiredAt + this.retainMs < this.now();
   }
 
+  /** Always read afresh: a verifier fetching the JWKS right after a rotation must see the new key. */
   async jwks(): Promise<{ keys: JWK[] }> {
-    await this.#refresh(false);
+    await this.#refresh(true);
     return {
       keys: this.#keys.filter((k) => !this.expired(k.retiredAt)).map((k) => ({ ...k.publicJwk, kid: k.kid, alg: SIGNING_ALG, use: "sig" })),
     };

@@ -309,8 +309,9 @@ export class BlobFetch {
       await upload.commit();
       upload = null;
       const now = Date.now();
-      await kv.write(keys.blob(this.digest), { size: this.size, storedAt: now });
+      // Link first: a request that sees the blob record must also see the link, or it would ask upstream again.
       await kv.write(keys.link(client.upstream.name, repo, this.digest), { linkedAt: now });
+      await kv.write(keys.blob(this.digest), { size: this.size, storedAt: now });
       this.state = "committed";
       this.window = [];
       this.windowBytes = 0;

@@ -113,7 +113,7 @@ export class ManifestCache {
     const { kv, store } = this.deps;
     const name = source.client.upstream.name;
     const reply = await source.client.manifest(source.repo, reference, "GET", log);
-    const bytes = await readLimited(reply.response, MAX_MANIFEST_BYTES, () => reply.abort());
+    const bytes = await source.client.readWithin(reply, () => readLimited(reply.response, MAX_MANIFEST_BYTES, () => reply.abort()));
     if (bytes === null) {
       throw new UpstreamError("bad-response", `upstream ${name} sent a manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
     }
@@ -184,6 +184,7 @@ async function readLimited(response: Response, max: number, abort: () => void): 
   let total = 0;
   for (;;) {
     const { done, value } = await reader.read().catch((cause) => {
+      if (cause instanceof UpstreamError) throw cause; // e.g. the body timed out
       throw new UpstreamError("unreachable", "the upstream connection broke while sending a manifest", { cause });
     });
     if (done) break;

@@ -1,4 +1,5 @@
 import type { App } from "../app.ts";
+import { handleJwks, handleTokenRequest } from "../auth/token-service.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { getBlob, getManifest, listTags, readOnly } from "./registry-api.ts";
 import { errorResponse, jsonResponse } from "./responses.ts";
@@ -21,8 +22,9 @@ export function createHandler(app: App): FetchHandler {
     const url = new URL(request.url);
     const started = Date.now();
     let response: Response;
+    const who: { user?: string } = {};
     try {
-      response = await dispatch(app, matchRoute(url.pathname), request, url, log);
+      response = await dispatch(app, matchRoute(url.pathname), request, url, log, who);
     } catch (err) {
       const error = err instanceof RegistryError
         ? err
@@ -40,6 +42,7 @@ export function createHandler(app: App): FetchHandler {
       method: request.method,
       path: url.pathname,
       status: response.status,
+      user: who.user,
       cache: response.headers.get("x-stowage-cache") ?? undefined,
       ms: Date.now() - started,
     });
@@ -47,9 +50,13 @@ export function createHandler(app: App): FetchHandler {
   };
 }
 
-async function dispatch(app: App, route: Route, request: Request, url: URL, log: App["log"]): Promise<Response> {
+async function dispatch(app: App, route: Route, request: Request, url: URL, log: App["log"], who: { user?: string }): Promise<Response> {
   const method = request.method;
   const readable = method === "GET" || method === "HEAD";
+  // Access control (when on) comes before anything else, so a refused client learns nothing about the content.
+  if (app.access && (route.kind === "base" || route.kind === "manifest" || route.kind === "blob" || route.kind === "tags")) {
+    who.user = await app.access.authorize(request, url, route.kind === "base" ? null : route.name);
+  }
   switch (route.kind) {
     case "base":
       if (!readable) throw readOnly(method);
@@ -73,9 +80,20 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
       return jsonResponse({ status: "ok" }, 200, method);
     case "readyz":
       return readiness(app, method);
+    case "token":
+      if (!app.access) throw tokensOff(url);
+      return handleTokenRequest(app.access, request, url, log);
+    case "jwks":
+      if (!app.access) throw tokensOff(url);
+      if (!readable) throw readOnly(method);
+      return handleJwks(app.access);
     case "not-found":
       throw new RegistryError("UNSUPPORTED", `no such endpoint: ${url.pathname}`, { status: 404 });
   }
+}
+
+function tokensOff(url: URL): RegistryError {
+  return new RegistryError("UNSUPPORTED", `${url.pathname}: access control is off, so this Stowage issues no tokens (pulls are anonymous)`, { status: 404 });
 }
 
 async function readiness(app: App, method: string): Promise<Response> {

@@ -6,6 +6,7 @@ import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { contentRange } from "../registry/range.ts";
 import { parseDigest, parseReference } from "../registry/reference.ts";
+import { UpstreamError } from "../upstream/upstream-error.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
 import { resolveTarget } from "./target.ts";
 
@@ -84,7 +85,11 @@ export async function listTags(app: App, name: string, url: URL, log: Logger): P
   let parsed: z.infer<typeof TagList>;
   try {
     const reply = await source.client.tags(source.repo, query.size ? `?${query}` : "", log);
-    const result = TagList.safeParse(await reply.response.json().catch(() => null));
+    const body = await source.client.readWithin(reply, () => reply.response.json()).catch((err) => {
+      if (err instanceof UpstreamError) throw err; // a stalled body is an outage, not a bad tag list
+      return null;
+    });
+    const result = TagList.safeParse(body);
     if (!result.success) throw new RegistryError("UNAVAILABLE", `${what}: the upstream sent an invalid tag list`, { status: 502 });
     parsed = result.data;
   } catch (err) {

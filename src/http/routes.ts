@@ -13,6 +13,8 @@ export type Route =
   | { kind: "catalog" }
   | { kind: "healthz" }
   | { kind: "readyz" }
+  | { kind: "token" }
+  | { kind: "jwks" }
   | { kind: "not-found" };
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
@@ -26,6 +28,8 @@ export function matchRoute(pathname: string): Route {
   if (pathname === "/healthz") return { kind: "healthz" };
   if (pathname === "/readyz") return { kind: "readyz" };
   if (pathname === "/v2/_catalog") return { kind: "catalog" };
+  if (pathname === "/token") return { kind: "token" };
+  if (pathname === "/token/jwks.json") return { kind: "jwks" };
   let m = BLOB_UPLOAD.exec(pathname);
   if (m) return { kind: "blob-upload", name: m[1]! };
   m = MANIFEST.exec(pathname);

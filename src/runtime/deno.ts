@@ -13,6 +13,7 @@ type DenoApi = {
   mkdir(path: string, options?: { recursive?: boolean }): Promise<void>;
   addSignalListener(signal: string, fn: () => void): void;
   readTextFileSync(path: string): string;
+  stdin: { readable: ReadableStream<Uint8Array> };
   env: { toObject(): Record<string, string> };
   args: string[];
   exit(code: number): never;
@@ -58,5 +59,6 @@ export const denoRuntime: Runtime = {
   args: () => Deno.args,
   env: () => Deno.env.toObject(),
   readTextFile: (path) => Deno.readTextFileSync(path),
+  readStdin: () => new Response(Deno.stdin.readable).text(),
   exit: (code) => Deno.exit(code),
 };

@@ -52,5 +52,10 @@ export const nodeRuntime: Runtime = {
   args: () => process.argv.slice(2),
   env: () => process.env,
   readTextFile: (path) => readFileSync(path, "utf8"),
+  async readStdin() {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString("utf8");
+  },
   exit: (code) => process.exit(code),
 };

@@ -21,6 +21,8 @@ export interface Runtime {
   args(): string[];
   env(): Record<string, string | undefined>;
   readTextFile(path: string): string;
+  /** All of standard input as text (for secrets that must not appear in argv). */
+  readStdin(): Promise<string>;
   exit(code: number): never;
 }
 

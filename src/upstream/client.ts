@@ -55,6 +55,24 @@ export class UpstreamClient {
     return this.send("GET", `/v2/${repo}/tags/list${query}`, repo, { accept: "application/json" }, log);
   }
 
+  /**
+   * Runs `read`, which consumes a small body (a manifest, a tag list, a token),
+   * under the upstream timeout. The request's own timer stops at the response
+   * headers, so a body that stalls half way would otherwise hang for ever, and
+   * with it every client waiting on the same manifest.
+   */
+  async readWithin<T>(reply: UpstreamReply, read: () => Promise<T>): Promise<T> {
+    const timer = setTimeout(
+      () => reply.abort(new UpstreamError("timeout", `upstream ${this.upstream.name} did not finish sending a response within ${this.opts.timeoutMs / 1000} s`)),
+      this.opts.timeoutMs,
+    );
+    try {
+      return await read();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private async send(
     method: "GET" | "HEAD",
     path: string,
@@ -141,7 +159,8 @@ export class UpstreamClient {
         });
       }
     }
-    const { response } = await this.fetchFollowingRedirects("GET", realm.href, headers);
+    const reply = await this.fetchFollowingRedirects("GET", realm.href, headers);
+    const { response } = reply;
     if (!response.ok) {
       await response.body?.cancel().catch(() => {});
       if (response.status === 401 || response.status === 403) {
@@ -157,8 +176,9 @@ export class UpstreamClient {
     }
     let body: unknown;
     try {
-      body = await response.json();
+      body = await this.readWithin(reply, () => response.json());
     } catch (cause) {
+      if (cause instanceof UpstreamError) throw cause;
       throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent invalid JSON`, { cause });
     }
     const parsed = TokenResponse.safeParse(body);

@@ -1,7 +1,8 @@
 import { z } from "zod";
 import type { TypedKv } from "../kv/kv.ts";
 
-const TokenRecord = z.object({ token: z.string().min(1), expiresAt: z.number() });
+/** `refreshAt`: when to stop using the token, a little before the upstream's expiry. */
+const TokenRecord = z.object({ token: z.string().min(1), refreshAt: z.number() });
 type TokenRecord = z.infer<typeof TokenRecord>;
 
 /** Refresh a little before the upstream's expiry so a token never dies mid-request. */
@@ -24,10 +25,10 @@ export class UpstreamTokenCache {
   async get(upstream: string, scope: string): Promise<string | null> {
     const id = `${upstream}\n${scope}`;
     const cached = this.memory.get(id);
-    if (cached && cached.expiresAt - EARLY_REFRESH_MS > this.now()) return cached.token;
+    if (cached && cached.refreshAt > this.now()) return cached.token;
     this.memory.delete(id);
     const stored = await this.kv.read(this.key(upstream, scope), TokenRecord);
-    if (stored && stored.expiresAt - EARLY_REFRESH_MS > this.now()) {
+    if (stored && stored.refreshAt > this.now()) {
       this.memory.set(id, stored);
       return stored.token;
     }
@@ -35,7 +36,10 @@ export class UpstreamTokenCache {
   }
 
   async put(upstream: string, scope: string, token: string, expiresInSeconds: number): Promise<void> {
-    const record = { token, expiresAt: this.now() + expiresInSeconds * 1000 };
+    const lifetimeMs = expiresInSeconds * 1000;
+    // Never so early that a short-lived token is not used at all: the retry right
+    // after fetching it would go without it and fail with 401.
+    const record = { token, refreshAt: this.now() + lifetimeMs - Math.min(EARLY_REFRESH_MS, lifetimeMs / 2) };
     this.memory.set(`${upstream}\n${scope}`, record);
     await this.kv.write(this.key(upstream, scope), record, expiresInSeconds * 1000);
   }

@@ -20,6 +20,9 @@ export type Proc = {
 };
 export type RunResult = { code: number; stdout: string; stderr: string };
 
+/** The Deno release the tests run Stowage on (fetched from npm by npx on first use). */
+export const DENO_PACKAGE = "deno@2.9.6";
+
 export const PROJECT_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const REGISTRY_BIN = "/usr/bin/docker-registry";
 const STOP_GRACE_MS = 5_000;
@@ -231,7 +234,9 @@ export async function freePort(): Promise<number> {
  * CNCF distribution (Debian docker-registry) on 127.0.0.1. Restartable: stop({ keepData: true })
  * then startRegistry({ port, rootDir }) serves the same content on the same address.
  */
-export async function startRegistry(opts: { proxyRemoteUrl?: string; port?: number; rootDir?: string } = {}): Promise<
+export async function startRegistry(
+  opts: { proxyRemoteUrl?: string; proxyCredentials?: { username: string; password: string }; port?: number; rootDir?: string } = {},
+): Promise<
   Proc & { url: string; port: number; rootDir: string }
 > {
   const port = opts.port ?? (await freePort());
@@ -246,7 +251,7 @@ export async function startRegistry(opts: { proxyRemoteUrl?: string; port?: numb
     // A fixed secret keeps upload state valid across a restart.
     http: { addr: `127.0.0.1:${port}`, secret: "stowage-e2e-registry-secret" },
   };
-  if (opts.proxyRemoteUrl) config.proxy = { remoteurl: opts.proxyRemoteUrl };
+  if (opts.proxyRemoteUrl) config.proxy = { remoteurl: opts.proxyRemoteUrl, ...opts.proxyCredentials };
   const configPath = join(confDir, "config.yml");
   await writeFile(configPath, toYaml(config));
   const s = spawnTracked(REGISTRY_BIN, ["serve", configPath]);
@@ -478,7 +483,7 @@ export async function startStowage(
   args: string[],
   opts: { env?: Record<string, string>; runtime?: "node" | "deno" } = {},
 ): Promise<Proc & { url: string; port: number; dataDir: string }> {
-  if (opts.runtime === "deno") throw new Error("startStowage: runtime deno not yet implemented");
+  const runtime = opts.runtime ?? (process.env.STOWAGE_E2E_RUNTIME === "deno" ? "deno" : "node");
   const extra: string[] = [];
   let listen = flagValue(args, "--listen");
   if (listen === undefined) {
@@ -497,13 +502,17 @@ export async function startStowage(
   const host = ["", "0.0.0.0", "[::]", "::"].includes(m[1] ?? "") ? "127.0.0.1" : (m[1] ?? "127.0.0.1");
   const url = `http://${host}:${port}`;
 
-  const s = spawnTracked(process.execPath, ["--import", "tsx", "src/main.ts", "serve", ...extra, ...args], {
+  const [cmd, prefix] = runtime === "deno"
+    ? ["npx", ["-y", DENO_PACKAGE, "run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "src/main.ts"]]
+    : [process.execPath, ["--import", "tsx", "src/main.ts"]];
+  const s = spawnTracked(cmd, [...prefix, "serve", ...extra, ...args], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, ...opts.env },
   });
   const proc = procFor(s, { data: ownsData ? [dataDir] : [] });
   try {
-    await waitUntil("stowage", s, 20_000, () => answers(`${url}/v2/`, (st) => st === 200));
+    // 401: access control is on, and the registry is up all the same.
+    await waitUntil("stowage", s, 20_000, () => answers(`${url}/v2/`, (st) => st === 200 || st === 401));
   } catch (err) {
     await proc.stop();
     throw err;

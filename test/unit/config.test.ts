@@ -428,7 +428,7 @@ t.test("cli: commands", async (t) => {
     t.equal(serve.config.logLevel, "debug");
   }
 
-  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, help)');
+  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, token, user, keys, help)');
   t.match(errorOf(() => parse([`--listen=${SECRET}`])).message, /^unknown option --listen \(/);
   t.notOk(errorOf(() => parse([`--upstream-credentials=a=b:${SECRET}`])).message.includes(SECRET));
   t.match(errorOf(() => parse(["serve", "--bogus"])).message, "unknown option --bogus");
@@ -436,10 +436,11 @@ t.test("cli: commands", async (t) => {
 
 t.test("help documents every flag and environment variable", async (t) => {
   const flags = ["--listen", "--data-dir", "--upstream", "--upstream-credentials", "--default-upstream", "--public-url",
-    "--tag-ttl", "--upstream-timeout", "--log-level", "--config"];
+    "--tag-ttl", "--upstream-timeout", "--log-level", "--access-control", "--htpasswd", "--token-ttl", "--config"];
   for (const flag of flags) t.ok(SERVE_HELP.includes(`  ${flag} `), `SERVE_HELP has ${flag}`);
   const envs = ["STOWAGE_LISTEN", "STOWAGE_DATA_DIR", "STOWAGE_UPSTREAMS", "STOWAGE_UPSTREAM_CREDENTIALS", "STOWAGE_DEFAULT_UPSTREAM",
-    "STOWAGE_PUBLIC_URL", "STOWAGE_TAG_TTL", "STOWAGE_UPSTREAM_TIMEOUT", "STOWAGE_LOG_LEVEL", "STOWAGE_CONFIG"];
+    "STOWAGE_PUBLIC_URL", "STOWAGE_TAG_TTL", "STOWAGE_UPSTREAM_TIMEOUT", "STOWAGE_LOG_LEVEL", "STOWAGE_ACCESS_CONTROL",
+    "STOWAGE_HTPASSWD", "STOWAGE_TOKEN_TTL", "STOWAGE_CONFIG"];
   for (const env of envs) t.ok(SERVE_HELP.includes(env), `SERVE_HELP has ${env}`);
   for (const cmd of ["serve", "help", "--version"]) t.ok(USAGE.includes(cmd), `USAGE has ${cmd}`);
 });

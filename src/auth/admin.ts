@@ -1,0 +1,33 @@
+/**
+ * What the operator commands do (`stowage token create`, `user hash`,
+ * `keys rotate`, `token revoke`). Printing is left to the entry point.
+ */
+import { stringify } from "yaml";
+import { ConfigError } from "../config.ts";
+import type { TypedKv } from "../kv/kv.ts";
+import { hashSecret } from "./identities.ts";
+import { CLOCK_SKEW_SECONDS } from "./jwt.ts";
+import { KeyRing } from "./keys.ts";
+import { RefreshTokens } from "./refresh.ts";
+
+export async function createRobotToken(name: string): Promise<{ secret: string; snippet: string }> {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  const secret = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const snippet = stringify({ robots: [{ name, secretHash: await hashSecret(secret) }] });
+  return { secret, snippet };
+}
+
+/** The password is the first line of stdin, so `echo pw | stowage user hash` and typing it both work. */
+export async function hashPassword(stdin: string): Promise<string> {
+  const password = stdin.split(/\r?\n/)[0] ?? "";
+  if (password === "") throw new ConfigError("no password on standard input (e.g. printf '%s' \"$PASSWORD\" | stowage user hash)");
+  return hashSecret(password);
+}
+
+export async function rotateKeys(kv: TypedKv, tokenTtlSeconds: number): Promise<{ kid: string; retired: string[] }> {
+  return new KeyRing(kv, (tokenTtlSeconds + CLOCK_SKEW_SECONDS) * 1000).rotate();
+}
+
+export async function revokeRefreshTokens(kv: TypedKv, subject: string): Promise<number> {
+  return new RefreshTokens(kv).revokeAll(subject);
+}

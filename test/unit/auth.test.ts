@@ -1,0 +1,689 @@
+// Access control: scope, rule and htpasswd tables; token verification against hostile tokens
+// and key rotation (in-process, with a controlled clock); and the token endpoint and registry
+// routes of a real started Stowage, driven the way containerd, skopeo and docker drive them.
+import t, { type Test } from "tap";
+import { createHash } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { openKv } from "@deno/kv";
+import bcrypt from "bcryptjs";
+import { base64url, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair, SignJWT } from "jose";
+import { AccessControl } from "../../src/auth/access.ts";
+import { revokeRefreshTokens, rotateKeys } from "../../src/auth/admin.ts";
+import { readAuthorization } from "../../src/auth/credentials.ts";
+import { parseHtpasswd } from "../../src/auth/identities.ts";
+import { KeyRing } from "../../src/auth/keys.ts";
+import { globToRegExp, mayPull, type Principal, type Rule } from "../../src/auth/rules.ts";
+import { parseScopes } from "../../src/auth/scopes.ts";
+import { handleTokenRequest } from "../../src/auth/token-service.ts";
+import type { OidcProvider } from "../../src/auth/oidc.ts";
+import { type AccessConfig, ConfigError, loadConfig, type Upstream } from "../../src/config.ts";
+import { type Kv, TypedKv } from "../../src/kv/kv.ts";
+import { createLogger } from "../../src/log.ts";
+import { parseWwwAuthenticate } from "../../src/registry/challenge.ts";
+import { RegistryError } from "../../src/registry/errors.ts";
+import { nodeRuntime } from "../../src/runtime/node.ts";
+import { startServer } from "../../src/server.ts";
+
+// Low bcrypt cost keeps the test fast; the format is what matters here.
+const hash = (secret: string) => bcrypt.hashSync(secret, 4);
+
+// ------------------------------------------------------------------ tables
+
+t.test("parseScopes: repeated params, space-joined fields, malformed scopes", async (t) => {
+  const pull = (name: string) => ({ type: "repository", name, actions: ["pull"] });
+  const cases: Array<[string, string[], ReturnType<typeof parseScopes>]> = [
+    ["one scope", ["repository:a/b:pull"], { scopes: [pull("a/b")], invalid: [] }],
+    ["repeated params (docker, skopeo POST)", ["repository:a:pull", "repository:b:pull"], { scopes: [pull("a"), pull("b")], invalid: [] }],
+    ["one space-joined field (containerd POST)", ["repository:a:pull repository:b:pull"], { scopes: [pull("a"), pull("b")], invalid: [] }],
+    ["same repository twice merges", ["repository:a:pull", "repository:a:push,pull"], { scopes: [{ type: "repository", name: "a", actions: ["pull", "push"] }], invalid: [] }],
+    ["name with a port", ["repository:127.0.0.1:5000/x:pull"], { scopes: [pull("127.0.0.1:5000/x")], invalid: [] }],
+    ["catalog scope parses", ["registry:catalog:*"], { scopes: [{ type: "registry", name: "catalog", actions: ["*"] }], invalid: [] }],
+    ["resource class", ["repository(plugin):a:pull"], { scopes: [{ type: "repository(plugin)", name: "a", actions: ["pull"] }], invalid: [] }],
+    ["extra spaces", ["  repository:a:pull   "], { scopes: [pull("a")], invalid: [] }],
+    ["empty", [""], { scopes: [], invalid: [] }],
+    ["no actions", ["repository:a:"], { scopes: [], invalid: ["repository:a:"] }],
+    ["no name", ["repository::pull"], { scopes: [], invalid: ["repository::pull"] }],
+    ["one colon", ["repository:a"], { scopes: [], invalid: ["repository:a"] }],
+    ["bad action", ["repository:a:PULL!"], { scopes: [], invalid: ["repository:a:PULL!"] }],
+    ["bad type", ["Repo:a:pull"], { scopes: [], invalid: ["Repo:a:pull"] }],
+    ["space-separated junk", ["repository:a:pull junk"], { scopes: [pull("a")], invalid: ["junk"] }],
+  ];
+  for (const [what, input, expected] of cases) t.same(parseScopes(input), expected, what);
+  const many = Array.from({ length: 100 }, (_, i) => `repository:r${i}:pull`).join(" ");
+  t.ok(parseScopes([many]).invalid.includes("(too many scopes)"), "a flood of scopes is refused");
+  t.ok(parseScopes([`repository:${"a".repeat(600)}:pull`]).invalid.length === 1, "an overlong scope is refused");
+});
+
+t.test("rules: globs, first match decides, default is signed-in only", async (t) => {
+  const globs: Array<[string, string, boolean]> = [
+    ["*", "alpine", true],
+    ["*", "library/alpine", false],
+    ["**", "library/alpine", true],
+    ["team/*", "team/app", true],
+    ["team/*", "team/app/sub", false],
+    ["team/**", "team/app/sub", true],
+    ["**/base", "base", true],
+    ["**/base", "x/y/base", true],
+    ["app?", "app1", true],
+    ["a.b", "aXb", false],
+    ["library/alpine", "library/alpine", true],
+  ];
+  for (const [glob, name, match] of globs) t.equal(globToRegExp(glob).test(name), match, `${glob} ~ ${name}`);
+
+  const rules: Rule[] = [
+    { upstream: "*", repository: "public/**", pull: ["anonymous", "*"] },
+    { upstream: "local", repository: "team/**", pull: ["alice", "ci"] },
+    { upstream: "hub", repository: "**", pull: ["alice"] },
+  ];
+  const anon: Principal = { kind: "anonymous" };
+  const alice: Principal = { kind: "identity", subject: "alice" };
+  const bob: Principal = { kind: "identity", subject: "bob" };
+  const table: Array<[Principal, string, string, boolean]> = [
+    [anon, "local", "public/x", true],
+    [bob, "local", "public/x", true],
+    [anon, "local", "team/app", false],
+    [bob, "local", "team/app", false],
+    [alice, "local", "team/app", true],
+    [alice, "other", "team/app", true], // no rule: any signed-in identity
+    [bob, "other", "team/app", true],
+    [anon, "other", "team/app", false], // no rule: anonymous may not
+    [bob, "hub", "library/alpine", false],
+    [alice, "hub", "library/alpine", true],
+  ];
+  for (const [who, upstream, repo, allowed] of table) {
+    t.equal(mayPull(rules, who, upstream, repo), allowed, `${who.kind === "anonymous" ? "anonymous" : who.subject} ${upstream}/${repo}`);
+  }
+});
+
+t.test("htpasswd: bcrypt entries only, comments, problems never echo the hash field", async (t) => {
+  const good = hash("pw");
+  const parsed = parseHtpasswd(
+    [
+      "# comment",
+      "",
+      `alice:${good.replace("$2b$", "$2y$")}`,
+      `bob:${good.replace("$2b$", "$2a$")}`,
+      `carol:${good}`,
+      "dave:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
+      "eve:plaintext-secret",
+      "nocolon",
+      `alice:${good}`,
+    ].join("\r\n"),
+  );
+  t.same(parsed.entries.map((e) => e.name), ["alice", "bob", "carol"]);
+  t.equal(parsed.problems.length, 4);
+  t.match(parsed.problems[0], /line 6: user "dave" does not have a bcrypt hash/);
+  t.notMatch(parsed.problems.join("\n"), /plaintext-secret|W6ph5/, "no secret material in messages");
+  t.match(parsed.problems[3], /line 9: user "alice" appears more than once/);
+});
+
+t.test("Authorization header parsing", async (t) => {
+  const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
+  const cases: Array<[string | null, string]> = [
+    [null, "none"],
+    [`Basic ${b64("u:p:with:colons")}`, "basic"],
+    [`basic ${b64("ü:pä")}`, "basic"],
+    ["Bearer aaa.bbb.ccc", "bearer"],
+    ["Bearer", "invalid"],
+    ["Bearer a.b", "invalid"],
+    ["Bearer a b c", "invalid"],
+    ["Basic !!!", "invalid"],
+    [`Basic ${b64("nocolon")}`, "invalid"],
+    [`Basic ${Buffer.from([0xff, 0xfe, 0x3a, 0x41]).toString("base64")}`, "invalid"], // not UTF-8
+    ["Digest x", "invalid"],
+    [`Bearer ${"a".repeat(10_000)}.b.c`, "invalid"],
+  ];
+  for (const [header, kind] of cases) t.equal(readAuthorization(header).kind, kind, String(header).slice(0, 40));
+  t.same(readAuthorization(`Basic ${b64("u:p:with:colons")}`), { kind: "basic", username: "u", password: "p:with:colons" });
+});
+
+t.test("config: off by default, one setting turns it on, --htpasswd implies on", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-config-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const htpasswd = join(dir, "htpasswd");
+  await writeFile(htpasswd, `bob:${hash("pw")}\n`);
+  const load = (argv: string[], env: Record<string, string> = {}) =>
+    loadConfig({ argv, env, readFile: (p) => readFileSync(p, "utf8") });
+  t.equal(load([]).access, undefined, "off by default");
+  t.ok(load(["--access-control", "on"]).access, "--access-control on");
+  t.ok(load([], { STOWAGE_ACCESS_CONTROL: "on" }).access, "STOWAGE_ACCESS_CONTROL");
+  t.equal(load(["--access-control", "off"], { STOWAGE_ACCESS_CONTROL: "on" }).access, undefined, "flag beats env");
+  const withFile = load(["--htpasswd", htpasswd]).access;
+  t.same(withFile?.identities.map((i) => [i.name, i.kind]), [["bob", "user"]], "--htpasswd users, access on");
+  t.equal(withFile?.tokenTtlSeconds, 900, "default token lifetime");
+  t.throws(() => load(["--htpasswd", htpasswd, "--access-control", "off"]), ConfigError);
+
+  const file = join(dir, "stowage.yaml");
+  await writeFile(
+    file,
+    [
+      "accessControl: true",
+      "tokenTtl: 5m",
+      "users:",
+      `  - { name: alice, passwordHash: "${hash("pw")}" }`,
+      "robots:",
+      `  - { name: ci, secretHash: "${hash("s")}" }`,
+      "rules:",
+      "  - { repository: 'team/**', pull: [alice] }",
+    ].join("\n"),
+  );
+  const fromFile = load(["--config", file]).access;
+  t.equal(fromFile?.tokenTtlSeconds, 300);
+  t.same(fromFile?.rules, [{ upstream: "*", repository: "team/**", pull: ["alice"] }]);
+  t.same(fromFile?.identities.map((i) => [i.name, i.kind]), [["alice", "user"], ["ci", "robot"]]);
+
+  await writeFile(file, ["rules:", "  - { repository: 'team/**', pull: [alice] }"].join("\n"));
+  t.throws(() => load(["--config", file]), /has users, robots, rules or oidc, but access control is off/, "rules without access control are an error");
+  t.equal(load(["--config", file, "--access-control", "off"]).access, undefined, "unless turned off on purpose");
+  await writeFile(file, ["accessControl: true", "users:", `  - { name: alice, passwordHash: "${hash("pw")}", password: pw }`].join("\n"));
+  t.throws(() => load(["--config", file]), /users\[0\]: unknown key "password" \(allowed: name, passwordHash\)/);
+  await writeFile(file, ["accessControl: true", "users:", "  - { name: alice }"].join("\n"));
+  t.throws(() => load(["--config", file]), /users\[0\]\.passwordHash: expected a bcrypt hash/);
+
+  await writeFile(file, ["accessControl: true", "users:", "  - { name: alice, passwordHash: hunter2-plain }"].join("\n"));
+  const err = (() => {
+    try {
+      load(["--config", file]);
+    } catch (e) {
+      return e;
+    }
+  })();
+  t.ok(err instanceof ConfigError, "a plain-text password is refused");
+  t.match(String(err), /users\[0\]\.passwordHash: expected a bcrypt hash/);
+  t.notMatch(String(err), /hunter2/, "and not echoed");
+});
+
+// --------------------------------------------------- verification, in-process
+
+const LOCAL: Upstream = { name: "local", url: "http://127.0.0.1:1", host: "127.0.0.1:1", aliases: ["127.0.0.1:1"], dockerHub: false };
+const OTHER: Upstream = { name: "other", url: "http://127.0.0.1:2", host: "127.0.0.1:2", aliases: ["127.0.0.1:2"], dockerHub: false };
+
+type Clock = { now: number };
+
+async function accessControl(t: Test, clock: Clock, rules: Rule[] = [], oidc: OidcProvider[] = []): Promise<AccessControl & { kv: TypedKv }> {
+  const raw = (await openKv(":memory:")) as unknown as Kv;
+  t.teardown(() => raw.close());
+  const access: AccessConfig = {
+    service: "stowage",
+    issuer: "stowage",
+    tokenTtlSeconds: 300,
+    identities: [
+      { name: "alice", kind: "user", hash: hash("wonderland"), source: "test" },
+      { name: "ci", kind: "robot", hash: hash("robot-secret"), source: "test" },
+    ],
+    rules,
+    oidc,
+  };
+  const kv = new TypedKv(raw);
+  return Object.assign(new AccessControl({ access, upstreams: [LOCAL, OTHER], defaultUpstream: "local", publicUrl: null, kv, now: () => clock.now }), { kv });
+}
+
+const ORIGIN = "http://127.0.0.1:5000";
+
+/** Runs authorize; returns null when allowed, else the refusal. */
+async function refusal(ac: AccessControl, path: string, authorization: string | null): Promise<RegistryError | null> {
+  const url = new URL(path, ORIGIN);
+  const name = /^\/v2\/(.+)\/manifests\/[^/]+$/.exec(url.pathname)?.[1] ?? null;
+  const headers = new Headers();
+  if (authorization !== null) headers.set("authorization", authorization);
+  try {
+    await ac.authorize(new Request(url, { headers }), url, name);
+    return null;
+  } catch (err) {
+    if (err instanceof RegistryError) return err;
+    throw err;
+  }
+}
+
+t.test("verification refuses hostile and stale tokens with a reason and a challenge", async (t) => {
+  const clock = { now: Date.UTC(2030, 0, 1) };
+  const ac = await accessControl(t, clock, [{ upstream: "*", repository: "public/**", pull: ["anonymous", "*"] }]);
+  const alice: Principal = { kind: "identity", subject: "alice" };
+  const scope = (name: string) => [{ type: "repository", name, actions: ["pull"] }];
+  const good = (await ac.issue(alice, scope("team/app"))).token;
+  const { kid, key } = await ac.keys.signingKey();
+  const nowS = Math.floor(clock.now / 1000);
+  const claims = { iss: "stowage", sub: "alice", aud: "stowage", iat: nowS, nbf: nowS, exp: nowS + 300, jti: "x", access: scope("team/app") };
+  const sign = (override: Record<string, unknown>, header: Record<string, unknown> = {}) =>
+    new SignJWT({ ...claims, ...override }).setProtectedHeader({ alg: "ES256", kid, ...header }).sign(key);
+  const [h, p] = good.split(".") as [string, string, string];
+  const unsigned = (payload: unknown, header: unknown) =>
+    `${base64url.encode(JSON.stringify(header))}.${base64url.encode(JSON.stringify(payload))}.`;
+  const jwks = await ac.keys.jwks();
+  const publicJwk = JSON.stringify(jwks.keys[0]);
+  const hs256 = await new SignJWT(claims).setProtectedHeader({ alg: "HS256", kid }).sign(new TextEncoder().encode(publicJwk));
+  const tampered = `${h}.${base64url.encode(JSON.stringify({ ...decodeJwt(good), access: scope("other/secret") }))}.${good.split(".")[2]}`;
+
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${good}`), null, "a good token passes");
+  t.equal(await refusal(ac, "/v2/", `Bearer ${good}`), null, "and opens /v2/");
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${await sign({ exp: nowS - 30 })}`), null, "expired 30 s ago: within clock skew");
+  void p;
+
+  const cases: Array<[string, string, string | null, RegExp]> = [
+    ["no credentials", "/v2/team/app/manifests/v1", null, /authentication required for repository team\/app/],
+    ["no credentials at /v2/", "/v2/", null, /authentication required for this registry/],
+    ["alg none", "/v2/team/app/manifests/v1", `Bearer ${unsigned(claims, { alg: "none", kid })}`, /malformed|not signed with ES256/],
+    ["HS256 keyed with the public key", "/v2/team/app/manifests/v1", `Bearer ${hs256}`, /not signed with ES256/],
+    ["tampered payload", "/v2/other/secret/manifests/v1", `Bearer ${tampered}`, /signature is invalid/],
+    ["expired", "/v2/team/app/manifests/v1", `Bearer ${await sign({ exp: nowS - 120 })}`, /expired/],
+    ["not yet valid", "/v2/team/app/manifests/v1", `Bearer ${await sign({ nbf: nowS + 120, iat: nowS + 120 })}`, /not valid yet/],
+    ["wrong audience", "/v2/team/app/manifests/v1", `Bearer ${await sign({ aud: "other-service" })}`, /for another service/],
+    ["audience as a list of others", "/v2/team/app/manifests/v1", `Bearer ${await sign({ aud: ["x", "y"] })}`, /for another service/],
+    ["wrong issuer", "/v2/team/app/manifests/v1", `Bearer ${await sign({ iss: "evil" })}`, /issued by someone else/],
+    ["unknown key id", "/v2/team/app/manifests/v1", `Bearer ${await sign({}, { kid: "nope" })}`, /unknown key/],
+    ["another repository's token", "/v2/team/other/manifests/v1", `Bearer ${good}`, /alice has no pull access to repository team\/other/],
+    ["granted name, other upstream via ?ns=", "/v2/team/app/manifests/v1?ns=127.0.0.1:2", `Bearer ${await sign({ access: scope("team/app") })}`, null as unknown as RegExp],
+    ["access claim widened by a forger without the key", "/v2/team/x/manifests/v1", `Bearer ${unsigned({ ...claims, access: scope("team/x") }, { alg: "ES256", kid })}`, /malformed|signature/],
+    ["removed identity", "/v2/team/app/manifests/v1", `Bearer ${await sign({ sub: "mallory" })}`, /no longer exists/],
+    ["malformed: Bearer", "/v2/team/app/manifests/v1", "Bearer", /bearer token is malformed/],
+    ["malformed: Bearer a.b", "/v2/team/app/manifests/v1", "Bearer a.b", /bearer token is malformed/],
+    ["malformed: Basic !!!", "/v2/team/app/manifests/v1", "Basic !!!", /Basic credentials are malformed/],
+    ["Basic with a wrong password", "/v2/team/app/manifests/v1", `Basic ${btoa("alice:nope")}`, /invalid username or password/],
+    ["Basic of a known user (a distribution proxy with credentials in its remoteurl)", "/v2/team/app/manifests/v1", `Basic ${btoa("alice:wonderland")}`, null as unknown as RegExp],
+    ["huge header", "/v2/team/app/manifests/v1", `Bearer ${"a".repeat(100_000)}`, /too long/],
+    ["garbage JSON in a JWT shape", "/v2/team/app/manifests/v1", "Bearer e30.e30.e30", /malformed/],
+  ];
+  for (const [what, path, auth, reason] of cases) {
+    const err = await refusal(ac, path, auth);
+    if (reason === null) {
+      t.equal(err, null, `${what}: allowed`);
+      continue;
+    }
+    t.ok(err, `${what}: refused`);
+    if (!err) continue;
+    t.same([err.status, err.code], [401, "UNAUTHORIZED"], `${what}: 401 UNAUTHORIZED`);
+    t.match(err.message, reason, `${what}: says why`);
+    const challenge = parseWwwAuthenticate(err.headers["www-authenticate"] ?? "")[0];
+    const name = /^\/v2\/(.+)\/manifests/.exec(path)?.[1];
+    t.same(
+      challenge?.params,
+      { realm: `${ORIGIN}/token`, service: "stowage", ...(name ? { scope: `repository:${name}:pull` } : {}) },
+      `${what}: Bearer challenge`,
+    );
+  }
+
+  // Anonymous: the grant follows the rules; the refusal names the host:port hint.
+  const anonymous = await ac.issue({ kind: "anonymous" }, [...scope("public/base"), ...scope("team/app")]);
+  t.same(anonymous.access, scope("public/base"), "anonymous gets only what the rules allow");
+  t.equal(await refusal(ac, "/v2/public/base/manifests/v1", `Bearer ${anonymous.token}`), null);
+  const denied = await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${anonymous.token}`);
+  t.match(denied?.message, /needs credentials, and the client sent none: log in to 127\.0\.0\.1:5000 \(containerd and BuildKit look up credentials by the exact host:port/);
+});
+
+t.test("mirror requests: rules apply to the upstream named by ?ns=", async (t) => {
+  const clock = { now: Date.UTC(2030, 0, 1) };
+  const ac = await accessControl(t, clock, [{ upstream: "other", repository: "**", pull: ["alice"] }]);
+  const ci = await ac.issue({ kind: "identity", subject: "ci" }, [{ type: "repository", name: "app", actions: ["pull"] }]);
+  t.equal(await refusal(ac, "/v2/app/manifests/v1", `Bearer ${ci.token}`), null, "ci may pull app from the default upstream");
+  const err = await refusal(ac, "/v2/app/manifests/v1?ns=127.0.0.1:2", `Bearer ${ci.token}`);
+  t.match(err?.message, /ci has no pull access/, "but the same name under upstream other is refused");
+  const basic = await refusal(ac, "/v2/app/manifests/v1?ns=127.0.0.1:2", `Basic ${btoa("ci:robot-secret")}`);
+  t.match(basic?.message, /ci has no pull access/, "and so are ci's Basic credentials");
+  t.equal(await refusal(ac, "/v2/app/manifests/v1?ns=127.0.0.1:2", `Basic ${btoa("alice:wonderland")}`), null, "while alice's pass");
+});
+
+t.test("key rotation: old tokens work until they expire; then the retired key is refused", async (t) => {
+  const clock = { now: Date.UTC(2030, 0, 1) };
+  const ac = await accessControl(t, clock);
+  const alice: Principal = { kind: "identity", subject: "alice" };
+  const scope = [{ type: "repository", name: "team/app", actions: ["pull"] }];
+  const before = (await ac.issue(alice, scope)).token;
+  const oldKid = decodeProtectedHeader(before).kid;
+
+  // Rotation through a second ring on the same KV, as `stowage keys rotate` (another process) does.
+  const rotated = await new KeyRing(ac.kv, 360_000, () => clock.now).rotate();
+  t.same(rotated.retired, [oldKid], "the old key is retired");
+  clock.now += 11_000; // the server looks at KV again after 10 s
+  const after = (await ac.issue(alice, scope)).token;
+  t.equal(decodeProtectedHeader(after).kid, rotated.kid, "the new key signs new tokens");
+  t.same((await ac.keys.jwks()).keys.map((k) => k.kid).sort(), [oldKid, rotated.kid].sort(), "JWKS publishes both keys");
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${before}`), null, "a token signed before rotation still works");
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${after}`), null, "and so does the new one");
+
+  clock.now += 400_000; // beyond token lifetime (300 s) + skew (60 s) since the rotation
+  const err = await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${before}`);
+  t.match(err?.message, /retired key/, "a token of a rotated-out and expired key is refused");
+  t.same((await ac.keys.jwks()).keys.map((k) => k.kid), [rotated.kid], "and the old key leaves the JWKS");
+});
+
+// ------------------------------------------------------- a real Stowage
+
+/** An upstream that serves the same small manifest under every repository and tag. */
+async function fakeUpstream(t: Test): Promise<{ url: string; digest: string; hits: string[] }> {
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: `sha256:${"a".repeat(64)}`, size: 2 },
+      layers: [],
+    }, null, 2),
+  );
+  const digest = `sha256:${createHash("sha256").update(manifest).digest("hex")}`;
+  const hits: string[] = [];
+  const server = createServer((req, res) => {
+    hits.push(`${req.method} ${req.url}`);
+    if (req.url === "/v2/") return void res.writeHead(200, { "content-type": "application/json" }).end("{}");
+    if (/^\/v2\/.+\/manifests\/[^/]+$/.test(req.url ?? "")) {
+      res.writeHead(200, { "content-type": "application/vnd.oci.image.manifest.v1+json", "content-length": manifest.length, "docker-content-digest": digest });
+      return void res.end(req.method === "HEAD" ? undefined : manifest);
+    }
+    res.writeHead(404, { "content-type": "application/json" }).end('{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}');
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => {
+    server.closeAllConnections();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, digest, hits };
+}
+
+t.test("token endpoint and registry routes of a started Stowage", async (t) => {
+  const upstream = await fakeUpstream(t);
+  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-test-"));
+  await writeFile(join(dir, "htpasswd"), `bob:${hash("builder").replace("$2b$", "$2y$")}\n`);
+  await writeFile(
+    join(dir, "stowage.yaml"),
+    [
+      "users:",
+      `  - { name: alice, passwordHash: "${hash("wonderland")}" }`,
+      "robots:",
+      `  - { name: ci, secretHash: "${hash("robot-secret")}" }`,
+      "rules:",
+      "  - { repository: 'public/**', pull: [anonymous, '*'] }",
+      "  - { upstream: local, repository: 'team/**', pull: [alice, ci] }",
+    ].join("\n"),
+  );
+  const config = loadConfig({
+    argv: ["--config", join(dir, "stowage.yaml"), "--htpasswd", join(dir, "htpasswd"), "--data-dir", join(dir, "data"), "--upstream", `local=${upstream.url}`],
+    env: {},
+    readFile: (p) => readFileSync(p, "utf8"),
+  });
+  const logs: string[] = [];
+  const server = await startServer({ ...config, listen: { hostname: "127.0.0.1", port: 0 } }, nodeRuntime, createLogger("debug", (l) => logs.push(l)));
+  t.teardown(async () => {
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const base = server.url;
+  const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString("base64")}`;
+  const token = async (query: string, headers: Record<string, string> = {}) => {
+    const res = await fetch(`${base}/token?${query}`, { headers });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  };
+  const post = async (form: Record<string, string | string[]>, headers: Record<string, string> = {}) => {
+    const body = new URLSearchParams();
+    for (const [k, v] of Object.entries(form)) for (const one of [v].flat()) body.append(k, one);
+    const res = await fetch(`${base}/token`, { method: "POST", body, headers });
+    return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+  };
+  const manifest = (name: string, tok: unknown, query = "") =>
+    fetch(`${base}/v2/${name}/manifests/v1${query}`, { headers: { authorization: `Bearer ${String(tok)}`, accept: "application/vnd.oci.image.manifest.v1+json" } });
+  const accessOf = (tok: unknown) => decodeJwt(String(tok)).access;
+  const pullOf = (name: string) => ({ type: "repository", name, actions: ["pull"] });
+
+  await t.test("challenges: /v2/ without scope, a repository with the name as the client wrote it", async (t) => {
+    const v2 = await fetch(`${base}/v2/`);
+    t.equal(v2.status, 401);
+    t.equal(v2.headers.get("www-authenticate"), `Bearer realm="${base}/token",service="stowage"`);
+    const head = await fetch(`${base}/v2/local/team/app/manifests/v1`, { method: "HEAD" });
+    t.equal(head.status, 401);
+    t.equal(head.headers.get("www-authenticate"), `Bearer realm="${base}/token",service="stowage",scope="repository:local/team/app:pull"`);
+    t.same(upstream.hits, [], "nothing reached the upstream");
+  });
+
+  await t.test("anonymous GET without account (containerd, skopeo)", async (t) => {
+    const denied = await token("scope=repository%3Alocal%2Fteam%2Fapp%3Apull&service=stowage");
+    t.equal(denied.status, 200, "an empty grant is a token, not an error");
+    t.same(accessOf(denied.body.token), [], "with no access");
+    t.equal(denied.body.expires_in, 900);
+    t.match(denied.body.issued_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/, "issued_at is RFC 3339");
+    t.equal(denied.body.refresh_token, undefined);
+    const res = await manifest("local/team/app", denied.body.token);
+    t.equal(res.status, 401, "the registry route then refuses");
+    const body = (await res.json()) as { errors: Array<{ code: string; message: string }> };
+    t.equal(body.errors[0]?.code, "UNAUTHORIZED");
+    t.match(body.errors[0]?.message, /needs credentials.*exact host:port/);
+    t.notOk(upstream.hits.some((h) => h.includes("team/app")), "the upstream was never asked for it");
+
+    const open = await token("scope=repository%3Alocal%2Fpublic%2Fbase%3Apull&service=stowage&offline_token=true");
+    t.same(accessOf(open.body.token), [pullOf("local/public/base")]);
+    t.equal(open.body.refresh_token, undefined, "no refresh token without an identity");
+    const pulled = await manifest("local/public/base", open.body.token);
+    t.equal(pulled.status, 200);
+    t.equal(pulled.headers.get("docker-content-digest"), upstream.digest);
+  });
+
+  await t.test("GET with Basic and account (skopeo --creds, docker, distribution)", async (t) => {
+    // account names someone else: identity comes from the credentials only.
+    const got = await token("account=bob&scope=repository:local/team/app:pull&scope=repository:local/misc/tool:pull&service=stowage", {
+      authorization: basic("alice", "wonderland"),
+    });
+    t.equal(got.status, 200);
+    t.equal(decodeJwt(String(got.body.token)).sub, "alice");
+    t.same(accessOf(got.body.token), [pullOf("local/team/app"), pullOf("local/misc/tool")]);
+    t.equal(got.body.token, got.body.access_token);
+    const claims = decodeJwt(String(got.body.token));
+    t.same(Object.keys(claims).sort(), ["access", "aud", "exp", "iat", "iss", "jti", "nbf", "sub"]);
+    t.equal(typeof claims.aud, "string", "aud is a string");
+    const res = await manifest("local/team/app", got.body.token);
+    t.equal(res.status, 200);
+    t.equal(res.headers.get("docker-content-digest"), upstream.digest);
+
+    const bob = await token("scope=repository:local/team/app:pull&scope=repository:local/misc/tool:pull", { authorization: basic("bob", "builder") });
+    t.same(accessOf(bob.body.token), [pullOf("local/misc/tool")], "htpasswd user: everything the rules do not reserve");
+
+    const wrong = await token("scope=repository:local/team/app:pull", { authorization: basic("alice", "nope") });
+    t.equal(wrong.status, 401);
+    t.equal((wrong.body.errors as Array<{ code: string }>)[0]?.code, "UNAUTHORIZED");
+    t.notMatch(JSON.stringify(wrong.body), /nope/, "the password is not echoed");
+    t.notOk(logs.some((l) => l.includes("wonderland") || l.includes("builder")), "no password in the log");
+  });
+
+  await t.test("POST password grant with one space-joined scope field (containerd)", async (t) => {
+    const got = await post({
+      client_id: "containerd-client",
+      grant_type: "password",
+      username: "alice",
+      password: "wonderland",
+      scope: "repository:local/team/app:pull repository:local/team/lib:pull",
+      service: "stowage",
+    });
+    t.equal(got.status, 200);
+    t.same(accessOf(got.body.access_token), [pullOf("local/team/app"), pullOf("local/team/lib")]);
+    t.equal(got.body.refresh_token, undefined);
+    t.equal((await manifest("local/team/lib", got.body.access_token)).status, 200);
+
+    const wrong = await post({ grant_type: "password", username: "alice", password: "nope", scope: "repository:local/team/app:pull" });
+    t.equal(wrong.status, 401, "wrong password: 401, so containerd retries as GET and then fails");
+    t.equal(wrong.body.error, "invalid_grant");
+    const unknown = await post({ grant_type: "client_credentials", client_id: "x" });
+    t.same([unknown.status, unknown.body.error], [400, "unsupported_grant_type"]);
+    const missing = await post({ grant_type: "password", username: "alice" });
+    t.same([missing.status, missing.body.error], [400, "invalid_request"]);
+  });
+
+  await t.test("refresh tokens: offline access, refresh_token grant (skopeo identity token), revocation", async (t) => {
+    const offline = await post({ grant_type: "password", username: "ci", password: "robot-secret", access_type: "offline", scope: "repository:local/team/app:pull" });
+    t.equal(offline.status, 200);
+    const refresh = String(offline.body.refresh_token);
+    t.match(refresh, /^[A-Za-z0-9_-]{43}$/);
+    const viaGet = await token("offline_token=true&scope=repository:local/team/app:pull", { authorization: basic("alice", "wonderland") });
+    t.type(viaGet.body.refresh_token, "string", "GET offline_token=true returns one too");
+
+    const refreshed = await post({
+      client_id: "containers/image",
+      grant_type: "refresh_token",
+      refresh_token: refresh,
+      scope: ["repository:local/team/app:pull", "repository:local/public/base:pull"],
+      service: "stowage",
+    });
+    t.equal(refreshed.status, 200);
+    t.equal(decodeJwt(String(refreshed.body.token)).sub, "ci");
+    t.same(accessOf(refreshed.body.token), [pullOf("local/team/app"), pullOf("local/public/base")]);
+    t.equal((await manifest("local/team/app", refreshed.body.token)).status, 200);
+
+    const state = await openKv(join(dir, "data", "kv.sqlite3"));
+    t.teardown(() => state.close());
+    t.equal(await revokeRefreshTokens(new TypedKv(state as unknown as Kv), "ci"), 1, "stowage token revoke ci");
+    const revoked = await post({ grant_type: "refresh_token", refresh_token: refresh, scope: "repository:local/team/app:pull" });
+    t.same([revoked.status, revoked.body.error], [401, "invalid_grant"], "a revoked refresh token is refused");
+    const aliceStill = await post({ grant_type: "refresh_token", refresh_token: String(viaGet.body.refresh_token) });
+    t.equal(aliceStill.status, 200, "other identities' refresh tokens are untouched");
+
+    // Rotation from another process: tokens issued before keep working.
+    const before = String(refreshed.body.token);
+    await rotateKeys(new TypedKv(state as unknown as Kv), 900);
+    t.equal((await manifest("local/team/app", before)).status, 200, "a token from before `keys rotate` still works");
+    const jwks = (await (await fetch(`${base}/token/jwks.json`)).json()) as { keys: Array<{ kid: string; d?: string }> };
+    t.equal(jwks.keys.length, 2, "JWKS lists the new and the retired key");
+    t.notOk(jwks.keys.some((k) => "d" in k), "and never a private part");
+  });
+
+  await t.test("hostile inputs at the token endpoint", async (t) => {
+    const cases: Array<[string, () => Promise<{ status: number; body: Record<string, unknown> }>, number, string]> = [
+      ["malformed scope", () => token("scope=repository::pull"), 400, "invalid_scope"],
+      ["wrong service", () => token("service=elsewhere&scope=repository:a:pull"), 400, "invalid_request"],
+      ["Basic !!!", () => token("scope=repository:a:pull", { authorization: "Basic !!!" }), 401, "invalid_client"],
+      ["Bearer at the token endpoint", () => token("", { authorization: "Bearer a.b.c" }), 401, "invalid_client"],
+      ["unknown user", () => token("", { authorization: basic("mallory", "x") }), 401, "invalid_grant"],
+      ["huge password", () => token("", { authorization: basic("alice", "x".repeat(5000)) }), 401, "invalid_grant"],
+      ["form of the wrong type", async () => {
+        const res = await fetch(`${base}/token`, { method: "POST", body: "{}", headers: { "content-type": "application/json" } });
+        return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+      }, 400, "invalid_request"],
+      ["huge form", () => post({ grant_type: "password", username: "alice", password: "x".repeat(100_000) }), 413, "invalid_request"],
+      ["form that is not UTF-8", async () => {
+        const res = await fetch(`${base}/token`, { method: "POST", body: new Uint8Array([0x67, 0x3d, 0xff, 0xfe]), headers: { "content-type": "application/x-www-form-urlencoded" } });
+        return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+      }, 400, "invalid_request"],
+      ["empty form", () => post({}), 400, "unsupported_grant_type"],
+      ["made-up refresh token", () => post({ grant_type: "refresh_token", refresh_token: "A".repeat(43) }), 401, "invalid_grant"],
+      ["DELETE", async () => {
+        const res = await fetch(`${base}/token`, { method: "DELETE" });
+        return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+      }, 405, "invalid_request"],
+    ];
+    for (const [what, run, status, error] of cases) {
+      const got = await run();
+      t.same([got.status, got.body.error], [status, error], what);
+    }
+  });
+});
+
+t.test("access control off: no token service, anonymous pulls as before", async (t) => {
+  const upstream = await fakeUpstream(t);
+  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-off-"));
+  const config = loadConfig({ argv: ["--data-dir", dir, "--upstream", `local=${upstream.url}`], env: {}, readFile: () => "" });
+  const server = await startServer({ ...config, listen: { hostname: "127.0.0.1", port: 0 } }, nodeRuntime, createLogger("error", () => {}));
+  t.teardown(async () => {
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  t.equal((await fetch(`${server.url}/v2/`)).status, 200);
+  t.equal((await fetch(`${server.url}/v2/local/team/app/manifests/v1`)).status, 200);
+  const tokenRes = await fetch(`${server.url}/token?scope=repository:a:pull`);
+  t.equal(tokenRes.status, 404);
+  t.match(await tokenRes.text(), /access control is off/);
+});
+
+// ------------------------------------------------------------ CI federation
+
+t.test("OIDC federation: a CI id_token as the password, verified against the issuer's JWKS", async (t) => {
+  const { privateKey, publicKey } = await generateKeyPair("RS256");
+  const stranger = await generateKeyPair("RS256");
+  const jwk = { ...(await exportJWK(publicKey)), kid: "ci-key", alg: "RS256", use: "sig" };
+  let jwksFetches = 0;
+  const issuerServer = createServer((req, res) => {
+    if (req.url === "/.well-known/openid-configuration") {
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ issuer: issuerUrl, jwks_uri: `${issuerUrl}/keys` }));
+    } else if (req.url === "/keys") {
+      jwksFetches++;
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] }));
+    } else res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve) => issuerServer.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => {
+    issuerServer.closeAllConnections();
+    return new Promise<void>((resolve) => issuerServer.close(() => resolve()));
+  });
+  const issuerUrl = `http://127.0.0.1:${(issuerServer.address() as AddressInfo).port}`;
+
+  const clock = { now: Date.now() };
+  const ac = await accessControl(
+    t,
+    clock,
+    [{ upstream: "*", repository: "team/**", pull: ["github-ci"] }],
+    [{ issuer: issuerUrl, audience: "https://cache.example.com", jwksUrl: null, identity: "github-ci", claims: { repository_owner: "my-org", ref: "refs/heads/**" } }],
+  );
+  const nowS = Math.floor(clock.now / 1000);
+  const ciClaims = { iss: issuerUrl, aud: "https://cache.example.com", sub: "repo:my-org/app:ref:refs/heads/main", repository_owner: "my-org", ref: "refs/heads/main", iat: nowS, nbf: nowS, exp: nowS + 300 };
+  const idToken = (over: Record<string, unknown> = {}, key: CryptoKey = privateKey, header: Record<string, unknown> = { alg: "RS256", kid: "ci-key" }) =>
+    new SignJWT({ ...ciClaims, ...over }).setProtectedHeader(header as { alg: string }).sign(key);
+  const ask = async (password: string, extra: Record<string, string> = {}) => {
+    const body = new URLSearchParams({ grant_type: "password", username: "github-actions", password, scope: "repository:team/app:pull", ...extra });
+    const res = await handleTokenRequest(ac, new Request(`${ORIGIN}/token`, { method: "POST", body }), new URL(`${ORIGIN}/token`), createLogger("error", () => {}));
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  };
+
+  const good = await ask(await idToken(), { access_type: "offline" });
+  t.equal(good.status, 200, "a CI token of the configured issuer, audience and claims signs in");
+  t.equal(decodeJwt(String(good.body.token)).sub, "github-ci", "as the configured identity");
+  t.same(decodeJwt(String(good.body.token)).access, [{ type: "repository", name: "team/app", actions: ["pull"] }], "with what the rules give it");
+  t.equal(good.body.refresh_token, undefined, "and no refresh token: CI tokens are short-lived on purpose");
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${String(good.body.token)}`), null, "the registry accepts the issued token");
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Basic ${btoa(`x:${await idToken()}`)}`), null, "and the CI token as Basic password");
+
+  const hostile: Array<[string, Promise<string>]> = [
+    ["another audience", idToken({ aud: "someone-else" })],
+    ["another branch", idToken({ ref: "refs/pull/1/merge" })],
+    ["another organisation", idToken({ repository_owner: "evil-org" })],
+    ["claim missing", idToken({ repository_owner: undefined })],
+    ["expired", idToken({ exp: nowS - 120 })],
+    ["unknown issuer", idToken({ iss: "https://evil.example.com" })],
+    ["signed with a key the issuer did not publish", idToken({}, stranger.privateKey)],
+    ["alg none", Promise.resolve(`${base64url.encode(JSON.stringify({ alg: "none" }))}.${base64url.encode(JSON.stringify(ciClaims))}.`)],
+    ["HS256 keyed with the published key", new SignJWT(ciClaims).setProtectedHeader({ alg: "HS256", kid: "ci-key" }).sign(new TextEncoder().encode(JSON.stringify(jwk)))],
+  ];
+  for (const [what, token] of hostile) {
+    const got = await ask(await token);
+    t.same([got.status, got.body.error], [401, "invalid_grant"], `${what}: refused`);
+  }
+  t.ok(jwksFetches >= 1 && jwksFetches <= 3, `the JWKS was fetched and cached (${jwksFetches} fetches)`);
+});
+
+t.test("operator commands: token create, user hash, keys rotate, token revoke", async (t) => {
+  const { parseCommand } = await import("../../src/cli.ts");
+  const { createRobotToken, hashPassword } = await import("../../src/auth/admin.ts");
+  const noFile = () => {
+    throw new Error("no file");
+  };
+  t.same(parseCommand(["token", "create", "ci-bot"], {}, noFile), { kind: "token-create", name: "ci-bot" });
+  t.same(parseCommand(["user", "hash"], {}, noFile), { kind: "user-hash" });
+  t.match(parseCommand(["keys", "rotate", "--data-dir", "/tmp/x"], {}, noFile), { kind: "keys-rotate", config: { dataDir: "/tmp/x" } });
+  t.match(parseCommand(["token", "revoke", "alice", "--data-dir", "/tmp/x"], {}, noFile), { kind: "token-revoke", name: "alice" });
+  t.throws(() => parseCommand(["token", "create"], {}, noFile), /needs a NAME/);
+  t.throws(() => parseCommand(["token", "create", "anonymous"], {}, noFile), /invalid name/);
+  t.throws(() => parseCommand(["token", "create", "a b"], {}, noFile), /invalid name/);
+  t.throws(() => parseCommand(["user", "hash", "pw-in-argv"], {}, noFile), /standard input/);
+  t.throws(() => parseCommand(["keys", "burn"], {}, noFile), /unknown command "stowage keys burn"/);
+
+  const { secret, snippet } = await createRobotToken("ci-bot");
+  t.match(secret, /^[A-Za-z0-9_-]{43}$/, "a 256-bit random secret");
+  t.notMatch(snippet, secret, "the config snippet does not contain the secret");
+  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-cli-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await writeFile(join(dir, "stowage.yaml"), snippet);
+  const config = loadConfig({ argv: ["--config", join(dir, "stowage.yaml"), "--access-control", "on"], env: {}, readFile: (p) => readFileSync(p, "utf8") });
+  const robot = config.access?.identities[0];
+  t.same([robot?.name, robot?.kind], ["ci-bot", "robot"], "the printed snippet is a valid config file");
+  t.ok(robot && bcrypt.compareSync(secret, robot.hash), "and its hash matches the printed secret");
+
+  const hashed = await hashPassword("s3cret\n");
+  t.ok(bcrypt.compareSync("s3cret", hashed), "user hash: the first line of stdin, without the newline");
+  await t.rejects(hashPassword(""), /no password on standard input/);
+});
