@@ -16,3 +16,5 @@ if [ -n "$need" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
 fi
 npm ci --no-audit --no-fund
+# Deno, for the end-to-end pulls on Deno (fetched once into npm's cache).
+npx -y deno@2.9.6 --version >/dev/null

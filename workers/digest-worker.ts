@@ -13,12 +13,16 @@ type Inbound =
   | { op: "finish"; id: number }
   | { op: "discard"; id: number };
 
-const port = parentPort;
-if (!port) throw new Error("digest-worker must run as a worker thread");
+// Node runs this under node:worker_threads (parentPort); Deno as a Web Worker (self).
+type Port = { postMessage(message: unknown, transfer?: ArrayBuffer[]): void; listen(fn: (msg: Inbound) => void): void };
+const scope = globalThis as unknown as { postMessage(m: unknown, t?: ArrayBuffer[]): void; onmessage: ((e: MessageEvent) => void) | null };
+const port: Port = parentPort
+  ? { postMessage: (m, t) => parentPort!.postMessage(m, t ?? []), listen: (fn) => void parentPort!.on("message", fn) }
+  : { postMessage: (m, t) => scope.postMessage(m, t ?? []), listen: (fn) => (scope.onmessage = (e) => fn(e.data as Inbound)) };
 
 const jobs = new Map<number, Hash>();
 
-port.on("message", (msg: Inbound) => {
+port.listen((msg: Inbound) => {
   switch (msg.op) {
     case "start":
       jobs.set(msg.id, createHash(msg.algorithm));

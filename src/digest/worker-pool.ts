@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { Worker } from "node:worker_threads";
+import type { WorkerPort } from "../runtime/runtime.ts";
 import type { DigestAlgorithm } from "../registry/reference.ts";
 import type { Hasher, HasherFactory } from "./hasher.ts";
 
@@ -31,10 +31,9 @@ class DigestWorker {
   readonly jobs = new Map<number, Job>();
   private broken: Error | null = null;
 
-  constructor(private readonly worker: Worker) {
-    worker.on("message", (msg: Outbound) => this.onMessage(msg));
-    worker.on("error", (err) => this.fail(err instanceof Error ? err : new Error(String(err))));
-    worker.on("exit", (code) => this.fail(new Error(`digest worker exited with code ${code}`)));
+  constructor(private readonly worker: WorkerPort) {
+    worker.onMessage((msg) => this.onMessage(msg as Outbound));
+    worker.onFailure((err) => this.fail(new Error(`digest worker failed: ${err.message}`)));
   }
 
   get load(): number {
@@ -49,7 +48,7 @@ class DigestWorker {
 
   post(message: unknown, transfer?: ArrayBuffer[]): void {
     if (this.broken) throw this.broken;
-    this.worker.postMessage(message, transfer);
+    this.worker.post(message, transfer);
   }
 
   private onMessage(msg: Outbound): void {
@@ -81,7 +80,7 @@ class DigestWorker {
     this.jobs.clear();
   }
 
-  terminate(): Promise<number> {
+  terminate(): Promise<void> {
     return this.worker.terminate();
   }
 }
@@ -97,7 +96,7 @@ export class WorkerHasherFactory implements HasherFactory {
   private constructor(private readonly workers: DigestWorker[]) {}
 
   /** Starts `count` workers and checks that one answers; throws if workers cannot run here. */
-  static async start(count: number, spawn: (script: URL) => Worker): Promise<WorkerHasherFactory> {
+  static async start(count: number, spawn: (script: URL) => WorkerPort): Promise<WorkerHasherFactory> {
     const url = new URL("../../workers/digest-worker.ts", import.meta.url);
     const workers = Array.from({ length: count }, () => new DigestWorker(spawn(url)));
     const factory = new WorkerHasherFactory(workers);

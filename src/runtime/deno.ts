@@ -1,6 +1,5 @@
-import { Worker } from "node:worker_threads";
 import type { Kv } from "../kv/kv.ts";
-import type { Runtime } from "./runtime.ts";
+import type { Runtime, WorkerPort } from "./runtime.ts";
 
 // Only the Deno globals this adapter touches, so the file type-checks under Node's tsc too.
 type DenoApi = {
@@ -25,6 +24,25 @@ function workersAvailable(): boolean {
   return typeof (globalThis as { Worker?: unknown }).Worker === "function";
 }
 
+/**
+ * Deno's own Web Workers: transferring buffers to them is fast, while its
+ * node:worker_threads emulation copies slowly (15 MB/s measured here).
+ */
+function spawnWebWorker(script: URL): WorkerPort {
+  const worker = new Worker(script.href, { type: "module" });
+  return {
+    post: (message, transfer) => worker.postMessage(message, transfer ?? []),
+    onMessage: (fn) => worker.addEventListener("message", (e) => fn((e as MessageEvent).data)),
+    onFailure: (fn) => {
+      worker.addEventListener("error", (e) => {
+        e.preventDefault();
+        fn(new Error((e as ErrorEvent).message || "worker failed"));
+      });
+    },
+    terminate: async () => worker.terminate(),
+  };
+}
+
 export const denoRuntime: Runtime = {
   name: "deno",
   serve(handler, listen) {
@@ -42,7 +60,7 @@ export const denoRuntime: Runtime = {
   async openKv(path) {
     return (await Deno.openKv(path)) as Kv;
   },
-  spawnWorker: workersAvailable() ? (script) => new Worker(script) : null,
+  spawnWorker: workersAvailable() ? spawnWebWorker : null,
   async canWrite(path) {
     const status = await Deno.permissions.query({ name: "write", path });
     if (status.state !== "granted") return false;

@@ -5,12 +5,21 @@ import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { Worker } from "node:worker_threads";
 import type { Kv } from "../kv/kv.ts";
-import type { Runtime } from "./runtime.ts";
+import type { Runtime, WorkerPort } from "./runtime.ts";
 
 /** Node 20 cannot load TypeScript by itself: a worker first registers tsx, then imports the module. */
-function spawnTsWorker(script: URL): Worker {
+function spawnTsWorker(script: URL): WorkerPort {
   const source = `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(script.href)}); })`;
-  return new Worker(source, { eval: true });
+  const worker = new Worker(source, { eval: true });
+  return {
+    post: (message, transfer) => worker.postMessage(message, transfer),
+    onMessage: (fn) => void worker.on("message", fn),
+    onFailure: (fn) => {
+      worker.on("error", (err) => fn(err instanceof Error ? err : new Error(String(err))));
+      worker.on("exit", (code) => fn(new Error(`worker exited with code ${code}`)));
+    },
+    terminate: () => worker.terminate().then(() => {}),
+  };
 }
 
 export const nodeRuntime: Runtime = {

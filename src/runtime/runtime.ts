@@ -1,8 +1,16 @@
-import type { Worker } from "node:worker_threads";
 import type { FetchHandler } from "../http/handler.ts";
 import type { Kv } from "../kv/kv.ts";
 
 export type Listening = { hostname: string; port: number; close(): Promise<void> };
+
+/** A worker thread as the digest pool sees it, whatever kind of worker the runtime makes. */
+export interface WorkerPort {
+  post(message: unknown, transfer?: ArrayBuffer[]): void;
+  onMessage(fn: (data: unknown) => void): void;
+  /** The worker failed or exited: it will answer no more. */
+  onFailure(fn: (err: Error) => void): void;
+  terminate(): Promise<void>;
+}
 
 /**
  * Everything that differs between Deno and Node, and nothing else. The rest of
@@ -14,7 +22,7 @@ export interface Runtime {
   /** Opens the KV store: a file path, ":memory:", or undefined for the platform default (Deno Deploy). */
   openKv(path: string | undefined): Promise<Kv>;
   /** Starts a worker thread running a TypeScript module, or null where threads are unavailable. */
-  readonly spawnWorker: ((script: URL) => Worker) | null;
+  readonly spawnWorker: ((script: URL) => WorkerPort) | null;
   /** Whether the local disk may be written (false under `deno run --deny-write` or on Deno Deploy). */
   canWrite(path: string): Promise<boolean>;
   onSignal(signal: "SIGINT" | "SIGTERM", fn: () => void): void;

@@ -23,6 +23,20 @@ export type RunResult = { code: number; stdout: string; stderr: string };
 /** The Deno release the tests run Stowage on (fetched from npm by npx on first use). */
 export const DENO_PACKAGE = "deno@2.9.6";
 
+let denoPath: Promise<string> | undefined;
+/**
+ * The deno executable itself: Stowage must be our direct child, or stopping it
+ * would stop only npx and leave deno running (holding its output pipes open).
+ */
+export function denoBinary(): Promise<string> {
+  denoPath ??= run("npx", ["-y", DENO_PACKAGE, "eval", "console.log(Deno.execPath())"], 120_000).then((r) => {
+    const path = r.stdout.trim().split("\n").pop() ?? "";
+    if (r.code !== 0 || !path) throw new Error(`cannot find deno through npx ${DENO_PACKAGE}: ${r.stderr}`);
+    return path;
+  });
+  return denoPath;
+}
+
 export const PROJECT_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const REGISTRY_BIN = "/usr/bin/docker-registry";
 const STOP_GRACE_MS = 5_000;
@@ -503,7 +517,7 @@ export async function startStowage(
   const url = `http://${host}:${port}`;
 
   const [cmd, prefix] = runtime === "deno"
-    ? ["npx", ["-y", DENO_PACKAGE, "run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "src/main.ts"]]
+    ? [await denoBinary(), ["run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "src/main.ts"]]
     : [process.execPath, ["--import", "tsx", "src/main.ts"]];
   const s = spawnTracked(cmd, [...prefix, "serve", ...extra, ...args], {
     cwd: PROJECT_ROOT,
