@@ -4,6 +4,7 @@ import type { ManifestCache } from "./cache/manifest-cache.ts";
 import type { Config } from "./config.ts";
 import type { TypedKv } from "./kv/kv.ts";
 import type { Logger } from "./log.ts";
+import type { StowageMetrics } from "./metrics/stowage-metrics.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
 import type { UpstreamClient } from "./upstream/client.ts";
 
@@ -16,6 +17,7 @@ export type App = {
   kv: TypedKv;
   store: BlobStore;
   log: Logger;
+  metrics: StowageMetrics;
   /** Present when access control is on. */
   access?: AccessControl;
 };

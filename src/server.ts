@@ -7,6 +7,7 @@ import { redactedConfig, type Config } from "./config.ts";
 import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
 import { WorkerHasherFactory } from "./digest/worker-pool.ts";
 import { createHandler } from "./http/handler.ts";
+import { createStowageMetrics } from "./metrics/stowage-metrics.ts";
 import { TypedKv } from "./kv/kv.ts";
 import type { Logger } from "./log.ts";
 import type { Runtime } from "./runtime/runtime.ts";
@@ -39,7 +40,8 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
 
   const tokens = new UpstreamTokenCache(kv);
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
-  const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs })] as const));
+  const metrics = createStowageMetrics();
+  const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics })] as const));
   const access = config.access
     ? new AccessControl({ access: config.access, upstreams: config.upstreams, defaultUpstream: config.defaultUpstream, publicUrl: config.publicUrl, kv })
     : undefined;
@@ -54,8 +56,9 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     kv,
     store,
     log,
-    manifests: new ManifestCache({ kv, store, tagTtlMs: config.tagTtlSeconds * 1000 }),
-    blobs: new BlobCache({ kv, store, hashers, idleTimeoutMs: timeoutMs }),
+    metrics,
+    manifests: new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 }),
+    blobs: new BlobCache({ kv, store, hashers, metrics, idleTimeoutMs: timeoutMs }),
     ...(access ? { access } : {}),
   };
 

@@ -36,6 +36,25 @@ export class BlobCache {
     rangeHeader: string | null,
     log: Logger,
   ): Promise<BlobAnswer> {
+    const answer = await this.answer(source, digest, method, rangeHeader, log);
+    const { metrics } = this.deps;
+    if (answer.source === "cache") metrics.cacheHits.inc({ kind: "blob" });
+    else if (answer.source === "coalesced") metrics.coalesced.inc();
+    else metrics.cacheMisses.inc({ kind: "blob" });
+    if (answer.body) {
+      const counter = answer.source === "cache" ? metrics.bytesFromCache : metrics.bytesFromUpstream;
+      answer.body = counting(answer.body, (n) => counter.inc({}, n));
+    }
+    return answer;
+  }
+
+  private async answer(
+    source: FetchSource,
+    digest: Digest,
+    method: "GET" | "HEAD",
+    rangeHeader: string | null,
+    log: Logger,
+  ): Promise<BlobAnswer> {
     const { kv } = this.deps;
     const what = `blob ${digest} of ${source.client.upstream.name}/${source.repo}`;
     const linked = (await kv.read(keys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
@@ -85,8 +104,10 @@ export class BlobCache {
   private startFetch(source: FetchSource, digest: Digest, log: Logger): BlobFetch {
     const fetch = new BlobFetch(digest, source, this.deps, log);
     this.inflight.set(digest, fetch);
+    this.deps.metrics.inflight.set({}, this.inflight.size);
     fetch.settled.then(() => {
       if (this.inflight.get(digest) === fetch) this.inflight.delete(digest);
+      this.deps.metrics.inflight.set({}, this.inflight.size);
     });
     return fetch;
   }
@@ -136,6 +157,29 @@ export class BlobCache {
     }
     await this.deps.kv.write(keys.link(source.client.upstream.name, source.repo, digest), { linkedAt: Date.now() });
   }
+}
+
+/** Passes a body through unchanged, reporting how many bytes the client took. */
+function counting(body: ReadableStream<Uint8Array>, onBytes: (n: number) => void): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) controller.close();
+          else {
+            onBytes(value.byteLength);
+            controller.enqueue(value);
+          }
+        } catch (err) {
+          controller.error(err);
+        }
+      },
+      cancel: (reason) => reader.cancel(reason),
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 function sameSource(a: FetchSource, b: FetchSource): boolean {

@@ -1,6 +1,7 @@
 import type { HasherFactory, Hasher } from "../digest/hasher.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
+import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "../storage/blob-store.ts";
 import type { UpstreamClient, UpstreamReply } from "../upstream/client.ts";
@@ -15,6 +16,7 @@ const WINDOW_BYTES = 4 * 1024 * 1024;
 
 export type BlobFetchDeps = {
   store: BlobStore;
+  metrics: StowageMetrics;
   hashers: HasherFactory;
   kv: TypedKv;
   /** Longest silence from the upstream in the middle of a body before the fetch is given up. */
@@ -24,6 +26,7 @@ export type BlobFetchDeps = {
 export type FetchSource = { client: UpstreamClient; repo: string };
 
 export class DigestMismatchError extends Error {}
+export class StoreError extends Error {}
 
 /**
  * One upstream download of one blob, shared by every client that wants it
@@ -228,7 +231,10 @@ export class BlobFetch {
         this.changed.notify();
         // Both calls take their place synchronously (write position, hash order);
         // completion is awaited later, in order, by the writer.
-        return Promise.all([upload!.write(chunk), hasher!.update(chunk)]).then(() => {});
+        const stored = upload!.write(chunk).catch((cause) => {
+          throw new StoreError(`the blob store failed to write ${this.digest}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+        });
+        return Promise.all([stored, hasher!.update(chunk)]).then(() => {});
       }, (chunk) => {
         this.written += chunk.byteLength;
         this.trimWindow();
@@ -256,6 +262,7 @@ export class BlobFetch {
               if (bytes.byteLength === 0) return;
             }
             fromUpstream += bytes.byteLength;
+            this.deps.metrics.upstreamBytes.inc({ upstream: client.upstream.name }, bytes.byteLength);
             if (this.size !== null && fromUpstream > this.size) {
               throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent more than the ${this.size} bytes it announced for ${this.digest}`);
             }
@@ -272,6 +279,7 @@ export class BlobFetch {
           if (!resumable) throw failure;
           resumes++;
           stalled = null;
+          this.deps.metrics.resumes.inc({ upstream: client.upstream.name });
           this.log.warn("upstream connection broke mid-blob; resuming with a Range request", {
             digest: this.digest,
             upstream: client.upstream.name,
@@ -306,13 +314,18 @@ export class BlobFetch {
       // Clients may have the last byte now; the fsync and rename of the commit need not delay them.
       this.state = "verified";
       this.changed.notify();
-      await upload.commit();
+      try {
+        await upload.commit();
+      } catch (cause) {
+        throw new StoreError(`the blob store failed to commit ${this.digest}`, { cause });
+      }
       upload = null;
       const now = Date.now();
       // Link first: a request that sees the blob record must also see the link, or it would ask upstream again.
       await kv.write(keys.link(client.upstream.name, repo, this.digest), { linkedAt: now });
       await kv.write(keys.blob(this.digest), { size: this.size, storedAt: now });
       this.state = "committed";
+      this.deps.metrics.blobsCommitted.inc();
       this.window = [];
       this.windowBytes = 0;
       this.log.info("blob cached", {
@@ -331,6 +344,15 @@ export class BlobFetch {
       reply?.abort(this.error);
       hasher?.discard();
       await upload?.abort();
+      const reason = err instanceof DigestMismatchError
+        ? "digest-mismatch"
+        : err instanceof StoreError
+        ? "store"
+        : err instanceof UpstreamError
+        ? err.failure
+        : "other";
+      this.deps.metrics.fetchFailures.inc({ reason });
+      if (err instanceof StoreError) this.deps.metrics.storeErrors.inc({ op: "write" });
       const level = err instanceof UpstreamError && err.failure === "not-found" ? "debug" : "warn";
       this.log[level]("blob fetch failed", { digest: this.digest, upstream: client.upstream.name, repo, error: this.error, bytes: this.written });
     } finally {

@@ -1,5 +1,6 @@
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
+import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { detectManifestMediaType, type ManifestMediaType } from "../registry/media-types.ts";
 import { digestAlgorithm, parseDigest, type Digest, type Reference } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
@@ -24,7 +25,7 @@ export type ManifestAnswer = {
 
 type Cached = { digest: Digest; record: ManifestRecord; bytes: Uint8Array<ArrayBuffer> };
 
-export type ManifestCacheDeps = { kv: TypedKv; store: BlobStore; tagTtlMs: number; now?: () => number };
+export type ManifestCacheDeps = { kv: TypedKv; store: BlobStore; metrics: StowageMetrics; tagTtlMs: number; now?: () => number };
 
 /**
  * Manifests and tags. Bytes are stored exactly as the upstream sent them,
@@ -44,7 +45,14 @@ export class ManifestCache {
   }
 
   async get(source: FetchSource, reference: Reference, log: Logger): Promise<ManifestAnswer> {
-    return reference.kind === "digest" ? this.byDigest(source, reference.digest, log) : this.byTag(source, reference.tag, log);
+    const answer = reference.kind === "digest"
+      ? await this.byDigest(source, reference.digest, log)
+      : await this.byTag(source, reference.tag, log);
+    const { metrics } = this.deps;
+    if (answer.source === "cache") metrics.cacheHits.inc({ kind: "manifest" });
+    else if (answer.source === "stale") metrics.staleServed.inc({ upstream: source.client.upstream.name });
+    else metrics.cacheMisses.inc({ kind: "manifest" });
+    return answer;
   }
 
   private async byDigest(source: FetchSource, digest: Digest, log: Logger): Promise<ManifestAnswer> {

@@ -23,8 +23,9 @@ export function createHandler(app: App): FetchHandler {
     const started = Date.now();
     let response: Response;
     const who: { user?: string } = {};
+    const route = matchRoute(url.pathname);
     try {
-      response = await dispatch(app, matchRoute(url.pathname), request, url, log, who);
+      response = await dispatch(app, route, request, url, log, who);
     } catch (err) {
       const error = err instanceof RegistryError
         ? err
@@ -38,6 +39,7 @@ export function createHandler(app: App): FetchHandler {
       response = errorResponse(error, request.method);
     }
     response.headers.set("x-request-id", requestId);
+    app.metrics.requests.inc({ route: route.kind, method: request.method, status: String(response.status) });
     log.info("request", {
       method: request.method,
       path: url.pathname,
@@ -78,6 +80,12 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
       throw new RegistryError("UNSUPPORTED", "the catalog is not available through a pull-through cache", { status: 404 });
     case "healthz":
       return jsonResponse({ status: "ok" }, 200, method);
+    case "metrics": {
+      const body = app.metrics.registry.render();
+      return new Response(method === "HEAD" ? null : body, {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    }
     case "readyz":
       return readiness(app, method);
     case "token":

@@ -13,6 +13,7 @@ export type Route =
   | { kind: "catalog" }
   | { kind: "healthz" }
   | { kind: "readyz" }
+  | { kind: "metrics" }
   | { kind: "token" }
   | { kind: "jwks" }
   | { kind: "not-found" };
@@ -27,6 +28,7 @@ export function matchRoute(pathname: string): Route {
   if (pathname === "/v2" || pathname === "/v2/") return { kind: "base" };
   if (pathname === "/healthz") return { kind: "healthz" };
   if (pathname === "/readyz") return { kind: "readyz" };
+  if (pathname === "/metrics") return { kind: "metrics" };
   if (pathname === "/v2/_catalog") return { kind: "catalog" };
   if (pathname === "/token") return { kind: "token" };
   if (pathname === "/token/jwks.json") return { kind: "jwks" };

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import type { Upstream } from "../config.ts";
 import type { Logger } from "../log.ts";
+import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
@@ -23,6 +24,7 @@ export type UpstreamReply = { response: Response; abort(reason?: unknown): void 
 
 export type UpstreamClientOptions = {
   tokens: UpstreamTokenCache;
+  metrics: StowageMetrics;
   timeoutMs: number;
   /** Injected for tests of failure modes no real registry shows on demand. */
   fetch?: typeof fetch;
@@ -212,6 +214,7 @@ export class UpstreamClient {
         const sent = new Headers(headers);
         if (current.origin !== origin) sent.delete("authorization");
         const response = await this.fetch(current, { method, headers: sent, redirect: "manual", signal: controller.signal });
+        this.record(response, current);
         const location = response.headers.get("location");
         if (response.status >= 300 && response.status < 400 && location) {
           await response.body?.cancel().catch(() => {});
@@ -233,6 +236,16 @@ export class UpstreamClient {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** Counts the request and keeps Docker Hub's remaining pull allowance visible to the operator. */
+  private record(response: Response, url: URL): void {
+    const { metrics } = this.opts;
+    const kind = /\/blobs\//.test(url.pathname) ? "blob" : /\/manifests\//.test(url.pathname) ? "manifest" : "other";
+    metrics.upstreamRequests.inc({ upstream: this.upstream.name, kind, status: String(response.status) });
+    // Docker Hub sends e.g. "ratelimit-remaining: 76;w=21600".
+    const remaining = Number.parseInt(response.headers.get("ratelimit-remaining") ?? "", 10);
+    if (Number.isFinite(remaining)) metrics.rateLimitRemaining.set({ upstream: this.upstream.name }, remaining);
   }
 
   private failureFor(response: Response, method: string, path: string): UpstreamError {

@@ -121,6 +121,16 @@ t.test("skopeo copy --all of every image, cold then warm, digest-exact; the warm
   tt.same(blobGets(upstream.requests), [], "warm pulls send no blob request upstream");
   tt.same(upstream.requests, [], "inside the tag freshness window, warm pulls send nothing upstream at all");
 
+  // What an operator's dashboard would show: one upstream copy of every blob, and hits for the warm pass.
+  const metrics = await (await fetch(`${stowage.url}/metrics`)).text();
+  const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(metrics)?.[1] ?? NaN);
+  const unique = new Map(images.flatMap((img) => img.blobs.map((b) => [b.digest, b.size] as const)));
+  const blobBytes = [...unique.values()].reduce((a, b) => a + b, 0);
+  tt.equal(value('stowage_upstream_received_bytes_total{upstream="local"}'), blobBytes, "metrics: exactly one upstream copy of every blob");
+  tt.ok(value('stowage_cache_hits_total{kind="blob"}') >= unique.size, "metrics: the warm pass was served as blob hits");
+  tt.ok(value("stowage_served_from_cache_bytes_total") >= blobBytes, "metrics: bytes served from cache");
+  tt.equal(value("stowage_inflight_fetches"), 0, "metrics: no fetch left in flight");
+
   // The default upstream serves names without an upstream prefix too.
   const single = image("oci-single");
   const inspect = await skopeo(["inspect", "--raw", "--tls-verify=false", `docker://${hostOf(stowage.url)}/${single.repo}:v1`]);

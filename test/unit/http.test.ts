@@ -658,3 +658,22 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.same(main.since(mark).filter((s) => s.authorization).map((s) => `${s.method} ${s.path}`), [`HEAD /v2/elsewhere/blobs/${smallDigest}`]);
   });
 });
+
+t.test("Prometheus text format of /metrics", async (t) => {
+  const { MetricsRegistry } = await import("../../src/metrics/metrics.ts");
+  const registry = new MetricsRegistry();
+  const requests = registry.counter("demo_requests_total", "Requests.");
+  const gauge = registry.gauge("demo_inflight", "In flight.");
+  requests.inc({ route: "blob", status: "200" });
+  requests.inc({ status: "200", route: "blob" }, 2); // label order does not matter
+  requests.inc({ route: "manifest", status: 'we"ird\\\n' });
+  requests.inc({ route: "blob", status: "200" }, -5); // counters never go down
+  gauge.set({}, 3);
+  const text = registry.render();
+  t.match(text, "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\n");
+  t.match(text, 'demo_requests_total{route="blob",status="200"} 3\n');
+  t.match(text, 'demo_requests_total{route="manifest",status="we\\"ird\\\\\\n"} 1\n', "label values are escaped");
+  t.match(text, "# TYPE demo_inflight gauge\ndemo_inflight 3\n");
+  t.throws(() => registry.counter("demo_requests_total", "again"), "a name registered twice is a programming error");
+  t.throws(() => registry.counter("bad name", "x"));
+});
