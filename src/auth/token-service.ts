@@ -9,6 +9,7 @@ import { readAuthorization } from "./credentials.ts";
 import type { Identity } from "./identities.ts";
 import type { Principal } from "./rules.ts";
 import { formatScope, parseScopes, type Scope } from "./scopes.ts";
+import { readLimited } from "../http/read-limited.ts";
 
 const MAX_FORM_BYTES = 64 * 1024;
 
@@ -73,7 +74,7 @@ async function tokenPost(ac: AccessControl, request: Request, audit: Audit): Pro
   if (type !== "application/x-www-form-urlencoded") {
     throw new TokenError(400, "invalid_request", "POST a form (application/x-www-form-urlencoded)");
   }
-  const form = new URLSearchParams(await readLimited(request, MAX_FORM_BYTES));
+  const form = new URLSearchParams(await readForm(request, MAX_FORM_BYTES));
   const client = form.get("client_id");
   if (client !== null) audit.client = client.slice(0, 128);
   audit.requested = form.getAll("scope").map((s) => s.slice(0, 300));
@@ -136,31 +137,11 @@ function scopesOf(values: string[]): Scope[] {
   return parsed.scopes;
 }
 
-async function readLimited(request: Request, limit: number): Promise<string> {
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > limit) throw new TokenError(413, "invalid_request", `the form is larger than ${limit} bytes`);
-  if (!request.body) return "";
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  while (true) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel();
-      throw new TokenError(413, "invalid_request", `the form is larger than ${limit} bytes`);
-    }
-    chunks.push(value);
-  }
-  const all = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    all.set(c, at);
-    at += c.byteLength;
-  }
+async function readForm(request: Request, limit: number): Promise<string> {
+  const bytes = await readLimited(request, limit);
+  if (bytes === null) throw new TokenError(413, "invalid_request", `the form is larger than ${limit} bytes`);
   try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(all);
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
     throw new TokenError(400, "invalid_request", "the form is not valid UTF-8");
   }

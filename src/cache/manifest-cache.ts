@@ -1,4 +1,5 @@
 import type { TypedKv } from "../kv/kv.ts";
+import { readLimited } from "../http/read-limited.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { detectManifestMediaType, type ManifestMediaType } from "../registry/media-types.ts";
@@ -121,7 +122,12 @@ export class ManifestCache {
     const { kv, store } = this.deps;
     const name = source.client.upstream.name;
     const reply = await source.client.manifest(source.repo, reference, "GET", log);
-    const bytes = await source.client.readWithin(reply, () => readLimited(reply.response, MAX_MANIFEST_BYTES, () => reply.abort()));
+    const bytes = await source.client.readWithin(reply, () =>
+      readLimited(reply.response, MAX_MANIFEST_BYTES).catch((cause) => {
+        if (cause instanceof UpstreamError) throw cause; // e.g. the body timed out
+        throw new UpstreamError("unreachable", "the upstream connection broke while sending a manifest", { cause });
+      })
+    );
     if (bytes === null) {
       throw new UpstreamError("bad-response", `upstream ${name} sent a manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
     }
@@ -178,37 +184,3 @@ async function digestOf(bytes: Uint8Array<ArrayBuffer>, algorithm: "sha256" | "s
   if (!digest) throw new Error("computed digest failed to parse");
   return digest;
 }
-
-/** Reads a whole body, or returns null (and cuts the connection) once it exceeds `max` bytes. */
-async function readLimited(response: Response, max: number, abort: () => void): Promise<Uint8Array<ArrayBuffer> | null> {
-  const declared = Number(response.headers.get("content-length") ?? "NaN");
-  if (declared > max) {
-    abort();
-    return null;
-  }
-  if (!response.body) return new Uint8Array(0);
-  const reader = response.body.getReader();
-  const parts: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read().catch((cause) => {
-      if (cause instanceof UpstreamError) throw cause; // e.g. the body timed out
-      throw new UpstreamError("unreachable", "the upstream connection broke while sending a manifest", { cause });
-    });
-    if (done) break;
-    total += value.byteLength;
-    if (total > max) {
-      abort();
-      return null;
-    }
-    parts.push(value);
-  }
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.byteLength;
-  }
-  return out;
-}
-

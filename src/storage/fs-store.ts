@@ -6,7 +6,7 @@ import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.t
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
-const READ_CHUNK = 256 * 1024;
+const READ_CHUNK = 1024 * 1024;
 
 /**
  * The embedded default store: one file per digest under `<root>/<alg>/<2 hex>/<hex>`.

@@ -4,17 +4,13 @@
 // Stowage may resume a broken blob download with a Range request, so a fault
 // that happens once may end in the right bytes; one that persists must fail.
 import t, { type Test } from "tap";
+import { type InProcessStowage, startInProcessStowage } from "../support/in-process-stowage.ts";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { createServer, get as httpGet, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadConfig } from "../../src/config.ts";
-import { createLogger } from "../../src/log.ts";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
-import { nodeRuntime } from "../../src/runtime/node.ts";
-import { startServer } from "../../src/server.ts";
 
 const TIMEOUT_S = 2;
 const MiB = 1024 * 1024;
@@ -169,26 +165,10 @@ function ociError(res: ServerResponse, status: number, code: string, headers: Re
 
 // ------------------------------------------------------------------ Stowage
 
-type Stowage = { url: string; dataDir: string; logs: string[] };
+type Stowage = InProcessStowage;
 
-async function startStowage(t: Test, upstreamUrl: string): Promise<Stowage> {
-  const dataDir = await mkdtemp(join(tmpdir(), "stowage-faults-test-"));
-  const loaded = loadConfig({
-    argv: ["--data-dir", dataDir, "--upstream", `local=${upstreamUrl}`, "--tag-ttl", "1", "--upstream-timeout", `${TIMEOUT_S}s`],
-    env: {},
-    readFile: () => {
-      throw new Error("no config file in this test");
-    },
-  });
-  // --listen rejects port 0 (operators must pick a port); the test wants any free one.
-  const config = { ...loaded, listen: { hostname: "127.0.0.1", port: 0 } };
-  const logs: string[] = [];
-  const server = await startServer(config, nodeRuntime, createLogger("debug", (line) => logs.push(line)));
-  t.teardown(async () => {
-    await server.close();
-    await rm(dataDir, { recursive: true, force: true });
-  });
-  return { url: server.url, dataDir, logs };
+function startStowage(t: Test, upstreamUrl: string): Promise<Stowage> {
+  return startInProcessStowage(t, ["--upstream", `local=${upstreamUrl}`, "--tag-ttl", "1", "--upstream-timeout", `${TIMEOUT_S}s`]);
 }
 
 function blobFile(stowage: Stowage, digest: string): string {

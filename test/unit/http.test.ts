@@ -1,20 +1,15 @@
 // The HTTP surface: routing and target tables, the credential policy, and the
 // handler against a real Stowage whose upstream is a small in-test registry.
 import t, { type Test } from "tap";
+import { type InProcessStowage, startInProcessStowage } from "../support/in-process-stowage.ts";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { loadConfig, type Upstream } from "../../src/config.ts";
+import type { Upstream } from "../../src/config.ts";
 import { matchRoute, type Route } from "../../src/http/routes.ts";
 import { resolveTarget } from "../../src/http/target.ts";
-import { createLogger } from "../../src/log.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../src/registry/media-types.ts";
-import { nodeRuntime } from "../../src/runtime/node.ts";
-import { startServer } from "../../src/server.ts";
 import { mayReceiveCredentials } from "../../src/upstream/credential-policy.ts";
 
 const HEX = "b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c";
@@ -294,27 +289,8 @@ class FakeCdn {
 // Indented JSON, so that any re-serialisation by the cache would change the bytes and the digest.
 const pretty = (v: unknown) => Buffer.from(JSON.stringify(v, null, 3) + "\n");
 
-type Stowage = { url: string; dataDir: string; logs: string[] };
-
-async function startStowage(t: Test, args: string[]): Promise<Stowage> {
-  const dataDir = await mkdtemp(join(tmpdir(), "stowage-http-test-"));
-  const loaded = loadConfig({
-    argv: ["--data-dir", dataDir, ...args],
-    env: {},
-    readFile: () => {
-      throw new Error("no config file in this test");
-    },
-  });
-  // --listen rejects port 0 (operators must pick a port); the test wants any free one.
-  const config = { ...loaded, listen: { hostname: "127.0.0.1", port: 0 } };
-  const logs: string[] = [];
-  const server = await startServer(config, nodeRuntime, createLogger("debug", (line) => logs.push(line)));
-  t.teardown(async () => {
-    await server.close();
-    await rm(dataDir, { recursive: true, force: true });
-  });
-  return { url: server.url, dataDir, logs };
-}
+type Stowage = InProcessStowage;
+const startStowage = startInProcessStowage;
 
 /** Resolves once Stowage logged that it committed the blob (its KV records are written by then). */
 async function committed(stowage: Stowage, digest: string): Promise<void> {
