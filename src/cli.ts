@@ -50,6 +50,19 @@ const OPTIONS: OptionHelp[] = [
     example: "--data-dir /var/lib/stowage",
   },
   {
+    usage: `${FLAGS.storage} fs|s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION]`,
+    env: ENV_VARS.storage,
+    about: [
+      "Where cached blobs and manifests are kept: fs (under --data-dir) or an S3 bucket,",
+      "objects under PREFIX/blobs/. endpoint= for S3-compatible servers (Ceph RGW, MinIO),",
+      "region= defaults to us-east-1. Credentials come from AWS_ACCESS_KEY_ID,",
+      "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) or the usual AWS profile and role",
+      "sources, or s3: in the config file. Metadata stays in --data-dir either way.",
+    ],
+    default: "fs",
+    example: "--storage s3://cache-bucket/stowage?endpoint=http://127.0.0.1:7480",
+  },
+  {
     usage: `${FLAGS.upstream} NAME=URL`,
     env: `${ENV_VARS.upstream} (entries separated by commas or spaces)`,
     about: [
@@ -104,6 +117,26 @@ const OPTIONS: OptionHelp[] = [
     ],
     default: `${DEFAULTS.upstreamTimeoutSeconds}s`,
     example: "--upstream-timeout 1m",
+  },
+  {
+    usage: `${FLAGS.upstreamConcurrency} N`,
+    env: ENV_VARS.upstreamConcurrency,
+    about: [
+      "Requests in flight to one upstream at a time; more wait their turn. A blob",
+      "download counts until its body ends. Protects upstreams from a fleet's burst.",
+    ],
+    default: String(DEFAULTS.upstreamConcurrency),
+    example: "--upstream-concurrency 8",
+  },
+  {
+    usage: `${FLAGS.clientTimeout} DURATION`,
+    env: ENV_VARS.clientTimeout,
+    about: [
+      "A client that takes no bytes of a blob for this long is cut off, so a stuck",
+      "job cannot hold a download's resources for ever.",
+    ],
+    default: `${DEFAULTS.clientTimeoutSeconds}s`,
+    example: "--client-timeout 2m",
   },
   {
     usage: `${FLAGS.logLevel} LEVEL`,
@@ -179,6 +212,10 @@ Config file (YAML or JSON; unknown keys are rejected):
   tagTtl: 60s                # or a number of seconds
   upstreamTimeout: 30s
   logLevel: info
+  storage: s3://cache-bucket/stowage?endpoint=http://127.0.0.1:7480   # or fs
+  s3:                        # optional; else the AWS environment variables
+    accessKeyId: AKIA...
+    secretAccessKey: ...
   upstreams:
     - name: docker.io
       url: https://registry-1.docker.io

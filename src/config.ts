@@ -49,8 +49,30 @@ export type Config = {
   publicUrl: string | null;
   tagTtlSeconds: number;
   upstreamTimeoutSeconds: number;
+  /** Requests in flight to one upstream at a time (a blob download counts until its body ends). */
+  upstreamConcurrency: number;
+  /** A client that takes no bytes for this long is cut off, freeing what its download holds. */
+  clientTimeoutSeconds: number;
   logLevel: LogLevel;
+  /** Where blobs and manifests live; the KV (metadata) always stays in the data dir. */
+  storage: Storage;
 };
+
+export type S3Credentials = { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+
+export type Storage =
+  | { kind: "fs" }
+  | {
+      kind: "s3";
+      bucket: string;
+      /** Without leading or trailing slash; "" for the bucket root. */
+      prefix: string;
+      /** null: AWS itself. */
+      endpoint: string | null;
+      region: string;
+      /** Absent: the SDK's default chain (AWS_ACCESS_KEY_ID etc., profiles, instance roles). */
+      credentials?: S3Credentials;
+    };
 
 /** One-line, operator-facing message naming the setting and the problem. */
 export class ConfigError extends Error {
@@ -71,6 +93,8 @@ export const DEFAULTS = {
   upstream: { name: "docker.io", url: "https://registry-1.docker.io" },
   tagTtlSeconds: 60,
   upstreamTimeoutSeconds: 30,
+  upstreamConcurrency: 32,
+  clientTimeoutSeconds: 300,
   logLevel: "info",
   tokenTtlSeconds: 900,
   tokenService: "stowage",
@@ -84,6 +108,7 @@ const MAX_TOKEN_TTL_SECONDS = 86_400;
 // Node's setTimeout fires immediately for delays above 2^31-1 ms (~24.8 days),
 // so an unbounded timeout would silently become no timeout at all.
 const MAX_UPSTREAM_TIMEOUT_SECONDS = 86_400;
+const MAX_UPSTREAM_CONCURRENCY = 1024;
 
 // ------------------------------------------------------- value parsers
 // Each returns a problem description without the setting name; the caller
@@ -195,6 +220,43 @@ function parseLogLevel(raw: string): Parsed<LogLevel> {
   return level ? ok(level) : bad(`expected one of ${LOG_LEVELS.join(", ")}, got ${quote(raw)}`);
 }
 
+const STORAGE_HINT = "expected fs or s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION]";
+const DEFAULT_S3_REGION = "us-east-1";
+
+/** `fs`, or `s3://BUCKET[/PREFIX]?endpoint=URL&region=R`; credentials never come from here. */
+function parseStorage(raw: string): Parsed<Storage> {
+  const text = raw.trim();
+  if (text === "fs") return ok({ kind: "fs" });
+  const m = /^s3:\/\/([^/?#]*)((?:\/[^?#]*)?)(?:\?([^#]*))?$/.exec(text);
+  if (!m) return bad(`${STORAGE_HINT}, got ${quote(raw)}`);
+  const [, bucket = "", path = "", query = ""] = m;
+  if (bucket.includes("@")) {
+    return bad("must not contain credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or s3: in the config file");
+  }
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    return bad(`invalid bucket name ${quote(bucket)}: use 3 to 63 lowercase letters, digits, "." and "-" (${STORAGE_HINT})`);
+  }
+  const prefix = path.replace(/^\/+|\/+$/g, "");
+  if (prefix !== "" && (!/^[A-Za-z0-9._\-/]+$/.test(prefix) || prefix.split("/").some((seg) => seg === "" || seg === "." || seg === ".."))) {
+    return bad(`invalid key prefix ${quote(prefix)}: use letters, digits, ".", "_", "-" and single "/" between names`);
+  }
+  let endpoint: string | null = null;
+  let region = DEFAULT_S3_REGION;
+  for (const [key, value] of new URLSearchParams(query)) {
+    if (key === "endpoint") {
+      const r = parseHttpUrl(value, "http://127.0.0.1:7480");
+      if (!r.ok) return bad(`endpoint ${r.problem}`);
+      endpoint = r.value.url;
+    } else if (key === "region") {
+      if (!/^[a-z0-9-]{1,32}$/.test(value)) return bad(`invalid region ${quote(value)} (e.g. us-east-1)`);
+      region = value;
+    } else {
+      return bad(`unknown parameter ${quote(key)} (allowed: endpoint, region)`);
+    }
+  }
+  return ok({ kind: "s3", bucket, prefix, endpoint, region });
+}
+
 function parseDataDir(raw: string): Parsed<string> {
   return raw.trim() === "" ? bad("must not be empty") : ok(raw);
 }
@@ -225,6 +287,15 @@ function parseCredentialsEntry(raw: string): Parsed<{ name: string; credentials:
   if (username === "") return bad(`credentials for ${quote(name.value)} have an empty username`);
   if (password === "") return bad(`credentials for ${quote(name.value)} have an empty password`);
   return ok({ name: name.value, credentials: { username, password } });
+}
+
+function parseConcurrency(raw: unknown): Parsed<number> {
+  const text = String(raw).trim();
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!(n >= 1 && n <= MAX_UPSTREAM_CONCURRENCY)) {
+    return bad(`expected a whole number from 1 to ${MAX_UPSTREAM_CONCURRENCY} (e.g. 32), got ${quote(text)}`);
+  }
+  return ok(n);
 }
 
 function parseOnOff(raw: string): Parsed<boolean> {
@@ -259,7 +330,12 @@ type Layer = {
   publicUrl?: string;
   tagTtlSeconds?: number;
   upstreamTimeoutSeconds?: number;
+  upstreamConcurrency?: number;
+  clientTimeoutSeconds?: number;
   logLevel?: LogLevel;
+  storage?: Storage;
+  /** Only the config file can hold these. */
+  s3Credentials?: Labeled<S3Credentials>;
   upstreams: UpstreamDef[];
   credentials: CredentialsDef[];
   accessControl?: Labeled<boolean>;
@@ -279,7 +355,10 @@ type ScalarKey =
   | "publicUrl"
   | "tagTtl"
   | "upstreamTimeout"
+  | "upstreamConcurrency"
+  | "clientTimeout"
   | "logLevel"
+  | "storage"
   | "accessControl"
   | "htpasswd"
   | "tokenTtl"
@@ -303,7 +382,10 @@ export const FLAGS: Readonly<Record<ScalarKey | ListKey, string>> = {
   publicUrl: "--public-url",
   tagTtl: "--tag-ttl",
   upstreamTimeout: "--upstream-timeout",
+  upstreamConcurrency: "--upstream-concurrency",
+  clientTimeout: "--client-timeout",
   logLevel: "--log-level",
+  storage: "--storage",
   accessControl: "--access-control",
   htpasswd: "--htpasswd",
   tokenTtl: "--token-ttl",
@@ -319,7 +401,10 @@ export const ENV_VARS: Readonly<Record<ScalarKey | ListKey, string>> = {
   publicUrl: "STOWAGE_PUBLIC_URL",
   tagTtl: "STOWAGE_TAG_TTL",
   upstreamTimeout: "STOWAGE_UPSTREAM_TIMEOUT",
+  upstreamConcurrency: "STOWAGE_UPSTREAM_CONCURRENCY",
+  clientTimeout: "STOWAGE_CLIENT_TIMEOUT",
   logLevel: "STOWAGE_LOG_LEVEL",
+  storage: "STOWAGE_STORAGE",
   accessControl: "STOWAGE_ACCESS_CONTROL",
   htpasswd: "STOWAGE_HTPASSWD",
   tokenTtl: "STOWAGE_TOKEN_TTL",
@@ -397,7 +482,14 @@ function layerFromRaw(raw: RawSettings, names: Readonly<Record<ScalarKey | ListK
       parseDuration(s.upstreamTimeout, 1, MAX_UPSTREAM_TIMEOUT_SECONDS),
     );
   }
+  if (s.upstreamConcurrency !== undefined) {
+    layer.upstreamConcurrency = must(names.upstreamConcurrency, parseConcurrency(s.upstreamConcurrency));
+  }
+  if (s.clientTimeout !== undefined) {
+    layer.clientTimeoutSeconds = must(names.clientTimeout, parseDuration(s.clientTimeout, 1, MAX_UPSTREAM_TIMEOUT_SECONDS));
+  }
   if (s.logLevel !== undefined) layer.logLevel = must(names.logLevel, parseLogLevel(s.logLevel));
+  if (s.storage !== undefined) layer.storage = must(names.storage, parseStorage(s.storage));
   if (s.accessControl !== undefined) {
     layer.accessControl = { value: must(names.accessControl, parseOnOff(s.accessControl)), label: names.accessControl };
   }
@@ -490,6 +582,12 @@ const fileRuleSchema = z.strictObject({
   pull: z.array(z.string().min(1), { error: 'expected a list of identities, "anonymous" or "*"' }),
 });
 
+const fileS3Schema = z.strictObject({
+  accessKeyId: secretString,
+  secretAccessKey: secretString,
+  sessionToken: secretString.nullish(),
+});
+
 const fileSchema = z.strictObject({
   listen: zValue(fromString(parseListen)).nullish(),
   dataDir: zValue(fromString(parseDataDir)).nullish(),
@@ -497,6 +595,8 @@ const fileSchema = z.strictObject({
   publicUrl: zValue(fromString(parsePublicUrl)).nullish(),
   tagTtl: zValue((raw) => parseDuration(raw, 0, Number.MAX_SAFE_INTEGER)).nullish(),
   upstreamTimeout: zValue((raw) => parseDuration(raw, 1, MAX_UPSTREAM_TIMEOUT_SECONDS)).nullish(),
+  upstreamConcurrency: zValue(parseConcurrency).nullish(),
+  clientTimeout: zValue((raw) => parseDuration(raw, 1, MAX_UPSTREAM_TIMEOUT_SECONDS)).nullish(),
   logLevel: zValue(fromString(parseLogLevel)).nullish(),
   upstreams: z.array(fileUpstreamSchema, { error: "expected a list of {name, url} entries" }).nullish(),
   accessControl: z.boolean({ error: "expected true or false" }).nullish(),
@@ -507,6 +607,8 @@ const fileSchema = z.strictObject({
   robots: z.array(fileRobotSchema).nullish(),
   rules: z.array(fileRuleSchema).nullish(),
   oidc: z.array(fileOidcSchema).nullish(),
+  storage: zValue(fromString(parseStorage)).nullish(),
+  s3: fileS3Schema.nullish(),
 });
 
 type FileUpstream = z.output<typeof fileUpstreamSchema>;
@@ -528,6 +630,7 @@ function zodProblem(file: string, issue: z.core.$ZodIssue): string {
       robots: fileRobotSchema,
       rules: fileRuleSchema,
       oidc: fileOidcSchema,
+      s3: fileS3Schema,
     };
     const allowed = Object.keys(where === "" ? fileSchema.shape : (nested[String(issue.path[0])] ?? fileUpstreamSchema).shape);
     const keys = issue.keys.map((k) => quote(k)).join(", ");
@@ -618,7 +721,14 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
   if (f.publicUrl != null) layer.publicUrl = f.publicUrl;
   if (f.tagTtl != null) layer.tagTtlSeconds = f.tagTtl;
   if (f.upstreamTimeout != null) layer.upstreamTimeoutSeconds = f.upstreamTimeout;
+  if (f.upstreamConcurrency != null) layer.upstreamConcurrency = f.upstreamConcurrency;
+  if (f.clientTimeout != null) layer.clientTimeoutSeconds = f.clientTimeout;
   if (f.logLevel != null) layer.logLevel = f.logLevel;
+  if (f.storage != null) layer.storage = f.storage;
+  if (f.s3 != null) {
+    const { accessKeyId, secretAccessKey, sessionToken } = f.s3;
+    layer.s3Credentials = { value: { accessKeyId, secretAccessKey, ...(sessionToken != null ? { sessionToken } : {}) }, label: `${file}: s3` };
+  }
   if (f.accessControl != null) layer.accessControl = { value: f.accessControl, label: `${file}: accessControl` };
   if (f.htpasswd != null) layer.htpasswd = { value: f.htpasswd, label: `${file}: htpasswd` };
   if (f.tokenTtl != null) layer.tokenTtlSeconds = f.tokenTtl;
@@ -703,8 +813,20 @@ function merge(layers: Layer[]): Config {
     publicUrl: pick("publicUrl") ?? null,
     tagTtlSeconds: pick("tagTtlSeconds") ?? DEFAULTS.tagTtlSeconds,
     upstreamTimeoutSeconds: pick("upstreamTimeoutSeconds") ?? DEFAULTS.upstreamTimeoutSeconds,
+    upstreamConcurrency: pick("upstreamConcurrency") ?? DEFAULTS.upstreamConcurrency,
+    clientTimeoutSeconds: pick("clientTimeoutSeconds") ?? DEFAULTS.clientTimeoutSeconds,
     logLevel: pick("logLevel") ?? DEFAULTS.logLevel,
+    storage: storageFrom(pick("storage"), pick("s3Credentials")),
   };
+}
+
+function storageFrom(storage: Storage | undefined, credentials: Labeled<S3Credentials> | undefined): Storage {
+  const chosen = storage ?? { kind: "fs" as const };
+  if (!credentials) return chosen;
+  if (chosen.kind !== "s3") {
+    throw new ConfigError(`${credentials.label}: S3 credentials are given, but blobs are stored on the filesystem; set storage: s3://BUCKET (or --storage), or remove s3:`);
+  }
+  return { ...chosen, credentials: credentials.value };
 }
 
 /** Access control is on when asked for, or implied by --htpasswd; identities are read later (they need files). */
@@ -776,6 +898,9 @@ export function redactedConfig(c: Config): unknown {
     ...c,
     ...(c.access
       ? { access: { ...c.access, identities: c.access.identities.map((i) => `${i.kind} ${i.name} (${i.source})`) } }
+      : {}),
+    ...(c.storage.kind === "s3" && c.storage.credentials
+      ? { storage: { ...c.storage, credentials: { accessKeyId: "***", secretAccessKey: "***" } } }
       : {}),
     upstreams: c.upstreams.map((u) =>
       u.credentials ? { ...u, credentials: { username: u.credentials.username, password: "***" } } : { ...u },

@@ -11,6 +11,7 @@ import { createStowageMetrics } from "./metrics/stowage-metrics.ts";
 import { TypedKv } from "./kv/kv.ts";
 import type { Logger } from "./log.ts";
 import type { Runtime } from "./runtime/runtime.ts";
+import type { BlobStore } from "./storage/blob-store.ts";
 import { FsBlobStore } from "./storage/fs-store.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { UpstreamTokenCache } from "./upstream/token-cache.ts";
@@ -35,13 +36,13 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
 
   const rawKv = await runtime.openKv(join(dataDir, "kv.sqlite3"));
   const kv = new TypedKv(rawKv);
-  const store = await FsBlobStore.open(join(dataDir, "blobs"));
+  const store = await openStore(config, dataDir, log);
   const hashers = await startHashers(runtime, log);
 
   const tokens = new UpstreamTokenCache(kv);
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
   const metrics = createStowageMetrics();
-  const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics })] as const));
+  const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics, concurrency: config.upstreamConcurrency })] as const));
   const access = config.access
     ? new AccessControl({ access: config.access, upstreams: config.upstreams, defaultUpstream: config.defaultUpstream, publicUrl: config.publicUrl, kv })
     : undefined;
@@ -62,7 +63,10 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     ...(access ? { access } : {}),
   };
 
-  const listening = await runtime.serve(createHandler(app), config.listen);
+  const listening = await runtime.serve(createHandler(app), config.listen, {
+    clientTimeoutMs: config.clientTimeoutSeconds * 1000,
+    onClientTimeout: () => log.warn("closed a connection on which nothing moved for --client-timeout", { seconds: config.clientTimeoutSeconds }),
+  });
   const url = `http://${listening.hostname.includes(":") ? `[${listening.hostname}]` : listening.hostname}:${listening.port}`;
   log.info("stowage is serving", {
     url,
@@ -82,6 +86,22 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
       rawKv.close();
     },
   };
+}
+
+async function openStore(config: Config, dataDir: string, log: Logger): Promise<BlobStore> {
+  const s = config.storage;
+  if (s.kind === "fs") return FsBlobStore.open(join(dataDir, "blobs"));
+  // Loaded only when used: the SDK is large and slows every start-up otherwise.
+  const { S3BlobStore } = await import("./storage/s3-store.ts");
+  const options = { bucket: s.bucket, prefix: s.prefix, endpoint: s.endpoint, region: s.region, spoolDir: join(dataDir, "s3-spool") };
+  try {
+    return await S3BlobStore.open(s.credentials ? { ...options, credentials: s.credentials } : options, log);
+  } catch (err) {
+    const why = err instanceof Error ? `${err.name}: ${err.message.split("\n")[0]}` : String(err);
+    throw new StartupError(
+      `--storage: cannot use S3 bucket ${s.bucket} at ${s.endpoint ?? `AWS ${s.region}`} (${why}); check the bucket name, endpoint and credentials`,
+    );
+  }
 }
 
 function describeAccess(config: Config): string {

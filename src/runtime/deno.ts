@@ -45,7 +45,7 @@ function spawnWebWorker(script: URL): WorkerPort {
 
 export const denoRuntime: Runtime = {
   name: "deno",
-  serve(handler, listen) {
+  serve(handler, listen, _opts) {
     return new Promise((resolve) => {
       const server = Deno.serve(
         {

@@ -2,7 +2,8 @@ import { serve } from "@hono/node-server";
 import { openKv } from "@deno/kv";
 import { access, constants, mkdir } from "node:fs/promises";
 import { readFileSync } from "node:fs";
-import type { AddressInfo } from "node:net";
+import type { Server as HttpServer } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
 import { Worker } from "node:worker_threads";
 import type { Kv } from "../kv/kv.ts";
 import type { Runtime, WorkerPort } from "./runtime.ts";
@@ -24,9 +25,14 @@ function spawnTsWorker(script: URL): WorkerPort {
 
 export const nodeRuntime: Runtime = {
   name: "node",
-  serve(handler, listen) {
+  serve(handler, listen, opts) {
     return new Promise((resolve, reject) => {
       const server = serve({ fetch: handler, hostname: listen.hostname, port: listen.port, overrideGlobalObjects: false });
+      // Socket inactivity: a client that stops reading leaves its socket idle once the buffers fill.
+      (server as HttpServer).setTimeout(opts.clientTimeoutMs, (socket: Socket) => {
+        opts.onClientTimeout?.();
+        socket.destroy();
+      });
       server.once("error", reject);
       server.once("listening", () => {
         const address = server.address() as AddressInfo;

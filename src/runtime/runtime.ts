@@ -18,7 +18,12 @@ export interface WorkerPort {
  */
 export interface Runtime {
   readonly name: "node" | "deno";
-  serve(handler: FetchHandler, listen: { hostname: string; port: number }): Promise<Listening>;
+  /**
+   * Serves `handler`. A connection on which nothing moves for `clientTimeoutMs`
+   * (a client that stopped reading a blob, or went quiet) is closed, where the
+   * platform allows it (Node; Deno.serve offers no such control).
+   */
+  serve(handler: FetchHandler, listen: { hostname: string; port: number }, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
   /** Opens the KV store: a file path, ":memory:", or undefined for the platform default (Deno Deploy). */
   openKv(path: string | undefined): Promise<Kv>;
   /** Starts a worker thread running a TypeScript module, or null where threads are unavailable. */

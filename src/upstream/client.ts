@@ -7,9 +7,13 @@ import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
 import { mayReceiveCredentials } from "./credential-policy.ts";
 import type { UpstreamTokenCache } from "./token-cache.ts";
+import { Semaphore } from "./semaphore.ts";
 import { UpstreamError } from "./upstream-error.ts";
 
 const MAX_REDIRECTS = 5;
+/** Backoff after a 429 without a usable Retry-After, and the most we honour. */
+const DEFAULT_BACKOFF_SECONDS = 60;
+const MAX_BACKOFF_SECONDS = 3600;
 /** Token services that omit expires_in mean 60 s (Docker token spec). */
 const DEFAULT_TOKEN_SECONDS = 60;
 
@@ -25,6 +29,8 @@ export type UpstreamReply = { response: Response; abort(reason?: unknown): void 
 export type UpstreamClientOptions = {
   tokens: UpstreamTokenCache;
   metrics: StowageMetrics;
+  /** Requests in flight to this upstream at once; a body counts until it ends. */
+  concurrency: number;
   timeoutMs: number;
   /** Injected for tests of failure modes no real registry shows on demand. */
   fetch?: typeof fetch;
@@ -38,9 +44,13 @@ export type UpstreamClientOptions = {
 export class UpstreamClient {
   private scheme: "unknown" | "bearer" | "basic" | "none" = "unknown";
   private readonly fetch: typeof fetch;
+  private readonly slots: Semaphore;
+  /** After a 429, the upstream is left alone until this time (ms since epoch), as its Retry-After asked. */
+  private blockedUntil = 0;
 
   constructor(readonly upstream: Upstream, private readonly opts: UpstreamClientOptions) {
     this.fetch = opts.fetch ?? globalThis.fetch;
+    this.slots = new Semaphore(opts.concurrency);
   }
 
   manifest(repo: string, reference: string, method: "GET" | "HEAD", log: Logger): Promise<UpstreamReply> {
@@ -76,6 +86,31 @@ export class UpstreamClient {
   }
 
   private async send(
+    method: "GET" | "HEAD",
+    path: string,
+    repo: string,
+    extraHeaders: Record<string, string>,
+    log: Logger,
+  ): Promise<UpstreamReply> {
+    const waitSeconds = Math.ceil((this.blockedUntil - Date.now()) / 1000);
+    if (waitSeconds > 0) {
+      throw new UpstreamError(
+        "rate-limited",
+        `upstream ${this.upstream.name} answered 429; not contacting it for another ${waitSeconds} s (its Retry-After)`,
+        { status: 429, retryAfterSeconds: waitSeconds },
+      );
+    }
+    const release = await this.slots.acquire();
+    try {
+      const reply = await this.exchange(method, path, repo, extraHeaders, log);
+      return { response: releasingWhenDone(reply.response, release), abort: reply.abort };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  private async exchange(
     method: "GET" | "HEAD",
     path: string,
     repo: string,
@@ -254,12 +289,45 @@ export class UpstreamClient {
     if (status === 404) return new UpstreamError("not-found", what, { status });
     if (status === 429) {
       const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
+      // Honour it for every later request too, not just this one.
+      this.blockedUntil = Date.now() + Math.min(retryAfter ?? DEFAULT_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS) * 1000;
       return new UpstreamError("rate-limited", what, { status, ...(retryAfter === undefined ? {} : { retryAfterSeconds: retryAfter }) });
     }
     if (status === 401 || status === 403) return new UpstreamError("unauthorized", what, { status });
     if (status >= 500) return new UpstreamError("server-error", what, { status });
     return new UpstreamError("bad-response", what, { status });
   }
+}
+
+/** Gives the concurrency slot back when the body has been read, failed or been cancelled (or at once if there is none). */
+function releasingWhenDone(response: Response, release: () => void): Response {
+  if (!response.body) {
+    release();
+    return response;
+  }
+  const reader = response.body.getReader();
+  const body = new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) {
+            release();
+            controller.close();
+          } else controller.enqueue(value);
+        } catch (err) {
+          release();
+          controller.error(err);
+        }
+      },
+      cancel(reason) {
+        release();
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
 function basicAuth(creds: { username: string; password: string }): string {

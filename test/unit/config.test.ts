@@ -45,7 +45,10 @@ t.test("defaults", async (t) => {
     publicUrl: null,
     tagTtlSeconds: 60,
     upstreamTimeoutSeconds: 30,
+    upstreamConcurrency: 32,
+    clientTimeoutSeconds: 300,
     logLevel: "info",
+    storage: { kind: "fs" },
   });
 });
 
@@ -66,9 +69,18 @@ t.test("each flag, in both --flag value and --flag=value form", async (t) => {
     ["--tag-ttl", "1h30m", { tagTtlSeconds: 5400 }],
     ["--tag-ttl", "0", { tagTtlSeconds: 0 }],
     ["--upstream-timeout", "2m", { upstreamTimeoutSeconds: 120 }],
+    ["--upstream-concurrency", "8", { upstreamConcurrency: 8 }],
+    ["--client-timeout", "2m", { clientTimeoutSeconds: 120 }],
     ["--log-level", "debug", { logLevel: "debug" }],
     ["--log-level", "WARN", { logLevel: "warn" }],
     ["--default-upstream", "docker.io", { defaultUpstream: "docker.io" }],
+    ["--storage", "fs", { storage: { kind: "fs" } }],
+    ["--storage", "s3://my-bucket", { storage: { kind: "s3", bucket: "my-bucket", prefix: "", endpoint: null, region: "us-east-1" } }],
+    [
+      "--storage",
+      "s3://cache.bucket/a/b/?endpoint=http://127.0.0.1:7480/&region=eu-west-1",
+      { storage: { kind: "s3", bucket: "cache.bucket", prefix: "a/b", endpoint: "http://127.0.0.1:7480", region: "eu-west-1" } },
+    ],
   ];
   for (const [flag, value, expected] of cases) {
     t.match(load([flag, value]), expected, `${flag} ${value}`);
@@ -172,7 +184,10 @@ t.test("config file: YAML and JSON", async (t) => {
     publicUrl: "https://cache.example.com",
     tagTtlSeconds: 120,
     upstreamTimeoutSeconds: 10,
+    upstreamConcurrency: 32,
+    clientTimeoutSeconds: 300,
     logLevel: "warn",
+    storage: { kind: "fs" },
   });
 
   const j = load([], { STOWAGE_CONFIG: "s.json" }, { "s.json": JSON_FILE });
@@ -293,6 +308,10 @@ t.test("bad inputs: one-line messages naming the setting, never the password", a
     { name: "bad duration", argv: ["--tag-ttl", "5 minutes"], starts: "--tag-ttl:", has: '"5 minutes"' },
     { name: "bad duration (env)", env: { STOWAGE_UPSTREAM_TIMEOUT: "1.5m" }, starts: "STOWAGE_UPSTREAM_TIMEOUT:" },
     { name: "zero timeout", argv: ["--upstream-timeout", "0"], starts: "--upstream-timeout:" },
+    { name: "zero concurrency", argv: ["--upstream-concurrency", "0"], starts: "--upstream-concurrency:" },
+    { name: "fractional concurrency", argv: ["--upstream-concurrency=2.5"], starts: "--upstream-concurrency:" },
+    { name: "concurrency in env", argv: [], env: { STOWAGE_UPSTREAM_CONCURRENCY: "lots" }, starts: "STOWAGE_UPSTREAM_CONCURRENCY:" },
+    { name: "zero client timeout", argv: ["--client-timeout", "0"], starts: "--client-timeout:" },
     { name: "negative file ttl", argv: ["--config", "c.yaml"], files: { "c.yaml": "tagTtl: -5" }, starts: "c.yaml: tagTtl:" },
     { name: "bad log level", argv: ["--log-level", "verbose"], starts: "--log-level:", has: "debug, info, warn, error" },
     { name: "public URL with path", argv: ["--public-url", "https://cache.example.com/v2"], starts: "--public-url:" },
@@ -382,6 +401,24 @@ t.test("bad inputs: one-line messages naming the setting, never the password", a
       files: { "c.json": `{"upstreams": [{"password": ${SECRET}}]}` },
       starts: "c.json: invalid JSON",
     },
+    { name: "storage scheme", argv: ["--storage", "gs://bucket"], starts: "--storage:", has: "s3://BUCKET" },
+    { name: "storage bucket name", env: { STOWAGE_STORAGE: "s3://Bad_Bucket" }, starts: "STOWAGE_STORAGE:", has: "bucket" },
+    { name: "storage with credentials", argv: ["--storage", `s3://key:${SECRET}@bucket`], starts: "--storage:", has: "AWS_ACCESS_KEY_ID" },
+    { name: "storage endpoint", argv: ["--storage", "s3://bucket?endpoint=ftp://x"], starts: "--storage:", has: "endpoint" },
+    { name: "storage parameter", argv: ["--storage", "s3://bucket?acl=public"], starts: "--storage:", has: '"acl"' },
+    { name: "storage prefix", argv: ["--storage", "s3://bucket/a//b"], starts: "--storage:", has: "prefix" },
+    {
+      name: "s3 credentials without s3 storage",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `s3: {accessKeyId: AK, secretAccessKey: ${SECRET}}\n` },
+      starts: "c.yaml: s3:",
+    },
+    {
+      name: "s3 credentials: unknown key",
+      argv: ["--config", "c.yaml"],
+      files: { "c.yaml": `storage: s3://bucket\ns3: {accessKeyId: AK, secret: ${SECRET}}\n` },
+      starts: "c.yaml: s3",
+    },
     { name: "top level is a list", argv: ["--config", "c.yaml"], files: { "c.yaml": "- a\n- b\n" }, starts: "c.yaml: expected a mapping" },
     {
       name: "upstreams is not a list",
@@ -408,6 +445,24 @@ t.test("redactedConfig hides passwords and keeps the rest", async (t) => {
   t.ok(text.includes("***"), "placeholder shown");
   t.match(redactedConfig(c), { upstreams: [{ name: "docker.io", credentials: { password: "***" } }, { name: "ghcr.io" }] });
   t.equal(c.upstreams[0]?.credentials?.password, SECRET, "the config itself is not modified");
+});
+
+t.test("S3 storage from the config file; credentials never in redactedConfig", async (t) => {
+  const c = load(["--config", "c.yaml"], {}, {
+    "c.yaml": `storage: s3://bucket/stowage?endpoint=http://127.0.0.1:7480\ns3:\n  accessKeyId: AKID\n  secretAccessKey: ${SECRET}\n`,
+  });
+  t.same(c.storage, {
+    kind: "s3",
+    bucket: "bucket",
+    prefix: "stowage",
+    endpoint: "http://127.0.0.1:7480",
+    region: "us-east-1",
+    credentials: { accessKeyId: "AKID", secretAccessKey: SECRET },
+  });
+  const text = JSON.stringify(redactedConfig(c));
+  t.notOk(text.includes(SECRET) || text.includes("AKID"), "credentials gone");
+  t.match(redactedConfig(c), { storage: { bucket: "bucket", credentials: { secretAccessKey: "***" } } });
+  t.equal(load(["--config", "c.yaml", "--storage", "fs"], {}, { "c.yaml": "storage: s3://bucket\n" }).storage.kind, "fs", "the flag wins over the file");
 });
 
 t.test("cli: commands", async (t) => {

@@ -8,6 +8,7 @@ import { type InProcessStowage, startInProcessStowage } from "../support/in-proc
 import { createHash, randomBytes } from "node:crypto";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { createServer, get as httpGet, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { connect } from "node:net";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
@@ -505,23 +506,28 @@ t.test("a misbehaving upstream", async (t) => {
     up.behaviour.delete("token");
   });
 
-  await t.test("error statuses with nothing cached", async (t) => {
+  await t.test("error statuses with nothing cached, and a 429 honoured for its Retry-After", async (t) => {
     up.behaviour.set("broken", (_req, res) => ociError(res, 500, "UNKNOWN"));
     await expectOciError(t, await attempt(`${stowage.url}/v2/app/manifests/broken`), 503, "UNAVAILABLE");
-
-    up.behaviour.set("busy", (_req, res) => ociError(res, 429, "TOOMANYREQUESTS", { "retry-after": "7" }));
-    const limited = await attempt(`${stowage.url}/v2/app/manifests/busy`);
-    await expectOciError(t, limited, 429, "TOOMANYREQUESTS");
-    t.equal(limited.headers.get("retry-after"), "7", "Retry-After is passed on");
 
     const bytes = randomBytes(1000);
     const digest = up.addBlob(bytes);
     up.behaviour.set(digest, (_req, res) => ociError(res, 502, "UNKNOWN"));
     await expectOciError(t, await attempt(blobUrl(digest)), 503, "UNAVAILABLE");
-    up.behaviour.set(digest, (_req, res) => ociError(res, 429, "TOOMANYREQUESTS", { "retry-after": "7" }));
+
+    up.behaviour.set("busy", (_req, res) => ociError(res, 429, "TOOMANYREQUESTS", { "retry-after": "2" }));
+    const limited = await attempt(`${stowage.url}/v2/app/manifests/busy`);
+    await expectOciError(t, limited, 429, "TOOMANYREQUESTS");
+    t.equal(limited.headers.get("retry-after"), "2", "Retry-After is passed on");
+
+    // Inside the window Stowage does not knock again: the client is told to wait, the upstream sees nothing.
+    const before = up.seen.length;
     const limitedBlob = await attempt(blobUrl(digest));
     await expectOciError(t, limitedBlob, 429, "TOOMANYREQUESTS");
-    t.equal(limitedBlob.headers.get("retry-after"), "7");
+    t.ok(Number(limitedBlob.headers.get("retry-after")) >= 1, "the client learns how long to wait");
+    t.equal(up.seen.length, before, "no request reached the rate-limiting upstream");
+
+    await sleep(2100);
     await afterFault(t, up, stowage, digest, bytes, limitedBlob);
   });
 
@@ -713,4 +719,62 @@ t.test("the upstream goes down after things were cached", async (t) => {
   await expectOciError(t, uncached, 503, "UNAVAILABLE");
   const unknownTag = await attempt(`${stowage.url}/v2/app/manifests/never-seen`);
   await expectOciError(t, unknownTag, 503, "UNAVAILABLE");
+});
+
+t.test("upstream protection and stuck clients", async (t) => {
+  const up = await new FlakyUpstream().start(t);
+  const stowage = await startInProcessStowage(t, [
+    "--upstream", `local=${up.url}`, "--upstream-concurrency", "2", "--client-timeout", "1s", "--upstream-timeout", `${TIMEOUT_S}s`,
+  ]);
+
+  await t.test("no more than --upstream-concurrency requests reach the upstream at once", async (t) => {
+    let now = 0;
+    let most = 0;
+    for (let i = 0; i < 8; i++) {
+      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: {}, layers: [], n: i }));
+      const tag = `slow${i}`;
+      up.addManifest(tag, bytes);
+      up.behaviour.set(tag, async (_req, res) => {
+        most = Math.max(most, ++now);
+        await sleep(200);
+        now--;
+        res.writeHead(200, { "content-type": OCI_MANIFEST, "content-length": bytes.length });
+        res.end(bytes);
+      });
+    }
+    const answers = await Promise.all(Array.from({ length: 8 }, (_, i) => fetch(`${stowage.url}/v2/app/manifests/slow${i}`)));
+    t.same(answers.map((a) => a.status), Array(8).fill(200), "every client is answered");
+    await Promise.all(answers.map((a) => a.arrayBuffer()));
+    t.equal(most, 2, "the upstream saw at most 2 requests at a time");
+  });
+
+  // Node closes the idle socket; Deno.serve has no such control (see src/runtime/runtime.ts).
+  await t.test("a client that stops reading is cut off after --client-timeout", async (t) => {
+    const bytes = randomBytes(64 * MiB); // far more than socket buffers hold
+    const digest = up.addBlob(bytes);
+    const warm = await fetch(`${stowage.url}/v2/app/blobs/${digest}`);
+    t.equal(sha256(new Uint8Array(await warm.arrayBuffer())), digest, "cached first");
+    // A raw socket that sends the request, takes a little, then stops reading for a while.
+    const { port } = new URL(stowage.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+    socket.write(`GET /v2/app/blobs/${digest} HTTP/1.1\r\nHost: stowage\r\n\r\n`);
+    await new Promise<void>((resolve) => socket.once("data", () => resolve()));
+    socket.pause();
+    await sleep(3000); // three times --client-timeout
+    let received = 0;
+    const closed = new Promise<void>((resolve) => {
+      socket.on("data", (chunk: Buffer) => (received += chunk.length));
+      socket.once("close", () => resolve());
+      socket.once("error", () => resolve());
+    });
+    socket.resume();
+    // Bounded, so that a server that never closes fails the test instead of hanging it.
+    await Promise.race([closed, sleep(10_000)]);
+    socket.destroy();
+    t.ok(received < bytes.length, `the server closed the stuck connection before sending the blob (${received} of ${bytes.length} bytes after the pause)`);
+    t.ok(stowage.logs.some((l) => l.includes("nothing moved for --client-timeout")), "the operator is told");
+    const again = await fetch(`${stowage.url}/v2/app/blobs/${digest}`);
+    t.equal(sha256(new Uint8Array(await again.arrayBuffer())), digest, "others are still served");
+  });
 });
