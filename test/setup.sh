@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what the test suite needs on a fresh Debian/Ubuntu machine: the real
-# registry, clients and container runtime the end-to-end tests drive, and the
+# registry, clients, container runtime and S3 server the end-to-end tests drive, and the
 # npm dependencies. Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 command -v skopeo >/dev/null 2>&1 || need="$need skopeo"
 command -v containerd >/dev/null 2>&1 || need="$need containerd"
+# Ceph RGW: the real S3 server the S3 store tests run against (test/e2e/rgw.ts).
+command -v radosgw >/dev/null 2>&1 || need="$need radosgw ceph-mon ceph-osd"
 if [ -n "$need" ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,166 @@
+// The S3 blob store against a real S3 implementation (Ceph RGW): pulls through Stowage with
+// --storage s3://..., checked object by object in the bucket.
+import t, { type Test } from "tap";
+import { createHash } from "node:crypto";
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { CreateMultipartUploadCommand, DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
+import { S3BlobStore } from "../../src/storage/s3-store.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
+import { type Rgw, rgwUnavailable, startRgw } from "./rgw.ts";
+import { makeTempDir, pushTestImages, type RecordedRequest, skopeo, startRecordingProxy, startRegistry, startStowage } from "./servers.ts";
+
+const unavailable = rgwUnavailable();
+if (unavailable) {
+  t.plan(0, `skipped: ${unavailable}`);
+} else {
+  await main();
+}
+
+async function main(): Promise<void> {
+  let images: TestImage[] = [];
+  let registry: Awaited<ReturnType<typeof startRegistry>>;
+  let rgw: Rgw;
+  let scratch = "";
+
+  const sha256 = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+  const blobGets = (rs: RecordedRequest[]) => rs.filter((r) => r.method === "GET" && r.path.includes("/blobs/"));
+  const storageFlag = (prefix: string) => `s3://${rgw.bucket}/${prefix}?endpoint=${rgw.endpoint}`;
+  const stowageEnv = () => ({
+    AWS_ACCESS_KEY_ID: rgw.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: rgw.credentials.secretAccessKey,
+    AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true",
+  });
+  async function keysUnder(prefix: string): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const page = await rgw.client.send(new ListObjectsV2Command({ Bucket: rgw.bucket, Prefix: prefix, ContinuationToken: token }));
+      keys.push(...(page.Contents ?? []).map((o) => o.Key ?? ""));
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return keys;
+  }
+  async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
+    const r = await start;
+    tt.teardown(() => r.stop());
+    return r;
+  }
+  /** Commits finish after the client has its last byte, so bucket contents are polled (10 s at most). */
+  async function eventually<T>(probe: () => Promise<T>, done: (v: T) => boolean): Promise<T> {
+    let v = await probe();
+    for (let i = 0; i < 100 && !done(v); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      v = await probe();
+    }
+    return v;
+  }
+  async function copyAll(url: string, img: TestImage, label: string): Promise<string> {
+    const out = join(scratch, `${label}-${img.repo.replace(/\W/g, "_")}-${Math.random().toString(36).slice(2, 8)}`);
+    const r = await skopeo(["--insecure-policy", "copy", "--quiet", "--all", "--preserve-digests", "--src-tls-verify=false",
+      `docker://${new URL(url).host}/local/${img.repo}:${img.tag}`, `dir:${out}`]);
+    if (r.code !== 0) throw new Error(`skopeo copy ${img.repo} failed (${r.code}): ${r.stderr}`);
+    return out;
+  }
+  async function checkCopy(tt: Test, dir: string, img: TestImage): Promise<void> {
+    tt.equal(sha256(await readFile(join(dir, "manifest.json"))), img.digest, `${img.repo}: manifest digest`);
+    const files = new Set(await readdir(dir));
+    for (const b of img.blobs) {
+      const hex = b.digest.slice(7);
+      tt.ok(files.has(hex) && sha256(await readFile(join(dir, hex))) === b.digest, `${img.repo}: blob ${hex.slice(0, 12)} intact`);
+    }
+  }
+
+  t.before(async () => {
+    scratch = await makeTempDir("s3");
+    [images, rgw] = await Promise.all([buildTestImages(DEFAULT_IMAGE_CACHE_DIR), startRgw()]);
+    t.comment(`Ceph RGW ready in ${rgw.readyMs} ms`);
+    registry = await startRegistry();
+    await pushTestImages(registry.url, images);
+  });
+  t.teardown(async () => {
+    await registry?.stop();
+    await rgw?.stop();
+  });
+
+  t.test("pulls through an S3 bucket: cold, warm, ranges, a blob lost from the bucket", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const prefix = "main/cache";
+    const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--storage", storageFlag(prefix), "--log-level", "warn"], { env: stowageEnv() }));
+
+    for (const img of images) await checkCopy(tt, await copyAll(stowage.url, img, "cold"), img);
+    tt.ok(blobGets(upstream.requests).length > 0, "cold pulls fetched blobs upstream");
+
+    const unique = new Map(images.flatMap((img) => img.blobs.map((b) => [b.digest, b.size] as const)));
+    const wanted = [...unique.keys()].map((d) => `${prefix}/blobs/sha256/${d.slice(7)}`);
+    const keys = new Set(await eventually(() => keysUnder(`${prefix}/blobs/sha256/`), (ks) => wanted.every((k) => ks.includes(k))));
+    for (const digest of unique.keys()) tt.ok(keys.has(`${prefix}/blobs/sha256/${digest.slice(7)}`), `bucket holds ${digest.slice(0, 19)}`);
+    const uploads = await eventually(() => rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket })), (u) => !u.Uploads?.length);
+    tt.same(uploads.Uploads ?? [], [], "no multipart upload left open");
+
+    upstream.reset();
+    for (const img of images) await checkCopy(tt, await copyAll(stowage.url, img, "warm"), img);
+    tt.same(blobGets(upstream.requests), [], "warm pulls send no blob request upstream");
+
+    // A range of the largest blob, from the bucket by a ranged GET.
+    const [bigDigest, bigSize] = [...unique.entries()].sort((a, b) => b[1] - a[1])[0]!;
+    const big = images.find((i) => i.blobs.some((b) => b.digest === bigDigest))!;
+    const [start, end] = [bigSize - 1_000_000, bigSize - 1];
+    const ranged = await fetch(`${stowage.url}/v2/local/${big.repo}/blobs/${bigDigest}`, { headers: { Range: `bytes=${start}-${end}` } });
+    tt.equal(ranged.status, 206, "Range on a cached blob is a 206");
+    tt.equal(ranged.headers.get("content-range"), `bytes ${start}-${end}/${bigSize}`);
+    const part = new Uint8Array(await ranged.arrayBuffer());
+    const whole = await fetch(`${stowage.url}/v2/local/${big.repo}/blobs/${bigDigest}`);
+    const wholeBytes = new Uint8Array(await whole.arrayBuffer());
+    tt.equal(sha256(wholeBytes), bigDigest, "the whole blob from the bucket is intact");
+    tt.ok(Buffer.from(part).equals(Buffer.from(wholeBytes.subarray(start, end + 1))), "the range has the right bytes");
+    const rangedGet = new RegExp(`"GET /${rgw.bucket}/${prefix}/blobs/sha256/${bigDigest.slice(7)}(?:\\?[^ "]*)? HTTP/1.1" 206 1000000 `);
+    tt.match(await eventually(() => rgw.log(), (l) => rangedGet.test(l)), rangedGet, "served by a ranged GET on the bucket");
+    tt.same(blobGets(upstream.requests), [], "ranges and full reads of cached blobs send nothing upstream");
+
+    // A blob deleted behind Stowage's back is fetched again, not reported as broken.
+    const small = images.find((i) => i.repo.endsWith("oci-single"))!;
+    const victim = small.blobs[0]!;
+    const victimKey = `${prefix}/blobs/sha256/${victim.digest.slice(7)}`;
+    await rgw.client.send(new DeleteObjectCommand({ Bucket: rgw.bucket, Key: victimKey }));
+    const again = await fetch(`${stowage.url}/v2/local/${small.repo}/blobs/${victim.digest}`);
+    tt.equal(again.status, 200, "a blob missing from the bucket is served");
+    tt.equal(sha256(new Uint8Array(await again.arrayBuffer())), victim.digest, "with the right bytes");
+    tt.equal(blobGets(upstream.requests).filter((r) => r.path.endsWith(victim.digest)).length, 1, "fetched from upstream again");
+    tt.ok((await eventually(() => keysUnder(victimKey), (ks) => ks.includes(victimKey))).includes(victimKey), "and stored in the bucket again");
+  });
+
+  t.test("corrupted upstream bytes leave nothing under the final key", async (tt) => {
+    const corrupt = await using(tt, startRecordingProxy(registry.url, { corruptBlobs: true }));
+    const prefix = "corrupt";
+    const stowage = await using(tt, startStowage(["--upstream", `local=${corrupt.url}`, "--storage", storageFlag(prefix), "--log-level", "error"], { env: stowageEnv() }));
+    const big = images.find((i) => i.repo.endsWith("big-layer"))!;
+    for (const blob of big.blobs) {
+      const res = await fetch(`${stowage.url}/v2/local/${big.repo}/blobs/${blob.digest}`);
+      const body = new Uint8Array(await res.arrayBuffer().catch(() => new ArrayBuffer(0)));
+      tt.not(sha256(body), blob.digest, `${blob.digest.slice(0, 19)}: corrupted bytes are never served as the blob`);
+    }
+    tt.same(await keysUnder(`${prefix}/blobs/`), [], "nothing under the final keys");
+    // The abort runs after the client's response has ended, so give it a moment.
+    let open: unknown[] = [];
+    for (let i = 0; i < 50; i++) {
+      open = (await rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket, Prefix: `${prefix}/` }))).Uploads ?? [];
+      if (open.length === 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    tt.same(open, [], "the multipart uploads were aborted");
+  });
+
+  t.test("multipart uploads a crash left behind are aborted, others' are not", async (tt) => {
+    const mine = "sweep/blobs/sha256/0000";
+    const other = "elsewhere/blobs/sha256/0000";
+    for (const Key of [mine, other]) await rgw.client.send(new CreateMultipartUploadCommand({ Bucket: rgw.bucket, Key }));
+    const spoolDir = join(scratch, "sweep-spool");
+    const store = await S3BlobStore.open({ bucket: rgw.bucket, prefix: "sweep", endpoint: rgw.endpoint, region: "us-east-1", credentials: rgw.credentials, spoolDir });
+    tt.teardown(() => store.close());
+    tt.equal(await store.abortStaleUploads(Date.now() - 60_000), 0, "a recent upload may belong to a running fetch: kept");
+    tt.equal(await store.abortStaleUploads(Date.now() + 60_000), 1, "an old one under the store's prefix is aborted");
+    const left = (await rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket }))).Uploads ?? [];
+    tt.same(left.map((u) => u.Key), [other], "uploads outside the prefix are left alone");
+  });
+}
