@@ -4,6 +4,7 @@ import { join } from "node:path";
 import type { ByteRange } from "../registry/range.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
+import { openSpoolReader } from "./spool-reader.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
 const READ_CHUNK = 1024 * 1024;
@@ -111,18 +112,8 @@ class FsUpload implements BlobUpload {
     }
   }
 
-  async openReader(): Promise<PartialReader> {
-    // A separate descriptor: it keeps reading the same inode after the rename on
-    // commit, and after the unlink on abort, until the reader closes it.
-    const reader = await open(this.path, "r");
-    return {
-      async read(offset, length) {
-        const buf = new Uint8Array(length);
-        const { bytesRead } = await reader.read(buf, 0, length, offset);
-        return bytesRead === length ? buf : buf.subarray(0, bytesRead);
-      },
-      close: () => reader.close(),
-    };
+  openReader(): Promise<PartialReader> {
+    return openSpoolReader(this.path);
   }
 
   async commit(): Promise<void> {

@@ -19,6 +19,7 @@ import type { Logger } from "../log.ts";
 import type { ByteRange } from "../registry/range.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
+import { openSpoolReader } from "./spool-reader.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
 export const PART_SIZE = 8 * 1024 * 1024;
@@ -213,17 +214,8 @@ class S3Upload implements BlobUpload {
     );
   }
 
-  async openReader(): Promise<PartialReader> {
-    // Its own descriptor keeps reading the spool after commit or abort unlinks it.
-    const reader = await open(this.path, "r");
-    return {
-      async read(offset, length) {
-        const buf = new Uint8Array(length);
-        const { bytesRead } = await reader.read(buf, 0, length, offset);
-        return bytesRead === length ? buf : buf.subarray(0, bytesRead);
-      },
-      close: () => reader.close(),
-    };
+  openReader(): Promise<PartialReader> {
+    return openSpoolReader(this.path);
   }
 
   /** Bytes [0, n) are on disk. */
