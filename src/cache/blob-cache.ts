@@ -1,3 +1,4 @@
+import { observedBody } from "../http/observed-body.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
@@ -43,7 +44,7 @@ export class BlobCache {
     else metrics.cacheMisses.inc({ kind: "blob" });
     if (answer.body) {
       const counter = answer.source === "cache" ? metrics.bytesFromCache : metrics.bytesFromUpstream;
-      answer.body = counting(answer.body, (n) => counter.inc({}, n));
+      answer.body = observedBody(answer.body, { onChunk: (n) => counter.inc({}, n) });
     }
     return answer;
   }
@@ -157,29 +158,6 @@ export class BlobCache {
     }
     await this.deps.kv.write(keys.link(source.client.upstream.name, source.repo, digest), { linkedAt: Date.now() });
   }
-}
-
-/** Passes a body through unchanged, reporting how many bytes the client took. */
-function counting(body: ReadableStream<Uint8Array>, onBytes: (n: number) => void): ReadableStream<Uint8Array> {
-  const reader = body.getReader();
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        try {
-          const { done, value } = await reader.read();
-          if (done) controller.close();
-          else {
-            onBytes(value.byteLength);
-            controller.enqueue(value);
-          }
-        } catch (err) {
-          controller.error(err);
-        }
-      },
-      cancel: (reason) => reader.cancel(reason),
-    },
-    { highWaterMark: 0 },
-  );
 }
 
 function sameSource(a: FetchSource, b: FetchSource): boolean {

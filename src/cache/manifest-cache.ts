@@ -80,16 +80,7 @@ export class ManifestCache {
       }
       return await this.fetch(source, tag, cached, log);
     } catch (err) {
-      if (err instanceof UpstreamError && err.isOutage) {
-        log.warn("upstream unavailable; serving the last known digest of the tag", {
-          upstream: name,
-          repo: source.repo,
-          tag,
-          digest: record.digest,
-          error: err,
-        });
-        return { ...answerOf(cached), source: "stale" };
-      }
+      if (err instanceof UpstreamError && err.isOutage) return staleAnswer(cached, source, tag, err, log);
       if (err instanceof UpstreamError && err.failure === "not-found") await kv.remove(tagKey);
       throw registryErrorFor(err, "manifest", `manifest ${name}/${source.repo}:${tag}`);
     }
@@ -103,16 +94,7 @@ export class ManifestCache {
       try {
         return await this.fetchAndStore(source, reference, log);
       } catch (err) {
-        if (stale && err instanceof UpstreamError && err.isOutage) {
-          log.warn("upstream unavailable; serving the last known digest of the tag", {
-            upstream: name,
-            repo: source.repo,
-            tag: reference,
-            digest: stale.digest,
-            error: err,
-          });
-          return { ...answerOf(stale), source: "stale" as const };
-        }
+        if (stale && err instanceof UpstreamError && err.isOutage) return staleAnswer(stale, source, reference, err, log);
         throw registryErrorFor(err, "manifest", `manifest ${name}/${source.repo}${reference.includes(":") ? "@" : ":"}${reference}`);
       }
     });
@@ -171,6 +153,18 @@ export class ManifestCache {
     }
     return { digest, record, bytes };
   }
+}
+
+/** The last known copy of a tag, when the upstream cannot be asked; the operator is told. */
+function staleAnswer(cached: Cached, source: FetchSource, tag: string, err: UpstreamError, log: Logger): ManifestAnswer {
+  log.warn("upstream unavailable; serving the last known digest of the tag", {
+    upstream: source.client.upstream.name,
+    repo: source.repo,
+    tag,
+    digest: cached.digest,
+    error: err,
+  });
+  return { ...answerOf(cached), source: "stale" };
 }
 
 function answerOf(c: Cached): Omit<ManifestAnswer, "source"> {

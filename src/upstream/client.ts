@@ -2,6 +2,7 @@ import { z } from "zod";
 import type { Upstream } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
+import { observedBody } from "../http/observed-body.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
@@ -305,28 +306,7 @@ function releasingWhenDone(response: Response, release: () => void): Response {
     release();
     return response;
   }
-  const reader = response.body.getReader();
-  const body = new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        try {
-          const { done, value } = await reader.read();
-          if (done) {
-            release();
-            controller.close();
-          } else controller.enqueue(value);
-        } catch (err) {
-          release();
-          controller.error(err);
-        }
-      },
-      cancel(reason) {
-        release();
-        return reader.cancel(reason);
-      },
-    },
-    { highWaterMark: 0 },
-  );
+  const body = observedBody(response.body, { onEnd: release });
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
