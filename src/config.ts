@@ -54,9 +54,25 @@ export type Config = {
   /** A client that takes no bytes for this long is cut off, freeing what its download holds. */
   clientTimeoutSeconds: number;
   logLevel: LogLevel;
-  /** Where blobs and manifests live; the KV (metadata) always stays in the data dir. */
+  /** Where blobs and manifests live. */
   storage: Storage;
+  /** Where the metadata (tags, blob records, leases, tokens) lives; null: kv.sqlite3 in the data dir. */
+  kv: KvLocation | null;
+  /** Worker threads that verify sha256 digests; 0 hashes on the main thread. */
+  hashWorkers: number;
 };
+
+/**
+ * The KV store. Instances that share a bucket must share one of these too:
+ * a file on one machine, or a KV Connect server / Deno Deploy's KV across machines.
+ */
+export type KvLocation =
+  | { kind: "file"; path: string }
+  | { kind: "memory" }
+  /** A KV Connect endpoint (a denokv server); the token comes from DENO_KV_ACCESS_TOKEN. */
+  | { kind: "remote"; url: string }
+  /** `Deno.openKv()` with no argument: on Deno Deploy, the project's own KV. */
+  | { kind: "platform" };
 
 export type S3Credentials = { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 
@@ -95,6 +111,7 @@ export const DEFAULTS = {
   upstreamTimeoutSeconds: 30,
   upstreamConcurrency: 32,
   clientTimeoutSeconds: 300,
+  hashWorkers: 2,
   logLevel: "info",
   tokenTtlSeconds: 900,
   tokenService: "stowage",
@@ -109,6 +126,7 @@ const MAX_TOKEN_TTL_SECONDS = 86_400;
 // so an unbounded timeout would silently become no timeout at all.
 const MAX_UPSTREAM_TIMEOUT_SECONDS = 86_400;
 const MAX_UPSTREAM_CONCURRENCY = 1024;
+const MAX_HASH_WORKERS = 16;
 
 // ------------------------------------------------------- value parsers
 // Each returns a problem description without the setting name; the caller
@@ -298,6 +316,38 @@ function parseConcurrency(raw: unknown): Parsed<number> {
   return ok(n);
 }
 
+function parseHashWorkers(raw: unknown): Parsed<number> {
+  const text = String(raw).trim();
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!(n >= 0 && n <= MAX_HASH_WORKERS)) {
+    return bad(`expected a whole number from 0 (hash on the main thread) to ${MAX_HASH_WORKERS}, got ${quote(text)}`);
+  }
+  return ok(n);
+}
+
+const KV_HINT = "expected a file path, :memory:, default (Deno Deploy's KV) or a KV Connect URL (https://…)";
+
+function parseKv(raw: string): Parsed<KvLocation> {
+  const text = raw.trim();
+  if (text === "") return bad(`must not be empty; ${KV_HINT}`);
+  if (text === ":memory:") return ok({ kind: "memory" });
+  if (text === "default") return ok({ kind: "platform" });
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      return bad(`${KV_HINT}, got ${quote(raw)}`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") return bad(`${KV_HINT}, got ${quote(raw)}`);
+    if (url.username || url.password) {
+      return bad("must not contain credentials; put the KV Connect access token in DENO_KV_ACCESS_TOKEN");
+    }
+    return ok({ kind: "remote", url: url.href });
+  }
+  return ok({ kind: "file", path: text });
+}
+
 function parseOnOff(raw: string): Parsed<boolean> {
   const v = raw.trim().toLowerCase();
   if (["on", "true", "1", "yes"].includes(v)) return ok(true);
@@ -334,6 +384,8 @@ type Layer = {
   clientTimeoutSeconds?: number;
   logLevel?: LogLevel;
   storage?: Storage;
+  kv?: KvLocation;
+  hashWorkers?: number;
   /** Only the config file can hold these. */
   s3Credentials?: Labeled<S3Credentials>;
   upstreams: UpstreamDef[];
@@ -359,6 +411,8 @@ type ScalarKey =
   | "clientTimeout"
   | "logLevel"
   | "storage"
+  | "kv"
+  | "hashWorkers"
   | "accessControl"
   | "htpasswd"
   | "tokenTtl"
@@ -386,6 +440,8 @@ export const FLAGS: Readonly<Record<ScalarKey | ListKey, string>> = {
   clientTimeout: "--client-timeout",
   logLevel: "--log-level",
   storage: "--storage",
+  kv: "--kv",
+  hashWorkers: "--hash-workers",
   accessControl: "--access-control",
   htpasswd: "--htpasswd",
   tokenTtl: "--token-ttl",
@@ -405,6 +461,8 @@ export const ENV_VARS: Readonly<Record<ScalarKey | ListKey, string>> = {
   clientTimeout: "STOWAGE_CLIENT_TIMEOUT",
   logLevel: "STOWAGE_LOG_LEVEL",
   storage: "STOWAGE_STORAGE",
+  kv: "STOWAGE_KV",
+  hashWorkers: "STOWAGE_HASH_WORKERS",
   accessControl: "STOWAGE_ACCESS_CONTROL",
   htpasswd: "STOWAGE_HTPASSWD",
   tokenTtl: "STOWAGE_TOKEN_TTL",
@@ -490,6 +548,8 @@ function layerFromRaw(raw: RawSettings, names: Readonly<Record<ScalarKey | ListK
   }
   if (s.logLevel !== undefined) layer.logLevel = must(names.logLevel, parseLogLevel(s.logLevel));
   if (s.storage !== undefined) layer.storage = must(names.storage, parseStorage(s.storage));
+  if (s.kv !== undefined) layer.kv = must(names.kv, parseKv(s.kv));
+  if (s.hashWorkers !== undefined) layer.hashWorkers = must(names.hashWorkers, parseHashWorkers(s.hashWorkers));
   if (s.accessControl !== undefined) {
     layer.accessControl = { value: must(names.accessControl, parseOnOff(s.accessControl)), label: names.accessControl };
   }
@@ -608,6 +668,8 @@ const fileSchema = z.strictObject({
   rules: z.array(fileRuleSchema).nullish(),
   oidc: z.array(fileOidcSchema).nullish(),
   storage: zValue(fromString(parseStorage)).nullish(),
+  kv: zValue(fromString(parseKv)).nullish(),
+  hashWorkers: zValue(parseHashWorkers).nullish(),
   s3: fileS3Schema.nullish(),
 });
 
@@ -725,6 +787,8 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
   if (f.clientTimeout != null) layer.clientTimeoutSeconds = f.clientTimeout;
   if (f.logLevel != null) layer.logLevel = f.logLevel;
   if (f.storage != null) layer.storage = f.storage;
+  if (f.kv != null) layer.kv = f.kv;
+  if (f.hashWorkers != null) layer.hashWorkers = f.hashWorkers;
   if (f.s3 != null) {
     const { accessKeyId, secretAccessKey, sessionToken } = f.s3;
     layer.s3Credentials = { value: { accessKeyId, secretAccessKey, ...(sessionToken != null ? { sessionToken } : {}) }, label: `${file}: s3` };
@@ -817,6 +881,8 @@ function merge(layers: Layer[]): Config {
     clientTimeoutSeconds: pick("clientTimeoutSeconds") ?? DEFAULTS.clientTimeoutSeconds,
     logLevel: pick("logLevel") ?? DEFAULTS.logLevel,
     storage: storageFrom(pick("storage"), pick("s3Credentials")),
+    kv: pick("kv") ?? null,
+    hashWorkers: pick("hashWorkers") ?? DEFAULTS.hashWorkers,
   };
 }
 

@@ -2,13 +2,15 @@ import { join, resolve } from "node:path";
 import type { App } from "./app.ts";
 import { AccessControl } from "./auth/access.ts";
 import { BlobCache } from "./cache/blob-cache.ts";
+import { FetchLeases } from "./cache/fetch-lease.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
-import { redactedConfig, type Config } from "./config.ts";
+import { redactedConfig, type Config, type KvLocation } from "./config.ts";
 import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
 import { WorkerHasherFactory } from "./digest/worker-pool.ts";
 import { createHandler } from "./http/handler.ts";
 import { createStowageMetrics } from "./metrics/stowage-metrics.ts";
-import { TypedKv } from "./kv/kv.ts";
+import { TypedKv, type Kv } from "./kv/kv.ts";
+import { describeKv, KvOpenError, kvLocationFor, openKvAt } from "./kv/open.ts";
 import type { Logger } from "./log.ts";
 import type { Runtime } from "./runtime/runtime.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
@@ -16,10 +18,20 @@ import { FsBlobStore } from "./storage/fs-store.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { UpstreamTokenCache } from "./upstream/token-cache.ts";
 
-/** The KV store of a data dir, for the operator commands that change auth state. */
+/** The server's KV store, for the operator commands that change auth state. */
 export async function openStateKv(config: Config, runtime: Runtime): Promise<{ kv: TypedKv; close(): void }> {
-  const raw = await runtime.openKv(join(resolve(config.dataDir), "kv.sqlite3"));
+  const writable = config.kv !== null || (await runtime.canWrite(resolve(config.dataDir)));
+  const raw = await openKvOrExplain(runtime, kvLocationFor(config, writable));
   return { kv: new TypedKv(raw), close: () => raw.close() };
+}
+
+async function openKvOrExplain(runtime: Runtime, location: KvLocation): Promise<Kv> {
+  try {
+    return await openKvAt(runtime, location);
+  } catch (err) {
+    if (err instanceof KvOpenError) throw new StartupError(err.message);
+    throw err;
+  }
 }
 
 export type RunningServer = { url: string; close(): Promise<void> };
@@ -30,14 +42,25 @@ export class StartupError extends Error {}
 /** Assembles the app from the configuration and starts listening. */
 export async function startServer(config: Config, runtime: Runtime, log: Logger): Promise<RunningServer> {
   const dataDir = resolve(config.dataDir);
-  if (!(await runtime.canWrite(dataDir))) {
-    throw new StartupError(`--data-dir ${dataDir} is not writable: choose a writable directory with --data-dir DIR`);
+  const diskWritable = await runtime.canWrite(dataDir);
+  if (!diskWritable) {
+    if (config.storage.kind === "fs") {
+      throw new StartupError(
+        `--data-dir ${dataDir} is not writable, and the filesystem store keeps blobs there: choose a writable directory with --data-dir DIR, ` +
+          `or keep blobs in object storage with --storage s3://BUCKET (as on Deno Deploy)`,
+      );
+    }
+    log.info("no writable disk: running diskless", {
+      why: `--data-dir ${dataDir} cannot be written (read-only file system, deno run --deny-write, or Deno Deploy)`,
+      effect: "blobs stream to S3 with no local spool; a client that falls more than a few MiB behind a download in progress continues from S3 once it is stored",
+    });
   }
 
-  const rawKv = await runtime.openKv(join(dataDir, "kv.sqlite3"));
+  const kvLocation = kvLocationFor(config, diskWritable);
+  const rawKv = await openKvOrExplain(runtime, kvLocation);
   const kv = new TypedKv(rawKv);
-  const store = await openStore(config, dataDir, log);
-  const hashers = await startHashers(runtime, log);
+  const store = await openStore(config, diskWritable ? dataDir : null, log);
+  const hashers = await startHashers(runtime, config.hashWorkers, log);
 
   const tokens = new UpstreamTokenCache(kv);
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
@@ -59,7 +82,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     log,
     metrics,
     manifests: new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 }),
-    blobs: new BlobCache({ kv, store, hashers, metrics, idleTimeoutMs: timeoutMs }),
+    blobs: new BlobCache({ kv, store, hashers, metrics, idleTimeoutMs: timeoutMs, leases: new FetchLeases(kv, crypto.randomUUID()) }),
     ...(access ? { access } : {}),
   };
 
@@ -72,7 +95,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     url,
     runtime: runtime.name,
     store: store.description,
-    kv: join(dataDir, "kv.sqlite3"),
+    kv: describeKv(kvLocation),
     hashing: hashers.mode === "worker" ? "sha256 in worker threads" : "sha256 inline (no worker threads)",
     accessControl: describeAccess(config),
     config: redactedConfig(config),
@@ -88,12 +111,16 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   };
 }
 
-async function openStore(config: Config, dataDir: string, log: Logger): Promise<BlobStore> {
+/** `dataDir` null: no writable disk (S3 only, checked by the caller). */
+async function openStore(config: Config, dataDir: string | null, log: Logger): Promise<BlobStore> {
   const s = config.storage;
-  if (s.kind === "fs") return FsBlobStore.open(join(dataDir, "blobs"));
+  if (s.kind === "fs") {
+    if (dataDir === null) throw new Error("the filesystem store needs a writable data dir");
+    return FsBlobStore.open(join(dataDir, "blobs"));
+  }
   // Loaded only when used: the SDK is large and slows every start-up otherwise.
   const { S3BlobStore } = await import("./storage/s3-store.ts");
-  const options = { bucket: s.bucket, prefix: s.prefix, endpoint: s.endpoint, region: s.region, spoolDir: join(dataDir, "s3-spool") };
+  const options = { bucket: s.bucket, prefix: s.prefix, endpoint: s.endpoint, region: s.region, spoolDir: dataDir === null ? null : join(dataDir, "s3-spool") };
   try {
     return await S3BlobStore.open(s.credentials ? { ...options, credentials: s.credentials } : options, log);
   } catch (err) {
@@ -116,13 +143,17 @@ function describeAccess(config: Config): string {
   );
 }
 
-async function startHashers(runtime: Runtime, log: Logger): Promise<HasherFactory> {
+async function startHashers(runtime: Runtime, workers: number, log: Logger): Promise<HasherFactory> {
+  if (workers === 0) {
+    log.info("hashing blobs on the main thread, as --hash-workers is 0");
+    return new InlineHasherFactory();
+  }
   if (!runtime.spawnWorker) {
-    log.info("worker threads are not available on this platform; hashing blobs inline");
+    log.info("worker threads are not available on this platform (as on Deno Deploy); hashing blobs on the main thread");
     return new InlineHasherFactory();
   }
   try {
-    return await WorkerHasherFactory.start(2, runtime.spawnWorker);
+    return await WorkerHasherFactory.start(workers, runtime.spawnWorker);
   } catch (err) {
     log.warn("could not start digest worker threads; hashing blobs inline", { error: err });
     return new InlineHasherFactory();

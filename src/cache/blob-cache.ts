@@ -60,12 +60,22 @@ export class BlobCache {
     const what = `blob ${digest} of ${source.client.upstream.name}/${source.repo}`;
     const linked = (await kv.read(keys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
     const record = await kv.read(keys.blob(digest), BlobRecord);
+    let storeFailed = false;
     if (record) {
       if (!linked) await this.confirmUpstreamHas(source, digest, what, log);
-      const answer = await this.fromStore(digest, record.size, method, rangeHeader);
-      if (answer) return answer;
-      log.warn("blob listed in KV is missing from the store; fetching it again", { digest });
-      await kv.remove(keys.blob(digest));
+      try {
+        const answer = await this.fromStore(digest, record.size, method, rangeHeader);
+        if (answer) return answer;
+        log.warn("blob listed in KV is missing from the store; fetching it again", { digest });
+        await kv.remove(keys.blob(digest));
+      } catch (err) {
+        if (err instanceof RegistryError) throw err;
+        // The store is down or failing: the upstream can still serve this pull.
+        storeFailed = true;
+        this.deps.metrics.storeErrors.inc({ op: "read" });
+        this.deps.metrics.storeBypass.inc({ op: "read" });
+        log.warn("the blob store failed to read a cached blob; serving it from upstream", { digest, error: err });
+      }
     }
 
     let fetch = this.inflight.get(digest);
@@ -75,7 +85,7 @@ export class BlobCache {
     } else if (method === "HEAD") {
       return this.headUpstream(source, digest, what, log);
     } else {
-      fetch = this.startFetch(source, digest, log);
+      fetch = this.startFetch(source, digest, { evenIfStored: storeFailed }, log);
       sourceKind = "upstream";
     }
 
@@ -102,8 +112,8 @@ export class BlobCache {
     return { status: range ? 206 : 200, size, range, body, source: sourceKind };
   }
 
-  private startFetch(source: FetchSource, digest: Digest, log: Logger): BlobFetch {
-    const fetch = new BlobFetch(digest, source, this.deps, log);
+  private startFetch(source: FetchSource, digest: Digest, opts: { evenIfStored: boolean }, log: Logger): BlobFetch {
+    const fetch = new BlobFetch(digest, source, this.deps, log, opts);
     this.inflight.set(digest, fetch);
     this.deps.metrics.inflight.set({}, this.inflight.size);
     fetch.settled.then(() => {

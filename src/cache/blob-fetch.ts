@@ -6,7 +6,8 @@ import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.t
 import type { BlobStore, BlobUpload, PartialReader } from "../storage/blob-store.ts";
 import type { UpstreamClient, UpstreamReply } from "../upstream/client.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
-import { keys } from "./records.ts";
+import type { FetchLeases, HeldLease } from "./fetch-lease.ts";
+import { BlobRecord, keys, LinkRecord } from "./records.ts";
 import { ChangeSignal, IdleTimer } from "./signal.ts";
 
 /** Bytes a follower reads from the spool at a time. */
@@ -21,6 +22,7 @@ export type BlobFetchDeps = {
   kv: TypedKv;
   /** Longest silence from the upstream in the middle of a body before the fetch is given up. */
   idleTimeoutMs: number;
+  leases: FetchLeases;
 };
 
 export type FetchSource = { client: UpstreamClient; repo: string };
@@ -44,10 +46,15 @@ export class StoreError extends Error {}
  *    (TCP backpressure) and so do the clients, and nothing piles up in memory;
  *  - the last byte is held back until the digest is verified, so on a
  *    mismatch or a broken upstream every client's response fails instead of
- *    ending cleanly, and nothing is committed.
+ *    ending cleanly, and nothing is committed;
+ *  - a store that fails to keep the blob fails no client: the fetch ends
+ *    "uncached", with every client served from upstream all the same;
+ *  - instances sharing a KV take a lease first: while another instance
+ *    fetches the blob, this one waits for it to be stored and serves it from
+ *    the store ("committed" without a download).
  */
 export class BlobFetch {
-  state: "connecting" | "streaming" | "verified" | "committed" | "failed" = "connecting";
+  state: "connecting" | "streaming" | "verified" | "committed" | "uncached" | "failed" = "connecting";
   /** Expected size from the upstream's Content-Length (null if it sent none); the real size once committed. */
   size: number | null = null;
   /** Bytes received from upstream and offered to followers (from memory while recent). */
@@ -77,6 +84,8 @@ export class BlobFetch {
     readonly source: FetchSource,
     private readonly deps: BlobFetchDeps,
     private readonly log: Logger,
+    /** The store failed to read the blob it holds: download it anyway rather than wait on the store. */
+    private readonly opts: { evenIfStored: boolean } = { evenIfStored: false },
   ) {
     this.ready = new Promise<void>((resolve, reject) => {
       this.markReady = resolve;
@@ -95,23 +104,34 @@ export class BlobFetch {
    * as they arrive. Call after `ready` resolved.
    */
   follow(start: number, end: number | null): ReadableStream<Uint8Array> {
+    if (this.state === "connecting") throw new Error("follow() before the fetch is ready");
     const reader = this.reader;
-    if (!reader) throw new Error("follow() before the fetch is ready");
-    reader.acquire();
+    reader?.acquire();
     let position = start;
     let released = false;
+    // Where a follower continues when it fell behind the memory window and there is no spool.
+    let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;
     const release = () => {
       if (!released) {
         released = true;
-        reader.release();
+        reader?.release();
       }
+      rest?.cancel().catch(() => {});
     };
     return new ReadableStream<Uint8Array>(
       {
         pull: async (controller) => {
           try {
             for (;;) {
-              const stop = end ?? (this.state === "committed" || this.state === "verified" ? this.received : Infinity);
+              if (rest) {
+                const next = await rest.read();
+                if (next.done) {
+                  release();
+                  controller.close();
+                } else controller.enqueue(next.value);
+                return;
+              }
+              const stop = end ?? (this.complete ? this.received : Infinity);
               if (position >= stop) {
                 release();
                 controller.close();
@@ -121,12 +141,17 @@ export class BlobFetch {
               const limit = Math.min(stop, this.releasable());
               if (position < limit) {
                 const chunk = this.fromWindow(position, limit) ??
-                  (position < this.written ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, this.written - position)) : null);
+                  (reader && position < this.written ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, this.written - position)) : null);
                 if (chunk) {
                   if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
                   position += chunk.byteLength;
                   controller.enqueue(chunk);
                   return;
+                }
+                // Unwritten bytes are always in the window, so these were written and dropped from it.
+                if (!reader) {
+                  rest = (await this.restFrom(position, end)).getReader();
+                  continue;
                 }
               }
               await this.changed.wait();
@@ -142,9 +167,39 @@ export class BlobFetch {
     );
   }
 
+  /** Verified: every byte received is good and may be served. */
+  private get complete(): boolean {
+    return this.state === "verified" || this.state === "committed" || this.state === "uncached";
+  }
+
+  /**
+   * Bytes [position, end) for a follower that fell behind the memory window
+   * where there is no spool: from the store once the blob is committed, or,
+   * if the store could not keep it, from upstream with a Range request.
+   */
+  private async restFrom(position: number, end: number | null): Promise<ReadableStream<Uint8Array>> {
+    await this.settled;
+    const last = (end ?? this.received) - 1;
+    if (this.state === "committed") {
+      const stored = await this.deps.store.open(this.digest, { start: position, end: last }).catch(() => null);
+      if (stored) return stored;
+    } else if (this.state !== "uncached") {
+      throw this.error ?? new Error("upstream fetch failed");
+    }
+    const { client, repo } = this.source;
+    this.deps.metrics.storeBypass.inc({ op: "read" });
+    const reply = await client.blob(repo, this.digest, "GET", this.log, position);
+    const from = resumedOffset(reply.response);
+    if (from === null || !reply.response.body) {
+      reply.abort(new Error("unusable answer"));
+      throw new UpstreamError("bad-response", `upstream ${client.upstream.name} answered a Range request for ${this.digest} with status ${reply.response.status}`);
+    }
+    return sliceStream(reply.response.body, position - from, last + 1 - position);
+  }
+
   /** Bytes a follower may have: all of them once verified, else all but the last. */
   private releasable(): number {
-    if (this.state === "committed" || this.state === "verified") return this.received;
+    if (this.complete) return this.received;
     if (this.size !== null) return Math.min(this.received, this.size - 1);
     return this.received - 1;
   }
@@ -215,13 +270,23 @@ export class BlobFetch {
     let hasher: Hasher | null = null;
     let idle: IdleTimer | null = null;
     let stalled: UpstreamError | null = null;
+    let lease: HeldLease | null = null;
     const started = Date.now();
     try {
+      const claim = await this.leaseOrStored();
+      if (claim === "stored") {
+        await this.linkStoredBlob();
+        this.state = "committed";
+        this.markReady();
+        return;
+      }
+      lease = claim;
       reply = await client.blob(repo, this.digest, "GET", this.log);
       const length = reply.response.headers.get("content-length");
       this.size = length !== null && /^\d+$/.test(length) ? Number(length) : null;
       upload = await store.begin(this.digest);
-      this.reader = new SharedReader(await upload.openReader());
+      const spool = await upload.openReader();
+      this.reader = spool ? new SharedReader(spool) : null;
       hasher = hashers.create(digestAlgorithm(this.digest));
       this.state = "streaming";
       this.markReady();
@@ -317,7 +382,18 @@ export class BlobFetch {
       try {
         await upload.commit();
       } catch (cause) {
-        throw new StoreError(`the blob store failed to commit ${this.digest}`, { cause });
+        upload = null; // a failed commit cleans up after itself
+        this.state = "uncached";
+        this.deps.metrics.storeErrors.inc({ op: "commit" });
+        this.deps.metrics.storeBypass.inc({ op: "write" });
+        this.log.warn("the blob store could not keep a verified blob; clients were served from upstream without caching it", {
+          digest: this.digest,
+          upstream: client.upstream.name,
+          repo,
+          bytes: this.size,
+          error: cause,
+        });
+        return;
       }
       upload = null;
       const now = Date.now();
@@ -359,8 +435,67 @@ export class BlobFetch {
       idle?.stop();
       this.changed.notify();
       this.reader?.release();
+      await lease?.release();
     }
   }
+
+  /** Waits while another instance fetches this blob; "stored" once it is in the store, else our lease to fetch it. */
+  private async leaseOrStored(): Promise<HeldLease | "stored"> {
+    const { leases, kv, metrics } = this.deps;
+    let waiting = false;
+    for (;;) {
+      const lease = await leases.tryAcquire(this.digest, this.log);
+      // Checked after taking the lease: the instance we waited for may have just stored it.
+      if (!this.opts.evenIfStored && (await kv.read(keys.blob(this.digest), BlobRecord))) {
+        await lease?.release();
+        return "stored";
+      }
+      if (lease) return lease;
+      if (!waiting) {
+        waiting = true;
+        metrics.leaseWaits.inc();
+        this.log.info("another instance is fetching this blob; waiting to serve it from the store", { digest: this.digest });
+      }
+      await sleep(LEASE_POLL_MS);
+    }
+  }
+
+  /** Another instance stored the blob: this repository may see it only once the upstream confirms it has it. */
+  private async linkStoredBlob(): Promise<void> {
+    const { client, repo } = this.source;
+    const link = keys.link(client.upstream.name, repo, this.digest);
+    if (await this.deps.kv.read(link, LinkRecord)) return;
+    const { response } = await client.blob(repo, this.digest, "HEAD", this.log);
+    await response.body?.cancel();
+    await this.deps.kv.write(link, { linkedAt: Date.now() });
+  }
+}
+
+/** How often an instance waiting on another's lease looks for the stored blob. */
+const LEASE_POLL_MS = 200;
+
+/** `length` bytes of `body` after skipping `skip` (an upstream that ignored Range sends from 0). */
+function sliceStream(body: ReadableStream<Uint8Array>, skip: number, length: number): ReadableStream<Uint8Array> {
+  let toSkip = skip;
+  let left = length;
+  return body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        if (toSkip >= chunk.byteLength) {
+          toSkip -= chunk.byteLength;
+          return;
+        }
+        const part = chunk.subarray(toSkip, toSkip + left);
+        toSkip = 0;
+        left -= part.byteLength;
+        if (part.byteLength > 0) controller.enqueue(part);
+        if (left === 0) controller.terminate();
+      },
+      flush() {
+        if (left > 0) throw new Error(`upstream ended ${left} bytes short of the requested range`);
+      },
+    }),
+  );
 }
 
 /** The spool reader, closed when the fetch and its last follower are done with it. */

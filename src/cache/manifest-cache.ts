@@ -57,7 +57,7 @@ export class ManifestCache {
   }
 
   private async byDigest(source: FetchSource, digest: Digest, log: Logger): Promise<ManifestAnswer> {
-    const cached = await this.cached(source, digest);
+    const cached = await this.cached(source, digest, log);
     if (cached) return { ...answerOf(cached), source: "cache" };
     return this.fetch(source, digest, null, log);
   }
@@ -67,7 +67,7 @@ export class ManifestCache {
     const name = source.client.upstream.name;
     const tagKey = keys.tag(name, source.repo, tag);
     const record = await kv.read(tagKey, TagRecord);
-    const cached = record ? await this.cached(source, record.digest) : null;
+    const cached = record ? await this.cached(source, record.digest, log) : null;
     if (!record || !cached) return this.fetch(source, tag, null, log);
     if (this.now() - record.checkedAt < tagTtlMs) return { ...answerOf(cached), source: "cache" };
 
@@ -127,7 +127,15 @@ export class ManifestCache {
       throw new UpstreamError("bad-response", `upstream ${name} announced ${announced} but the manifest bytes hash to ${digest}`);
     }
     const now = this.now();
-    await store.put(digest, bytes);
+    try {
+      await store.put(digest, bytes);
+    } catch (err) {
+      // The client still gets the verified manifest; nothing is recorded, so the next pull asks upstream again.
+      this.deps.metrics.storeErrors.inc({ op: "put" });
+      this.deps.metrics.storeBypass.inc({ op: "write" });
+      log.warn("the store could not keep a manifest; served it from upstream without caching", { upstream: name, repo: source.repo, digest, error: err });
+      return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
+    }
     const record: ManifestRecord = { mediaType, size: bytes.byteLength, storedAt: now };
     await kv.write(keys.manifest(name, source.repo, digest), record);
     if (!requested) {
@@ -139,15 +147,22 @@ export class ManifestCache {
   }
 
   /** The cached manifest of this repository, if both its record and its bytes are still there. */
-  private async cached(source: FetchSource, digest: Digest): Promise<Cached | null> {
+  private async cached(source: FetchSource, digest: Digest, log: Logger): Promise<Cached | null> {
     const { kv, store } = this.deps;
     const record = await kv.read(keys.manifest(source.client.upstream.name, source.repo, digest), ManifestRecord);
     if (!record) return null;
     let bytes = this.lru.get(digest);
     if (!bytes) {
-      const stream = await store.open(digest);
-      if (!stream) return null; // record without bytes: the store lost them; fetch again
-      bytes = new Uint8Array(await new Response(stream).arrayBuffer());
+      try {
+        const stream = await store.open(digest);
+        if (!stream) return null; // record without bytes: the store lost them; fetch again
+        bytes = new Uint8Array(await new Response(stream).arrayBuffer());
+      } catch (err) {
+        this.deps.metrics.storeErrors.inc({ op: "read" });
+        this.deps.metrics.storeBypass.inc({ op: "read" });
+        log.warn("the store failed to read a cached manifest; asking upstream", { digest, error: err });
+        return null;
+      }
       if (bytes.byteLength !== record.size) return null;
       this.lru.set(digest, bytes);
     }

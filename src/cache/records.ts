@@ -38,7 +38,12 @@ export type BlobRecord = z.infer<typeof BlobRecord>;
 
 export const LinkRecord = z.object({ linkedAt: z.number() });
 
+/** Which instance is fetching a blob, until when (ms since epoch; KV expiry is too lazy to rely on). */
+export const LeaseRecord = z.object({ owner: z.string(), expiresAt: z.number() });
+export type LeaseRecord = z.infer<typeof LeaseRecord>;
+
 export const keys = {
+  lease: (digest: Digest) => ["lease", digest] as const,
   tag: (upstream: string, repo: string, tag: string) => ["tag", upstream, repo, tag] as const,
   manifest: (upstream: string, repo: string, digest: Digest) => ["manifest", upstream, repo, digest] as const,
   blob: (digest: Digest) => ["blob", digest] as const,

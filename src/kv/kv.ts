@@ -22,7 +22,8 @@ export interface KvAtomic {
   check(...checks: Array<{ key: KvKey; versionstamp: string | null }>): KvAtomic;
   set(key: KvKey, value: unknown, options?: { expireIn?: number }): KvAtomic;
   delete(key: KvKey): KvAtomic;
-  commit(): Promise<{ ok: boolean }>;
+  /** `versionstamp` is present when ok. */
+  commit(): Promise<{ ok: boolean; versionstamp?: string }>;
 }
 
 /**

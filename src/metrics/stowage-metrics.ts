@@ -22,6 +22,11 @@ export function createStowageMetrics() {
     fetchFailures: registry.counter("stowage_blob_fetch_failures_total", "Blob fetches that failed, by reason."),
     resumes: registry.counter("stowage_upstream_resumes_total", "Broken upstream blob downloads resumed with a Range request."),
     storeErrors: registry.counter("stowage_store_errors_total", "Blob store operations that failed, by operation."),
+    storeBypass: registry.counter(
+      "stowage_store_bypass_total",
+      "Blob fetches or reads that went straight from upstream to clients because the store failed, by operation (read, write).",
+    ),
+    leaseWaits: registry.counter("stowage_lease_waits_total", "Blob misses that waited for another instance's fetch instead of fetching."),
     inflight: registry.gauge("stowage_inflight_fetches", "Blob fetches from upstream in progress."),
     rateLimitRemaining: registry.gauge("stowage_upstream_ratelimit_remaining", "Last ratelimit-remaining an upstream reported, by upstream."),
   };

@@ -33,9 +33,11 @@ export interface BlobUpload {
   /**
    * A reader of the bytes written so far, so that clients joining an in-flight
    * fetch are fed from the store instead of from memory. It stays usable after
-   * commit or abort until closed.
+   * commit or abort until closed. Null where there is no local disk to keep
+   * them (S3 on Deno Deploy): clients behind the fetch's memory window then
+   * continue from the store after the commit.
    */
-  openReader(): Promise<PartialReader>;
+  openReader(): Promise<PartialReader | null>;
   /** Makes the blob visible under its digest. Call only after verifying it. */
   commit(): Promise<void>;
   /** Discards everything written; safe to call more than once, and after a failed commit. */

@@ -25,6 +25,10 @@ import { openSpoolReader } from "./spool-reader.ts";
 export const PART_SIZE = 8 * 1024 * 1024;
 /** Parts uploaded at once per blob; each holds one part in memory, so this bounds memory per upload. */
 const PARTS_IN_FLIGHT = 2;
+/** Connecting to S3 takes longer than this only when it is down or unreachable. */
+const CONNECT_TIMEOUT_MS = 5_000;
+/** A GET whose response has not started by then is given up, and the blob is served from upstream. */
+const ANSWER_TIMEOUT_MS = 15_000;
 /** Multipart uploads older than this at start-up were left by a crash (no fetch lasts that long). */
 const STALE_UPLOAD_MS = 60 * 60 * 1000;
 
@@ -37,8 +41,8 @@ export type S3StoreOptions = {
   region: string;
   /** Omitted: the SDK's default chain (AWS_ACCESS_KEY_ID etc., profiles, instance roles). */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  /** Local directory for upload spools (followers of an in-flight fetch read from here). */
-  spoolDir: string;
+  /** Local directory for upload spools (followers of an in-flight fetch read from here); null: no writable disk. */
+  spoolDir: string | null;
 };
 
 /**
@@ -69,7 +73,12 @@ export class S3BlobStore implements BlobStore {
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
       // Each blob served streams over its own connection; the default 50 would queue clients.
-      requestHandler: { httpAgent: { keepAlive: true, maxSockets: 256 }, httpsAgent: { keepAlive: true, maxSockets: 256 } },
+      // A store that is down must be noticed in seconds, so pulls go on from upstream.
+      requestHandler: {
+        httpAgent: { keepAlive: true, maxSockets: 256 },
+        httpsAgent: { keepAlive: true, maxSockets: 256 },
+        connectionTimeout: CONNECT_TIMEOUT_MS,
+      },
     });
   }
 
@@ -79,8 +88,10 @@ export class S3BlobStore implements BlobStore {
    */
   static async open(opts: S3StoreOptions, log?: Logger): Promise<S3BlobStore> {
     const store = new S3BlobStore(opts);
-    await rm(opts.spoolDir, { recursive: true, force: true });
-    await mkdir(opts.spoolDir, { recursive: true });
+    if (opts.spoolDir !== null) {
+      await rm(opts.spoolDir, { recursive: true, force: true });
+      await mkdir(opts.spoolDir, { recursive: true });
+    }
     await store.check();
     void store.abortStaleUploads(Date.now() - STALE_UPLOAD_MS).then(
       (n) => n > 0 && log?.info("aborted multipart uploads left by an earlier run", { count: n }),
@@ -105,6 +116,9 @@ export class S3BlobStore implements BlobStore {
   }
 
   async open(digest: Digest, range?: ByteRange): Promise<ReadableStream<Uint8Array> | null> {
+    // Bounded until the response starts (not after: a slow client may read the body slowly).
+    const answered = new AbortController();
+    const timer = setTimeout(() => answered.abort(new Error(`S3 did not answer a GET within ${ANSWER_TIMEOUT_MS / 1000} s`)), ANSWER_TIMEOUT_MS);
     try {
       const got = await this.client.send(
         new GetObjectCommand({
@@ -112,12 +126,15 @@ export class S3BlobStore implements BlobStore {
           Key: this.keyOf(digest),
           ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}),
         }),
+        { abortSignal: answered.signal },
       );
       if (!got.Body) throw new Error(`S3 returned no body for ${digest}`);
       return got.Body.transformToWebStream() as ReadableStream<Uint8Array>;
     } catch (err) {
       if (isMissingObject(err)) return null;
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -128,9 +145,11 @@ export class S3BlobStore implements BlobStore {
   }
 
   async begin(digest: Digest): Promise<BlobUpload> {
+    const multipart = new Multipart(this.client, this.bucket, this.keyOf(digest));
+    if (this.opts.spoolDir === null) return new MemoryUpload(multipart);
     const path = join(this.opts.spoolDir, `${digestHex(digest)}.${crypto.randomUUID()}`);
     const handle = await open(path, "w+");
-    return new S3Upload(this.client, this.bucket, this.keyOf(digest), handle, path);
+    return new SpooledUpload(multipart, handle, path);
   }
 
   async delete(digest: Digest): Promise<void> {
@@ -167,29 +186,118 @@ export class S3BlobStore implements BlobStore {
   }
 }
 
-class S3Upload implements BlobUpload {
-  private offset = 0;
-  /** Writes still in flight, by start offset: everything below the smallest is on disk. */
-  private readonly pending = new Map<number, Promise<void>>();
+/**
+ * One multipart upload to a blob's final key. Parts go up as they are handed
+ * over, at most PARTS_IN_FLIGHT at a time. A failed part does not fail the
+ * caller's writes (clients are still served from what was received): it
+ * makes `complete()` throw, so the blob is simply not cached.
+ */
+class Multipart {
+  failure: unknown = null;
   private uploadId: Promise<string> | null = null;
-  private nextPart = 0; // offset of the first byte not yet handed to a part upload
   private readonly parts: Promise<CompletedPart>[] = [];
   private running = 0;
-  private failure: unknown = null;
-  private settled = false;
-  private committed = false;
+  private readonly slotFreed = new Set<() => void>();
 
   constructor(
     private readonly client: S3Client,
     private readonly bucket: string,
-    private readonly key: string,
+    readonly key: string,
+  ) {}
+
+  get partCount(): number {
+    return this.parts.length;
+  }
+
+  get busy(): boolean {
+    return this.running >= PARTS_IN_FLIGHT;
+  }
+
+  /** Resolves when fewer than PARTS_IN_FLIGHT parts are uploading. */
+  async untilSlot(): Promise<void> {
+    while (this.busy) await new Promise<void>((resolve) => this.slotFreed.add(resolve));
+  }
+
+  /** Uploads the next part; `body` is read only when the part starts. */
+  add(body: () => Promise<Uint8Array>): void {
+    const number = this.parts.length + 1;
+    this.running++;
+    const part = this.uploadPart(number, body).finally(() => {
+      this.running--;
+      for (const wake of this.slotFreed) wake();
+      this.slotFreed.clear();
+    });
+    part.catch((err) => void (this.failure ??= err));
+    this.parts.push(part);
+  }
+
+  private async uploadPart(number: number, body: () => Promise<Uint8Array>): Promise<CompletedPart> {
+    if (this.failure !== null) throw this.failure; // one failure dooms the upload: send nothing more
+    this.uploadId ??= this.client
+      .send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: this.key }))
+      .then((r) => r.UploadId ?? Promise.reject(new Error("S3 returned no UploadId")));
+    const uploadId = await this.uploadId;
+    const bytes = await body();
+    const r = await this.client.send(
+      new UploadPartCommand({ Bucket: this.bucket, Key: this.key, UploadId: uploadId, PartNumber: number, Body: bytes, ContentLength: bytes.byteLength }),
+    );
+    if (!r.ETag) throw new Error(`S3 returned no ETag for part ${number} of ${this.key}`);
+    return { PartNumber: number, ETag: r.ETag };
+  }
+
+  /** Waits for every part, then makes the object visible. */
+  async complete(): Promise<void> {
+    await Promise.allSettled(this.parts);
+    if (this.failure !== null) throw this.failure;
+    const parts = await Promise.all(this.parts);
+    await this.client.send(
+      new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: await this.uploadId!, MultipartUpload: { Parts: parts } }),
+    );
+  }
+
+  /** Single-request alternative for blobs smaller than one part. */
+  async put(bytes: Uint8Array): Promise<void> {
+    await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key, Body: bytes, ContentLength: bytes.byteLength }));
+  }
+
+  private aborting: Promise<void> | null = null;
+
+  /** Aborts the upload (once); parts in flight are awaited first, or they would land afterwards and be kept (and billed). */
+  abort(): Promise<void> {
+    this.aborting ??= (async () => {
+      await Promise.allSettled(this.parts);
+      const id = this.uploadId ? await this.uploadId.catch(() => null) : null;
+      if (!id) return;
+      await this.client
+        .send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: id }))
+        .catch(() => {}); // the start-up sweep catches what this misses
+    })();
+    return this.aborting;
+  }
+}
+
+/**
+ * Upload with a local spool: bytes go to a file (followers of the fetch read
+ * it back), and each full part on disk is sent from there. S3 being slow or
+ * down never slows the download or the clients; it only decides whether the
+ * blob is cached in the end.
+ */
+class SpooledUpload implements BlobUpload {
+  private offset = 0;
+  /** Writes still in flight, by start offset: everything below the smallest is on disk. */
+  private readonly pending = new Map<number, Promise<void>>();
+  private nextPart = 0; // offset of the first byte not yet handed to a part upload
+  private settled = false;
+  private committed = false;
+
+  constructor(
+    private readonly multipart: Multipart,
     private readonly handle: FileHandle,
     private readonly path: string,
   ) {}
 
   /** Positional like the filesystem store: the offset is fixed at the call. */
   write(chunk: Uint8Array): Promise<void> {
-    if (this.failure !== null) return Promise.reject(this.failure);
     const at = this.offset;
     this.offset += chunk.byteLength;
     const done = (async () => {
@@ -200,18 +308,10 @@ class S3Upload implements BlobUpload {
       }
     })();
     this.pending.set(at, done);
-    return done.then(
-      () => {
-        this.pending.delete(at);
-        this.pump(false);
-        // A failed part ends the fetch now rather than at commit.
-        if (this.failure !== null) throw this.failure;
-      },
-      (err) => {
-        this.pending.delete(at);
-        throw err;
-      },
-    );
+    return done.finally(() => {
+      this.pending.delete(at);
+      this.pump(false);
+    });
   }
 
   openReader(): Promise<PartialReader> {
@@ -229,33 +329,13 @@ class S3Upload implements BlobUpload {
   private pump(final: boolean): void {
     if (this.settled && !final) return;
     const limit = this.onDisk;
-    while (this.running < PARTS_IN_FLIGHT && this.failure === null) {
+    while (!this.multipart.busy && this.multipart.failure === null) {
       const size = Math.min(PART_SIZE, limit - this.nextPart);
       if (size < PART_SIZE && !(final && size > 0)) return;
       const start = this.nextPart;
       this.nextPart += size;
-      const number = this.parts.length + 1;
-      this.running++;
-      const part = this.uploadPart(number, start, size).finally(() => {
-        this.running--;
-        this.pump(final);
-      });
-      part.catch((err) => void (this.failure ??= err));
-      this.parts.push(part);
+      this.multipart.add(() => this.readSpool(start, size));
     }
-  }
-
-  private async uploadPart(number: number, start: number, size: number): Promise<CompletedPart> {
-    this.uploadId ??= this.client
-      .send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: this.key }))
-      .then((r) => r.UploadId ?? Promise.reject(new Error("S3 returned no UploadId")));
-    const uploadId = await this.uploadId;
-    const body = await this.readSpool(start, size);
-    const r = await this.client.send(
-      new UploadPartCommand({ Bucket: this.bucket, Key: this.key, UploadId: uploadId, PartNumber: number, Body: body, ContentLength: size }),
-    );
-    if (!r.ETag) throw new Error(`S3 returned no ETag for part ${number} of ${this.key}`);
-    return { PartNumber: number, ETag: r.ETag };
   }
 
   private async readSpool(start: number, size: number): Promise<Uint8Array> {
@@ -274,26 +354,16 @@ class S3Upload implements BlobUpload {
     this.settled = true;
     try {
       await Promise.all(this.pending.values());
-      if (this.failure !== null) throw this.failure;
-      if (this.parts.length === 0 && this.offset < PART_SIZE) {
+      if (this.multipart.partCount === 0 && this.offset < PART_SIZE) {
         // One part's worth or less: a single PutObject is as atomic and saves three requests.
-        const body = await this.readSpool(0, this.offset);
-        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key, Body: body, ContentLength: body.byteLength }));
+        await this.multipart.put(await this.readSpool(0, this.offset));
       } else {
-        // Parts still pending are started as earlier ones finish; wait until all are.
-        while (this.nextPart < this.offset || this.running > 0) {
+        // Parts not yet started go up as earlier ones finish.
+        while (this.nextPart < this.offset && this.multipart.failure === null) {
           this.pump(true);
-          await Promise.all(this.parts);
+          await this.multipart.untilSlot();
         }
-        const parts = await Promise.all(this.parts);
-        await this.client.send(
-          new CompleteMultipartUploadCommand({
-            Bucket: this.bucket,
-            Key: this.key,
-            UploadId: await this.uploadId!,
-            MultipartUpload: { Parts: parts },
-          }),
-        );
+        await this.multipart.complete();
       }
     } catch (err) {
       await this.discard();
@@ -309,27 +379,92 @@ class S3Upload implements BlobUpload {
     await this.discard();
   }
 
-  private discarding: Promise<void> | null = null;
-
-  /** Removes the spool and the multipart upload; runs once. */
-  private discard(): Promise<void> {
-    this.discarding ??= (async () => {
-      // Parts in flight would otherwise land after the abort and be kept (and billed).
-      await Promise.allSettled(this.parts);
-      const id = this.uploadId ? await this.uploadId.catch(() => null) : null;
-      if (id) {
-        await this.client
-          .send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: id }))
-          .catch(() => {}); // the start-up sweep catches what this misses
-      }
-      await this.closeSpool();
-    })();
-    return this.discarding;
+  private async discard(): Promise<void> {
+    await this.multipart.abort();
+    await this.closeSpool();
   }
 
   private async closeSpool(): Promise<void> {
     await this.handle.close().catch(() => {});
     await unlink(this.path).catch(() => {});
+  }
+}
+
+/**
+ * Upload with no local disk (Deno Deploy): bytes are gathered into one part in
+ * memory and each full part is sent. Memory per upload is bounded at
+ * (PARTS_IN_FLIGHT + 1) parts: a write that fills a part waits for a free
+ * upload slot, which paces the download to S3. After a part failed, bytes are
+ * dropped: the blob will not be cached, and the clients are served anyway.
+ * There is no reader: the fetch serves followers from its memory window, and
+ * those further behind from the store once committed.
+ */
+class MemoryUpload implements BlobUpload {
+  private part = new Uint8Array(PART_SIZE);
+  private filled = 0;
+  private size = 0;
+  private tail: Promise<void> = Promise.resolve();
+  private settled = false;
+  private committed = false;
+
+  constructor(private readonly multipart: Multipart) {}
+
+  write(chunk: Uint8Array): Promise<void> {
+    // Chained, so bytes land in call order even while a full part waits for a slot.
+    this.tail = this.tail.then(() => this.append(chunk));
+    return this.tail;
+  }
+
+  private async append(chunk: Uint8Array): Promise<void> {
+    this.size += chunk.byteLength;
+    if (this.multipart.failure !== null) return;
+    for (let offset = 0; offset < chunk.byteLength; ) {
+      const n = Math.min(PART_SIZE - this.filled, chunk.byteLength - offset);
+      this.part.set(chunk.subarray(offset, offset + n), this.filled);
+      this.filled += n;
+      offset += n;
+      if (this.filled === PART_SIZE) await this.sendPart();
+    }
+  }
+
+  private async sendPart(): Promise<void> {
+    await this.multipart.untilSlot();
+    const bytes = this.part.subarray(0, this.filled);
+    this.part = new Uint8Array(PART_SIZE);
+    this.filled = 0;
+    this.multipart.add(async () => bytes);
+  }
+
+  openReader(): Promise<PartialReader | null> {
+    return Promise.resolve(null);
+  }
+
+  async commit(): Promise<void> {
+    if (this.settled) throw new Error("upload already committed or aborted");
+    this.settled = true;
+    try {
+      await this.tail;
+      if (this.multipart.failure !== null) throw this.multipart.failure;
+      if (this.multipart.partCount === 0) {
+        await this.multipart.put(this.part.subarray(0, this.filled));
+      } else {
+        if (this.filled > 0) await this.sendPart();
+        await this.multipart.complete();
+      }
+    } catch (err) {
+      await this.multipart.abort();
+      throw err;
+    } finally {
+      this.part = new Uint8Array(0);
+    }
+    this.committed = true;
+  }
+
+  async abort(): Promise<void> {
+    if (this.committed) return;
+    this.settled = true;
+    this.part = new Uint8Array(0);
+    await this.multipart.abort();
   }
 }
 

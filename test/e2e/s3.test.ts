@@ -8,6 +8,7 @@ import { CreateMultipartUploadCommand, DeleteObjectCommand, ListMultipartUploads
 import { S3BlobStore } from "../../src/storage/s3-store.ts";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "./rgw.ts";
+import { startTcpGate } from "./tcp-gate.ts";
 import { makeTempDir, pushTestImages, type RecordedRequest, skopeo, startRecordingProxy, startRegistry, startStowage } from "./servers.ts";
 
 const unavailable = rgwUnavailable();
@@ -62,6 +63,13 @@ async function main(): Promise<void> {
     if (r.code !== 0) throw new Error(`skopeo copy ${img.repo} failed (${r.code}): ${r.stderr}`);
     return out;
   }
+  /** One series of /metrics, e.g. `stowage_store_bypass_total{op="write"}`; 0 when absent. */
+  async function metric(url: string, series: string): Promise<number> {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    return Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(text)?.[1] ?? 0);
+  }
+  const imageNamed = (name: string) => images.find((i) => i.repo.endsWith(`/${name}`))!;
+  const blobKey = (prefix: string, digest: string) => `${prefix}/blobs/sha256/${digest.slice(7)}`;
   async function checkCopy(tt: Test, dir: string, img: TestImage): Promise<void> {
     tt.equal(sha256(await readFile(join(dir, "manifest.json"))), img.digest, `${img.repo}: manifest digest`);
     const files = new Set(await readdir(dir));
@@ -162,5 +170,96 @@ async function main(): Promise<void> {
     tt.equal(await store.abortStaleUploads(Date.now() + 60_000), 1, "an old one under the store's prefix is aborted");
     const left = (await rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket }))).Uploads ?? [];
     tt.same(left.map((u) => u.Key), [other], "uploads outside the prefix are left alone");
+  });
+
+  t.test("S3 down: pulls are served from upstream uncached, and the cache fills again once S3 is back", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const gate = await startTcpGate("127.0.0.1", Number(new URL(rgw.endpoint).port));
+    tt.teardown(() => gate.stop());
+    const prefix = "outage";
+    const stowage = await using(tt, startStowage(
+      ["--upstream", `local=${upstream.url}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${gate.address}`, "--log-level", "warn"],
+      { env: stowageEnv() },
+    ));
+    const wanted = [imageNamed("oci-index"), imageNamed("big-layer")];
+    const blobCount = new Set(wanted.flatMap((i) => i.blobs.map((b) => b.digest))).size;
+
+    gate.set("down");
+    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-down"), img);
+    tt.ok(await metric(stowage.url, 'stowage_store_bypass_total{op="write"}') >= blobCount, "every blob served uncached is counted");
+    tt.match(stowage.logs(), /could not keep a verified blob/, "and logged for the operator");
+    gate.set("open");
+    tt.same(await keysUnder(`${prefix}/`), [], "nothing reached the bucket while S3 was down");
+
+    upstream.reset();
+    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-back"), img);
+    tt.equal(blobGets(upstream.requests).length, blobCount, "once S3 is back, the uncached blobs are fetched again");
+    const blobKeys = [...new Set(wanted.flatMap((i) => i.blobs.map((b) => blobKey(prefix, b.digest))))];
+    const stored = await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => blobKeys.every((k) => ks.includes(k)));
+    tt.same(blobKeys.filter((k) => !stored.includes(k)), [], "and now stored");
+
+    upstream.reset();
+    gate.set("down");
+    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-down-warm"), img);
+    tt.ok(blobGets(upstream.requests).length >= 1, "cached blobs the store cannot read are served from upstream");
+    tt.ok(await metric(stowage.url, 'stowage_store_bypass_total{op="read"}') >= 1, "and counted");
+    gate.set("open");
+  });
+
+  t.test("two instances sharing a bucket and a KV: each serves the other's cache; concurrent misses download once", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const prefix = "fleet";
+    const args = ["--upstream", `local=${upstream.url}`, "--storage", storageFlag(prefix), "--kv", join(scratch, "fleet-kv.sqlite3"), "--log-level", "info"];
+    const [one, two] = await Promise.all([using(tt, startStowage(args, { env: stowageEnv() })), using(tt, startStowage(args, { env: stowageEnv() }))]);
+
+    const img = imageNamed("oci-index");
+    await checkCopy(tt, await copyAll(one.url, img, "fleet-one"), img);
+    await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => img.blobs.every((b) => ks.includes(blobKey(prefix, b.digest))));
+    upstream.reset();
+    await checkCopy(tt, await copyAll(two.url, img, "fleet-two"), img);
+    tt.same(upstream.requests.map((r) => `${r.method} ${r.path}`), [], "instance 2 serves instance 1's pull without asking upstream anything");
+
+    const big = imageNamed("big-layer");
+    const layer = [...big.blobs].sort((a, b) => b.size - a.size)[0]!;
+    upstream.reset();
+    const pulls = await Promise.all([one, two].map(async (s) => {
+      const res = await fetch(`${s.url}/v2/local/${big.repo}/blobs/${layer.digest}`);
+      return { status: res.status, digest: sha256(new Uint8Array(await res.arrayBuffer())) };
+    }));
+    tt.same(pulls, [{ status: 200, digest: layer.digest }, { status: 200, digest: layer.digest }], "both instances serve the blob intact");
+    tt.equal(blobGets(upstream.requests).filter((r) => r.path.endsWith(layer.digest)).length, 1, "one upstream download for both");
+    const waits = (await metric(one.url, "stowage_lease_waits_total")) + (await metric(two.url, "stowage_lease_waits_total"));
+    tt.equal(waits, 1, "the other instance waited on the KV lease");
+    tt.ok((await keysUnder(blobKey(prefix, layer.digest))).includes(blobKey(prefix, layer.digest)), "one object in the bucket");
+    const open = (await rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket, Prefix: `${prefix}/` }))).Uploads ?? [];
+    tt.same(open, [], "no multipart upload left open");
+  });
+
+  t.test("the Deno Deploy profile: no writable disk, hashing inline, S3 plus the default KV", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const prefix = "deploy";
+    const stowage = await using(tt, startStowage(
+      ["--upstream", `local=${upstream.url}`, "--storage", storageFlag(prefix), "--hash-workers", "0", "--log-level", "info"],
+      { env: stowageEnv(), runtime: "deno", denoPermissions: ["--allow-net", "--allow-read", "--allow-env", "--allow-sys", "--deny-write"] },
+    ));
+    tt.match(stowage.logs(), /no writable disk: running diskless/, "start-up says it runs without a disk");
+    tt.match(stowage.logs(), /platform's default KV/, "and which KV it uses");
+    tt.match(stowage.logs(), /hashing blobs on the main thread/, "and how it hashes");
+
+    // With no spool, a client that falls behind the download's memory window continues from the bucket.
+    const big = imageNamed("big-layer");
+    const layer = [...big.blobs].sort((a, b) => b.size - a.size)[0]!;
+    const url = `${stowage.url}/v2/local/${big.repo}/blobs/${layer.digest}`;
+    const laggard = await fetch(url);
+    const eager = await fetch(url);
+    tt.equal(sha256(new Uint8Array(await eager.arrayBuffer())), layer.digest, "a client reading at full speed gets the blob");
+    await eventually(() => keysUnder(blobKey(prefix, layer.digest)), (ks) => ks.length === 1);
+    tt.equal(sha256(new Uint8Array(await laggard.arrayBuffer())), layer.digest, "a client that stopped reading gets it intact from the bucket");
+    tt.equal(blobGets(upstream.requests).length, 1, "one upstream download for both");
+
+    for (const img of [imageNamed("oci-index"), big]) await checkCopy(tt, await copyAll(stowage.url, img, "deploy-cold"), img);
+    upstream.reset();
+    for (const img of [imageNamed("oci-index"), big]) await checkCopy(tt, await copyAll(stowage.url, img, "deploy-warm"), img);
+    tt.same(blobGets(upstream.requests), [], "warm pulls come from the bucket");
   });
 }

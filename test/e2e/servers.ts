@@ -495,7 +495,12 @@ function flagValue(args: string[], name: string): string | undefined {
  */
 export async function startStowage(
   args: string[],
-  opts: { env?: Record<string, string>; runtime?: "node" | "deno" } = {},
+  opts: {
+    env?: Record<string, string>;
+    runtime?: "node" | "deno";
+    /** Deno permissions instead of the usual ones (which allow writing), e.g. to run with --deny-write. */
+    denoPermissions?: string[];
+  } = {},
 ): Promise<Proc & { url: string; port: number; dataDir: string }> {
   const runtime = opts.runtime ?? (process.env.STOWAGE_E2E_RUNTIME === "deno" ? "deno" : "node");
   const extra: string[] = [];
@@ -517,7 +522,7 @@ export async function startStowage(
   const url = `http://${host}:${port}`;
 
   const [cmd, prefix] = runtime === "deno"
-    ? [await denoBinary(), ["run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "src/main.ts"]]
+    ? [await denoBinary(), ["run", ...(opts.denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]]
     : [process.execPath, ["--import", "tsx", "src/main.ts"]];
   const s = spawnTracked(cmd, [...prefix, "serve", ...extra, ...args], {
     cwd: PROJECT_ROOT,

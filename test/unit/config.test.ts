@@ -49,6 +49,8 @@ t.test("defaults", async (t) => {
     clientTimeoutSeconds: 300,
     logLevel: "info",
     storage: { kind: "fs" },
+    kv: null,
+    hashWorkers: 2,
   });
 });
 
@@ -81,6 +83,12 @@ t.test("each flag, in both --flag value and --flag=value form", async (t) => {
       "s3://cache.bucket/a/b/?endpoint=http://127.0.0.1:7480/&region=eu-west-1",
       { storage: { kind: "s3", bucket: "cache.bucket", prefix: "a/b", endpoint: "http://127.0.0.1:7480", region: "eu-west-1" } },
     ],
+    ["--kv", "/shared/stowage/kv.sqlite3", { kv: { kind: "file", path: "/shared/stowage/kv.sqlite3" } }],
+    ["--kv", ":memory:", { kv: { kind: "memory" } }],
+    ["--kv", "default", { kv: { kind: "platform" } }],
+    ["--kv", "https://kv.example.com/api/databases/0f6e", { kv: { kind: "remote", url: "https://kv.example.com/api/databases/0f6e" } }],
+    ["--hash-workers", "0", { hashWorkers: 0 }],
+    ["--hash-workers", "4", { hashWorkers: 4 }],
   ];
   for (const [flag, value, expected] of cases) {
     t.match(load([flag, value]), expected, `${flag} ${value}`);
@@ -188,6 +196,8 @@ t.test("config file: YAML and JSON", async (t) => {
     clientTimeoutSeconds: 300,
     logLevel: "warn",
     storage: { kind: "fs" },
+    kv: null,
+    hashWorkers: 2,
   });
 
   const j = load([], { STOWAGE_CONFIG: "s.json" }, { "s.json": JSON_FILE });
@@ -407,6 +417,11 @@ t.test("bad inputs: one-line messages naming the setting, never the password", a
     { name: "storage endpoint", argv: ["--storage", "s3://bucket?endpoint=ftp://x"], starts: "--storage:", has: "endpoint" },
     { name: "storage parameter", argv: ["--storage", "s3://bucket?acl=public"], starts: "--storage:", has: '"acl"' },
     { name: "storage prefix", argv: ["--storage", "s3://bucket/a//b"], starts: "--storage:", has: "prefix" },
+    { name: "kv file key", argv: ["--config", "c.yaml"], files: { "c.yaml": "kv: ''\n" }, starts: "c.yaml: kv", has: "KV Connect URL" },
+    { name: "kv scheme", argv: ["--kv", "redis://127.0.0.1:6379"], starts: "--kv:", has: "KV Connect URL" },
+    { name: "kv URL with credentials", argv: ["--kv", `https://user:${SECRET}@kv.example.com/`], starts: "--kv:", has: "DENO_KV_ACCESS_TOKEN" },
+    { name: "hash workers negative", argv: ["--hash-workers", "-1"], starts: "--hash-workers:", has: '"-1"' },
+    { name: "hash workers too many", env: { STOWAGE_HASH_WORKERS: "64" }, starts: "STOWAGE_HASH_WORKERS:", has: "0 (hash on the main thread) to 16" },
     {
       name: "s3 credentials without s3 storage",
       argv: ["--config", "c.yaml"],
@@ -498,4 +513,30 @@ t.test("help documents every flag and environment variable", async (t) => {
     "STOWAGE_HTPASSWD", "STOWAGE_TOKEN_TTL", "STOWAGE_CONFIG"];
   for (const env of envs) t.ok(SERVE_HELP.includes(env), `SERVE_HELP has ${env}`);
   for (const cmd of ["serve", "help", "--version"]) t.ok(USAGE.includes(cmd), `USAGE has ${cmd}`);
+});
+
+t.test("start-up: where the disk or the KV cannot be used, the operator is told what to change", async (t) => {
+  const { StartupError, startServer } = await import("../../src/server.ts");
+  const { nodeRuntime } = await import("../../src/runtime/node.ts");
+  const { createLogger } = await import("../../src/log.ts");
+  const { mkdtemp, rm } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const dir = await mkdtemp(join(tmpdir(), "stowage-startup-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const start = (argv: string[], runtime = nodeRuntime) =>
+    startServer({ ...load(["--data-dir", dir, ...argv]), listen: { hostname: "127.0.0.1", port: 0 } }, runtime, createLogger("error", () => {}));
+  // Root can write anywhere, so a read-only disk is the runtime's answer, as under deno --deny-write.
+  const readOnly = { ...nodeRuntime, canWrite: async () => false };
+
+  await t.rejects(start([], readOnly), { constructor: StartupError, message: /--data-dir .* is not writable.*--storage s3:\/\/BUCKET/ }, "filesystem store without a writable disk");
+  await t.rejects(start(["--kv", "default"]), { constructor: StartupError, message: /no platform KV on Node.*--kv/ }, "--kv default on Node");
+  await t.rejects(
+    start(["--kv", join(dir, "missing", "dir", "kv.sqlite3")]),
+    { constructor: StartupError, message: /cannot open the KV store \(file .*\).*--kv/ },
+    "a KV file that cannot be created",
+  );
+  const server = await start(["--kv", ":memory:", "--hash-workers", "0"]);
+  await server.close();
+  t.pass("--kv :memory: with --hash-workers 0 starts");
 });

@@ -1,0 +1,91 @@
+import type { TypedKv } from "../kv/kv.ts";
+import type { Logger } from "../log.ts";
+import type { Digest } from "../registry/reference.ts";
+import { keys, LeaseRecord } from "./records.ts";
+
+/** How long a lease lasts without renewal: a crashed holder delays the others at most this long. */
+export const LEASE_TTL_MS = 15_000;
+
+/**
+ * Leases in the shared KV, so that instances sharing a bucket fetch each blob
+ * once: the instance holding a digest's lease downloads it, the others wait
+ * for its commit and serve the blob from the store. A holder renews its lease
+ * while the download runs; one that dies stops renewing, and another instance
+ * takes over once the lease has expired.
+ */
+export class FetchLeases {
+  constructor(
+    private readonly kv: TypedKv,
+    /** Unique per process. */
+    readonly owner: string,
+    private readonly ttlMs = LEASE_TTL_MS,
+  ) {}
+
+  /** Takes the lease on `digest`, or returns null while another instance holds a live one. */
+  async tryAcquire(digest: Digest, log: Logger): Promise<HeldLease | null> {
+    const key = keys.lease(digest);
+    const current = await this.kv.readVersioned(key, LeaseRecord);
+    if (current.value && current.value.owner !== this.owner && current.value.expiresAt > Date.now()) return null;
+    const versionstamp = await this.put(key, current.versionstamp);
+    // Another instance took it between our read and write.
+    if (versionstamp === null) return null;
+    return new HeldLease(this, digest, versionstamp, log);
+  }
+
+  /** Compare-and-set of the lease record; the new versionstamp, or null if the record changed meanwhile. */
+  async put(key: readonly ["lease", Digest], expected: string | null): Promise<string | null> {
+    const expiresAt = Date.now() + this.ttlMs;
+    const result = await this.kv.raw
+      .atomic()
+      .check({ key, versionstamp: expected })
+      .set(key, { owner: this.owner, expiresAt } satisfies LeaseRecord, { expireIn: this.ttlMs * 4 })
+      .commit();
+    return result.ok ? (result.versionstamp ?? null) : null;
+  }
+
+  async remove(key: readonly ["lease", Digest], expected: string): Promise<void> {
+    await this.kv.raw.atomic().check({ key, versionstamp: expected }).delete(key).commit();
+  }
+
+  get renewEveryMs(): number {
+    return Math.floor(this.ttlMs / 3);
+  }
+}
+
+/** A lease this instance holds; renews itself until released. */
+export class HeldLease {
+  private readonly timer: ReturnType<typeof setInterval>;
+  private released = false;
+
+  constructor(
+    private readonly leases: FetchLeases,
+    private readonly digest: Digest,
+    private versionstamp: string,
+    log: Logger,
+  ) {
+    this.timer = setInterval(() => {
+      leases.put(keys.lease(digest), this.versionstamp).then(
+        (next) => {
+          if (next !== null) this.versionstamp = next;
+          else if (!this.released) {
+            // Our renewals were late (a stalled process): another instance may now fetch too.
+            // Both copies are verified and identical, so the store still ends with one good object.
+            log.warn("lost the fetch lease to another instance; both may download this blob", { digest });
+            clearInterval(this.timer);
+          }
+        },
+        (err) => log.warn("could not renew the fetch lease in KV", { digest, error: err }),
+      );
+    }, leases.renewEveryMs);
+    // A lease must not keep a stopping process alive.
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  /** Ends the lease so that waiting instances look at the store at once. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    clearInterval(this.timer);
+    await this.leases.remove(keys.lease(this.digest), this.versionstamp).catch(() => {});
+  }
+}

@@ -1,0 +1,49 @@
+import { join, resolve } from "node:path";
+import type { Config, KvLocation } from "../config.ts";
+import type { Runtime } from "../runtime/runtime.ts";
+import type { Kv } from "./kv.ts";
+
+/** Where the KV is when the operator did not say: beside the blobs, or the platform's own when there is no disk. */
+export function kvLocationFor(config: Config, diskWritable: boolean): KvLocation {
+  if (config.kv) return config.kv;
+  return diskWritable ? { kind: "file", path: join(resolve(config.dataDir), "kv.sqlite3") } : { kind: "platform" };
+}
+
+/** For logs: never shows more than the origin of a remote KV. */
+export function describeKv(location: KvLocation): string {
+  switch (location.kind) {
+    case "file":
+      return `file ${location.path}`;
+    case "memory":
+      return "in memory (forgotten on exit)";
+    case "remote":
+      return `KV Connect at ${new URL(location.url).origin}`;
+    case "platform":
+      return "the platform's default KV (Deno.openKv(); on Deno Deploy, the project's KV)";
+  }
+}
+
+export class KvOpenError extends Error {}
+
+/** Opens the KV, or explains to the operator what to change. */
+export async function openKvAt(runtime: Runtime, location: KvLocation): Promise<Kv> {
+  if (location.kind === "platform" && runtime.name !== "deno") {
+    throw new KvOpenError(
+      "there is no platform KV on Node: give --kv a file path on a writable disk, or a KV Connect URL shared by every instance",
+    );
+  }
+  const arg = location.kind === "file" ? location.path : location.kind === "memory" ? ":memory:" : location.kind === "remote" ? location.url : undefined;
+  try {
+    return await runtime.openKv(arg);
+  } catch (err) {
+    const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    const hint = location.kind === "platform"
+      ? "outside Deno Deploy, give --kv a file path on a writable disk, :memory:, or a KV Connect URL"
+      : location.kind === "remote"
+      ? "check the URL and that DENO_KV_ACCESS_TOKEN holds a valid access token"
+      : location.kind === "file"
+      ? "check that the directory exists and is writable, or choose another path with --kv"
+      : "";
+    throw new KvOpenError(`cannot open the KV store (${describeKv(location)}): ${why}${hint ? `; ${hint}` : ""}`);
+  }
+}
