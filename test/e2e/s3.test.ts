@@ -65,7 +65,9 @@ async function main(): Promise<void> {
   }
   /** One series of /metrics, e.g. `stowage_store_bypass_total{op="write"}`; 0 when absent. */
   async function metric(url: string, series: string): Promise<number> {
-    const text = await (await fetch(`${url}/metrics`)).text();
+    // Once more on a socket error: a pooled keep-alive connection may have just been closed by the server.
+    const get = () => fetch(`${url}/metrics`).then((r) => r.text());
+    const text = await get().catch(get);
     return Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(text)?.[1] ?? 0);
   }
   const imageNamed = (name: string) => images.find((i) => i.repo.endsWith(`/${name}`))!;
