@@ -74,7 +74,8 @@ export const denoRuntime: Runtime = {
   onSignal(signal, fn) {
     Deno.addSignalListener(signal, fn);
   },
-  args: () => Deno.args,
+  // Deno Deploy gives no command line: there, serve, configured by STOWAGE_* variables.
+  args: () => (Deno.args.length === 0 && Deno.env.toObject().DENO_DEPLOYMENT_ID ? ["serve"] : Deno.args),
   env: () => Deno.env.toObject(),
   readTextFile: (path) => Deno.readTextFileSync(path),
   readStdin: () => new Response(Deno.stdin.readable).text(),
