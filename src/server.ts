@@ -82,7 +82,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     log,
     metrics,
     manifests: new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 }),
-    blobs: new BlobCache({ kv, store, hashers, metrics, idleTimeoutMs: timeoutMs, leases: new FetchLeases(kv, crypto.randomUUID()) }),
+    blobs: new BlobCache({ kv, store, hashers, metrics, idleTimeoutMs: timeoutMs, leases: new FetchLeases(kv, crypto.randomUUID()) }, config.clientTimeoutSeconds * 1000),
     ...(access ? { access } : {}),
   };
 

@@ -24,7 +24,11 @@ export type BlobAnswer = {
 export class BlobCache {
   private readonly inflight = new Map<Digest, BlobFetch>();
 
-  constructor(private readonly deps: BlobFetchDeps) {}
+  constructor(
+    private readonly deps: BlobFetchDeps,
+    /** A client that takes no bytes of a blob for this long is cut off (--client-timeout). */
+    private readonly clientTimeoutMs: number = 5 * 60_000,
+  ) {}
 
   get inflightCount(): number {
     return this.inflight.size;
@@ -44,7 +48,14 @@ export class BlobCache {
     else metrics.cacheMisses.inc({ kind: "blob" });
     if (answer.body) {
       const counter = answer.source === "cache" ? metrics.bytesFromCache : metrics.bytesFromUpstream;
-      answer.body = observedBody(answer.body, { onChunk: (n) => counter.inc({}, n) });
+      const seconds = this.clientTimeoutMs / 1000;
+      answer.body = observedBody(answer.body, {
+        onChunk: (n) => counter.inc({}, n),
+        stall: {
+          ms: this.clientTimeoutMs,
+          onStall: () => log.warn("cut off a client that took nothing for --client-timeout", { digest, seconds }),
+        },
+      });
     }
     return answer;
   }

@@ -2,14 +2,21 @@
  * Passes a body through unchanged, telling `onChunk` about every chunk the
  * consumer takes and `onEnd` (once) when the body ends, fails or is cancelled.
  * Pull-based (no buffering of its own), so backpressure is kept.
+ *
+ * With `stall`, a consumer that asks for nothing more for `ms` after taking a
+ * chunk (a client that stopped reading: the socket is full and the server
+ * stops pulling) gets its body failed, which makes the server close the
+ * connection and frees what the body holds. Works the same on every runtime.
  */
 export function observedBody(
   body: ReadableStream<Uint8Array>,
-  hooks: { onChunk?: (bytes: number) => void; onEnd?: () => void },
+  hooks: { onChunk?: (bytes: number) => void; onEnd?: () => void; stall?: { ms: number; onStall: () => void } },
 ): ReadableStream<Uint8Array> {
   const reader = body.getReader();
   let ended = false;
+  let watchdog: ReturnType<typeof setTimeout> | undefined;
   const end = () => {
+    clearTimeout(watchdog);
     if (ended) return;
     ended = true;
     hooks.onEnd?.();
@@ -17,14 +24,25 @@ export function observedBody(
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
+        clearTimeout(watchdog);
         try {
           const { done, value } = await reader.read();
           if (done) {
             end();
             controller.close();
-          } else {
-            hooks.onChunk?.(value.byteLength);
-            controller.enqueue(value);
+            return;
+          }
+          hooks.onChunk?.(value.byteLength);
+          controller.enqueue(value);
+          const stall = hooks.stall;
+          if (stall) {
+            watchdog = setTimeout(() => {
+              const err = new Error(`the client took nothing for ${stall.ms / 1000} s`);
+              end();
+              controller.error(err);
+              reader.cancel(err).catch(() => {});
+              stall.onStall();
+            }, stall.ms);
           }
         } catch (err) {
           end();

@@ -21,7 +21,8 @@ export interface Runtime {
   /**
    * Serves `handler`. A connection on which nothing moves for `clientTimeoutMs`
    * (a client that stopped reading a blob, or went quiet) is closed, where the
-   * platform allows it (Node; Deno.serve offers no such control).
+   * platform allows it (Node; Deno.serve offers no such control, and there
+   * the blob bodies' own stall watchdog does the job).
    */
   serve(handler: FetchHandler, listen: { hostname: string; port: number }, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
   /** Opens the KV store: a file path, ":memory:", or undefined for the platform default (Deno Deploy). */

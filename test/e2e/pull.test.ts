@@ -5,6 +5,7 @@ import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
 import {
@@ -192,6 +193,36 @@ t.test("10 concurrent cold pulls of the large image cause one upstream blob fetc
     tt.equal(gets.length, 1, `one upstream GET for blob ${blob.digest.slice(0, 19)} (${blob.size} bytes)`);
   }
   await storeIsVerified(tt, stowage.dataDir);
+});
+
+t.test("a client that stops reading a blob is cut off after --client-timeout; others are still served", async (tt) => {
+  const stowage = await using(tt, startStowage(["--upstream", `local=${registry.url}`, "--client-timeout", "1s", "--log-level", "warn"]));
+  const big = image("big-layer");
+  const layer = [...big.blobs].sort((a, b) => b.size - a.size)[0]!;
+  const path = `/v2/local/${big.repo}/blobs/${layer.digest}`;
+  const warm = await fetch(stowage.url + path);
+  tt.equal(`sha256:${createHash("sha256").update(new Uint8Array(await warm.arrayBuffer())).digest("hex")}`, layer.digest, "cached first");
+  // A raw socket that sends the request, takes the first bytes, then stops reading.
+  const socket = connect(stowage.port, "127.0.0.1");
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: stowage\r\n\r\n`);
+  await new Promise<void>((resolve) => socket.once("data", () => resolve()));
+  socket.pause();
+  await new Promise((r) => setTimeout(r, 4000)); // four times --client-timeout
+  let received = 0;
+  const closed = new Promise<void>((resolve) => {
+    socket.on("data", (chunk: Buffer) => (received += chunk.length));
+    socket.once("close", () => resolve());
+    socket.once("error", () => resolve());
+  });
+  socket.resume();
+  // Bounded, so that a server that never closes fails the test instead of hanging it.
+  await Promise.race([closed, new Promise((r) => setTimeout(r, 20_000))]);
+  socket.destroy();
+  tt.ok(received < layer.size, `the stuck connection was closed before the blob was sent (${received} of ${layer.size} bytes after the pause)`);
+  tt.match(stowage.logs(), /--client-timeout/, "the operator is told");
+  const again = await fetch(stowage.url + path);
+  tt.equal(`sha256:${createHash("sha256").update(new Uint8Array(await again.arrayBuffer())).digest("hex")}`, layer.digest, "others are still served");
 });
 
 t.test("a stopped upstream: cached tags are still served, a miss is a clear 503", async (tt) => {

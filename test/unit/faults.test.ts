@@ -748,7 +748,7 @@ t.test("upstream protection and stuck clients", async (t) => {
     t.equal(most, 2, "the upstream saw at most 2 requests at a time");
   });
 
-  // Node closes the idle socket; Deno.serve has no such control (see src/runtime/runtime.ts).
+  // Node closes the idle socket, and the blob body's own watchdog ends the response (as on Deno).
   await t.test("a client that stops reading is cut off after --client-timeout", async (t) => {
     const bytes = randomBytes(64 * MiB); // far more than socket buffers hold
     const digest = up.addBlob(bytes);
@@ -773,7 +773,7 @@ t.test("upstream protection and stuck clients", async (t) => {
     await Promise.race([closed, sleep(10_000)]);
     socket.destroy();
     t.ok(received < bytes.length, `the server closed the stuck connection before sending the blob (${received} of ${bytes.length} bytes after the pause)`);
-    t.ok(stowage.logs.some((l) => l.includes("nothing moved for --client-timeout")), "the operator is told");
+    t.ok(stowage.logs.some((l) => l.includes("for --client-timeout")), "the operator is told");
     const again = await fetch(`${stowage.url}/v2/app/blobs/${digest}`);
     t.equal(sha256(new Uint8Array(await again.arrayBuffer())), digest, "others are still served");
   });
