@@ -1,4 +1,5 @@
 import { join, resolve } from "node:path";
+import nodeProcess from "node:process";
 import type { App } from "./app.ts";
 import { AccessControl } from "./auth/access.ts";
 import { BlobCache } from "./cache/blob-cache.ts";
@@ -117,6 +118,13 @@ async function openStore(config: Config, dataDir: string | null, log: Logger): P
   if (s.kind === "fs") {
     if (dataDir === null) throw new Error("the filesystem store needs a writable data dir");
     return FsBlobStore.open(join(dataDir, "blobs"));
+  }
+  // The SDK warns on stderr (outside the JSON log) that its releases after January 2027 need
+  // Node 22; Stowage pins a release that supports Node 20, so say it once, in the log.
+  const nodeMajor = Number(/^v(\d+)/.exec(nodeProcess.version)?.[1] ?? 0);
+  if (nodeMajor > 0 && nodeMajor < 22 && nodeProcess.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED === undefined) {
+    nodeProcess.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
+    log.info("the AWS SDK is pinned to a release that supports this Node; its releases after January 2027 need Node 22 or later", { node: nodeProcess.version });
   }
   // Loaded only when used: the SDK is large and slows every start-up otherwise.
   const { S3BlobStore } = await import("./storage/s3-store.ts");
