@@ -1,7 +1,7 @@
 // Process introspection for the benchmark: which pid listens on a port, its peak memory, and the
-// CPU time its threads spent. Linux only (/proc, ss); the benchmark machine is Linux.
+// CPU time it spent. Linux only (/proc, ss); the benchmark machine is Linux.
 import { execFile } from "node:child_process";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 
 const execFileP = promisify(execFile);
@@ -66,61 +66,11 @@ export class PeakRss {
 
 const CLOCK_TICKS = 100; // USER_HZ; `getconf CLK_TCK` is 100 on every Linux the benchmark targets
 
-type Stat = { comm: string; minflt: number; seconds: number };
-
-function parseStat(text: string): Stat {
+/** User + system CPU seconds of the whole process, ended threads included. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const text = await readFile(`/proc/${pid}/stat`, "utf8");
   // comm is in parentheses and may contain spaces, so split after the last ')'.
-  const close = text.lastIndexOf(")");
-  const comm = text.slice(text.indexOf("(") + 1, close);
-  const f = text.slice(close + 2).split(" ");
-  // Fields after comm, 0-based: minflt is 7, utime 11, stime 12 (stat(5) numbers 10, 14, 15).
-  return { comm, minflt: Number(f[7]), seconds: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS };
-}
-
-/** Whole-process figures, ended threads included. */
-export async function processStat(pid: number): Promise<Stat> {
-  return parseStat(await readFile(`/proc/${pid}/stat`, "utf8"));
-}
-
-export async function processCpuSeconds(pid: number): Promise<number> {
-  return (await processStat(pid)).seconds;
-}
-
-type ThreadTimes = { process: Stat; threads: Map<number, number> };
-
-/** CPU seconds per thread id, plus the whole-process totals. */
-export async function threadTimes(pid: number): Promise<ThreadTimes> {
-  const threads = new Map<number, number>();
-  for (const tid of await readdir(`/proc/${pid}/task`)) {
-    try {
-      threads.set(Number(tid), parseStat(await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8")).seconds);
-    } catch {
-      // the thread ended between readdir and read
-    }
-  }
-  return { process: await processStat(pid), threads };
-}
-
-/**
- * CPU used between two snapshots: the main thread (the event loop), and each other thread that
- * did anything. Node does not name its threads on this build (all are "node"), so the others
- * (digest workers, libuv pool, V8 GC and compiler threads) are told apart only by how busy they are.
- */
-export type CpuUse = { total: number; main: number; others: number[]; minorFaults: number };
-
-export function cpuBetween(pid: number, before: ThreadTimes, after: ThreadTimes): CpuUse {
-  const others: number[] = [];
-  let main = 0;
-  for (const [tid, secs] of after.threads) {
-    const spent = secs - (before.threads.get(tid) ?? 0);
-    if (tid === pid) main = spent;
-    else if (spent > 0) others.push(spent);
-  }
-  others.sort((a, b) => b - a);
-  return {
-    total: after.process.seconds - before.process.seconds,
-    main,
-    others,
-    minorFaults: after.process.minflt - before.process.minflt,
-  };
+  const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  // Fields after comm, 0-based: utime is 11, stime 12 (stat(5) numbers 14, 15).
+  return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
 }

@@ -1,0 +1,41 @@
+// Requirement 5: the upstream connection drops once, at half of the 1 GiB blob. The peer fetches
+// through bench/fault-proxy.ts; a client GETs the blob from an empty cache and the bytes it gets
+// are hashed. A cache that resumes (Range) or retries hides the fault from the client at the cost
+// of some time; one that does not hands the client a truncated body. The reference is the same
+// cold GET through the same proxy with no fault, on another fresh peer, so the proxy's own cost
+// is in both.
+import { curlHashed, type HashedDownload } from "../curl.ts";
+import { type ProxiedRequest, startFaultProxy } from "../fault-proxy.ts";
+import { blobPath, measure, withPeer, type Blob, type Metrics, type Setup } from "../measure.ts";
+import type { PeerKind } from "../peers.ts";
+
+export type FaultResult = { metrics: Metrics; faulty: HashedDownload; upstreamRequests: ProxiedRequest[] };
+
+async function coldThrough(kind: PeerKind, setup: Setup, blob: Blob, cut: boolean) {
+  const proxy = await startFaultProxy(setup.upstreamUrl, cut ? { path: blobPath(blob), cutAt: Math.floor(blob.size / 2) } : null);
+  try {
+    const run = await withPeer(kind, { ...setup, upstreamUrl: proxy.url }, (peer) =>
+      measure(peer, () => curlHashed(peer.url + blobPath(blob), blob.size, blob.digest, 120)),
+    );
+    return { run, requests: proxy.requests.filter((r) => r.path === blobPath(blob)) };
+  } finally {
+    await proxy.stop();
+  }
+}
+
+export async function faultRun(kind: PeerKind, setup: Setup, blob: Blob): Promise<FaultResult> {
+  const clean = await coldThrough(kind, setup, blob, false);
+  if (!clean.run.value.ok) throw new Error(`clean cold GET through the fault proxy failed: ${JSON.stringify(clean.run.value)}`);
+  const faulty = await coldThrough(kind, setup, blob, true);
+  const f = faulty.run.value;
+  const metrics: Metrics = {
+    "fault.clean.wall": clean.run.wallSeconds,
+    "fault.ok": f.ok ? 1 : 0,
+    "fault.bytes": f.bytes ?? 0,
+    "fault.wall": faulty.run.wallSeconds,
+    "fault.upBytes": faulty.requests.reduce((s, r) => s + r.bytes, 0),
+    "fault.rss": faulty.run.peakRss,
+  };
+  if (f.ok) metrics["fault.slowdown"] = faulty.run.wallSeconds / clean.run.wallSeconds;
+  return { metrics, faulty: f, upstreamRequests: faulty.requests };
+}
