@@ -129,11 +129,18 @@ export class KeyRing {
       stored.map(async (k) => ({
         kid: k.kid,
         publicJwk: k.publicJwk as JWK,
-        verify: (await importJWK(k.publicJwk as JWK, SIGNING_ALG)) as CryptoKey,
-        sign: k.retiredAt === null ? ((await importJWK(k.privateJwk as JWK, SIGNING_ALG)) as CryptoKey) : null,
+        verify: await importEcKey(k.publicJwk as JWK),
+        sign: k.retiredAt === null ? await importEcKey(k.privateJwk as JWK) : null,
         retiredAt: k.retiredAt,
       })),
     );
     this.#loadedAt = now;
   }
+}
+
+/** jose returns raw bytes for symmetric JWKs; ours are always EC key pairs. */
+async function importEcKey(jwk: JWK): Promise<CryptoKey> {
+  const key = await importJWK(jwk, SIGNING_ALG);
+  if (key instanceof Uint8Array) throw new Error("a signing key stored in KV is not an EC key");
+  return key;
 }
