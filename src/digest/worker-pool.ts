@@ -5,14 +5,20 @@ import type { Hasher, HasherFactory } from "./hasher.ts";
 
 /** Bytes gathered before one message to a worker: fewer, larger messages cost less. */
 const BATCH_BYTES = 1024 * 1024;
-/** Bytes one hasher may have posted but not yet hashed before `update` waits. */
-const BACKLOG_BYTES = 8 * 1024 * 1024;
+/**
+ * Bytes one hasher may have posted but not yet hashed before `update` waits. Four batches keep a
+ * worker busy (it hashes one in about a millisecond) while capping what sits in its queue.
+ */
+const BACKLOG_BYTES = 4 * 1024 * 1024;
 
 type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } | { op: "digest"; id: number; hex: string | null };
 
-/** Batch buffers handed back by the workers, reused instead of allocating (and faulting in) fresh ones. */
+/**
+ * Batch buffers handed back by the workers, reused instead of allocating (and faulting in) fresh
+ * ones. They stay resident for good: enough for about two blobs hashed at once, no more.
+ */
 const spareBuffers: ArrayBuffer[] = [];
-const MAX_SPARE_BUFFERS = 16;
+const MAX_SPARE_BUFFERS = 8;
 
 function takeBatch(): Uint8Array {
   const spare = spareBuffers.pop();
@@ -100,7 +106,7 @@ export class WorkerHasherFactory implements HasherFactory {
     const url = new URL("../../workers/digest-worker.ts", import.meta.url);
     const workers = Array.from({ length: count }, () => new DigestWorker(spawn(url)));
     const factory = new WorkerHasherFactory(workers);
-    // Prove the worker actually loads (a TypeScript worker needs the loader to be inherited).
+    // Prove the worker actually loads (its TypeScript is type-stripped when the runtime spawns it).
     const probe = factory.create("sha256");
     await probe.update(new TextEncoder().encode("stowage"));
     const hex = await withTimeout(probe.finish(), 10_000, "digest worker did not answer within 10 s");
