@@ -129,7 +129,7 @@ export class S3BlobStore implements BlobStore {
         { abortSignal: answered.signal },
       );
       if (!got.Body) throw new Error(`S3 returned no body for ${digest}`);
-      return got.Body.transformToWebStream() as ReadableStream<Uint8Array>;
+      return pulledStream(got.Body);
     } catch (err) {
       if (isMissingObject(err)) return null;
       throw err;
@@ -466,6 +466,31 @@ class MemoryUpload implements BlobUpload {
     this.part = new Uint8Array(0);
     await this.multipart.abort();
   }
+}
+
+/**
+ * The object body as a web stream that reads from S3 only as fast as the
+ * client takes it. Not the SDK's transformToWebStream: that is Readable.toWeb,
+ * which on Node 20 counts each chunk as 1 against a high-water mark of 16384,
+ * so a slow client made it buffer nearly a whole blob in memory.
+ */
+function pulledStream(body: unknown): ReadableStream<Uint8Array> {
+  if (body instanceof ReadableStream) return body as ReadableStream<Uint8Array>;
+  const readable = body as AsyncIterable<Uint8Array> & { destroy(error?: Error): void };
+  const chunks = readable[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const { done, value } = await chunks.next();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      },
+      cancel(reason) {
+        readable.destroy(reason instanceof Error ? reason : undefined);
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 /** A missing object (not a missing bucket, which is a configuration problem and must surface). */

@@ -17,7 +17,9 @@ function run(cmd: string, args: string[]): Promise<{ code: number; output: strin
 }
 
 t.test("tsc --noEmit (src, workers, test, bench)", async (t) => {
-  const tsc = fileURLToPath(new URL("../../node_modules/typescript/bin/tsc", import.meta.url));
+  // lib/tsc.js, not the extensionless bin/tsc: tap's process-info hook (pirates) in the
+  // child would load that ES module through require() (ERR_REQUIRE_CYCLE_MODULE).
+  const tsc = fileURLToPath(new URL("../../node_modules/typescript/lib/tsc.js", import.meta.url));
   const r = await run(process.execPath, [tsc, "--noEmit", "-p", "."]);
   t.equal(r.code, 0, r.code === 0 ? "clean" : r.output.slice(0, 4000));
 });
