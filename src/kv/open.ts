@@ -1,6 +1,7 @@
 import { join, resolve } from "node:path";
 import type { Config, KvLocation } from "../config.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import { retryWhileBusy } from "./busy-retry.ts";
 import type { Kv } from "./kv.ts";
 
 /** Where the KV is when the operator did not say: beside the blobs, or the platform's own when there is no disk. */
@@ -34,7 +35,9 @@ export async function openKvAt(runtime: Runtime, location: KvLocation): Promise<
   }
   const arg = location.kind === "file" ? location.path : location.kind === "memory" ? ":memory:" : location.kind === "remote" ? location.url : undefined;
   try {
-    return await runtime.openKv(arg);
+    const kv = await runtime.openKv(arg);
+    // A file may be shared by instances on one machine, each locking it while it writes.
+    return location.kind === "file" ? retryWhileBusy(kv) : kv;
   } catch (err) {
     const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
     const hint = location.kind === "platform"
