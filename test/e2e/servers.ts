@@ -490,7 +490,7 @@ function flagValue(args: string[], name: string): string | undefined {
 }
 
 /**
- * Stowage itself: `node --max-semi-space-size=2 --import tsx src/main.ts serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
+ * Stowage itself: `node --max-semi-space-size=2 --initial-old-space-size=64 --import tsx src/main.ts serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
  * from the project root; a port and a fresh data dir are chosen unless args name them.
  */
 export async function startStowage(
@@ -523,7 +523,7 @@ export async function startStowage(
 
   const [cmd, prefix] = runtime === "deno"
     ? [await denoBinary(), ["run", ...(opts.denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]]
-    : [process.execPath, ["--max-semi-space-size=2", "--import", "tsx", "src/main.ts"]]; // as npm start
+    : [process.execPath, ["--max-semi-space-size=2", "--initial-old-space-size=64", "--import", "tsx", "src/main.ts"]]; // as npm start
   const s = spawnTracked(cmd, [...prefix, "serve", ...extra, ...args], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, ...opts.env },
