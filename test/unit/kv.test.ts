@@ -18,7 +18,7 @@ t.test("which errors mean another process holds the lock", async (tt) => {
     [new Error("unable to open database file"), false],
     ["database is locked", true],
   ];
-  for (const [err, busy] of cases) tt.equal(isBusy(err), busy, String(err).split("\n")[0]);
+  for (const [err, busy] of cases) tt.equal(isBusy(err), busy, String(err).split("\n")[0] ?? "");
 });
 
 /** A Kv whose operations fail as busy `busyTimes` times, then work; counts calls. */
@@ -31,10 +31,10 @@ function flakyKv(busyTimes: number, other?: Error) {
     if (left-- > 0) throw new Error("database is locked");
   };
   const kv: Kv = {
-    async get() {
+    async get<T>() {
       calls.get++;
       fail();
-      return { value: 1, versionstamp: "v1" };
+      return { value: 1 as T, versionstamp: "v1" };
     },
     async set() {
       fail();
