@@ -218,11 +218,28 @@ class Multipart {
     while (this.busy) await new Promise<void>((resolve) => this.slotFreed.add(resolve));
   }
 
+  /**
+   * Part buffers whose upload succeeded, for the next parts: fresh 8 MiB buffers for every
+   * part of a large blob kept V8 holding dead ones (measured: ~40 MiB more RSS while uploading).
+   * Only after success: a failed request may still have had its body in a socket write.
+   */
+  private readonly spare: Uint8Array[] = [];
+
+  /** A PART_SIZE buffer to fill, recycled where possible. */
+  partBuffer(): Uint8Array {
+    return this.spare.pop() ?? new Uint8Array(PART_SIZE);
+  }
+
   /** Uploads the next part; `body` is read only when the part starts. */
   add(body: () => Promise<Uint8Array>): void {
     const number = this.parts.length + 1;
     this.running++;
-    const part = this.uploadPart(number, body).finally(() => {
+    let bytes: Uint8Array | null = null;
+    const part = this.uploadPart(number, async () => (bytes = await body())).then((done) => {
+      // The SDK is done with the body once the request succeeded.
+      if (bytes && bytes.buffer.byteLength === PART_SIZE && this.spare.length < PARTS_IN_FLIGHT) this.spare.push(new Uint8Array(bytes.buffer));
+      return done;
+    }).finally(() => {
       this.running--;
       for (const wake of this.slotFreed) wake();
       this.slotFreed.clear();
@@ -339,7 +356,7 @@ class SpooledUpload implements BlobUpload {
   }
 
   private async readSpool(start: number, size: number): Promise<Uint8Array> {
-    const buf = new Uint8Array(size);
+    const buf = size === PART_SIZE ? this.multipart.partBuffer() : new Uint8Array(size);
     let got = 0;
     while (got < size) {
       const { bytesRead } = await this.handle.read(buf, got, size - got, start + got);
@@ -400,7 +417,7 @@ class SpooledUpload implements BlobUpload {
  * those further behind from the store once committed.
  */
 class MemoryUpload implements BlobUpload {
-  private part = new Uint8Array(PART_SIZE);
+  private part: Uint8Array = new Uint8Array(PART_SIZE);
   private filled = 0;
   private size = 0;
   private tail: Promise<void> = Promise.resolve();
@@ -430,7 +447,7 @@ class MemoryUpload implements BlobUpload {
   private async sendPart(): Promise<void> {
     await this.multipart.untilSlot();
     const bytes = this.part.subarray(0, this.filled);
-    this.part = new Uint8Array(PART_SIZE);
+    this.part = this.multipart.partBuffer();
     this.filled = 0;
     this.multipart.add(async () => bytes);
   }
