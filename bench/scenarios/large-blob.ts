@@ -7,6 +7,7 @@
 // once at the start: on a shared 2-core machine the speed of everything drifts by 2× within
 // minutes, and a reference taken at another moment would judge the drift, not the peer.
 import { curlBlob, type Download } from "../curl.ts";
+import { diskWriteSpeed } from "../disk.ts";
 import type { UpstreamCounter } from "../counters.ts";
 import { blobPath, measure, untilCached, type Blob, type Metrics } from "../measure.ts";
 import type { Peer } from "../peers.ts";
@@ -29,6 +30,7 @@ export async function largeBlob(peer: Peer, counter: UpstreamCounter, blob: Blob
   const idleRss = await rssBytes(peer.pid);
 
   const direct = await curlBlob(refs.upstreamUrl + blobPath(blob), blob.size);
+  const diskWrite = await diskWriteSpeed(blob.size);
   // The path every cold fetch takes: what the counter costs shows here.
   const viaCounter = await curlBlob(counter.url + blobPath(blob), blob.size);
   await counter.reset();
@@ -54,6 +56,7 @@ export async function largeBlob(peer: Peer, counter: UpstreamCounter, blob: Blob
   return {
     "idle.rss": idleRss,
     "ref.direct": direct.speed,
+    "ref.diskWrite": diskWrite,
     "ref.viaCounter": viaCounter.speed,
     "ref.ceiling": best(ceiling),
     "cold.speed": cold.value.download.speed,
