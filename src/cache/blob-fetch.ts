@@ -9,6 +9,7 @@ import { UpstreamError } from "../upstream/upstream-error.ts";
 import type { FetchLeases, HeldLease } from "./fetch-lease.ts";
 import { BlobRecord, keys, LinkRecord } from "./records.ts";
 import { ChangeSignal, IdleTimer } from "./signal.ts";
+import { unzeroedBytes } from "../bytes.ts";
 
 /** Bytes a follower reads from the spool at a time. */
 const FOLLOW_CHUNK = 1024 * 1024;
@@ -541,7 +542,7 @@ const BATCH_MAX_AGE_MS = 25;
 
 /** Gathers chunks into batches of BATCH_BYTES (the last one shorter). A batch is never changed once passed on. */
 class Batcher {
-  private batch = new Uint8Array(BATCH_BYTES);
+  private batch = unzeroedBytes(BATCH_BYTES);
   private filled = 0;
   private startedAt = 0;
 
@@ -567,7 +568,7 @@ class Batcher {
   private async flush(): Promise<void> {
     if (this.filled === 0) return;
     const full = this.filled === BATCH_BYTES ? this.batch : this.batch.subarray(0, this.filled);
-    this.batch = new Uint8Array(BATCH_BYTES);
+    this.batch = unzeroedBytes(BATCH_BYTES);
     this.filled = 0;
     await this.emit(full);
   }

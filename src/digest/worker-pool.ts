@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { WorkerPort } from "../runtime/runtime.ts";
 import type { DigestAlgorithm } from "../registry/reference.ts";
 import type { Hasher, HasherFactory } from "./hasher.ts";
+import { unzeroedBytes } from "../bytes.ts";
 
 /** Bytes gathered before one message to a worker: fewer, larger messages cost less. */
 const BATCH_BYTES = 1024 * 1024;
@@ -22,7 +23,7 @@ const MAX_SPARE_BUFFERS = 8;
 
 function takeBatch(): Uint8Array {
   const spare = spareBuffers.pop();
-  return spare ? new Uint8Array(spare) : new Uint8Array(BATCH_BYTES);
+  return spare ? new Uint8Array(spare) : unzeroedBytes(BATCH_BYTES);
 }
 
 type Job = {

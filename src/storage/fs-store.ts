@@ -5,6 +5,7 @@ import type { ByteRange } from "../registry/range.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
 import { openSpoolReader } from "./spool-reader.ts";
+import { unzeroedBytes } from "../bytes.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
 const READ_CHUNK = 1024 * 1024;
@@ -149,7 +150,7 @@ function fileStream(handle: FileHandle, start: number, end: number): ReadableStr
             controller.close();
             return;
           }
-          const buf = new Uint8Array(want);
+          const buf = unzeroedBytes(want);
           const { bytesRead } = await handle.read(buf, 0, want, position);
           if (bytesRead === 0) throw new Error("blob file shorter than expected");
           position += bytesRead;

@@ -20,6 +20,7 @@ import type { ByteRange } from "../registry/range.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
 import { openSpoolReader } from "./spool-reader.ts";
+import { unzeroedBytes } from "../bytes.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
 export const PART_SIZE = 8 * 1024 * 1024;
@@ -227,7 +228,7 @@ class Multipart {
 
   /** A PART_SIZE buffer to fill, recycled where possible. */
   partBuffer(): Uint8Array {
-    return this.spare.pop() ?? new Uint8Array(PART_SIZE);
+    return this.spare.pop() ?? unzeroedBytes(PART_SIZE);
   }
 
   /** Uploads the next part; `body` is read only when the part starts. */
@@ -356,7 +357,7 @@ class SpooledUpload implements BlobUpload {
   }
 
   private async readSpool(start: number, size: number): Promise<Uint8Array> {
-    const buf = size === PART_SIZE ? this.multipart.partBuffer() : new Uint8Array(size);
+    const buf = size === PART_SIZE ? this.multipart.partBuffer() : unzeroedBytes(size);
     let got = 0;
     while (got < size) {
       const { bytesRead } = await this.handle.read(buf, got, size - got, start + got);
