@@ -9,7 +9,7 @@ import { S3BlobStore } from "../../src/storage/s3-store.ts";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "./rgw.ts";
 import { startTcpGate } from "./tcp-gate.ts";
-import { makeTempDir, pushTestImages, type RecordedRequest, skopeo, startRecordingProxy, startRegistry, startStowage } from "./servers.ts";
+import { makeTempDir, pushTestImages, type RecordedRequest, skopeo, startContainerd, startRecordingProxy, startRegistry, startStowage } from "./servers.ts";
 
 const unavailable = rgwUnavailable();
 if (unavailable) {
@@ -138,6 +138,31 @@ async function main(): Promise<void> {
     tt.equal(sha256(new Uint8Array(await again.arrayBuffer())), victim.digest, "with the right bytes");
     tt.equal(blobGets(upstream.requests).filter((r) => r.path.endsWith(victim.digest)).length, 1, "fetched from upstream again");
     tt.ok((await eventually(() => keysUnder(victimKey), (ks) => ks.includes(victimKey))).includes(victimKey), "and stored in the bucket again");
+  });
+
+  t.test("containerd pulls through the S3 store: ctr images pull cold, then warm from the bucket on a fresh containerd", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const prefix = "containerd";
+    const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--storage", storageFlag(prefix), "--log-level", "warn"], { env: stowageEnv() }));
+    const host = new URL(stowage.url).host;
+    const pull = async (img: TestImage, label: string) => {
+      // A fresh containerd each time: its own content store is empty, so every blob comes through Stowage.
+      const containerd = await using(tt, startContainerd());
+      const ref = `${host}/local/${img.repo}:${img.tag}`;
+      const pulled = await containerd.ctr(["images", "pull", "--platform", "linux/arm64", "--snapshotter", "native", ref]);
+      tt.equal(pulled.code, 0, `${label}: ctr images pull ${img.repo}: ${pulled.stderr.slice(-500)}`);
+      const line = (await containerd.ctr(["images", "ls"])).stdout.split("\n").find((l) => l.startsWith(ref)) ?? "";
+      tt.match(line, img.digest, `${label}: containerd recorded the index digest of ${img.repo}`);
+      await containerd.stop();
+    };
+    const wanted = [imageNamed("oci-index"), imageNamed("docker-list")];
+    for (const img of wanted) await pull(img, "cold");
+    tt.ok(blobGets(upstream.requests).length > 0, "the cold pulls fetched blobs upstream");
+    const stored = await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => ks.length > 0 && !ks.some((k) => k.includes("/_")));
+    tt.ok(stored.length > 0, "and the bucket holds them");
+    upstream.reset();
+    for (const img of wanted) await pull(img, "warm");
+    tt.same(blobGets(upstream.requests), [], "the warm pulls send no blob request upstream");
   });
 
   t.test("corrupted upstream bytes leave nothing under the final key", async (tt) => {
