@@ -14,6 +14,8 @@ import { registryErrorFor } from "./upstream-errors.ts";
 
 /** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/** How long a client's manifest waits for the store to keep it (a healthy store takes milliseconds). */
+const STORE_WAIT_MS = 2_000;
 
 export type ManifestAnswer = {
   digest: Digest;
@@ -126,24 +128,46 @@ export class ManifestCache {
     if (announced && digestAlgorithm(announced) === digestAlgorithm(digest) && announced !== digest) {
       throw new UpstreamError("bad-response", `upstream ${name} announced ${announced} but the manifest bytes hash to ${digest}`);
     }
+    const stored = this.keep(source, reference, { digest, mediaType, bytes, byTag: !requested }, log);
+    // The client has its verified manifest either way; it waits for the store only briefly, so a
+    // store that hangs (S3 accepting connections and never answering) costs a pull seconds, not
+    // a wait per manifest. The store and the records finish in the background.
+    await Promise.race([stored, new Promise<void>((resolve) => setTimeout(resolve, STORE_WAIT_MS))]);
+    return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
+  }
+
+  /** Stores verified manifest bytes, then records them; a store failure is logged and counted, never thrown. */
+  private async keep(
+    source: FetchSource,
+    reference: string,
+    m: { digest: Digest; mediaType: ManifestRecord["mediaType"]; bytes: Uint8Array<ArrayBuffer>; byTag: boolean },
+    log: Logger,
+  ): Promise<void> {
+    const { kv, store } = this.deps;
+    const name = source.client.upstream.name;
+    const { digest, mediaType, bytes } = m;
     const now = this.now();
     try {
       await store.put(digest, bytes);
     } catch (err) {
-      // The client still gets the verified manifest; nothing is recorded, so the next pull asks upstream again.
+      // Nothing is recorded, so the next pull asks upstream again.
       this.deps.metrics.storeErrors.inc({ op: "put" });
       this.deps.metrics.storeBypass.inc({ op: "write" });
       log.warn("the store could not keep a manifest; served it from upstream without caching", { upstream: name, repo: source.repo, digest, error: err });
-      return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
+      return;
     }
-    const record: ManifestRecord = { mediaType, size: bytes.byteLength, storedAt: now };
-    await kv.write(keys.manifest(name, source.repo, digest), record);
-    if (!requested) {
-      await kv.write(keys.tag(name, source.repo, reference), { digest, mediaType, size: bytes.byteLength, checkedAt: now });
+    try {
+      const record: ManifestRecord = { mediaType, size: bytes.byteLength, storedAt: now };
+      await kv.write(keys.manifest(name, source.repo, digest), record);
+      if (m.byTag) {
+        await kv.write(keys.tag(name, source.repo, reference), { digest, mediaType, size: bytes.byteLength, checkedAt: now });
+      }
+    } catch (err) {
+      log.warn("could not record a stored manifest in the KV; the next pull asks upstream again", { upstream: name, repo: source.repo, digest, error: err });
+      return;
     }
     this.lru.set(digest, bytes);
     log.info("manifest cached", { upstream: name, repo: source.repo, reference, digest, mediaType });
-    return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
   }
 
   /** The cached manifest of this repository, if both its record and its bytes are still there. */

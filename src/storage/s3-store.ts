@@ -28,7 +28,11 @@ export const PART_SIZE = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT = 2;
 /** Connecting to S3 takes longer than this only when it is down or unreachable. */
 const CONNECT_TIMEOUT_MS = 5_000;
-/** A GET whose response has not started by then is given up, and the blob is served from upstream. */
+/**
+ * A request whose answer has not started by then is given up (a GET's blob is then served from
+ * upstream, a manifest is served uncached), and so is a connection on which nothing moves for
+ * that long in the middle of a body or an upload part.
+ */
 const ANSWER_TIMEOUT_MS = 15_000;
 /** Multipart uploads older than this at start-up were left by a crash (no fetch lasts that long). */
 const STALE_UPLOAD_MS = 60 * 60 * 1000;
@@ -79,6 +83,8 @@ export class S3BlobStore implements BlobStore {
         httpAgent: { keepAlive: true, maxSockets: 256 },
         httpsAgent: { keepAlive: true, maxSockets: 256 },
         connectionTimeout: CONNECT_TIMEOUT_MS,
+        // Idle time on the socket: an S3 that accepts connections and then says nothing.
+        requestTimeout: ANSWER_TIMEOUT_MS,
       },
     });
   }
@@ -108,7 +114,9 @@ export class S3BlobStore implements BlobStore {
 
   async stat(digest: Digest): Promise<{ size: number } | null> {
     try {
-      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+      const head = await this.bounded("a HEAD", (abortSignal) =>
+        this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }), { abortSignal })
+      );
       return { size: head.ContentLength ?? 0 };
     } catch (err) {
       if (isMissingObject(err)) return null;
@@ -117,32 +125,47 @@ export class S3BlobStore implements BlobStore {
   }
 
   async open(digest: Digest, range?: ByteRange): Promise<ReadableStream<Uint8Array> | null> {
-    // Bounded until the response starts (not after: a slow client may read the body slowly).
-    const answered = new AbortController();
-    const timer = setTimeout(() => answered.abort(new Error(`S3 did not answer a GET within ${ANSWER_TIMEOUT_MS / 1000} s`)), ANSWER_TIMEOUT_MS);
     try {
-      const got = await this.client.send(
-        new GetObjectCommand({
-          Bucket: this.bucket,
-          Key: this.keyOf(digest),
-          ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}),
-        }),
-        { abortSignal: answered.signal },
+      // Bounded until the response starts (not after: a slow client may read the body slowly).
+      const got = await this.bounded("a GET", (abortSignal) =>
+        this.client.send(
+          new GetObjectCommand({
+            Bucket: this.bucket,
+            Key: this.keyOf(digest),
+            ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}),
+          }),
+          { abortSignal },
+        )
       );
       if (!got.Body) throw new Error(`S3 returned no body for ${digest}`);
       return pulledStream(got.Body);
     } catch (err) {
       if (isMissingObject(err)) return null;
       throw err;
-    } finally {
-      clearTimeout(timer);
     }
   }
 
   async put(digest: Digest, bytes: Uint8Array): Promise<void> {
-    await this.client.send(
-      new PutObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest), Body: bytes, ContentLength: bytes.byteLength }),
+    await this.bounded("a PUT", (abortSignal) =>
+      this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest), Body: bytes, ContentLength: bytes.byteLength }), { abortSignal })
     );
+  }
+
+  /**
+   * A small request on a client's path (manifest PUT, HEAD, readiness), bounded as a whole,
+   * retries included: a stalled S3 must cost a pull seconds, not hang it.
+   */
+  private async bounded<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(), ANSWER_TIMEOUT_MS);
+    try {
+      return await send(deadline.signal);
+    } catch (err) {
+      if (deadline.signal.aborted) throw new Error(`S3 did not answer ${what} within ${ANSWER_TIMEOUT_MS / 1000} s`, { cause: err });
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async begin(digest: Digest): Promise<BlobUpload> {
@@ -154,11 +177,13 @@ export class S3BlobStore implements BlobStore {
   }
 
   async delete(digest: Digest): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+    await this.bounded("a DELETE", (abortSignal) =>
+      this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }), { abortSignal })
+    );
   }
 
   async check(): Promise<void> {
-    await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+    await this.bounded("a HEAD on the bucket", (abortSignal) => this.client.send(new HeadBucketCommand({ Bucket: this.bucket }), { abortSignal }));
   }
 
   /** Aborts this store's multipart uploads started before `before` (epoch ms); returns how many. */

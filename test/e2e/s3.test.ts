@@ -233,6 +233,30 @@ async function main(): Promise<void> {
     gate.set("open");
   });
 
+  t.test("S3 hangs (connections accepted, nothing answered): pulls still complete, uncached, in seconds", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const gate = await startTcpGate("127.0.0.1", Number(new URL(rgw.endpoint).port));
+    tt.teardown(() => gate.stop());
+    const prefix = "stall";
+    const stowage = await using(tt, startStowage(
+      ["--upstream", `local=${upstream.url}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${gate.address}`, "--log-level", "warn"],
+      { env: stowageEnv() },
+    ));
+    const img = imageNamed("oci-index");
+    gate.set("stall");
+    const started = Date.now();
+    await checkCopy(tt, await copyAll(stowage.url, img, "s3-stall"), img);
+    const seconds = (Date.now() - started) / 1000;
+    // Each manifest waits for S3 at most 2 s, blobs not at all (the /readyz below waits its 15 s).
+    tt.ok(seconds < 20, `the pull completed in ${seconds.toFixed(1)} s`);
+    const ready = await fetch(`${stowage.url}/readyz`);
+    tt.equal(ready.status, 503, "/readyz says the store is failing");
+    tt.match(JSON.stringify(await ready.json()), /did not answer/, "and why");
+    tt.match(stowage.logs(), /could not keep a manifest/, "the operator is told what was not cached");
+    tt.same(await keysUnder(`${prefix}/`), [], "nothing reached the bucket");
+    gate.set("open");
+  });
+
   t.test("two instances sharing a bucket and a KV: each serves the other's cache; concurrent misses download once", async (tt) => {
     const upstream = await using(tt, startRecordingProxy(registry.url));
     const prefix = "fleet";
