@@ -8,6 +8,7 @@ import { CreateMultipartUploadCommand, DeleteObjectCommand, ListMultipartUploads
 import { S3BlobStore } from "../../src/storage/s3-store.ts";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "./rgw.ts";
+import { startHttpFaultProxy } from "./http-fault-proxy.ts";
 import { startTcpGate } from "./tcp-gate.ts";
 import { makeTempDir, pushTestImages, type RecordedRequest, skopeo, startContainerd, startRecordingProxy, startRegistry, startStowage } from "./servers.ts";
 
@@ -231,6 +232,38 @@ async function main(): Promise<void> {
     tt.ok(blobGets(upstream.requests).length >= 1, "cached blobs the store cannot read are served from upstream");
     tt.ok(await metric(stowage.url, 'stowage_store_bypass_total{op="read"}') >= 1, "and counted");
     gate.set("open");
+  });
+
+  t.test("S3 answers 503 to every write: pulls are served uncached, nothing is left in the bucket, then it heals", async (tt) => {
+    const upstream = await using(tt, startRecordingProxy(registry.url));
+    const proxy = await startHttpFaultProxy("127.0.0.1", Number(new URL(rgw.endpoint).port));
+    tt.teardown(() => proxy.stop());
+    const prefix = "slowdown";
+    const stowage = await using(tt, startStowage(
+      ["--upstream", `local=${upstream.url}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${proxy.address}`, "--log-level", "warn"],
+      { env: stowageEnv() },
+    ));
+    const wanted = [imageNamed("oci-index"), imageNamed("big-layer")];
+    const blobCount = new Set(wanted.flatMap((i) => i.blobs.map((b) => b.digest))).size;
+
+    proxy.failWhen((req) => req.method === "PUT" || req.method === "POST");
+    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-503"), img);
+    tt.ok((proxy.failed.get("PUT") ?? 0) + (proxy.failed.get("POST") ?? 0) > 0, "S3 was asked to store and refused");
+    const bypassed = await eventually(() => metric(stowage.url, 'stowage_store_bypass_total{op="write"}'), (n) => n >= blobCount);
+    tt.ok(bypassed >= blobCount, `every blob served uncached is counted (${bypassed})`);
+    tt.same(await keysUnder(`${prefix}/`), [], "nothing reached the bucket");
+    const open = (await rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket, Prefix: `${prefix}/` }))).Uploads ?? [];
+    tt.same(open, [], "no multipart upload left open");
+
+    // Commits still retrying against the refusing S3 would be joined by the next pull: let them end.
+    tt.equal(await eventually(() => metric(stowage.url, "stowage_inflight_fetches"), (n) => n === 0), 0, "every fetch has ended");
+    proxy.failWhen(null);
+    upstream.reset();
+    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-503-healed"), img);
+    tt.equal(blobGets(upstream.requests).length, blobCount, "once S3 stores again, the uncached blobs are fetched again");
+    const blobKeys = [...new Set(wanted.flatMap((i) => i.blobs.map((b) => blobKey(prefix, b.digest))))];
+    const stored = await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => blobKeys.every((k) => ks.includes(k)));
+    tt.same(blobKeys.filter((k) => !stored.includes(k)), [], "and now stored");
   });
 
   t.test("S3 hangs (connections accepted, nothing answered): pulls still complete, uncached, in seconds", async (tt) => {
