@@ -33,6 +33,13 @@ async function main(): Promise<void> {
     AWS_SECRET_ACCESS_KEY: rgw.credentials.secretAccessKey,
     AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true",
   });
+  /** Stowage whose S3 requests go through `address` (a gate or fault proxy in front of RGW). */
+  const stowageVia = (tt: Test, upstreamUrl: string, address: string, prefix: string) =>
+    using(tt, startStowage(
+      ["--upstream", `local=${upstreamUrl}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${address}`, "--log-level", "warn"],
+      { env: stowageEnv() },
+    ));
+  const rgwPort = () => Number(new URL(rgw.endpoint).port);
   async function keysUnder(prefix: string): Promise<string[]> {
     const keys: string[] = [];
     let token: string | undefined;
@@ -70,6 +77,16 @@ async function main(): Promise<void> {
     const get = () => fetch(`${url}/metrics`).then((r) => r.text());
     const text = await get().catch(get);
     return Number(new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(text)?.[1] ?? 0);
+  }
+  /** Once S3 works again: the blobs that were served uncached are fetched once more, and stored. */
+  async function pullsStoreAgain(tt: Test, url: string, upstream: Awaited<ReturnType<typeof startRecordingProxy>>, wanted: TestImage[], prefix: string, label: string): Promise<void> {
+    upstream.reset();
+    for (const img of wanted) await checkCopy(tt, await copyAll(url, img, label), img);
+    const blobCount = new Set(wanted.flatMap((i) => i.blobs.map((b) => b.digest))).size;
+    tt.equal(blobGets(upstream.requests).length, blobCount, "once S3 works again, the uncached blobs are fetched again");
+    const blobKeys = [...new Set(wanted.flatMap((i) => i.blobs.map((b) => blobKey(prefix, b.digest))))];
+    const stored = await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => blobKeys.every((k) => ks.includes(k)));
+    tt.same(blobKeys.filter((k) => !stored.includes(k)), [], "and now stored");
   }
   const imageNamed = (name: string) => images.find((i) => i.repo.endsWith(`/${name}`))!;
   const blobKey = (prefix: string, digest: string) => `${prefix}/blobs/sha256/${digest.slice(7)}`;
@@ -202,13 +219,10 @@ async function main(): Promise<void> {
 
   t.test("S3 down: pulls are served from upstream uncached, and the cache fills again once S3 is back", async (tt) => {
     const upstream = await using(tt, startRecordingProxy(registry.url));
-    const gate = await startTcpGate("127.0.0.1", Number(new URL(rgw.endpoint).port));
+    const gate = await startTcpGate("127.0.0.1", rgwPort());
     tt.teardown(() => gate.stop());
     const prefix = "outage";
-    const stowage = await using(tt, startStowage(
-      ["--upstream", `local=${upstream.url}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${gate.address}`, "--log-level", "warn"],
-      { env: stowageEnv() },
-    ));
+    const stowage = await stowageVia(tt, upstream.url, gate.address, prefix);
     const wanted = [imageNamed("oci-index"), imageNamed("big-layer")];
     const blobCount = new Set(wanted.flatMap((i) => i.blobs.map((b) => b.digest))).size;
 
@@ -219,12 +233,7 @@ async function main(): Promise<void> {
     gate.set("open");
     tt.same(await keysUnder(`${prefix}/`), [], "nothing reached the bucket while S3 was down");
 
-    upstream.reset();
-    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-back"), img);
-    tt.equal(blobGets(upstream.requests).length, blobCount, "once S3 is back, the uncached blobs are fetched again");
-    const blobKeys = [...new Set(wanted.flatMap((i) => i.blobs.map((b) => blobKey(prefix, b.digest))))];
-    const stored = await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => blobKeys.every((k) => ks.includes(k)));
-    tt.same(blobKeys.filter((k) => !stored.includes(k)), [], "and now stored");
+    await pullsStoreAgain(tt, stowage.url, upstream, wanted, prefix, "s3-back");
 
     upstream.reset();
     gate.set("down");
@@ -236,13 +245,10 @@ async function main(): Promise<void> {
 
   t.test("S3 answers 503 to every write: pulls are served uncached, nothing is left in the bucket, then it heals", async (tt) => {
     const upstream = await using(tt, startRecordingProxy(registry.url));
-    const proxy = await startHttpFaultProxy("127.0.0.1", Number(new URL(rgw.endpoint).port));
+    const proxy = await startHttpFaultProxy("127.0.0.1", rgwPort());
     tt.teardown(() => proxy.stop());
     const prefix = "slowdown";
-    const stowage = await using(tt, startStowage(
-      ["--upstream", `local=${upstream.url}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${proxy.address}`, "--log-level", "warn"],
-      { env: stowageEnv() },
-    ));
+    const stowage = await stowageVia(tt, upstream.url, proxy.address, prefix);
     const wanted = [imageNamed("oci-index"), imageNamed("big-layer")];
     const blobCount = new Set(wanted.flatMap((i) => i.blobs.map((b) => b.digest))).size;
 
@@ -258,23 +264,15 @@ async function main(): Promise<void> {
     // Commits still retrying against the refusing S3 would be joined by the next pull: let them end.
     tt.equal(await eventually(() => metric(stowage.url, "stowage_inflight_fetches"), (n) => n === 0), 0, "every fetch has ended");
     proxy.failWhen(null);
-    upstream.reset();
-    for (const img of wanted) await checkCopy(tt, await copyAll(stowage.url, img, "s3-503-healed"), img);
-    tt.equal(blobGets(upstream.requests).length, blobCount, "once S3 stores again, the uncached blobs are fetched again");
-    const blobKeys = [...new Set(wanted.flatMap((i) => i.blobs.map((b) => blobKey(prefix, b.digest))))];
-    const stored = await eventually(() => keysUnder(`${prefix}/blobs/`), (ks) => blobKeys.every((k) => ks.includes(k)));
-    tt.same(blobKeys.filter((k) => !stored.includes(k)), [], "and now stored");
+    await pullsStoreAgain(tt, stowage.url, upstream, wanted, prefix, "s3-503-healed");
   });
 
   t.test("S3 hangs (connections accepted, nothing answered): pulls still complete, uncached, in seconds", async (tt) => {
     const upstream = await using(tt, startRecordingProxy(registry.url));
-    const gate = await startTcpGate("127.0.0.1", Number(new URL(rgw.endpoint).port));
+    const gate = await startTcpGate("127.0.0.1", rgwPort());
     tt.teardown(() => gate.stop());
     const prefix = "stall";
-    const stowage = await using(tt, startStowage(
-      ["--upstream", `local=${upstream.url}`, "--storage", `s3://${rgw.bucket}/${prefix}?endpoint=http://${gate.address}`, "--log-level", "warn"],
-      { env: stowageEnv() },
-    ));
+    const stowage = await stowageVia(tt, upstream.url, gate.address, prefix);
     const img = imageNamed("oci-index");
     gate.set("stall");
     const started = Date.now();
