@@ -81,11 +81,16 @@ export function retryWhileBusy(kv: Kv, budgetMs = BUSY_BUDGET_MS): Kv {
             return { iterator, first: await iterator.next() };
           }, budgetMs);
           if (first.done) return;
-          yield first.value;
-          for (;;) {
-            const next = await iterator.next();
-            if (next.done) return;
-            yield next.value;
+          try {
+            yield first.value;
+            for (;;) {
+              const next = await iterator.next();
+              if (next.done) return;
+              yield next.value;
+            }
+          } finally {
+            // A consumer that stops early (break) must not leave the KV's cursor open.
+            await iterator.return?.();
           }
         },
       };

@@ -24,7 +24,7 @@ t.test("which errors mean another process holds the lock", async (tt) => {
 /** A Kv whose operations fail as busy `busyTimes` times, then work; counts calls. */
 function flakyKv(busyTimes: number, other?: Error) {
   let left = busyTimes;
-  const calls = { get: 0, commit: 0 };
+  const calls = { get: 0, commit: 0, listsClosed: 0 };
   const committed: string[][] = [];
   const fail = () => {
     if (other) throw other;
@@ -46,8 +46,12 @@ function flakyKv(busyTimes: number, other?: Error) {
     list: () => ({
       async *[Symbol.asyncIterator]() {
         fail();
-        yield { key: ["a"], value: 1 as never, versionstamp: "v1" };
-        yield { key: ["b"], value: 2 as never, versionstamp: "v1" };
+        try {
+          yield { key: ["a"], value: 1 as never, versionstamp: "v1" };
+          yield { key: ["b"], value: 2 as never, versionstamp: "v1" };
+        } finally {
+          calls.listsClosed++;
+        }
       },
     }),
     atomic() {
@@ -89,6 +93,15 @@ t.test("a busy list is restarted; its entries come once each", async (tt) => {
   const keys: string[] = [];
   for await (const entry of retryWhileBusy(kv).list({ prefix: [] })) keys.push(entry.key.join("/"));
   tt.same(keys, ["a", "b"]);
+});
+
+t.test("a list left early closes the KV's own iterator", async (tt) => {
+  const { kv, calls } = flakyKv(0);
+  for await (const entry of retryWhileBusy(kv).list({ prefix: [] })) {
+    tt.same(entry.key, ["a"]);
+    break;
+  }
+  tt.equal(calls.listsClosed, 1);
 });
 
 t.test("other errors are not retried, and a lock held too long still surfaces", async (tt) => {
