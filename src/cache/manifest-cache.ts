@@ -132,7 +132,9 @@ export class ManifestCache {
     // The client has its verified manifest either way; it waits for the store only briefly, so a
     // store that hangs (S3 accepting connections and never answering) costs a pull seconds, not
     // a wait per manifest. The store and the records finish in the background.
-    await Promise.race([stored, new Promise<void>((resolve) => setTimeout(resolve, STORE_WAIT_MS))]);
+    let waiting: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([stored, new Promise<void>((resolve) => (waiting = setTimeout(resolve, STORE_WAIT_MS)))]);
+    clearTimeout(waiting); // not one idle 2 s timer per manifest miss
     return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
   }
 
