@@ -443,14 +443,16 @@ class SpooledUpload implements BlobUpload {
  * those further behind from the store once committed.
  */
 class MemoryUpload implements BlobUpload {
-  private part: Uint8Array = new Uint8Array(PART_SIZE);
+  private part: Uint8Array;
   private filled = 0;
   private size = 0;
   private tail: Promise<void> = Promise.resolve();
   private settled = false;
   private committed = false;
 
-  constructor(private readonly multipart: Multipart) {}
+  constructor(private readonly multipart: Multipart) {
+    this.part = multipart.partBuffer();
+  }
 
   write(chunk: Uint8Array): Promise<void> {
     // Chained, so bytes land in call order even while a full part waits for a slot.
