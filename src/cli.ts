@@ -198,6 +198,48 @@ const OPTIONS: OptionHelp[] = [
     example: "--token-ttl 30m",
   },
   {
+    usage: `${FLAGS.resolve} HOST:PORT:ADDRESS`,
+    env: `${ENV_VARS.resolve} (entries separated by commas or spaces)`,
+    about: [
+      "Connect to ADDRESS whenever an upstream URL, token realm or redirect names",
+      "HOST:PORT, as curl's --resolve does (split-horizon DNS, registries reached by an",
+      "internal address); repeatable. TLS still checks the certificate against HOST.",
+      "Node only: on Deno, use the system resolver (/etc/hosts).",
+    ],
+    default: "none (the system resolver)",
+    example: "--resolve registry.internal:443:10.0.0.5",
+  },
+  {
+    usage: `${FLAGS.maxBlobSize} SIZE`,
+    env: ENV_VARS.maxBlobSize,
+    about: [
+      "Largest blob Stowage downloads: a larger declared size is refused, and a body",
+      "without Content-Length is cut off there. Sizes: 512MiB, 32GiB, 2TB, bytes.",
+    ],
+    default: "32GiB",
+    example: "--max-blob-size 64GiB",
+  },
+  {
+    usage: `${FLAGS.diskReserve} SIZE`,
+    env: ENV_VARS.diskReserve,
+    about: [
+      "Free space the blob spool leaves on its disk. A download that would go below it",
+      "is served to the client uncached (and logged), instead of filling the disk.",
+    ],
+    default: "512MiB",
+    example: "--disk-reserve 5GiB",
+  },
+  {
+    usage: `${FLAGS.metricsListen} HOST:PORT`,
+    env: ENV_VARS.metricsListen,
+    about: [
+      "Serve /metrics (and /healthz) on this separate address, and not on --listen.",
+      "Without it, /metrics is on --listen (behind login when access control is on).",
+    ],
+    default: "none",
+    example: "--metrics-listen 127.0.0.1:9090",
+  },
+  {
     usage: `${FLAGS.config} FILE`,
     env: ENV_VARS.config,
     about: ["Read settings from a YAML or JSON file (see below)."],
@@ -245,6 +287,13 @@ Config file (YAML or JSON; unknown keys are rejected):
       username: someone      # optional; then exactly one of:
       passwordEnv: HUB_TOKEN #   password, passwordEnv (a variable name)
                              #   or passwordFile (a path; content is trimmed)
+    - name: harbor.lan
+      url: https://harbor.lan
+      allowPrivateNetwork: true  # its redirects may lead to private addresses
+  resolve: [harbor.lan:443:10.0.0.5]
+  maxBlobSize: 32GiB
+  diskReserve: 512MiB
+  metricsListen: 127.0.0.1:9090
 
   # Access control (all optional; any of these needs accessControl: true or htpasswd)
   accessControl: true
@@ -267,8 +316,8 @@ Config file (YAML or JSON; unknown keys are rejected):
     - issuer: https://token.actions.githubusercontent.com
       audience: https://cache.example.com
       identity: github-ci     # the name rules use for such jobs
-      claims:                 # every condition must match (globs)
-        repository_owner: my-org
+      claims:                 # every condition must match (globs); required,
+        repository_owner: my-org  # unless allowAnyClaims: true (any job of that CI)
         ref: refs/heads/**
 `;
 

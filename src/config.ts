@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { parseDocument } from "yaml";
+import { isIP } from "node:net";
 import { BCRYPT_HASH, IDENTITY_NAME, type IdentityEntry, parseHtpasswd } from "./auth/identities.ts";
 import type { OidcProvider } from "./auth/oidc.ts";
 import type { Rule } from "./auth/rules.ts";
@@ -22,7 +23,16 @@ export type Upstream = {
   aliases: string[];
   dockerHub: boolean;
   credentials?: Credentials;
+  /**
+   * Whether redirects and token realms of this upstream may lead to loopback, private,
+   * link-local or unspecified addresses. Off unless the operator allows it, or the
+   * upstream itself lives at such an address (a registry on the LAN).
+   */
+  allowPrivateNetwork: boolean;
 };
+
+/** `--resolve HOST:PORT:ADDRESS`: connect to ADDRESS whenever HOST:PORT is asked for (as curl does). */
+export type ResolveOverride = { host: string; port: number; address: string };
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -60,6 +70,14 @@ export type Config = {
   kv: KvLocation | null;
   /** Worker threads that verify sha256 digests; 0 hashes on the main thread. */
   hashWorkers: number;
+  /** Name resolution overrides for upstream connections (split-horizon networks, tests). */
+  resolve: ResolveOverride[];
+  /** No blob larger than this is downloaded or stored (guards bodies without Content-Length too). */
+  maxBlobBytes: number;
+  /** Free space the filesystem spool must leave on its disk; below it, blobs are served uncached. */
+  diskReserveBytes: number;
+  /** A separate listener for /metrics (and /healthz); null: /metrics is on the main listener. */
+  metricsListen: Listen | null;
 };
 
 /**
@@ -116,6 +134,8 @@ export const DEFAULTS = {
   tokenTtlSeconds: 900,
   tokenService: "stowage",
   tokenIssuer: "stowage",
+  maxBlobBytes: 32 * 1024 ** 3,
+  diskReserveBytes: 512 * 1024 ** 2,
 } as const;
 
 // Clients refetch tokens below a minute; a day bounds the harm of a leaked token.
@@ -127,6 +147,8 @@ const MAX_TOKEN_TTL_SECONDS = 86_400;
 const MAX_UPSTREAM_TIMEOUT_SECONDS = 86_400;
 const MAX_UPSTREAM_CONCURRENCY = 1024;
 const MAX_HASH_WORKERS = 16;
+// Below this, ordinary base image layers would not fit: almost certainly a unit mistake.
+const MIN_MAX_BLOB_BYTES = 1024 ** 2;
 
 // ------------------------------------------------------- value parsers
 // Each returns a problem description without the setting name; the caller
@@ -325,6 +347,36 @@ function parseHashWorkers(raw: unknown): Parsed<number> {
   return ok(n);
 }
 
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  "": 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2,
+  g: 1e9, gb: 1e9, gib: 1024 ** 3, t: 1e12, tb: 1e12, tib: 1024 ** 4,
+};
+const SIZE_HINT = "expected a size like 512MiB, 32GiB, 2TB or a number of bytes";
+
+/** A byte size: a number (bytes) or a decimal with a unit (KiB/MiB/GiB/TiB or kB/MB/GB/TB). */
+export function parseSize(raw: unknown, min = 0): Parsed<number> {
+  const text = typeof raw === "number" ? String(raw) : typeof raw === "string" ? raw.trim() : null;
+  const m = text === null ? null : /^(\d+(?:\.\d+)?)\s*([A-Za-z]*)$/.exec(text);
+  const unit = m ? SIZE_UNITS[(m[2] ?? "").toLowerCase()] : undefined;
+  if (!m || unit === undefined) return bad(`${SIZE_HINT}, got ${typeof raw === "string" ? quote(raw) : describe(raw)}`);
+  const bytes = Math.floor(Number(m[1]) * unit);
+  if (!Number.isSafeInteger(bytes)) return bad(`${SIZE_HINT}, got ${quote(String(raw))}`);
+  if (bytes < min) return bad(`must be at least ${min} bytes, got ${quote(String(raw))}`);
+  return ok(bytes);
+}
+
+const RESOLVE_HINT = "expected HOST:PORT:ADDRESS (e.g. registry.internal:443:10.0.0.5, or [::1] for IPv6)";
+
+function parseResolve(raw: string): Parsed<ResolveOverride> {
+  const m = /^([A-Za-z0-9.-]+):(\d+):(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+))$/.exec(raw.trim());
+  if (!m) return bad(`${RESOLVE_HINT}, got ${quote(raw)}`);
+  const port = Number(m[2]);
+  if (!(port >= 1 && port <= 65535)) return bad(`port must be between 1 and 65535, got ${m[2]}`);
+  const address = m[3] ?? m[4] ?? "";
+  if (isIP(address) === 0) return bad(`${quote(address)} is not an IP address (${RESOLVE_HINT})`);
+  return ok({ host: m[1]!.toLowerCase().replace(/\.$/, ""), port, address });
+}
+
 const KV_HINT = "expected a file path, :memory:, default (Deno Deploy's KV) or a KV Connect URL (https://…)";
 
 function parseKv(raw: string): Parsed<KvLocation> {
@@ -386,10 +438,17 @@ type Layer = {
   storage?: Storage;
   kv?: KvLocation;
   hashWorkers?: number;
+  maxBlobBytes?: number;
+  diskReserveBytes?: number;
+  metricsListen?: Listen;
+  /** Replaces the lower layers' list as a whole. */
+  resolve?: ResolveOverride[];
   /** Only the config file can hold these. */
   s3Credentials?: Labeled<S3Credentials>;
   upstreams: UpstreamDef[];
   credentials: CredentialsDef[];
+  /** Upstreams whose redirects may reach private addresses (config file only). */
+  privateNetworkUpstreams?: string[];
   accessControl?: Labeled<boolean>;
   htpasswd?: Labeled<string>;
   tokenTtlSeconds?: number;
@@ -416,15 +475,19 @@ type ScalarKey =
   | "accessControl"
   | "htpasswd"
   | "tokenTtl"
+  | "maxBlobSize"
+  | "diskReserve"
+  | "metricsListen"
   | "config";
 
-type ListKey = "upstream" | "credentials";
+type ListKey = "upstream" | "credentials" | "resolve";
 
 /** Raw strings from flags or environment, before validation. */
 type RawSettings = {
   scalars: Partial<Record<ScalarKey, string>>;
   upstreams: string[];
   credentials: string[];
+  resolve: string[];
 };
 
 export const FLAGS: Readonly<Record<ScalarKey | ListKey, string>> = {
@@ -445,6 +508,10 @@ export const FLAGS: Readonly<Record<ScalarKey | ListKey, string>> = {
   accessControl: "--access-control",
   htpasswd: "--htpasswd",
   tokenTtl: "--token-ttl",
+  maxBlobSize: "--max-blob-size",
+  diskReserve: "--disk-reserve",
+  metricsListen: "--metrics-listen",
+  resolve: "--resolve",
   config: "--config",
 };
 
@@ -466,6 +533,10 @@ export const ENV_VARS: Readonly<Record<ScalarKey | ListKey, string>> = {
   accessControl: "STOWAGE_ACCESS_CONTROL",
   htpasswd: "STOWAGE_HTPASSWD",
   tokenTtl: "STOWAGE_TOKEN_TTL",
+  maxBlobSize: "STOWAGE_MAX_BLOB_SIZE",
+  diskReserve: "STOWAGE_DISK_RESERVE",
+  metricsListen: "STOWAGE_METRICS_LISTEN",
+  resolve: "STOWAGE_RESOLVE",
   config: "STOWAGE_CONFIG",
 };
 
@@ -474,7 +545,7 @@ const FLAG_KEYS = new Map<string, ScalarKey | ListKey>(
 );
 
 function readFlags(argv: string[]): RawSettings {
-  const raw: RawSettings = { scalars: {}, upstreams: [], credentials: [] };
+  const raw: RawSettings = { scalars: {}, upstreams: [], credentials: [], resolve: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] ?? "";
     if (!arg.startsWith("-")) throw new ConfigError(`unexpected argument ${quote(arg)} (see stowage serve --help)`);
@@ -496,6 +567,7 @@ function readFlags(argv: string[]): RawSettings {
     if (value === undefined || value === "") throw new ConfigError(`${flag} needs a value`);
     if (key === "upstream") raw.upstreams.push(value);
     else if (key === "credentials") raw.credentials.push(value);
+    else if (key === "resolve") raw.resolve.push(value);
     else raw.scalars[key] = value; // repeated scalar flags: the last one wins
   }
   return raw;
@@ -509,7 +581,7 @@ function readEnv(env: Record<string, string | undefined>): RawSettings {
   };
   const scalars: Partial<Record<ScalarKey, string>> = {};
   for (const key of Object.keys(FLAGS) as (ScalarKey | ListKey)[]) {
-    if (key === "upstream" || key === "credentials") continue;
+    if (key === "upstream" || key === "credentials" || key === "resolve") continue;
     const v = get(key);
     if (v !== undefined) scalars[key] = v;
   }
@@ -518,6 +590,7 @@ function readEnv(env: Record<string, string | undefined>): RawSettings {
     upstreams: (get("upstream") ?? "").split(/[\s,]+/).filter((s) => s !== ""),
     // Whitespace only, so that passwords may contain commas.
     credentials: (get("credentials") ?? "").split(/\s+/).filter((s) => s !== ""),
+    resolve: (get("resolve") ?? "").split(/[\s,]+/).filter((s) => s !== ""),
   };
 }
 
@@ -557,6 +630,11 @@ function layerFromRaw(raw: RawSettings, names: Readonly<Record<ScalarKey | ListK
   if (s.tokenTtl !== undefined) {
     layer.tokenTtlSeconds = must(names.tokenTtl, parseDuration(s.tokenTtl, MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS));
   }
+
+  if (s.maxBlobSize !== undefined) layer.maxBlobBytes = must(names.maxBlobSize, parseSize(s.maxBlobSize, MIN_MAX_BLOB_BYTES));
+  if (s.diskReserve !== undefined) layer.diskReserveBytes = must(names.diskReserve, parseSize(s.diskReserve));
+  if (s.metricsListen !== undefined) layer.metricsListen = must(names.metricsListen, parseListen(s.metricsListen));
+  if (raw.resolve.length > 0) layer.resolve = raw.resolve.map((r) => must(names.resolve, parseResolve(r)));
 
   for (const entry of raw.upstreams) {
     const def = must(names.upstream, parseUpstreamEntry(entry));
@@ -602,6 +680,7 @@ const fileUpstreamSchema = z.strictObject({
   password: secretString.nullish(),
   passwordEnv: z.string({ error: "expected the name of an environment variable" }).min(1).nullish(),
   passwordFile: z.string({ error: "expected a file path" }).min(1).nullish(),
+  allowPrivateNetwork: z.boolean({ error: "expected true or false" }).nullish(),
 });
 
 const identityName = z
@@ -634,6 +713,8 @@ const fileOidcSchema = z.strictObject({
   jwksUrl: zValue(fromString(parseIssuerUrl)).nullish(),
   identity: identityName,
   claims: z.record(z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/), z.string().min(1).max(512)).default({}),
+  /** Accept every token of this issuer and audience; without it, claims must say whose. */
+  allowAnyClaims: z.boolean({ error: "expected true or false" }).default(false),
 });
 
 const fileRuleSchema = z.strictObject({
@@ -670,6 +751,10 @@ const fileSchema = z.strictObject({
   storage: zValue(fromString(parseStorage)).nullish(),
   kv: zValue(fromString(parseKv)).nullish(),
   hashWorkers: zValue(parseHashWorkers).nullish(),
+  maxBlobSize: zValue((raw) => parseSize(raw, MIN_MAX_BLOB_BYTES)).nullish(),
+  diskReserve: zValue((raw) => parseSize(raw)).nullish(),
+  metricsListen: zValue(fromString(parseListen)).nullish(),
+  resolve: z.array(zValue(fromString(parseResolve)), { error: "expected a list of HOST:PORT:ADDRESS entries" }).nullish(),
   s3: fileS3Schema.nullish(),
 });
 
@@ -789,6 +874,10 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
   if (f.storage != null) layer.storage = f.storage;
   if (f.kv != null) layer.kv = f.kv;
   if (f.hashWorkers != null) layer.hashWorkers = f.hashWorkers;
+  if (f.maxBlobSize != null) layer.maxBlobBytes = f.maxBlobSize;
+  if (f.diskReserve != null) layer.diskReserveBytes = f.diskReserve;
+  if (f.metricsListen != null) layer.metricsListen = f.metricsListen;
+  if (f.resolve != null) layer.resolve = f.resolve;
   if (f.s3 != null) {
     const { accessKeyId, secretAccessKey, sessionToken } = f.s3;
     layer.s3Credentials = { value: { accessKeyId, secretAccessKey, ...(sessionToken != null ? { sessionToken } : {}) }, label: `${file}: s3` };
@@ -805,6 +894,15 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
   }
   if (f.rules != null) layer.rules = f.rules;
   if (f.oidc != null) {
+    f.oidc.forEach((o, i) => {
+      if (Object.keys(o.claims).length === 0 && !o.allowAnyClaims) {
+        // Without a condition, any job of that CI (on GitHub Actions: any repository's workflow) would pass.
+        throw new ConfigError(
+          `${file}: oidc[${i}] (issuer ${o.issuer}, identity ${o.identity}) has no claims: conditions, so every token that issuer signs for this audience would be accepted; ` +
+            "add claims (e.g. repository_owner: my-org), or set allowAnyClaims: true if that is really meant",
+        );
+      }
+    });
     layer.oidc = f.oidc.map((o) => ({ issuer: o.issuer, audience: o.audience, jwksUrl: o.jwksUrl ?? null, identity: o.identity, claims: o.claims }));
   }
   (f.upstreams ?? []).forEach((u, i) => {
@@ -813,6 +911,7 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
       throw new ConfigError(`${file}: upstreams[${i}].name: duplicate upstream ${quote(u.name)} (also upstreams[${first}])`);
     }
     layer.upstreams.push({ name: u.name, ...u.url });
+    if (u.allowPrivateNetwork) (layer.privateNetworkUpstreams ??= []).push(u.name);
     const credentials = fileCredentials(file, i, u, src);
     if (credentials) layer.credentials.push({ name: u.name, credentials, label: `${file}: upstreams[${i}]` });
   });
@@ -823,7 +922,7 @@ function fileLayer(label: string, file: string, src: ConfigSources): Layer {
 
 const DOCKER_HUB_HOSTS = ["docker.io", "index.docker.io", "registry-1.docker.io"];
 
-function toUpstream(def: UpstreamDef, credentials: Credentials | undefined): Upstream {
+function toUpstream(def: UpstreamDef, credentials: Credentials | undefined, allowPrivateNetwork: boolean): Upstream {
   const dockerHub = DOCKER_HUB_HOSTS.includes(def.host);
   const upstream: Upstream = {
     name: def.name,
@@ -831,6 +930,7 @@ function toUpstream(def: UpstreamDef, credentials: Credentials | undefined): Ups
     host: def.host,
     aliases: dockerHub ? [...DOCKER_HUB_HOSTS] : [def.host],
     dockerHub,
+    allowPrivateNetwork,
   };
   if (credentials) upstream.credentials = credentials;
   return upstream;
@@ -861,7 +961,8 @@ function merge(layers: Layer[]): Config {
     }
   }
 
-  const upstreams = [...defs.values()].map((d) => toUpstream(d, creds.get(d.name)?.credentials));
+  const privateNetwork = new Set(layers.flatMap((l) => l.privateNetworkUpstreams ?? []));
+  const upstreams = [...defs.values()].map((d) => toUpstream(d, creds.get(d.name)?.credentials, privateNetwork.has(d.name)));
   const chosen = pick("defaultUpstream");
   if (chosen && !defs.has(chosen.value)) {
     throw new ConfigError(`${chosen.label}: ${quote(chosen.value)} is not a configured upstream (upstreams: ${known()})`);
@@ -883,6 +984,10 @@ function merge(layers: Layer[]): Config {
     storage: storageFrom(pick("storage"), pick("s3Credentials")),
     kv: pick("kv") ?? null,
     hashWorkers: pick("hashWorkers") ?? DEFAULTS.hashWorkers,
+    resolve: pick("resolve") ?? [],
+    maxBlobBytes: pick("maxBlobBytes") ?? DEFAULTS.maxBlobBytes,
+    diskReserveBytes: pick("diskReserveBytes") ?? DEFAULTS.diskReserveBytes,
+    metricsListen: pick("metricsListen") ?? null,
   };
 }
 

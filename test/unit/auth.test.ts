@@ -200,8 +200,8 @@ t.test("config: off by default, one setting turns it on, --htpasswd implies on",
 
 // --------------------------------------------------- verification, in-process
 
-const LOCAL: Upstream = { name: "local", url: "http://127.0.0.1:1", host: "127.0.0.1:1", aliases: ["127.0.0.1:1"], dockerHub: false };
-const OTHER: Upstream = { name: "other", url: "http://127.0.0.1:2", host: "127.0.0.1:2", aliases: ["127.0.0.1:2"], dockerHub: false };
+const LOCAL: Upstream = { name: "local", url: "http://127.0.0.1:1", host: "127.0.0.1:1", aliases: ["127.0.0.1:1"], dockerHub: false, allowPrivateNetwork: false };
+const OTHER: Upstream = { name: "other", url: "http://127.0.0.1:2", host: "127.0.0.1:2", aliases: ["127.0.0.1:2"], dockerHub: false, allowPrivateNetwork: false };
 
 type Clock = { now: number };
 

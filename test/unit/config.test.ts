@@ -34,6 +34,7 @@ const DOCKER_HUB = {
   host: "registry-1.docker.io",
   aliases: ["docker.io", "index.docker.io", "registry-1.docker.io"],
   dockerHub: true,
+  allowPrivateNetwork: false,
 };
 
 t.test("defaults", async (t) => {
@@ -51,6 +52,10 @@ t.test("defaults", async (t) => {
     storage: { kind: "fs" },
     kv: null,
     hashWorkers: 2,
+    resolve: [],
+    maxBlobBytes: 32 * 1024 ** 3,
+    diskReserveBytes: 512 * 1024 ** 2,
+    metricsListen: null,
   });
 });
 
@@ -89,6 +94,14 @@ t.test("each flag, in both --flag value and --flag=value form", async (t) => {
     ["--kv", "https://kv.example.com/api/databases/0f6e", { kv: { kind: "remote", url: "https://kv.example.com/api/databases/0f6e" } }],
     ["--hash-workers", "0", { hashWorkers: 0 }],
     ["--hash-workers", "4", { hashWorkers: 4 }],
+    ["--max-blob-size", "64GiB", { maxBlobBytes: 64 * 1024 ** 3 }],
+    ["--max-blob-size", "1.5GB", { maxBlobBytes: 1_500_000_000 }],
+    ["--max-blob-size", "10485760", { maxBlobBytes: 10_485_760 }],
+    ["--disk-reserve", "0", { diskReserveBytes: 0 }],
+    ["--disk-reserve", "5 GiB", { diskReserveBytes: 5 * 1024 ** 3 }],
+    ["--metrics-listen", "127.0.0.1:9090", { metricsListen: { hostname: "127.0.0.1", port: 9090 } }],
+    ["--resolve", "registry.internal:443:10.0.0.5", { resolve: [{ host: "registry.internal", port: 443, address: "10.0.0.5" }] }],
+    ["--resolve", "Auth.Hub.Test:8443:[::1]", { resolve: [{ host: "auth.hub.test", port: 8443, address: "::1" }] }],
   ];
   for (const [flag, value, expected] of cases) {
     t.match(load([flag, value]), expected, `${flag} ${value}`);
@@ -177,6 +190,7 @@ t.test("config file: YAML and JSON", async (t) => {
         host: "ghcr.io",
         aliases: ["ghcr.io"],
         dockerHub: false,
+        allowPrivateNetwork: false,
         credentials: { username: "gh", password: "gh-token" },
       },
       {
@@ -185,6 +199,7 @@ t.test("config file: YAML and JSON", async (t) => {
         host: "127.0.0.1:5001",
         aliases: ["127.0.0.1:5001"],
         dockerHub: false,
+        allowPrivateNetwork: false,
         credentials: { username: "admin", password: "file-pass" },
       },
     ],
@@ -198,6 +213,10 @@ t.test("config file: YAML and JSON", async (t) => {
     storage: { kind: "fs" },
     kv: null,
     hashWorkers: 2,
+    resolve: [],
+    maxBlobBytes: 32 * 1024 ** 3,
+    diskReserveBytes: 512 * 1024 ** 2,
+    metricsListen: null,
   });
 
   const j = load([], { STOWAGE_CONFIG: "s.json" }, { "s.json": JSON_FILE });
@@ -539,4 +558,31 @@ t.test("start-up: where the disk or the KV cannot be used, the operator is told 
   const server = await start(["--kv", ":memory:", "--hash-workers", "0"]);
   await server.close();
   t.pass("--kv :memory: with --hash-workers 0 starts");
+});
+
+t.test("--resolve, sizes, private networks and OIDC conditions", async (t) => {
+  const c = load(["--resolve", "a.test:443:127.0.0.2", "--resolve=b.test:443:127.0.0.3"]);
+  t.same(c.resolve.map((r) => `${r.host}:${r.port}:${r.address}`), ["a.test:443:127.0.0.2", "b.test:443:127.0.0.3"], "repeatable, in order");
+  t.same(load([], { STOWAGE_RESOLVE: "a.test:443:127.0.0.2, b.test:80:127.0.0.3" }).resolve.length, 2, "from the environment");
+  for (const bad of ["a.test:443", "a.test:0:127.0.0.1", "a.test:443:not-an-ip", "a.test:443:999.1.1.1", "a test:443:127.0.0.1"]) {
+    t.throws(() => load(["--resolve", bad]), { name: "ConfigError", message: /--resolve: .*HOST:PORT:ADDRESS|--resolve: port/ }, `refuses ${bad}`);
+  }
+  for (const bad of ["12 parsecs", "-1", "1KiB", "GiB"]) {
+    t.throws(() => load(["--max-blob-size", bad]), { name: "ConfigError", message: /^--max-blob-size: / }, `refuses --max-blob-size ${bad}`);
+  }
+
+  const file = `upstreams:\n  - name: lan\n    url: https://harbor.lan\n    allowPrivateNetwork: true\n  - name: hub\n    url: https://registry-1.docker.io\nresolve: [harbor.lan:443:10.0.0.5]\nmaxBlobSize: 2GiB\n`;
+  const f = load(["--config", "s.yaml"], {}, { "s.yaml": file });
+  t.same(f.upstreams.map((u) => [u.name, u.allowPrivateNetwork]), [["lan", true], ["hub", false]]);
+  t.same(f.resolve, [{ host: "harbor.lan", port: 443, address: "10.0.0.5" }]);
+  t.equal(f.maxBlobBytes, 2 * 1024 ** 3);
+
+  const oidc = (extra: string) =>
+    `accessControl: true\noidc:\n  - issuer: https://token.actions.githubusercontent.com\n    audience: https://cache.example.com\n    identity: github-ci\n${extra}`;
+  t.throws(() => load(["--config", "o.yaml"], {}, { "o.yaml": oidc("") }), {
+    name: "ConfigError",
+    message: /o\.yaml: oidc\[0\] \(issuer https:\/\/token\.actions\.githubusercontent\.com, identity github-ci\) has no claims: .*allowAnyClaims: true/,
+  }, "a provider without claim conditions is refused, naming it");
+  t.equal(load(["--config", "o.yaml"], {}, { "o.yaml": oidc("    allowAnyClaims: true\n") }).access?.oidc.length, 1, "unless allowAnyClaims says it is meant");
+  t.equal(load(["--config", "o.yaml"], {}, { "o.yaml": oidc("    claims: {repository_owner: my-org}\n") }).access?.oidc[0]?.claims.repository_owner, "my-org");
 });

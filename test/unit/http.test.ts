@@ -62,14 +62,16 @@ const DOCKER_HUB: Upstream = {
   host: "registry-1.docker.io",
   aliases: ["docker.io", "index.docker.io", "registry-1.docker.io"],
   dockerHub: true,
+  allowPrivateNetwork: false,
 };
-const GHCR: Upstream = { name: "ghcr.io", url: "https://ghcr.io", host: "ghcr.io", aliases: ["ghcr.io"], dockerHub: false };
+const GHCR: Upstream = { name: "ghcr.io", url: "https://ghcr.io", host: "ghcr.io", aliases: ["ghcr.io"], dockerHub: false, allowPrivateNetwork: false };
 const LOCAL: Upstream = {
   name: "local",
   url: "http://127.0.0.1:5001",
   host: "127.0.0.1:5001",
   aliases: ["127.0.0.1:5001"],
   dockerHub: false,
+  allowPrivateNetwork: false,
 };
 const UPSTREAMS = [DOCKER_HUB, GHCR, LOCAL];
 
