@@ -23,6 +23,8 @@ import {
   type ManifestMediaType,
 } from "../../src/registry/media-types.ts";
 import { formatBearerChallenge, parseWwwAuthenticate, type Challenge } from "../../src/registry/challenge.ts";
+import { bytesPreview, manifestShapeProblem } from "../../src/registry/manifest-shape.ts";
+import { nextPageLink, nextPageQuery } from "../../src/registry/pagination.ts";
 import { contentRange, parseRange, unsatisfiedRange, type RangeRequest } from "../../src/registry/range.ts";
 import { RegistryError, defaultStatus, errorBody, type ErrorCode } from "../../src/registry/errors.ts";
 
@@ -380,6 +382,97 @@ t.test("manifest references: invalid documents", async (t) => {
     ["layer with a bad digest", image({ layers: [{ ...layer, digest: "sha256:zz" }] }), OCI_MANIFEST],
   ];
   for (const [name, body, mt] of cases) t.equal(parseManifestReferences(body, mt), null, name);
+});
+
+t.test("manifest shapes: what may be cached under a manifest media type", async (t) => {
+  const layer = { mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: `sha256:${HEX_D}`, size: 10 };
+  const config = { mediaType: "application/vnd.oci.image.config.v1+json", digest: `sha256:${HEX_C}`, size: 10 };
+  const image = (over: Record<string, unknown>) => json({ schemaVersion: 2, mediaType: OCI_MANIFEST, config, layers: [layer], ...over });
+  const index = (manifests: unknown) => json({ schemaVersion: 2, mediaType: OCI_INDEX, manifests });
+  // Real-world documents that must pass, byte-for-byte as registries send them.
+  const good: Array<[string, Uint8Array, ManifestMediaType]> = [
+    ["Docker Hub multi-arch list", json(dockerManifestList), DOCKER_MANIFEST_LIST],
+    ["BuildKit index with an attestation manifest", json(ociIndexWithAttestation), OCI_INDEX],
+    ["OCI image with a sha512 zstd layer and annotations", json(ociImageManifest), OCI_MANIFEST],
+    ["Docker image with a foreign layer and urls", json(dockerImageManifest), DOCKER_MANIFEST],
+    ["OCI index without a mediaType field", json({ schemaVersion: 2, manifests: [] }), OCI_INDEX],
+    ["OCI image without a mediaType field, no layers (an artifact)", json({ schemaVersion: 2, config, layers: [] }), OCI_MANIFEST],
+    [
+      "Helm chart (OCI artifact)",
+      json({
+        schemaVersion: 2,
+        config: { mediaType: "application/vnd.cncf.helm.config.v1+json", digest: `sha256:${HEX_A}`, size: 117 },
+        layers: [{ mediaType: "application/vnd.cncf.helm.chart.content.v1.tar+gzip", digest: `sha256:${HEX_B}`, size: 3586 }],
+        annotations: { "org.opencontainers.image.title": "nginx" },
+      }),
+      OCI_MANIFEST,
+    ],
+    [
+      "OCI 1.1 artifact: empty config, artifactType, subject",
+      json({
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        artifactType: "application/vnd.dev.sigstore.bundle.v0.3+json",
+        config: { mediaType: "application/vnd.oci.empty.v1+json", digest: `sha256:${HEX_E}`, size: 2, data: "e30=" },
+        layers: [{ mediaType: "application/vnd.dev.sigstore.bundle.v0.3+json", digest: `sha256:${HEX_F}`, size: 4711 }],
+        subject: { mediaType: OCI_INDEX, digest: `sha256:${HEX_A}`, size: 9000 },
+      }),
+      OCI_MANIFEST,
+    ],
+    ["a digest of an algorithm we do not hash ourselves", index([{ mediaType: OCI_MANIFEST, size: 1, digest: "blake3:a1b2c3" }]), OCI_INDEX],
+    ["indented, with a trailing newline", utf8(JSON.stringify(ociImageManifest, null, 3) + "\n"), OCI_MANIFEST],
+  ];
+  for (const [name, body, mt] of good) t.equal(manifestShapeProblem(body, mt), null, name);
+
+  const bad: Array<[string, Uint8Array, ManifestMediaType, RegExp]> = [
+    ["an HTML login page", utf8("<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>"), OCI_MANIFEST, /^not JSON$/],
+    ["a proxy's HTML error", utf8("<html><body><h1>502 Bad Gateway</h1></body></html>"), DOCKER_MANIFEST_LIST, /^not JSON$/],
+    ["empty body", new Uint8Array(), OCI_MANIFEST, /empty body/],
+    ["invalid UTF-8", new Uint8Array([0x7b, 0xff, 0x7d]), OCI_INDEX, /^not JSON$/],
+    ["a JSON array", utf8("[]"), OCI_MANIFEST, /not an object \(an array\)/],
+    ["JSON null", utf8("null"), OCI_MANIFEST, /not an object \(null\)/],
+    ["a JSON string", utf8('"ok"'), OCI_MANIFEST, /not an object \(a string\)/],
+    ["an OCI error body", json({ errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] }), OCI_MANIFEST, /schemaVersion is missing/],
+    ["schema1", json({ schemaVersion: 1, name: "a", tag: "b", fsLayers: [], history: [] }), DOCKER_MANIFEST, /schemaVersion is 1, not 2/],
+    ["schemaVersion as a string", image({ schemaVersion: "2" }), OCI_MANIFEST, /schemaVersion is a string/],
+    ["mediaType field of another type", json(dockerManifestList), DOCKER_MANIFEST, /mediaType field .*manifest\.list\.v2\+json.* contradicts the content type/],
+    ["image bytes under an index type", json(ociImageManifest), OCI_INDEX, /contradicts/],
+    ["image without a mediaType field under an index type", json({ schemaVersion: 2, config, layers: [layer] }), OCI_INDEX, /manifests is missing/],
+    ["missing config", image({ config: undefined }), OCI_MANIFEST, /config is missing/],
+    ["missing layers", image({ layers: undefined }), OCI_MANIFEST, /layers is missing/],
+    ["layers not an array", image({ layers: layer }), OCI_MANIFEST, /layers should be an array/],
+    ["config without a digest", image({ config: { ...config, digest: undefined } }), OCI_MANIFEST, /config\.digest is missing/],
+    ["layer with a truncated sha256", image({ layers: [{ ...layer, digest: "sha256:1234" }] }), OCI_MANIFEST, /layers\[0\]\.digest is invalid/],
+    ["layer with an uppercase sha256", image({ layers: [{ ...layer, digest: `sha256:${HEX_D.toUpperCase()}` }] }), OCI_MANIFEST, /layers\[0\]\.digest/],
+    ["layer with a string size", image({ layers: [{ ...layer, size: "10" }] }), OCI_MANIFEST, /layers\[0\]\.size should be a number/],
+    ["layer with a negative size", image({ layers: [{ ...layer, size: -1 }] }), OCI_MANIFEST, /layers\[0\]\.size/],
+    ["index entry without mediaType", index([{ size: 1, digest: `sha256:${HEX_A}` }]), OCI_INDEX, /manifests\[0\]\.mediaType is missing/],
+    ["manifests not an array", index({}), OCI_INDEX, /manifests should be an array/],
+  ];
+  for (const [name, body, mt, want] of bad) t.match(manifestShapeProblem(body, mt), want, name);
+
+  // What the log shows of the bytes: short and printable, never the whole page.
+  t.equal(bytesPreview(utf8("<!DOCTYPE html>\n<html>")), '"<!DOCTYPE html>?<html>"');
+  const long = bytesPreview(utf8("x".repeat(10_000)));
+  t.ok(long.length < 50, "a long body is cut short");
+});
+
+t.test("tag list pagination: the next page from an upstream's Link header, as our own link", async (t) => {
+  const cases: Array<[string | null, { n?: string; last?: string } | null]> = [
+    ['</v2/library/alpine/tags/list?n=100&last=3.19>; rel="next"', { n: "100", last: "3.19" }],
+    ["</v2/app/tags/list?last=v1.2.3&n=2>; rel=next", { n: "2", last: "v1.2.3" }],
+    ['<https://registry.example.com/v2/app/tags/list?n=50&last=b>; rel="next"', { n: "50", last: "b" }],
+    ['</v2/app/tags/list?n=5&last=a>; rel="prev", </v2/app/tags/list?n=5&last=z>; rel="next"', { n: "5", last: "z" }],
+    ['</v2/app/tags/list?last=b&n=9999999999>; rel="next"', { last: "b" }], // an absurd n is dropped, not passed on
+    ['</v2/app/tags/list?n=5>; rel="next"', null], // no last: it would be the same page again
+    ['</v2/app/tags/list?n=5&last=a>; rel="prev"', null],
+    ["not a link at all", null],
+    ["", null],
+    [null, null],
+  ];
+  for (const [header, want] of cases) t.strictSame(nextPageQuery(header), want, String(header));
+  t.equal(nextPageLink("library/alpine", { n: "100", last: "3.19" }, null), '</v2/library/alpine/tags/list?n=100&last=3.19>; rel="next"');
+  t.equal(nextPageLink("app", { last: "a>b; c" }, "docker.io"), '</v2/app/tags/list?last=a%3Eb%3B+c&ns=docker.io>; rel="next"', "escaped: cannot break out of <>");
 });
 
 t.test("WWW-Authenticate parsing", async (t) => {
