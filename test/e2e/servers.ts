@@ -280,6 +280,22 @@ export async function startRegistry(
   return { ...proc, url, port, rootDir };
 }
 
+/**
+ * docker-registry with a config file the caller wrote (TLS, token or htpasswd auth, storage
+ * middleware); ready once `ready` says so. `scratch` dirs are removed when it stops.
+ */
+export async function startRegistryWithConfig(configPath: string, ready: () => Promise<boolean>, scratch: string[] = []): Promise<Proc> {
+  const s = spawnTracked(REGISTRY_BIN, ["serve", configPath]);
+  const proc = procFor(s, { scratch });
+  try {
+    await waitUntil("docker-registry", s, 15_000, ready);
+  } catch (err) {
+    await proc.stop();
+    throw err;
+  }
+  return proc;
+}
+
 export async function skopeo(args: string[], opts: { timeoutMs?: number } = {}): Promise<RunResult> {
   return run("skopeo", args, opts.timeoutMs ?? 180_000);
 }
