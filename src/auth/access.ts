@@ -11,7 +11,9 @@ import { readAuthorization } from "./credentials.ts";
 import { type Identity, IdentityStore } from "./identities.ts";
 import { CLOCK_SKEW_SECONDS, issueToken, type Issued, verifyToken } from "./jwt.ts";
 import { KeyRing } from "./keys.ts";
+import { LoginThrottle } from "./login-throttle.ts";
 import { OidcVerifier } from "./oidc.ts";
+import { PasswordChecks, PasswordChecksBusy } from "./password-checks.ts";
 import { RefreshTokens } from "./refresh.ts";
 import { ANONYMOUS, mayPull, type Principal } from "./rules.ts";
 import type { Scope } from "./scopes.ts";
@@ -22,8 +24,22 @@ export type AccessDeps = {
   defaultUpstream: string;
   publicUrl: string | null;
   kv: TypedKv;
+  /** Where bcrypt runs (startPasswordChecks); on the main thread, one at a time, if not given. */
+  passwords?: PasswordChecks;
+  throttle?: LoginThrottle;
   now?: () => number;
 };
+
+/** A sign-in refused before any password check: too many failures, or too many checks waiting. */
+export class LoginThrottled extends Error {
+  override name = "LoginThrottled";
+  constructor(
+    message: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(message);
+  }
+}
 
 export class AccessControl {
   readonly config: AccessConfig;
@@ -31,25 +47,60 @@ export class AccessControl {
   readonly identities: IdentityStore;
   readonly refreshTokens: RefreshTokens;
   readonly oidc: OidcVerifier;
+  readonly throttle: LoginThrottle;
+  readonly passwords: PasswordChecks;
   readonly now: () => number;
 
   constructor(private readonly deps: AccessDeps) {
     this.config = deps.access;
     this.now = deps.now ?? Date.now;
     this.keys = new KeyRing(deps.kv, (deps.access.tokenTtlSeconds + CLOCK_SKEW_SECONDS) * 1000, this.now);
-    this.identities = new IdentityStore(deps.access.identities);
+    this.passwords = deps.passwords ?? PasswordChecks.inline();
+    this.identities = new IdentityStore(deps.access.identities, this.passwords);
+    this.throttle = deps.throttle ?? new LoginThrottle(undefined, this.now);
     this.refreshTokens = new RefreshTokens(deps.kv, this.now);
     this.oidc = new OidcVerifier(deps.access.oidc, this.now);
   }
 
-  /** A user or robot by name and secret, or a CI job by its OIDC token as the password (any username). */
-  async authenticate(username: string, password: string): Promise<Identity | null> {
+  /**
+   * A user or robot by name and secret, or a CI job by its OIDC token as the password (any username).
+   * `client`: the peer address, for throttling failures (null when unknown). Throws LoginThrottled
+   * instead of checking anything when this address or name failed too often, or too many checks wait.
+   */
+  async authenticate(username: string, password: string, client: string | null = null): Promise<Identity | null> {
+    // A CI token is checked by signature alone (its username is arbitrary, and shared by every job):
+    // it cannot be guessed, so its failures count against the address only, and an attack under
+    // the same username cannot lock CI runners out.
+    const ci = this.oidc.isCiToken(password);
+    const user = ci ? null : username.slice(0, 256);
+    const refused = this.throttle.check(client, user);
+    if (refused) throw new LoginThrottled(refused.message, refused.retryAfterSeconds);
+    const leave = this.throttle.enter(client);
+    if (!leave) throw new LoginThrottled("too many sign-ins from this address are waiting for a password check; try again in a second", 1);
+    let identity: Identity | null;
+    try {
+      identity = await this.#check(username, password, ci);
+    } catch (err) {
+      if (err instanceof PasswordChecksBusy) throw new LoginThrottled("too many sign-ins are waiting for a password check; try again in a second", 1);
+      throw err;
+    } finally {
+      leave();
+    }
+    if (identity) this.throttle.succeeded(client, user);
+    else this.throttle.failed(client, user);
+    return identity;
+  }
+
+  async #check(username: string, password: string, ciToken: boolean): Promise<Identity | null> {
     // Bounded: bcrypt reads only 72 bytes anyway, and hashing megabytes would be a cheap attack.
     if (username.length > 256 || password.length > 16 * 1024) return null;
-    const known = password.length <= 1024 ? await this.identities.verify(username, password) : null;
-    if (known) return known;
+    if (!ciToken) return password.length <= 1024 ? await this.identities.verify(username, password) : null;
     const ci = await this.oidc.verify(password);
     return ci === null ? null : { subject: ci, kind: "oidc" };
+  }
+
+  close(): Promise<void> {
+    return this.passwords.close();
   }
 
   /** Whether a token's subject still names a configured identity. */
@@ -57,9 +108,23 @@ export class AccessControl {
     return this.identities.has(subject) || this.oidc.identities().includes(subject);
   }
 
-  /** Token endpoint URL, as clients must reach it. */
+  /**
+   * Token endpoint URL, as clients must reach it: from --public-url when set (else the request's
+   * own origin, which its Host header decides). A mirror request's `?ns=` is carried over, so the
+   * token service grants by the rules of the upstream that request is for (containerd and skopeo
+   * keep the realm's query when they add theirs).
+   */
   realm(url: URL): string {
-    return `${this.deps.publicUrl ?? url.origin}/token`;
+    const base = `${this.deps.publicUrl ?? url.origin}/token`;
+    const ns = this.#mirrored(url.searchParams.get("ns"));
+    return ns === null ? base : `${base}?ns=${encodeURIComponent(ns)}`;
+  }
+
+  /** `ns` as one of our upstreams' hosts or names (never echo an arbitrary value into a challenge), else null. */
+  #mirrored(ns: string | null): string | null {
+    if (ns === null) return null;
+    const host = ns.toLowerCase();
+    return this.deps.upstreams.some((u) => u.aliases.includes(host) || u.name === host) ? host : null;
   }
 
   challenge(url: URL, name: string | null): string {
@@ -68,19 +133,22 @@ export class AccessControl {
     return formatBearerChallenge(params);
   }
 
-  /** The part of the requested scopes this principal may have: repository pull only, as the rules allow. */
-  grant(who: Principal, requested: readonly Scope[]): Scope[] {
+  /**
+   * The part of the requested scopes this principal may have: repository pull only, as the rules
+   * allow on the upstream the names resolve to (`ns`: a mirror request's registry host).
+   */
+  grant(who: Principal, requested: readonly Scope[], ns: string | null = null): Scope[] {
     const granted: Scope[] = [];
     for (const scope of requested) {
       if (!scope.type.startsWith("repository")) continue;
       if (!scope.actions.includes("pull") && !scope.actions.includes("*")) continue;
-      if (this.allowed(who, scope.name, null)) granted.push({ type: "repository", name: scope.name, actions: ["pull"] });
+      if (this.allowed(who, scope.name, ns)) granted.push({ type: "repository", name: scope.name, actions: ["pull"] });
     }
     return granted;
   }
 
-  async issue(who: Principal, requested: readonly Scope[]): Promise<Issued & { access: Scope[] }> {
-    const access = this.grant(who, requested);
+  async issue(who: Principal, requested: readonly Scope[], ns: string | null = null): Promise<Issued & { access: Scope[] }> {
+    const access = this.grant(who, requested, ns);
     const issued = await issueToken({
       keys: this.keys,
       issuer: this.config.issuer,
@@ -97,8 +165,9 @@ export class AccessControl {
    * Throws a 401 RegistryError (with a Bearer challenge) unless the request
    * carries a valid token for pulling `name` (null: the /v2/ base, any valid token),
    * or Basic credentials of an identity the rules let pull it. Returns who it is.
+   * Failed Basic sign-ins are throttled per `client` address and user name (429 TOOMANYREQUESTS).
    */
-  async authorize(request: Request, url: URL, name: string | null): Promise<string> {
+  async authorize(request: Request, url: URL, name: string | null, client: string | null = null): Promise<string> {
     const refuse = (message: string) =>
       new RegistryError("UNAUTHORIZED", message, { headers: { "www-authenticate": this.challenge(url, name) } });
     const presented = readAuthorization(request.headers.get("authorization"));
@@ -110,7 +179,13 @@ export class AccessControl {
     if (presented.kind === "basic") {
       // Clients configured with credentials in a URL (a distribution proxy's remoteurl) send Basic on
       // every request; a 200 to their /v2/ ping tells them no token dance is needed.
-      const identity = await this.authenticate(presented.username, presented.password);
+      let identity: Identity | null;
+      try {
+        identity = await this.authenticate(presented.username, presented.password, client);
+      } catch (err) {
+        if (!(err instanceof LoginThrottled)) throw err;
+        throw new RegistryError("TOOMANYREQUESTS", err.message, { status: 429, headers: { "retry-after": String(err.retryAfterSeconds) } });
+      }
       if (!identity) throw refuse("invalid username or password");
       if (name !== null && !this.allowed({ kind: "identity", subject: identity.subject }, name, url.searchParams.get("ns"))) {
         throw refuse(`${identity.subject} has no pull access to repository ${name}`);
@@ -121,6 +196,7 @@ export class AccessControl {
       keys: this.keys,
       issuer: this.config.issuer,
       audience: this.config.service,
+      maxLifetimeSeconds: this.config.tokenTtlSeconds,
       now: this.now,
     });
     if (!verified.ok) throw refuse(verified.reason);

@@ -5,6 +5,7 @@
  * design and clients ask for a token several times per pull.
  */
 import bcrypt from "bcryptjs";
+import { PasswordChecks } from "./password-checks.ts";
 
 export type IdentityKind = "user" | "robot";
 
@@ -14,6 +15,9 @@ export type HtpasswdResult = { entries: Array<{ name: string; hash: string }>; p
 
 /** User and robot names: also the `sub` of their tokens. */
 export const IDENTITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+
+/** The subject of tokens issued to clients without credentials; no user may take it. */
+export const RESERVED_NAME = "anonymous";
 
 export const BCRYPT_HASH = /^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$/;
 
@@ -32,6 +36,15 @@ export function parseHtpasswd(text: string): HtpasswdResult {
     }
     const name = line.slice(0, colon);
     const hash = line.slice(colon + 1);
+    // The same rules as users in the config file: the name becomes a token subject and a rule entry.
+    if (!IDENTITY_NAME.test(name)) {
+      problems.push(`${where}: user name ${JSON.stringify(name.slice(0, 80))} is not allowed: use letters, digits, '.', '_', '@' or '-' (at most 128, starting with a letter or digit)`);
+      return;
+    }
+    if (name === RESERVED_NAME) {
+      problems.push(`${where}: user name "${RESERVED_NAME}" is reserved for clients without credentials; choose another name`);
+      return;
+    }
     if (!BCRYPT_HASH.test(hash)) {
       // Never echo the hash field: a misformatted line may be a plain password.
       problems.push(`${where}: user ${JSON.stringify(name)} does not have a bcrypt hash (create entries with htpasswd -B)`);
@@ -53,11 +66,22 @@ const VERIFIED_TTL_MS = 60_000;
 const VERIFIED_MAX = 1_000;
 
 export class IdentityStore {
-  readonly #byName: Map<string, IdentityEntry>;
+  #byName: Map<string, IdentityEntry>;
   /** sha256(name, password, hash) → expiry; a changed hash invalidates naturally. */
   readonly #verified = new Map<string, number>();
 
-  constructor(entries: readonly IdentityEntry[]) {
+  constructor(
+    entries: readonly IdentityEntry[],
+    private readonly passwords: PasswordChecks = PasswordChecks.inline(),
+  ) {
+    this.#byName = new Map(entries.map((e) => [e.name, e]));
+  }
+
+  /**
+   * Replaces the identities (e.g. a re-read htpasswd file). Remembered checks need no flushing:
+   * they are keyed by the hash, so a changed password or a removed user no longer matches them.
+   */
+  update(entries: readonly IdentityEntry[]): void {
     this.#byName = new Map(entries.map((e) => [e.name, e]));
   }
 
@@ -69,14 +93,17 @@ export class IdentityStore {
     return this.#byName.has(subject);
   }
 
-  /** The identity for a name and secret, or null; the same work is done for unknown names, so timing does not tell them apart. */
+  /**
+   * The identity for a name and secret, or null; the same work is done for unknown names, so timing
+   * does not tell them apart. Throws PasswordChecksBusy when too many checks are waiting.
+   */
   async verify(name: string, secret: string, now = Date.now()): Promise<Identity | null> {
     const entry = this.#byName.get(name);
     const hash = entry?.hash ?? DUMMY_HASH;
     const key = await cacheKey(name, secret, hash);
     const until = this.#verified.get(key);
     if (entry && until !== undefined && until > now) return { subject: entry.name, kind: entry.kind };
-    const ok = await bcrypt.compare(secret, hash);
+    const ok = await this.passwords.compare(secret, hash);
     if (!ok || !entry) return null;
     if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
     this.#verified.set(key, now + VERIFIED_TTL_MS);

@@ -10,11 +10,21 @@ import type { Scope } from "./scopes.ts";
 
 export const CLOCK_SKEW_SECONDS = 60;
 
-export type TokenClaims = { sub: string; access: Scope[]; jti: string; exp: number };
+export type TokenClaims = { sub: string; access: Scope[]; jti: string; exp: number; iat: number };
 
 export type Issued = { token: string; expiresIn: number; issuedAt: string };
 
-export type VerifyOptions = { keys: KeyRing; issuer: string; audience: string; now?: () => number };
+export type VerifyOptions = {
+  keys: KeyRing;
+  issuer: string;
+  audience: string;
+  /**
+   * The configured token lifetime. We never issue longer-lived tokens, so a longer one was signed
+   * by someone holding our key outside of /token (a leaked key must not mint tokens for a year).
+   */
+  maxLifetimeSeconds: number;
+  now?: () => number;
+};
 
 export type Verified = { ok: true; claims: TokenClaims } | { ok: false; reason: string };
 
@@ -22,6 +32,7 @@ const claimsSchema = z.object({
   sub: z.string(),
   jti: z.string(),
   exp: z.number(),
+  iat: z.number(),
   access: z.array(z.object({ type: z.string(), name: z.string(), actions: z.array(z.string()) })),
 });
 
@@ -72,11 +83,18 @@ export async function verifyToken(token: string, opts: VerifyOptions): Promise<V
         audience: opts.audience,
         clockTolerance: CLOCK_SKEW_SECONDS,
         currentDate: new Date(now),
-        requiredClaims: ["exp", "sub", "jti"],
+        requiredClaims: ["exp", "iat", "sub", "jti"],
       },
     );
     const claims = claimsSchema.safeParse(payload);
     if (!claims.success) return { ok: false, reason: "the token's claims are malformed" };
+    // From issue to expiry, and from now to expiry: a token back-dated to look short-lived still
+    // cannot outlive the configured lifetime from now on.
+    const { iat, exp } = claims.data;
+    const lifetime = Math.max(exp - iat, exp - Math.floor(now / 1000));
+    if (lifetime > opts.maxLifetimeSeconds + CLOCK_SKEW_SECONDS) {
+      return { ok: false, reason: `the token's lifetime (${lifetime} s) exceeds this Stowage's token lifetime (${opts.maxLifetimeSeconds} s); request a new token` };
+    }
     return { ok: true, claims: claims.data };
   } catch (err) {
     return { ok: false, reason: reasonFor(err) };
@@ -90,6 +108,7 @@ function reasonFor(err: unknown): string {
   if (err instanceof errors.JWTClaimValidationFailed) {
     if (err.claim === "aud") return "the token is for another service";
     if (err.claim === "iss") return "the token was issued by someone else";
+    if (err.claim === "iat" && err.reason === "missing") return "the token has no iat (issued-at) claim";
     if (err.claim === "nbf" || err.claim === "iat") return "the token is not valid yet (check the clocks)";
     return `the token's ${err.claim} claim is invalid`;
   }

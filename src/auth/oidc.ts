@@ -39,6 +39,17 @@ export class OidcVerifier {
     return this.providers.map((p) => p.identity);
   }
 
+  /** Whether a password is meant as a CI token: a JWT from one of the configured issuers (not yet verified). */
+  isCiToken(token: string): boolean {
+    if (this.providers.length === 0 || token.length > MAX_TOKEN || !JWT_SHAPE.test(token)) return false;
+    try {
+      const issuer = decodeJwt(token).iss;
+      return this.providers.some((p) => p.issuer === issuer);
+    } catch {
+      return false;
+    }
+  }
+
   /** The identity for a CI token, or null if it is not one or does not verify. */
   async verify(token: string): Promise<string | null> {
     if (this.providers.length === 0 || token.length > MAX_TOKEN || !JWT_SHAPE.test(token)) return null;

@@ -4,7 +4,7 @@
  * grants. Identity comes only from credentials, never from `account`.
  */
 import type { Logger } from "../log.ts";
-import type { AccessControl } from "./access.ts";
+import { type AccessControl, LoginThrottled } from "./access.ts";
 import { readAuthorization } from "./credentials.ts";
 import type { Identity } from "./identities.ts";
 import type { Principal } from "./rules.ts";
@@ -14,24 +14,34 @@ import { readLimited } from "../http/read-limited.ts";
 const MAX_FORM_BYTES = 64 * 1024;
 
 /** What the audit log says about one token request; never a secret. */
-type Audit = { method: string; via: string; subject?: string; account?: string; client?: string; requested: string[]; granted?: string[] };
+type Audit = { method: string; via: string; subject?: string; account?: string; client?: string; address?: string; ns?: string; requested: string[]; granted?: string[] };
 
 class TokenError extends Error {
   constructor(
     readonly status: number,
     readonly error: string,
     message: string,
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
   }
 }
 
-export async function handleTokenRequest(ac: AccessControl, request: Request, url: URL, log: Logger): Promise<Response> {
+/**
+ * `client`: the peer address, for throttling failed sign-ins (null when unknown). A `?ns=` in the
+ * URL (carried over from a mirror request's challenge realm, for GET and POST alike) makes scopes
+ * resolve against the upstream with that host.
+ */
+export async function handleTokenRequest(ac: AccessControl, request: Request, url: URL, log: Logger, client: string | null = null): Promise<Response> {
   const audit: Audit = { method: request.method, via: "anonymous", requested: [] };
+  if (client !== null) audit.address = client;
+  const ns = url.searchParams.get("ns");
+  if (ns !== null) audit.ns = ns.slice(0, 256);
+  const ctx: Ctx = { ac, client, ns, audit };
   try {
     let response: Response;
-    if (request.method === "GET") response = await tokenGet(ac, request, url, audit);
-    else if (request.method === "POST") response = await tokenPost(ac, request, audit);
+    if (request.method === "GET") response = await tokenGet(ctx, request, url);
+    else if (request.method === "POST") response = await tokenPost(ctx, request);
     else throw new TokenError(405, "invalid_request", `${request.method} is not supported here; use GET or POST`);
     log.info("token issued", { ...audit });
     return response;
@@ -46,7 +56,10 @@ export async function handleJwks(ac: AccessControl): Promise<Response> {
   return json(await ac.keys.jwks(), 200, { "cache-control": "max-age=60" });
 }
 
-async function tokenGet(ac: AccessControl, request: Request, url: URL, audit: Audit): Promise<Response> {
+type Ctx = { ac: AccessControl; client: string | null; ns: string | null; audit: Audit };
+
+async function tokenGet(ctx: Ctx, request: Request, url: URL): Promise<Response> {
+  const { ac, audit } = ctx;
   const account = url.searchParams.get("account");
   if (account !== null) audit.account = account.slice(0, 128);
   const client = url.searchParams.get("client_id");
@@ -61,15 +74,16 @@ async function tokenGet(ac: AccessControl, request: Request, url: URL, audit: Au
   if (presented.kind === "bearer") throw new TokenError(401, "invalid_client", "send Basic credentials (or none) to the token endpoint, not a bearer token");
   if (presented.kind === "basic") {
     audit.via = "basic";
-    identity = await signIn(ac, presented.username, presented.password);
+    identity = await signIn(ctx, presented.username, presented.password);
     who = { kind: "identity", subject: identity.subject };
   }
   const offline = url.searchParams.get("offline_token") === "true";
   audit.subject = who.kind === "anonymous" ? "anonymous" : who.subject;
-  return answer(ac, who, scopes, offline && identity ? identity : null, audit);
+  return answer(ctx, who, scopes, offline && identity ? identity : null);
 }
 
-async function tokenPost(ac: AccessControl, request: Request, audit: Audit): Promise<Response> {
+async function tokenPost(ctx: Ctx, request: Request): Promise<Response> {
+  const { ac, audit } = ctx;
   const type = (request.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
   if (type !== "application/x-www-form-urlencoded") {
     throw new TokenError(400, "invalid_request", "POST a form (application/x-www-form-urlencoded)");
@@ -87,7 +101,7 @@ async function tokenPost(ac: AccessControl, request: Request, audit: Audit): Pro
     const username = form.get("username");
     const password = form.get("password");
     if (!username || password === null) throw new TokenError(400, "invalid_request", "grant_type=password needs username and password");
-    identity = await signIn(ac, username, password);
+    identity = await signIn(ctx, username, password);
   } else if (grant === "refresh_token") {
     const token = form.get("refresh_token");
     if (!token) throw new TokenError(400, "invalid_request", "grant_type=refresh_token needs refresh_token");
@@ -101,11 +115,11 @@ async function tokenPost(ac: AccessControl, request: Request, audit: Audit): Pro
   }
   const offline = form.get("access_type") === "offline";
   audit.subject = identity.subject;
-  return answer(ac, { kind: "identity", subject: identity.subject }, scopes, offline ? identity : null, audit);
+  return answer(ctx, { kind: "identity", subject: identity.subject }, scopes, offline ? identity : null);
 }
 
-async function answer(ac: AccessControl, who: Principal, scopes: Scope[], offlineFor: Identity | null, audit: Audit): Promise<Response> {
-  const issued = await ac.issue(who, scopes);
+async function answer({ ac, ns, audit }: Ctx, who: Principal, scopes: Scope[], offlineFor: Identity | null): Promise<Response> {
+  const issued = await ac.issue(who, scopes, ns);
   audit.granted = issued.access.map(formatScope);
   const body: Record<string, unknown> = {
     token: issued.token,
@@ -118,8 +132,14 @@ async function answer(ac: AccessControl, who: Principal, scopes: Scope[], offlin
   return json(body, 200, { "cache-control": "no-store" });
 }
 
-async function signIn(ac: AccessControl, username: string, password: string): Promise<Identity> {
-  const identity = await ac.authenticate(username, password);
+async function signIn({ ac, client }: Ctx, username: string, password: string): Promise<Identity> {
+  let identity: Identity | null;
+  try {
+    identity = await ac.authenticate(username, password, client);
+  } catch (err) {
+    if (!(err instanceof LoginThrottled)) throw err;
+    throw new TokenError(429, "too_many_requests", err.message, { "retry-after": String(err.retryAfterSeconds) });
+  }
   if (!identity) throw new TokenError(401, "invalid_grant", "invalid username or password");
   return identity;
 }
@@ -149,11 +169,11 @@ async function readForm(request: Request, limit: number): Promise<string> {
 
 /** OAuth2-style fields for OAuth clients, and the registry `errors` list for Docker-style clients. */
 function errorJson(err: TokenError): Response {
-  const code = err.status === 401 ? "UNAUTHORIZED" : "UNSUPPORTED";
+  const code = err.status === 401 ? "UNAUTHORIZED" : err.status === 429 ? "TOOMANYREQUESTS" : "UNSUPPORTED";
   return json(
     { error: err.error, error_description: err.message, errors: [{ code, message: err.message }] },
     err.status,
-    err.status === 401 ? { "www-authenticate": 'Basic realm="stowage"' } : {},
+    { ...(err.status === 401 ? { "www-authenticate": 'Basic realm="stowage"' } : {}), ...err.headers },
   );
 }
 

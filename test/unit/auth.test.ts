@@ -5,7 +5,7 @@ import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { readFileSync } from "node:fs";
-import { createServer } from "node:http";
+import { createServer, request as httpRequest } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +15,9 @@ import { base64url, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair
 import { AccessControl } from "../../src/auth/access.ts";
 import { revokeRefreshTokens, rotateKeys } from "../../src/auth/admin.ts";
 import { readAuthorization } from "../../src/auth/credentials.ts";
-import { parseHtpasswd } from "../../src/auth/identities.ts";
+import { IdentityStore, parseHtpasswd } from "../../src/auth/identities.ts";
+import { clientKey, DEFAULT_LIMITS, LoginThrottle } from "../../src/auth/login-throttle.ts";
+import { PasswordChecks } from "../../src/auth/password-checks.ts";
 import { KeyRing } from "../../src/auth/keys.ts";
 import { globToRegExp, mayPull, type Principal, type Rule } from "../../src/auth/rules.ts";
 import { parseScopes } from "../../src/auth/scopes.ts";
@@ -113,13 +115,23 @@ t.test("htpasswd: bcrypt entries only, comments, problems never echo the hash fi
       "eve:plaintext-secret",
       "nocolon",
       `alice:${good}`,
+      `anonymous:${good}`,
+      `john smith:${good}`,
+      `-dash:${good}`,
+      `${"x".repeat(129)}:${good}`,
+      `ci.bot@example.com:${good}`,
     ].join("\r\n"),
   );
-  t.same(parsed.entries.map((e) => e.name), ["alice", "bob", "carol"]);
-  t.equal(parsed.problems.length, 4);
+  t.same(parsed.entries.map((e) => e.name), ["alice", "bob", "carol", "ci.bot@example.com"]);
+  t.equal(parsed.problems.length, 8);
   t.match(parsed.problems[0], /line 6: user "dave" does not have a bcrypt hash/);
   t.notMatch(parsed.problems.join("\n"), /plaintext-secret|W6ph5/, "no secret material in messages");
   t.match(parsed.problems[3], /line 9: user "alice" appears more than once/);
+  // The same name rules as users in the config file; "anonymous" is what clients without credentials are.
+  t.match(parsed.problems[4], /line 10: user name "anonymous" is reserved for clients without credentials/);
+  t.match(parsed.problems[5], /line 11: user name "john smith" is not allowed: use letters, digits/);
+  t.match(parsed.problems[6], /line 12: user name "-dash" is not allowed/);
+  t.match(parsed.problems[7], /line 13: user name "x{80}" is not allowed/, "an overlong name, shortened in the message");
 });
 
 t.test("Authorization header parsing", async (t) => {
@@ -182,6 +194,14 @@ t.test("config: off by default, one setting turns it on, --htpasswd implies on",
   t.equal(load(["--config", file, "--access-control", "off"]).access, undefined, "unless turned off on purpose");
   await writeFile(file, ["accessControl: true", "users:", `  - { name: alice, passwordHash: "${hash("pw")}", password: pw }`].join("\n"));
   t.throws(() => load(["--config", file]), /users\[0\]: unknown key "password" \(allowed: name, passwordHash\)/);
+  for (const kind of ["users", "robots"]) {
+    const key = kind === "users" ? "passwordHash" : "secretHash";
+    await writeFile(file, ["accessControl: true", `${kind}:`, `  - { name: anonymous, ${key}: "${hash("pw")}" }`].join("\n"));
+    t.throws(() => load(["--config", file]), /"anonymous" is reserved/, `${kind} cannot be named anonymous`);
+  }
+  await writeFile(htpasswd, `bob:${hash("pw")}\nanonymous:${hash("pw")}\n`);
+  t.throws(() => load(["--htpasswd", htpasswd]), /line 2: user name "anonymous" is reserved/, "nor can htpasswd users, and the error names the line");
+  await writeFile(htpasswd, `bob:${hash("pw")}\n`);
   await writeFile(file, ["accessControl: true", "users:", "  - { name: alice }"].join("\n"));
   t.throws(() => load(["--config", file]), /users\[0\]\.passwordHash: expected a bcrypt hash/);
 
@@ -262,6 +282,8 @@ t.test("verification refuses hostile and stale tokens with a reason and a challe
   t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${good}`), null, "a good token passes");
   t.equal(await refusal(ac, "/v2/", `Bearer ${good}`), null, "and opens /v2/");
   t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${await sign({ exp: nowS - 30 })}`), null, "expired 30 s ago: within clock skew");
+  t.equal(await refusal(ac, "/v2/team/app/manifests/v1", `Bearer ${await sign({ exp: nowS + 350 })}`), null, "lifetime 350 s with a 300 s TTL: within clock skew");
+  const year = 365 * 86_400;
   void p;
 
   const cases: Array<[string, string, string | null, RegExp]> = [
@@ -286,6 +308,10 @@ t.test("verification refuses hostile and stale tokens with a reason and a challe
     ["Basic with a wrong password", "/v2/team/app/manifests/v1", `Basic ${btoa("alice:nope")}`, /invalid username or password/],
     ["Basic of a known user (a distribution proxy with credentials in its remoteurl)", "/v2/team/app/manifests/v1", `Basic ${btoa("alice:wonderland")}`, null as unknown as RegExp],
     ["huge header", "/v2/team/app/manifests/v1", `Bearer ${"a".repeat(100_000)}`, /too long/],
+    // Signed with the real key (as by someone who read it from the KV file), but never issued by /token.
+    ["signed with our key, valid for a year", "/v2/team/app/manifests/v1", `Bearer ${await sign({ exp: nowS + year })}`, /lifetime \(31536000 s\) exceeds this Stowage's token lifetime \(300 s\)/],
+    ["signed with our key, iat moved up to just before a far exp", "/v2/team/app/manifests/v1", `Bearer ${await sign({ iat: nowS + year - 300, exp: nowS + year })}`, /lifetime .* exceeds/],
+    ["signed with our key, no iat", "/v2/team/app/manifests/v1", `Bearer ${await sign({ iat: undefined })}`, /no iat/],
     ["garbage JSON in a JWT shape", "/v2/team/app/manifests/v1", "Bearer e30.e30.e30", /malformed/],
   ];
   for (const [what, path, auth, reason] of cases) {
@@ -573,6 +599,262 @@ t.test("token endpoint and registry routes of a started Stowage", async (t) => {
       t.same([got.status, got.body.error], [status, error], what);
     }
   });
+});
+
+// ------------------------------------------------ logins under attack
+
+t.test("password checks: bounded queue, 429 when full, worker thread on Node", async (t) => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let started = 0;
+  const checks = new PasswordChecks(async () => {
+    started++;
+    await gate;
+    return false;
+  }, "inline", 1, 2);
+  const first = [checks.compare("a", "h"), checks.compare("b", "h"), checks.compare("c", "h")];
+  await t.rejects(checks.compare("d", "h"), { name: "PasswordChecksBusy" }, "one running and two waiting: the fourth is refused at once");
+  t.equal(started, 1, "only one check runs at a time");
+  t.equal(checks.pending, 3);
+  release();
+  t.same(await Promise.all(first), [false, false, false], "the waiting ones run once a slot is free");
+  t.equal(checks.pending, 0);
+
+  const workers = await PasswordChecks.workers(nodeRuntime.spawnWorker!);
+  t.teardown(() => workers.close());
+  t.equal(workers.mode, "worker");
+  const h = hash("right");
+  t.same(await Promise.all([workers.compare("right", h), workers.compare("wrong", h)]), [true, false], "the worker compares like bcrypt");
+});
+
+t.test("remembered sign-ins: a changed hash or a removed user takes effect at once", async (t) => {
+  let compares = 0;
+  const counting = new PasswordChecks(async (secret, h) => {
+    compares++;
+    return bcrypt.compareSync(secret, h);
+  }, "inline", 1, 8);
+  const entry = (pw: string) => ({ name: "alice", kind: "user" as const, hash: hash(pw), source: "test" });
+  const store = new IdentityStore([entry("old-pw")], counting);
+  t.same(await store.verify("alice", "old-pw"), { subject: "alice", kind: "user" });
+  t.same(await store.verify("alice", "old-pw"), { subject: "alice", kind: "user" });
+  t.equal(compares, 1, "the second sign-in within a minute is remembered, no bcrypt");
+  store.update([entry("new-pw")]);
+  t.equal(await store.verify("alice", "old-pw"), null, "after a password change the old password fails");
+  t.same(await store.verify("alice", "new-pw"), { subject: "alice", kind: "user" }, "and the new one works");
+  t.equal(compares, 3, "both were checked afresh");
+  store.update([]);
+  t.equal(await store.verify("alice", "new-pw"), null, "a removed user cannot sign in with a remembered password");
+});
+
+t.test("login throttle: per address and per name, sliding window, trusted addresses, bounded", async (t) => {
+  const cases: Array<[string, string]> = [
+    ["127.0.0.1", "127.0.0.1"],
+    ["::ffff:10.1.2.3", "10.1.2.3"],
+    ["2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"],
+    ["2001:db8:1:2::99", "2001:db8:1:2::/64"],
+    ["2001:0db8::1", "2001:db8:0:0::/64"],
+    ["[fe80::1%eth0]", "fe80:0:0:0::/64"],
+    ["::1", "0:0:0:0::/64"],
+  ];
+  for (const [address, key] of cases) t.equal(clientKey(address), key, address);
+
+  const clock = { now: 1_000_000 };
+  const throttle = new LoginThrottle({ ...DEFAULT_LIMITS, perAddress: 4, perUser: 3, maxRecords: 50 }, () => clock.now);
+  throttle.succeeded("10.0.0.1", "alice");
+  for (let i = 0; i < 3; i++) {
+    t.equal(throttle.check("10.0.0.9", "alice"), null, `failure ${i + 1} is still checked`);
+    throttle.failed("10.0.0.9", "alice");
+    clock.now += 1000;
+  }
+  t.match(throttle.check("10.0.0.9", "alice"), { retryAfterSeconds: 57, message: /too many failed sign-ins as "alice"; try again in 57 s/ });
+  t.match(throttle.check("10.0.0.8", "alice"), { retryAfterSeconds: 57 }, "the name is refused from a new address too");
+  t.equal(throttle.check("10.0.0.1", "alice"), null, "but not from an address that signed in as alice");
+  t.equal(throttle.check("10.0.0.8", "bob"), null, "other names are not affected");
+  t.equal(throttle.check("10.0.0.9", null), null, "nor CI tokens from the same address (not guessable)");
+  throttle.failed("10.0.0.9", "bob");
+  t.match(throttle.check("10.0.0.9", "carol"), { message: /too many failed sign-ins from 10\.0\.0\.9/ }, "the fourth failure from one address blocks the address");
+  clock.now += 58_000;
+  t.equal(throttle.check("10.0.0.8", "alice"), null, "once the oldest failure left the window, one more try");
+
+  const leaves = [throttle.enter("10.0.0.7"), throttle.enter("10.0.0.7"), throttle.enter("10.0.0.7"), throttle.enter("10.0.0.7")];
+  t.ok(leaves.every((l) => l !== null), "four checks at once from one address");
+  t.equal(throttle.enter("10.0.0.7"), null, "a fifth waits for none: refused");
+  leaves[0]!();
+  leaves[0]!();
+  t.not(throttle.enter("10.0.0.7"), null, "a slot is free again (released once, however often called)");
+  t.equal(throttle.enter("10.0.0.7"), null);
+
+  for (let i = 0; i < 500; i++) throttle.failed(`10.1.${i >> 8}.${i & 255}`, `user${i}`);
+  t.equal(throttle.check("10.1.1.243", "user499"), null, "records stay bounded (the newest kept; one failure is no block)");
+});
+
+/** A request from a chosen loopback address (the throttle tells clients apart by it). */
+function call(
+  url: string,
+  opts: { from?: string; method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string; ms: number }> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: opts.method ?? "GET", headers: opts.headers, localAddress: opts.from ?? "127.0.0.1" }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, ms: performance.now() - started }));
+    });
+    req.on("error", reject);
+    req.end(opts.body);
+  });
+}
+
+t.test("sign-ins of a started Stowage under attack: worker thread, throttling, mirror realms", async (t) => {
+  const local = await fakeUpstream(t);
+  const ghcr = await fakeUpstream(t);
+  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-attack-"));
+  await writeFile(
+    join(dir, "stowage.yaml"),
+    [
+      "accessControl: true",
+      "users:",
+      ...[["alice", "wonderland"], ["bob", "builder"], ["carol", "carol-pw"], ["xavier", "x-pw"]].map(([n, p]) => `  - { name: ${n}, passwordHash: "${hash(p!)}" }`),
+      "rules:",
+      "  - { upstream: ghcr.io, repository: '**', pull: [xavier] }",
+      "  - { upstream: '*', repository: '**', pull: [alice, bob, carol] }",
+    ].join("\n"),
+  );
+  const config = loadConfig({
+    argv: ["--config", join(dir, "stowage.yaml"), "--data-dir", join(dir, "data"), "--upstream", `local=${local.url}`, "--upstream", `ghcr.io=${ghcr.url}`],
+    env: {},
+    readFile: (p) => readFileSync(p, "utf8"),
+  });
+  const logs: string[] = [];
+  const server = await startServer({ ...config, listen: { hostname: "127.0.0.1", port: 0 } }, nodeRuntime, createLogger("info", (l) => logs.push(l)));
+  t.teardown(async () => {
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const base = server.url;
+  const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString("base64")}`;
+
+  t.ok(
+    logs.some((l) => /access control is on without --public-url: .*follows each request's Host header.*set --public-url/.test(l) && l.includes('"level":"warn"')),
+    "start-up warns that the realm follows the Host header without --public-url, and what to do",
+  );
+
+  await t.test("40 parallel failed logins do not stall the event loop or /healthz", async (t) => {
+    // Unknown names: each costs a full bcrypt (cost 10, ~0.1 s here) against the decoy hash.
+    let maxGap = 0;
+    let last = performance.now();
+    const probe = setInterval(() => {
+      const now = performance.now();
+      maxGap = Math.max(maxGap, now - last);
+      last = now;
+    }, 5);
+    const attack = Promise.all(
+      Array.from({ length: 40 }, (_, i) => call(`${base}/v2/`, { from: `127.0.1.${10 + (i % 10)}`, headers: { authorization: basic(`nobody-${i}`, "guess") } })),
+    );
+    let done = false;
+    const health: number[] = [];
+    void attack.finally(() => (done = true));
+    while (!done) {
+      const res = await call(`${base}/healthz`);
+      t.equal(res.status, 200);
+      health.push(res.ms);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const answers = await attack;
+    clearInterval(probe);
+    const worst = Math.max(...health);
+    const statuses = answers.map((a) => a.status);
+    const refused = statuses.filter((s) => s === 401).length;
+    t.ok(statuses.every((s) => s === 401 || s === 429), "every failed login is a 401, or a 429 once the check queue is full");
+    t.ok(refused >= 20, `most were checked (${refused} 401s): the attack did cost bcrypt time`);
+    t.ok(health.length >= 5, `/healthz was asked ${health.length} times during the attack`);
+    // On the event loop, 40 bcrypts held everything for several seconds.
+    t.ok(worst < 1000, `/healthz answered within ${worst.toFixed(0)} ms at worst during the attack`);
+    t.ok(maxGap < 500, `the event loop never stalled longer than ${maxGap.toFixed(0)} ms`);
+    const busy = answers.find((a) => a.status === 429);
+    if (busy) {
+      t.equal(busy.headers["retry-after"], "1", "a full queue says: again in a second");
+      t.match(JSON.parse(busy.body), { errors: [{ code: "TOOMANYREQUESTS", message: /too many sign-ins are waiting/ }] });
+    }
+  });
+
+  await t.test("failed sign-ins are throttled per name and per address, with 429 and Retry-After", async (t) => {
+    const token = (from: string, user: string, pw: string, query = "scope=repository:team/app:pull&service=stowage") =>
+      call(`${base}/token?${query}`, { from, headers: { authorization: basic(user, pw) } });
+    t.equal((await token("127.0.0.1", "bob", "builder")).status, 200, "bob signs in from his usual machine");
+    for (let i = 0; i < 5; i++) t.equal((await token("127.0.0.3", "bob", `guess-${i}`)).status, 401, `guess ${i + 1} for bob: 401`);
+
+    const throttled = await token("127.0.0.3", "bob", "guess-5");
+    t.equal(throttled.status, 429, "the sixth guess within a minute: 429");
+    const after = Number(throttled.headers["retry-after"]);
+    t.ok(Number.isInteger(after) && after >= 1 && after <= 60, `with Retry-After (${throttled.headers["retry-after"]})`);
+    t.match(JSON.parse(throttled.body), { errors: [{ code: "TOOMANYREQUESTS", message: /too many failed sign-ins as "bob"; try again in \d+ s/ }] });
+    t.notMatch(throttled.body, /guess/, "the password is not echoed");
+
+    const right = await token("127.0.0.3", "bob", "builder");
+    t.equal(right.status, 429, "even the right password gets no answer from the guessing address: nothing is checked");
+    const registry = await call(`${base}/v2/team/app/manifests/v1`, { from: "127.0.0.3", headers: { authorization: basic("bob", "builder") } });
+    t.equal(registry.status, 429, "registry routes with Basic credentials are throttled the same way");
+    t.ok(registry.headers["retry-after"], "with Retry-After");
+    t.match(JSON.parse(registry.body), { errors: [{ code: "TOOMANYREQUESTS" }] });
+    const form = new URLSearchParams({ grant_type: "password", username: "bob", password: "builder", scope: "repository:team/app:pull" });
+    const posted = await call(`${base}/token`, { from: "127.0.0.3", method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: form.toString() });
+    t.equal(posted.status, 429, "and the POST password grant");
+    t.match(JSON.parse(posted.body), { errors: [{ code: "TOOMANYREQUESTS" }] });
+
+    t.equal((await token("127.0.0.1", "bob", "builder")).status, 200, "bob still signs in from the machine he used before");
+    t.equal((await token("127.0.0.4", "carol", "carol-pw")).status, 200, "others sign in from other addresses as usual");
+    t.equal((await token("127.0.0.4", "bob", "builder")).status, 429, "bob from a machine never used before waits out the window (the price of the per-name limit)");
+
+    for (let i = 0; i < 10; i++) t.equal((await token("127.0.0.5", `made-up-${i}`, "x")).status, 401);
+    const address = await token("127.0.0.5", "carol", "carol-pw");
+    t.equal(address.status, 429, "ten failures from one address under ten names: the address is refused");
+    t.match(JSON.parse(address.body), { errors: [{ message: /too many failed sign-ins from 127\.0\.0\.5/ }] });
+    t.equal((await token("127.0.0.6", "carol", "carol-pw")).status, 200, "carol from elsewhere is not");
+  });
+
+  await t.test("mirror mode: the challenge realm carries ?ns=, and /token grants by that upstream's rules", async (t) => {
+    const path = "/v2/team/app/manifests/v1?ns=ghcr.io";
+    const challenged = await call(`${base}${path}`);
+    t.equal(challenged.status, 401);
+    const challenge = parseWwwAuthenticate(String(challenged.headers["www-authenticate"]))[0];
+    t.same(challenge?.params, { realm: `${base}/token?ns=ghcr.io`, service: "stowage", scope: "repository:team/app:pull" }, "the realm names the mirrored registry");
+
+    // As containerd and skopeo do: the realm's own query is kept, scope and service added to it.
+    const realm = new URL(challenge!.params.realm!);
+    realm.searchParams.set("scope", challenge!.params.scope!);
+    realm.searchParams.set("service", "stowage");
+    const got = await call(realm.href, { headers: { authorization: basic("xavier", "x-pw") } });
+    t.equal(got.status, 200);
+    const tok = String(JSON.parse(got.body).token);
+    t.same(decodeJwt(tok).access, [{ type: "repository", name: "team/app", actions: ["pull"] }], "xavier, allowed only on ghcr.io, gets pull");
+    const withoutNs = await call(`${base}/token?scope=repository:team/app:pull&service=stowage`, { headers: { authorization: basic("xavier", "x-pw") } });
+    t.same(decodeJwt(String(JSON.parse(withoutNs.body).token)).access, [], "while the same scope without ns (the default upstream) is not granted");
+
+    const pulled = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${tok}`, accept: "application/vnd.oci.image.manifest.v1+json" } });
+    t.equal(pulled.status, 200, "the mirror request with that token passes");
+    t.equal(pulled.headers.get("docker-content-digest"), ghcr.digest);
+    t.ok(ghcr.hits.some((h) => h.includes("/v2/team/app/manifests/v1")), "served from the ghcr.io upstream");
+    t.notOk(local.hits.some((h) => h.includes("team/app")), "not from the default one");
+
+    const form = new URLSearchParams({ grant_type: "password", username: "xavier", password: "x-pw", scope: "repository:team/app:pull", service: "stowage" });
+    const posted = await call(challenge!.params.realm!, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: form.toString() });
+    t.same(decodeJwt(String(JSON.parse(posted.body).access_token)).access, [{ type: "repository", name: "team/app", actions: ["pull"] }], "the POST form to the realm too (containerd)");
+
+    const unknown = await call(`${base}/v2/team/app/manifests/v1?ns=registry.evil.example`);
+    t.equal(parseWwwAuthenticate(String(unknown.headers["www-authenticate"]))[0]?.params.realm, `${base}/token`, "an ns we do not mirror is never echoed into the realm");
+  });
+});
+
+t.test("the realm comes from --public-url when set, whatever the Host header says", async (t) => {
+  const raw = (await openKv(":memory:")) as unknown as Kv;
+  t.teardown(() => raw.close());
+  const access: AccessConfig = { service: "stowage", issuer: "stowage", tokenTtlSeconds: 300, identities: [], rules: [], oidc: [] };
+  const ac = new AccessControl({ access, upstreams: [LOCAL, OTHER], defaultUpstream: "local", publicUrl: "https://cache.example.com", kv: new TypedKv(raw) });
+  const realmOf = (url: string) => parseWwwAuthenticate(ac.challenge(new URL(url), "app"))[0]?.params.realm;
+  t.equal(realmOf("http://attacker.example/v2/app/manifests/v1"), "https://cache.example.com/token");
+  t.equal(realmOf("http://attacker.example/v2/app/manifests/v1?ns=127.0.0.1:2"), "https://cache.example.com/token?ns=127.0.0.1%3A2");
 });
 
 t.test("access control off: no token service, anonymous pulls as before", async (t) => {

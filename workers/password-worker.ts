@@ -1,0 +1,41 @@
+// Compares passwords against bcrypt hashes off the main thread: bcrypt is slow on purpose, and on
+// the event loop every failed login would hold up every other request. Messages (see
+// src/auth/password-checks.ts):
+//   in:  { op: "init", bcrypt: URL of the bcryptjs module } first, then
+//        { op: "compare", id, secret, hash }
+//   out: { op: "ready" } | { op: "init-failed", message } after init,
+//        { op: "result", id, ok } | { op: "error", id, message } per compare
+// bcryptjs arrives as an absolute URL resolved by the main thread: on Node this module runs from a
+// data: URL (its types stripped), where a bare `import "bcryptjs"` cannot be resolved.
+import { parentPort } from "node:worker_threads";
+
+type Inbound = { op: "init"; bcrypt: string } | { op: "compare"; id: number; secret: string; hash: string };
+type Bcrypt = { compareSync(secret: string, hash: string): boolean };
+
+// Node runs this under node:worker_threads (parentPort); Deno as a Web Worker (self).
+const scope = globalThis as unknown as { postMessage(m: unknown): void; onmessage: ((e: MessageEvent) => void) | null };
+const post = (m: unknown) => (parentPort ? parentPort.postMessage(m) : scope.postMessage(m));
+const listen = (fn: (msg: Inbound) => void) => (parentPort ? void parentPort.on("message", fn) : (scope.onmessage = (e) => fn(e.data as Inbound)));
+
+let bcrypt: Promise<Bcrypt> | null = null;
+
+listen((msg) => {
+  if (msg.op === "init") {
+    bcrypt = import(msg.bcrypt).then((m: { default?: Bcrypt } & Partial<Bcrypt>) => (m.default ?? (m as Bcrypt)));
+    bcrypt.then(
+      () => post({ op: "ready" }),
+      (err: unknown) => post({ op: "init-failed", message: err instanceof Error ? err.message : String(err) }),
+    );
+    return;
+  }
+  const id = msg.id;
+  if (!bcrypt) return post({ op: "error", id, message: "the password worker was not initialised" });
+  // One compare at a time per worker (the main thread queues the rest, so its bounds hold), and
+  // synchronously: blocking this thread is the point, and it spares the async version's yields.
+  bcrypt
+    .then((b) => b.compareSync(msg.secret, msg.hash))
+    .then(
+      (ok) => post({ op: "result", id, ok }),
+      (err: unknown) => post({ op: "error", id, message: err instanceof Error ? err.message : String(err) }),
+    );
+});
