@@ -2,6 +2,7 @@ import { join, resolve } from "node:path";
 import nodeProcess from "node:process";
 import type { App } from "./app.ts";
 import { AccessControl } from "./auth/access.ts";
+import { startPasswordChecks } from "./auth/password-checks.ts";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { FetchLeases } from "./cache/fetch-lease.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
@@ -68,10 +69,25 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   const metrics = createStowageMetrics();
   const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics, concurrency: config.upstreamConcurrency })] as const));
   const access = config.access
-    ? new AccessControl({ access: config.access, upstreams: config.upstreams, defaultUpstream: config.defaultUpstream, publicUrl: config.publicUrl, kv })
+    ? new AccessControl({
+      access: config.access,
+      upstreams: config.upstreams,
+      defaultUpstream: config.defaultUpstream,
+      publicUrl: config.publicUrl,
+      kv,
+      // bcrypt in a worker thread, so failed logins cannot hold up the event loop.
+      passwords: await startPasswordChecks(runtime.spawnWorker, log),
+    })
     : undefined;
   // The first start creates the signing key; doing it now surfaces KV problems before any client waits on them.
   await access?.keys.ensure();
+  if (config.access && config.publicUrl === null) {
+    log.warn(
+      "access control is on without --public-url: the token service URL in 401 challenges (the realm) then follows each request's Host header, " +
+        "which a client or a proxy in between controls, so a client can be sent to another host for its token (with its credentials); " +
+        "set --public-url (STOWAGE_PUBLIC_URL) to the URL clients use to reach this Stowage, e.g. --public-url https://stowage.internal:5000",
+    );
+  }
   if (config.access && config.access.identities.length === 0 && !config.access.rules.some((r) => r.pull.includes("anonymous"))) {
     log.warn("access control is on, but there are no users or robots and no rule lets anonymous clients pull: every pull will be refused; add users (--htpasswd or users: in the config file) or rules");
   }
@@ -107,6 +123,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     async close() {
       await listening.close();
       await hashers.close();
+      await access?.close();
       rawKv.close();
     },
   };

@@ -5,7 +5,10 @@ import { getBlob, getManifest, listTags, readOnly } from "./registry-api.ts";
 import { errorResponse, jsonResponse } from "./responses.ts";
 import { matchRoute, type Route } from "./routes.ts";
 
-export type FetchHandler = (request: Request) => Promise<Response>;
+/** What the runtime knows of the connection (optional, so in-process callers can pass nothing). */
+export type PeerInfo = { remoteAddress?: string | null };
+
+export type FetchHandler = (request: Request, peer?: PeerInfo) => Promise<Response>;
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 
@@ -15,7 +18,7 @@ const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
  * OCI JSON error; nothing ever answers HTML.
  */
 export function createHandler(app: App): FetchHandler {
-  return async (request) => {
+  return async (request, peer) => {
     const given = request.headers.get("x-request-id");
     const requestId = given && REQUEST_ID.test(given) ? given : crypto.randomUUID();
     const log = app.log.child({ requestId });
@@ -25,7 +28,7 @@ export function createHandler(app: App): FetchHandler {
     const who: { user?: string } = {};
     const route = matchRoute(url.pathname);
     try {
-      response = await dispatch(app, route, request, url, log, who);
+      response = await dispatch(app, route, request, url, log, who, peer?.remoteAddress ?? null);
     } catch (err) {
       const error = err instanceof RegistryError
         ? err
@@ -52,12 +55,13 @@ export function createHandler(app: App): FetchHandler {
   };
 }
 
-async function dispatch(app: App, route: Route, request: Request, url: URL, log: App["log"], who: { user?: string }): Promise<Response> {
+/** `client`: the peer's address, which failed sign-ins are throttled by (null: unknown). */
+async function dispatch(app: App, route: Route, request: Request, url: URL, log: App["log"], who: { user?: string }, client: string | null): Promise<Response> {
   const method = request.method;
   const readable = method === "GET" || method === "HEAD";
   // Access control (when on) comes before anything else, so a refused client learns nothing about the content.
   if (app.access && (route.kind === "base" || route.kind === "manifest" || route.kind === "blob" || route.kind === "tags")) {
-    who.user = await app.access.authorize(request, url, route.kind === "base" ? null : route.name);
+    who.user = await app.access.authorize(request, url, route.kind === "base" ? null : route.name, client);
   }
   switch (route.kind) {
     case "base":
@@ -90,7 +94,7 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
       return readiness(app, method);
     case "token":
       if (!app.access) throw tokensOff(url);
-      return handleTokenRequest(app.access, request, url, log);
+      return handleTokenRequest(app.access, request, url, log, client);
     case "jwks":
       if (!app.access) throw tokensOff(url);
       if (!readable) throw readOnly(method);

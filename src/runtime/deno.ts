@@ -5,7 +5,7 @@ import type { Runtime, WorkerPort } from "./runtime.ts";
 type DenoApi = {
   serve(
     options: { hostname: string; port: number; onListen?: (addr: { hostname: string; port: number }) => void },
-    handler: (request: Request) => Promise<Response>,
+    handler: (request: Request, info: { remoteAddr?: { transport?: string; hostname?: string } }) => Promise<Response>,
   ): { finished: Promise<void>; shutdown(): Promise<void>; addr: { hostname: string; port: number } };
   openKv(path?: string): Promise<unknown>;
   permissions: { query(desc: { name: "write"; path?: string }): Promise<{ state: string }> };
@@ -53,7 +53,8 @@ export const denoRuntime: Runtime = {
           port: listen.port,
           onListen: (addr) => resolve({ hostname: addr.hostname, port: addr.port, close: () => server.shutdown() }),
         },
-        handler,
+        // The peer address, for throttling failed sign-ins (Unix sockets have none).
+        (request, info) => handler(request, { remoteAddress: info?.remoteAddr?.hostname ?? null }),
       );
     });
   },

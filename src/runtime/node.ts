@@ -93,7 +93,14 @@ export const nodeRuntime: Runtime = {
   name: "node",
   serve(handler, listen, opts) {
     return new Promise((resolve, reject) => {
-      const server = serve({ fetch: handler, hostname: listen.hostname, port: listen.port, overrideGlobalObjects: false });
+      const server = serve({
+        // @hono/node-server passes { incoming, outgoing } as the second argument: the peer address is the socket's.
+        fetch: (request: Request, env: { incoming?: { socket?: { remoteAddress?: string } } }) =>
+          handler(request, { remoteAddress: env?.incoming?.socket?.remoteAddress ?? null }),
+        hostname: listen.hostname,
+        port: listen.port,
+        overrideGlobalObjects: false,
+      });
       // Socket inactivity: a client that stops reading leaves its socket idle once the buffers fill.
       (server as HttpServer).setTimeout(opts.clientTimeoutMs, (socket: Socket) => {
         opts.onClientTimeout?.();
