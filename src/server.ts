@@ -18,6 +18,7 @@ import type { Runtime } from "./runtime/runtime.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
 import { FsBlobStore } from "./storage/fs-store.ts";
 import { UpstreamClient } from "./upstream/client.ts";
+import { createConnectGuard } from "./upstream/network-guard.ts";
 import { UpstreamTokenCache } from "./upstream/token-cache.ts";
 
 /** The server's KV store, for the operator commands that change auth state. */
@@ -67,7 +68,17 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   const tokens = new UpstreamTokenCache(kv);
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
   const metrics = createStowageMetrics();
-  const clients = new Map(config.upstreams.map((u) => [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics, concurrency: config.upstreamConcurrency })] as const));
+  if (config.resolve.length > 0 && !runtime.pinsUpstreamAddresses) {
+    throw new StartupError(
+      `--resolve is not supported on ${runtime.name}, whose fetch resolves host names itself; put the names in /etc/hosts (or your DNS) instead, or run Stowage on Node`,
+    );
+  }
+  const clients = new Map(
+    config.upstreams.map((u) => {
+      const fetch = runtime.upstreamFetch(createConnectGuard(u, config.resolve));
+      return [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics, concurrency: config.upstreamConcurrency, fetch })] as const;
+    }),
+  );
   const access = config.access
     ? new AccessControl({
       access: config.access,

@@ -2,6 +2,7 @@
 // Runs the whole suite with tap and ends with the one-line summary CI reads:
 // "N passed, N failed[, N skipped]". Extra arguments go to tap (e.g. a file).
 import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const tapBin = fileURLToPath(new URL("../node_modules/tap/dist/esm/run.mjs", import.meta.url));
@@ -9,7 +10,21 @@ const args = process.argv.slice(2);
 
 // tap compiles its plugin set on first use; do it up front so a fresh clone
 // never starts with the default (TypeScript) plugin that package.json disables.
-await run([tapBin, "build"], "ignore");
+// Only when needed: a build deletes the compiled plugins first, so a second run
+// started meanwhile (several test runs at once) would find them missing.
+const built = fileURLToPath(new URL("../node_modules/@tapjs/test/test-built/", import.meta.url));
+const pluginsReady = () => {
+  try {
+    return existsSync(`${built}dist/esm/index.js`) && !/from ['"]@tapjs\/typescript['"]/.test(readFileSync(`${built}src/index.ts`, "utf8"));
+  } catch {
+    return false;
+  }
+};
+if (!pluginsReady()) {
+  await run([tapBin, "build"], "ignore");
+  // The ESM half of the build can land a few seconds after tap build exits.
+  for (let waited = 0; !pluginsReady() && waited < 60_000; waited += 250) await new Promise((r) => setTimeout(r, 250));
+}
 
 let output = "";
 const code = await run([tapBin, "--reporter=tap", ...args], "pipe", (chunk) => {

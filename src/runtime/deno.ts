@@ -81,4 +81,12 @@ export const denoRuntime: Runtime = {
   readTextFile: (path) => Deno.readTextFileSync(path),
   readStdin: () => new Response(Deno.stdin.readable).text(),
   exit: (code) => Deno.exit(code),
+  upstreamFetch(guard) {
+    return async (input, init) => {
+      const url = new URL(input instanceof Request ? input.url : String(input));
+      await guard(url.hostname, Number(url.port) || (url.protocol === "https:" ? 443 : 80));
+      return fetch(input, init);
+    };
+  },
+  pinsUpstreamAddresses: false,
 };

@@ -7,6 +7,7 @@ import type { Server as HttpServer } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
+import { Agent, buildConnector, fetch as undiciFetch } from "undici";
 import type { Kv } from "../kv/kv.ts";
 import type { Runtime, WorkerPort } from "./runtime.ts";
 
@@ -146,4 +147,21 @@ export const nodeRuntime: Runtime = {
     return Buffer.concat(chunks).toString("utf8");
   },
   exit: (code) => process.exit(code),
+  upstreamFetch(guard) {
+    // undici's own connector does TLS (SNI and certificate checks against the name in
+    // the URL); we only choose the address it connects to.
+    const connectTo = buildConnector({});
+    const agent = new Agent({
+      connect: (opts, callback) => {
+        const port = Number(opts.port) || (opts.protocol === "https:" ? 443 : 80);
+        guard(opts.hostname, port).then(
+          (target) => connectTo({ ...opts, hostname: target.address }, callback),
+          (err: Error) => callback(err, null),
+        );
+      },
+    });
+    return ((input: string | URL | Request, init?: RequestInit) =>
+      undiciFetch(input as Parameters<typeof undiciFetch>[0], { ...(init as Parameters<typeof undiciFetch>[1]), dispatcher: agent })) as unknown as typeof fetch;
+  },
+  pinsUpstreamAddresses: true,
 };

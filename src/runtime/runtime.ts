@@ -38,7 +38,18 @@ export interface Runtime {
   /** All of standard input as text (for secrets that must not appear in argv). */
   readStdin(): Promise<string>;
   exit(code: number): never;
+  /**
+   * fetch() for requests to upstream registries. Each new connection asks `guard`
+   * for the address to connect to (--resolve overrides, and the policy on where an
+   * upstream may lead). Where `pinsUpstreamAddresses` is false (Deno, whose fetch
+   * resolves names itself), the guard vets the name before each request instead.
+   */
+  upstreamFetch(guard: AddressGuard): typeof fetch;
+  readonly pinsUpstreamAddresses: boolean;
 }
+
+/** Resolves HOST:PORT to the one address a connection may use, or throws why not. */
+export type AddressGuard = (host: string, port: number) => Promise<{ address: string; family: 4 | 6 }>;
 
 export async function currentRuntime(): Promise<Runtime> {
   if ("Deno" in globalThis) return (await import("./deno.ts")).denoRuntime;

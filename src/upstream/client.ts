@@ -3,20 +3,26 @@ import type { Upstream } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { observedBody } from "../http/observed-body.ts";
+import { readLimited } from "../http/read-limited.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
-import { mayReceiveCredentials } from "./credential-policy.ts";
+import { credentialsMayGo } from "./credential-policy.ts";
+import { NetworkRefused } from "./network-guard.ts";
+import { redirectRefusal } from "./redirect-policy.ts";
 import type { UpstreamTokenCache } from "./token-cache.ts";
 import { Semaphore } from "./semaphore.ts";
 import { UpstreamError } from "./upstream-error.ts";
 
-const MAX_REDIRECTS = 5;
 /** Backoff after a 429 without a usable Retry-After, and the most we honour. */
 const DEFAULT_BACKOFF_SECONDS = 60;
 const MAX_BACKOFF_SECONDS = 3600;
 /** Token services that omit expires_in mean 60 s (Docker token spec). */
 const DEFAULT_TOKEN_SECONDS = 60;
+/** A token is reused at most this long, whatever the token service says. */
+const MAX_TOKEN_SECONDS = 86_400;
+/** Real token responses are a few KiB (Docker Hub's ~4); a bigger one is refused unread. */
+const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 
 const TokenResponse = z.object({
   token: z.string().min(1).optional(),
@@ -33,7 +39,7 @@ export type UpstreamClientOptions = {
   /** Requests in flight to this upstream at once; a body counts until it ends. */
   concurrency: number;
   timeoutMs: number;
-  /** Injected for tests of failure modes no real registry shows on demand. */
+  /** The runtime's upstream fetch (address policy, --resolve); tests inject failure modes with it. */
   fetch?: typeof fetch;
 };
 
@@ -49,9 +55,12 @@ export class UpstreamClient {
   /** After a 429, the upstream is left alone until this time (ms since epoch), as its Retry-After asked. */
   private blockedUntil = 0;
 
+  private readonly origin: string;
+
   constructor(readonly upstream: Upstream, private readonly opts: UpstreamClientOptions) {
     this.fetch = opts.fetch ?? globalThis.fetch;
     this.slots = new Semaphore(opts.concurrency);
+    this.origin = new URL(upstream.url).origin;
   }
 
   manifest(repo: string, reference: string, method: "GET" | "HEAD", log: Logger): Promise<UpstreamReply> {
@@ -125,7 +134,7 @@ export class UpstreamClient {
       const authorization = await this.authorizationFor(scope);
       if (authorization) headers.set("authorization", authorization);
       const started = Date.now();
-      const { response, abort } = await this.fetchFollowingRedirects(method, url, headers);
+      const { response, abort, url: answeredBy } = await this.fetchFollowingRedirects(method, url, headers, this.origin);
       log.debug("upstream response", {
         upstream: this.upstream.name,
         method,
@@ -133,6 +142,16 @@ export class UpstreamClient {
         status: response.status,
         ms: Date.now() - started,
       });
+      if (response.status === 401 && answeredBy.origin !== this.origin) {
+        // A CDN or storage host does not decide how we authenticate to the registry:
+        // following its challenge would send a token request wherever it names.
+        await response.body?.cancel().catch(() => {});
+        throw new UpstreamError(
+          "unauthorized",
+          `upstream ${this.upstream.name} redirected ${method} ${path} to ${answeredBy.origin}, which answered 401; challenges are only followed from the upstream itself`,
+          { status: 401 },
+        );
+      }
       if (response.status === 401 && attempt === 0) {
         await response.body?.cancel().catch(() => {});
         await this.opts.tokens.drop(this.upstream.name, scope);
@@ -184,20 +203,30 @@ export class UpstreamClient {
     } catch {
       throw new UpstreamError("bad-response", `upstream ${this.upstream.name} sent an invalid token realm`);
     }
+    // The realm is where the upstream sends us: the same rules as for a redirect from it.
+    const refusal = redirectRefusal(new URL(this.upstream.url), realm, 0);
+    if (refusal) {
+      throw new UpstreamError("bad-response", `upstream ${this.upstream.name} named a token realm that Stowage does not follow: ${refusal}`);
+    }
     if (params.service) realm.searchParams.set("service", params.service);
     realm.searchParams.set("scope", scope);
     const headers = new Headers();
     const creds = this.upstream.credentials;
+    let credentialOrigin: string | null = null;
     if (creds) {
-      if (mayReceiveCredentials(this.upstream.url, realm.href)) headers.set("authorization", basicAuth(creds));
-      else {
-        log.warn("not sending upstream credentials to a token realm on another site", {
+      const decision = credentialsMayGo(this.upstream.url, realm.href);
+      if (decision.ok) {
+        headers.set("authorization", basicAuth(creds));
+        credentialOrigin = realm.origin;
+      } else {
+        log.warn("not sending upstream credentials to this token realm; asking for an anonymous token instead", {
           upstream: this.upstream.name,
           realm: realm.origin,
+          why: decision.reason,
         });
       }
     }
-    const reply = await this.fetchFollowingRedirects("GET", realm.href, headers);
+    const reply = await this.fetchFollowingRedirects("GET", realm.href, headers, credentialOrigin);
     const { response } = reply;
     if (!response.ok) {
       await response.body?.cancel().catch(() => {});
@@ -214,7 +243,11 @@ export class UpstreamClient {
     }
     let body: unknown;
     try {
-      body = await this.readWithin(reply, () => response.json());
+      const bytes = await this.readWithin(reply, () => readLimited(response, MAX_TOKEN_RESPONSE_BYTES));
+      if (bytes === null) {
+        throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent more than ${MAX_TOKEN_RESPONSE_BYTES / 1024} KiB`);
+      }
+      body = JSON.parse(new TextDecoder().decode(bytes));
     } catch (cause) {
       if (cause instanceof UpstreamError) throw cause;
       throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent invalid JSON`, { cause });
@@ -224,19 +257,23 @@ export class UpstreamClient {
     if (!parsed.success || !token) {
       throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent no token`);
     }
-    await this.opts.tokens.put(this.upstream.name, scope, token, parsed.data.expires_in ?? DEFAULT_TOKEN_SECONDS);
+    const seconds = Math.min(parsed.data.expires_in ?? DEFAULT_TOKEN_SECONDS, MAX_TOKEN_SECONDS);
+    await this.opts.tokens.put(this.upstream.name, scope, token, seconds);
   }
 
   /**
    * fetch() with our own redirect handling: blob downloads are usually
-   * redirected to a CDN or object store, and Authorization must only go to the
-   * upstream's own origin.
+   * redirected to a CDN or object store. Authorization goes only to
+   * `credentialOrigin` (null: nowhere), never to a redirect target elsewhere;
+   * redirects must pass the redirect policy, and every connection the address
+   * policy (the runtime's upstream fetch). Returns the URL that answered.
    */
   private async fetchFollowingRedirects(
     method: "GET" | "HEAD",
     url: string,
     headers: Headers,
-  ): Promise<UpstreamReply> {
+    credentialOrigin: string | null,
+  ): Promise<UpstreamReply & { url: URL }> {
     const controller = new AbortController();
     const abort = (reason?: unknown) => controller.abort(reason);
     const timer = setTimeout(
@@ -245,27 +282,33 @@ export class UpstreamClient {
     );
     try {
       let current = new URL(url);
-      const origin = new URL(this.upstream.url).origin;
       for (let hop = 0; ; hop++) {
         const sent = new Headers(headers);
-        if (current.origin !== origin) sent.delete("authorization");
+        if (current.origin !== credentialOrigin) sent.delete("authorization");
         const response = await this.fetch(current, { method, headers: sent, redirect: "manual", signal: controller.signal });
         this.record(response, current);
         const location = response.headers.get("location");
         if (response.status >= 300 && response.status < 400 && location) {
           await response.body?.cancel().catch(() => {});
-          if (hop >= MAX_REDIRECTS) {
-            throw new UpstreamError("bad-response", `upstream ${this.upstream.name} redirected more than ${MAX_REDIRECTS} times`);
+          let next: URL;
+          try {
+            next = new URL(location, current);
+          } catch {
+            throw new UpstreamError("bad-response", `upstream ${this.upstream.name} sent a redirect with an invalid Location`);
           }
-          current = new URL(location, current);
+          const refusal = redirectRefusal(current, next, hop);
+          if (refusal) throw new UpstreamError("bad-response", `upstream ${this.upstream.name} answered ${method} ${current.pathname} with ${refusal}: not followed`);
+          current = next;
           continue;
         }
-        return { response, abort };
+        return { response, abort, url: current };
       }
     } catch (err) {
       if (err instanceof UpstreamError) throw err;
       const reason = controller.signal.reason;
       if (controller.signal.aborted && reason instanceof UpstreamError) throw reason;
+      const refused = networkRefusal(err);
+      if (refused) throw new UpstreamError("bad-response", `upstream ${this.upstream.name}: ${refused.message}`, { cause: err });
       throw new UpstreamError("unreachable", `upstream ${this.upstream.name} is unreachable: ${describeNetworkError(err)}`, {
         cause: err,
       });
@@ -323,6 +366,14 @@ function parseRetryAfter(value: string | null): number | undefined {
   if (Number.isFinite(seconds) && seconds >= 0) return Math.ceil(seconds);
   const date = Date.parse(value);
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
+
+/** The address policy's refusal, wherever the fetch implementation wrapped it. */
+function networkRefusal(err: unknown): NetworkRefused | null {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
+    if (e instanceof NetworkRefused) return e;
+  }
+  return null;
 }
 
 function describeNetworkError(err: unknown): string {

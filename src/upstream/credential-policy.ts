@@ -1,39 +1,60 @@
 /**
- * Decides whether an upstream's configured credentials may be sent to a URL
- * the upstream pointed us at (a token realm or a redirect). A credential must
- * never leave for a host it was not configured for, but real registries keep
- * their token service on a sibling host (registry-1.docker.io → auth.docker.io,
- * registry.gitlab.com → gitlab.com), so siblings under the same parent domain
- * are allowed over https. IP-address hosts must match exactly, port included.
+ * Where an upstream's configured credentials may go. Pure: decided from URLs
+ * alone, with the Public Suffix List (through tldts) for what counts as one site.
+ *
+ * - The upstream's own origin always.
+ * - A token realm on another host only over https and only on the same
+ *   registrable domain (registry-1.docker.io -> auth.docker.io), never across a
+ *   public suffix (x.dkr.ecr.us-east-1.amazonaws.com -> evil.s3.amazonaws.com).
+ * - Plain http only when the upstream itself is configured as http, and then
+ *   only to the upstream's own host.
+ * - IP-address hosts have no siblings: host and port must match.
+ * Redirect targets never get credentials unless they are the same origin
+ * (blob CDNs use signed URLs); the client enforces that separately.
  */
-export function mayReceiveCredentials(upstreamUrl: string, target: string): boolean {
+import { getDomain } from "tldts";
+import { isIpLiteral } from "./address-class.ts";
+
+/**
+ * Registry services where every subdomain is another customer, but which the
+ * Public Suffix List does not (yet) list as suffixes. Checked in addition to it.
+ */
+const MULTI_TENANT_REGISTRY_DOMAINS: readonly RegExp[] = [
+  /(^|\.)azurecr\.(io|cn|us)$/, // Azure Container Registry: NAME.azurecr.io
+  /(^|\.)dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$/, // Amazon ECR: ACCOUNT.dkr.ecr.REGION.amazonaws.com
+];
+
+export type CredentialDecision = { ok: true } | { ok: false; reason: string };
+
+export function credentialsMayGo(upstreamUrl: string, target: string): CredentialDecision {
   let up: URL, to: URL;
   try {
     up = new URL(upstreamUrl);
     to = new URL(target);
   } catch {
-    return false;
+    return { ok: false, reason: "it is not a valid URL" };
   }
-  if (up.origin === to.origin) return true;
-  if (to.protocol !== "https:") return false;
+  if (up.origin === to.origin) return { ok: true };
   const a = up.hostname.toLowerCase();
   const b = to.hostname.toLowerCase();
-  // An IP has no sibling hosts, and another port on it may be another service: compare host and port.
-  if (isIpLiteral(a) || isIpLiteral(b)) return up.host.toLowerCase() === to.host.toLowerCase();
-  const parentA = parentDomain(a);
-  return parentA !== null && parentA === parentDomain(b);
+  if (to.protocol !== "https:" && to.protocol !== "http:") return { ok: false, reason: `its scheme is ${to.protocol}` };
+  if (to.protocol === "http:" && up.protocol !== "http:") return { ok: false, reason: "it is plain http" };
+  // An IP has no sibling hosts, and another port on it may be another service.
+  if (isIpLiteral(a) || isIpLiteral(b)) {
+    return up.host.toLowerCase() === to.host.toLowerCase() ? { ok: true } : { ok: false, reason: "it is another address or port" };
+  }
+  if (to.protocol === "http:") return a === b ? { ok: true } : { ok: false, reason: "it is plain http to another host" };
+  if (a === b) return { ok: true }; // same host, another port or http -> https
+  if (MULTI_TENANT_REGISTRY_DOMAINS.some((re) => re.test(a) || re.test(b))) {
+    return { ok: false, reason: "it is another host of a registry service shared by many customers" };
+  }
+  const siteA = getDomain(a, { allowPrivateDomains: true });
+  const siteB = getDomain(b, { allowPrivateDomains: true });
+  if (siteA === null || siteA !== siteB) return { ok: false, reason: "it is on another site (registrable domain)" };
+  return { ok: true };
 }
 
-function parentDomain(host: string): string | null {
-  const labels = host.split(".");
-  // Country domains with a second level (co.uk, com.au) need one label more,
-  // or every host under them would count as a sibling.
-  const tld = labels.at(-1) ?? "";
-  const second = labels.at(-2) ?? "";
-  const width = tld.length === 2 && ["co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"].includes(second) ? 3 : 2;
-  return labels.length >= width ? labels.slice(-width).join(".") : null;
-}
-
-function isIpLiteral(host: string): boolean {
-  return host.startsWith("[") || host.includes(":") || /^\d+\.\d+\.\d+\.\d+$/.test(host);
+/** Convenience for callers that only need the verdict. */
+export function mayReceiveCredentials(upstreamUrl: string, target: string): boolean {
+  return credentialsMayGo(upstreamUrl, target).ok;
 }
