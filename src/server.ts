@@ -63,6 +63,9 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   const rawKv = await openKvOrExplain(runtime, kvLocation);
   const kv = new TypedKv(rawKv);
   const store = await openStore(config, diskWritable ? dataDir : null, log);
+  if (diskWritable && (await store.freeSpace()) === null) {
+    log.warn("free disk space cannot be read on this runtime (node:fs statfs is missing or refused): --disk-reserve is not enforced", { dataDir });
+  }
   const hashers = await startHashers(runtime, config.hashWorkers, log);
 
   const tokens = new UpstreamTokenCache(kv);
@@ -110,7 +113,19 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     log,
     metrics,
     manifests: new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 }),
-    blobs: new BlobCache({ kv, store, hashers, metrics, idleTimeoutMs: timeoutMs, leases: new FetchLeases(kv, crypto.randomUUID()) }, config.clientTimeoutSeconds * 1000),
+    blobs: new BlobCache(
+      {
+        kv,
+        store,
+        hashers,
+        metrics,
+        idleTimeoutMs: timeoutMs,
+        leases: new FetchLeases(kv, crypto.randomUUID()),
+        maxBlobBytes: config.maxBlobBytes,
+        diskReserveBytes: config.diskReserveBytes,
+      },
+      config.clientTimeoutSeconds * 1000,
+    ),
     ...(access ? { access } : {}),
   };
 

@@ -3,7 +3,7 @@ import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
 import type { Digest } from "../registry/reference.ts";
-import { BlobFetch, type BlobFetchDeps, type FetchSource } from "./blob-fetch.ts";
+import { BlobFetch, type BlobFetchDeps, BlobTooLargeError, DEFAULT_MAX_BLOB_BYTES, type FetchSource, formatBytes } from "./blob-fetch.ts";
 import { BlobRecord, keys, LinkRecord } from "./records.ts";
 import { registryErrorFor } from "./upstream-errors.ts";
 
@@ -109,12 +109,14 @@ export class BlobCache {
     if (fetch.state === "failed") throw registryErrorFor(fetch.error, "blob", what);
     if (fetch.state === "committed") return this.afterCommit(digest, method, rangeHeader, what);
 
-    const size = fetch.size;
+    let size = fetch.size;
     if (rangeHeader !== null && size === null) {
       // Cannot place a range without the length: wait for the whole blob.
       await fetch.settled;
-      if (!fetch.committed) throw registryErrorFor(fetch.error, "blob", what);
-      return this.afterCommit(digest, method, rangeHeader, what);
+      if (fetch.committed) return this.afterCommit(digest, method, rangeHeader, what);
+      // Verified but not stored (no disk space, or the store failed): the fetch still serves it.
+      if (fetch.state !== "uncached") throw registryErrorFor(fetch.error, "blob", what);
+      size = fetch.size;
     }
     const request = size === null ? { kind: "full" as const } : parseRange(rangeHeader, size);
     if (request.kind === "unsatisfiable") throw rangeNotSatisfiable(size ?? 0);
@@ -160,7 +162,15 @@ export class BlobCache {
     try {
       const { response } = await source.client.blob(source.repo, digest, "HEAD", log);
       const length = response.headers.get("content-length");
-      return { status: 200, size: length && /^\d+$/.test(length) ? Number(length) : null, range: null, body: null, source: "upstream" };
+      const size = length && /^\d+$/.test(length) ? Number(length) : null;
+      const max = this.deps.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES;
+      // The same answer a GET would get, without downloading.
+      if (size !== null && size > max) {
+        throw new BlobTooLargeError(
+          `${what} is ${formatBytes(size)}, more than this Stowage's --max-blob-size of ${formatBytes(max)}; it is not downloaded`,
+        );
+      }
+      return { status: 200, size, range: null, body: null, source: "upstream" };
     } catch (err) {
       throw registryErrorFor(err, "blob", what);
     }

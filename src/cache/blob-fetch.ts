@@ -2,6 +2,7 @@ import type { HasherFactory, Hasher } from "../digest/hasher.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
+import { RegistryError } from "../registry/errors.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "../storage/blob-store.ts";
 import type { UpstreamClient, UpstreamReply } from "../upstream/client.ts";
@@ -24,12 +25,53 @@ export type BlobFetchDeps = {
   /** Longest silence from the upstream in the middle of a body before the fetch is given up. */
   idleTimeoutMs: number;
   leases: FetchLeases;
+  /** Largest blob downloaded (--max-blob-size); default DEFAULT_MAX_BLOB_BYTES. */
+  maxBlobBytes?: number;
+  /** Free disk space spooling leaves alone (--disk-reserve); default DEFAULT_DISK_RESERVE_BYTES. */
+  diskReserveBytes?: number;
+  /** Bytes spooled between two free-space checks; default DISK_CHECK_BYTES. */
+  diskCheckBytes?: number;
 };
+
+export const DEFAULT_MAX_BLOB_BYTES = 32 * 1024 ** 3;
+export const DEFAULT_DISK_RESERVE_BYTES = 512 * 1024 ** 2;
+/** Free space is looked at again after this many bytes were spooled (a statfs call is cheap; a full disk is not). */
+const DISK_CHECK_BYTES = 64 * 1024 ** 2;
+
+/**
+ * Downloads spooling to each store's disk right now: a new download counts
+ * the bytes they announced and have not written yet as taken, so parallel
+ * pulls that each fit alone cannot fill the disk together.
+ */
+const spooling = new WeakMap<BlobStore, Set<BlobFetch>>();
 
 export type FetchSource = { client: UpstreamClient; repo: string };
 
 export class DigestMismatchError extends Error {}
 export class StoreError extends Error {}
+
+/**
+ * A blob above --max-blob-size. A RegistryError, so a client asking before any
+ * byte was sent gets it as is (403 DENIED: a retry cannot succeed); once the
+ * body has started (no Content-Length), the response breaks and this goes to the log.
+ */
+export class BlobTooLargeError extends RegistryError {
+  constructor(message: string) {
+    super("DENIED", message, { status: 403 });
+  }
+}
+
+/** "1.5 GiB": sizes in messages an operator reads. */
+export function formatBytes(n: number): string {
+  const units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${n} bytes` : `${Number(value.toFixed(1))} ${units[unit]}`;
+}
 
 /**
  * One upstream download of one blob, shared by every client that wants it
@@ -49,7 +91,11 @@ export class StoreError extends Error {}
  *    mismatch or a broken upstream every client's response fails instead of
  *    ending cleanly, and nothing is committed;
  *  - a store that fails to keep the blob fails no client: the fetch ends
- *    "uncached", with every client served from upstream all the same;
+ *    "uncached", with every client served from upstream all the same; so
+ *    does a disk that runs short of --disk-reserve, checked before spooling
+ *    and every DISK_CHECK_BYTES while it goes on;
+ *  - no blob above --max-blob-size is downloaded: a declared length above it
+ *    is refused, and a body without one is cut off once it passes it;
  *  - instances sharing a KV take a lease first: while another instance
  *    fetches the blob, this one waits for it to be stored and serves it from
  *    the store ("committed" without a download).
@@ -60,8 +106,14 @@ export class BlobFetch {
   size: number | null = null;
   /** Bytes received from upstream and offered to followers (from memory while recent). */
   received = 0;
-  /** Bytes durably in the store upload (readable through the spool reader). */
+  /** Bytes through the store stage, in order: in the store upload, or passed over once spooling stopped. */
   written = 0;
+  /** Where spooling stopped for lack of disk space (bytes from there on are not in the store); null while it goes on. */
+  private spoolEnd: number | null = null;
+  /** Why spooling stopped, for the log line at the end. */
+  private noRoom: Record<string, unknown> | null = null;
+  private spaceCheckedAt = 0;
+  private checkingSpace = false;
   error: Error | null = null;
   /** Resolves once the upstream answered and followers can start; rejects if it did not. */
   readonly ready: Promise<void>;
@@ -141,16 +193,18 @@ export class BlobFetch {
               if (this.state === "failed") throw this.error ?? new Error("upstream fetch failed");
               const limit = Math.min(stop, this.releasable());
               if (position < limit) {
+                const spooled = this.spooled;
                 const chunk = this.fromWindow(position, limit) ??
-                  (reader && position < this.written ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, this.written - position)) : null);
+                  (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
                 if (chunk) {
                   if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
                   position += chunk.byteLength;
                   controller.enqueue(chunk);
                   return;
                 }
-                // Unwritten bytes are always in the window, so these were written and dropped from it.
-                if (!reader) {
+                // Unwritten bytes are always in the window, so these were written and dropped from it:
+                // with no spool, or past where spooling stopped, they come from elsewhere.
+                if (!reader || position < this.written) {
                   rest = (await this.restFrom(position, end)).getReader();
                   continue;
                 }
@@ -166,6 +220,11 @@ export class BlobFetch {
       },
       { highWaterMark: 1 },
     );
+  }
+
+  /** Bytes readable through the spool reader. */
+  private get spooled(): number {
+    return this.spoolEnd === null ? this.written : Math.min(this.written, this.spoolEnd);
   }
 
   /** Verified: every byte received is good and may be served. */
@@ -285,9 +344,23 @@ export class BlobFetch {
       reply = await client.blob(repo, this.digest, "GET", this.log);
       const length = reply.response.headers.get("content-length");
       this.size = length !== null && /^\d+$/.test(length) ? Number(length) : null;
-      upload = await store.begin(this.digest);
-      const spool = await upload.openReader();
-      this.reader = spool ? new SharedReader(spool) : null;
+      const maxBytes = this.deps.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES;
+      if (this.size !== null && this.size > maxBytes) {
+        // Refused before a byte is read (the abort in the catch below closes the connection).
+        throw new BlobTooLargeError(
+          `blob ${this.digest} of ${client.upstream.name}/${repo} is ${formatBytes(this.size)}, more than this Stowage's --max-blob-size of ${formatBytes(maxBytes)}; it was not downloaded`,
+        );
+      }
+      const short = await this.shortOfSpace(this.size ?? 0, true);
+      if (short) {
+        // Served from upstream without a store upload at all.
+        this.stopSpooling(short);
+      } else {
+        upload = await store.begin(this.digest);
+        const spool = await upload.openReader();
+        this.reader = spool ? new SharedReader(spool) : null;
+        this.spoolers.add(this);
+      }
       hasher = hashers.create(digestAlgorithm(this.digest));
       this.state = "streaming";
       this.markReady();
@@ -296,8 +369,9 @@ export class BlobFetch {
         this.remember(chunk);
         this.changed.notify();
         // Both calls take their place synchronously (write position, hash order);
-        // completion is awaited later, in order, by the writer.
-        const stored = upload!.write(chunk).catch((cause) => {
+        // completion is awaited later, in order, by the writer. Once spooling
+        // stopped, bytes only go to the hasher and the clients.
+        const stored = this.spoolEnd !== null || !upload ? Promise.resolve() : upload.write(chunk).catch((cause) => {
           throw new StoreError(`the blob store failed to write ${this.digest}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
         });
         return Promise.all([stored, hasher!.update(chunk)]).then(() => {});
@@ -305,6 +379,7 @@ export class BlobFetch {
         this.written += chunk.byteLength;
         this.trimWindow();
         this.changed.notify();
+        this.watchSpace();
       });
       // Upstream chunks are ~64 KiB; gathering them into 1 MiB batches (one copy,
       // shared by every follower) makes far fewer socket writes, store writes and
@@ -331,6 +406,12 @@ export class BlobFetch {
             this.deps.metrics.upstreamBytes.inc({ upstream: client.upstream.name }, bytes.byteLength);
             if (this.size !== null && fromUpstream > this.size) {
               throw new UpstreamError("bad-response", `upstream ${client.upstream.name} sent more than the ${this.size} bytes it announced for ${this.digest}`);
+            }
+            if (fromUpstream > maxBytes) {
+              // Only without a Content-Length (a declared one was checked above): the clients' responses break, nothing is kept.
+              throw new BlobTooLargeError(
+                `upstream ${client.upstream.name} sent more than this Stowage's --max-blob-size of ${formatBytes(maxBytes)} for ${this.digest} of ${repo} without announcing a length; the download was cut off and nothing was cached`,
+              );
             }
             await sink.push(bytes);
           });
@@ -380,6 +461,21 @@ export class BlobFetch {
       // Clients may have the last byte now; the fsync and rename of the commit need not delay them.
       this.state = "verified";
       this.changed.notify();
+      if (this.spoolEnd !== null || !upload) {
+        // Out of disk space: like a store that cannot keep the blob, the clients were served all the same.
+        await upload?.abort();
+        upload = null;
+        this.state = "uncached";
+        this.deps.metrics.storeBypass.inc({ op: "write" });
+        this.log.info("served a blob from upstream without caching it, for lack of disk space", {
+          digest: this.digest,
+          upstream: client.upstream.name,
+          repo,
+          bytes: this.size,
+          ...this.noRoom,
+        });
+        return;
+      }
       try {
         await upload.commit();
       } catch (cause) {
@@ -423,6 +519,8 @@ export class BlobFetch {
       await upload?.abort();
       const reason = err instanceof DigestMismatchError
         ? "digest-mismatch"
+        : err instanceof BlobTooLargeError
+        ? "too-large"
         : err instanceof StoreError
         ? "store"
         : err instanceof UpstreamError
@@ -433,11 +531,76 @@ export class BlobFetch {
       const level = err instanceof UpstreamError && err.failure === "not-found" ? "debug" : "warn";
       this.log[level]("blob fetch failed", { digest: this.digest, upstream: client.upstream.name, repo, error: this.error, bytes: this.written });
     } finally {
+      this.spoolers.delete(this);
       idle?.stop();
       this.changed.notify();
       this.reader?.release();
       await lease?.release();
     }
+  }
+
+  /** Downloads spooling to this fetch's store now (see `spooling`). */
+  private get spoolers(): Set<BlobFetch> {
+    const { store } = this.deps;
+    let set = spooling.get(store);
+    if (!set) spooling.set(store, (set = new Set()));
+    return set;
+  }
+
+  /**
+   * Whether spooling `needed` more bytes would leave less free disk space than
+   * --disk-reserve: the details for the log if so, null if there is room or
+   * the free space cannot be told. At the start (`admitting`), the bytes other
+   * downloads announced and have not written yet count as taken.
+   */
+  private async shortOfSpace(needed: number, admitting: boolean): Promise<Record<string, unknown> | null> {
+    const free = await this.deps.store.freeSpace().catch(() => null);
+    if (free === null) return null;
+    const reserve = this.deps.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES;
+    let promised = 0;
+    if (admitting) {
+      for (const other of this.spoolers) if (other !== this && other.size !== null) promised += Math.max(0, other.size - other.written);
+    }
+    if (free - promised - needed >= reserve) return null;
+    return {
+      free: formatBytes(free),
+      ...(needed > 0 ? { needed: formatBytes(needed) } : {}),
+      ...(promised > 0 ? { promisedToOtherDownloads: formatBytes(promised) } : {}),
+      reserve: formatBytes(reserve),
+    };
+  }
+
+  /** Every DISK_CHECK_BYTES spooled: stops spooling once the disk runs short, before it is full. */
+  private watchSpace(): void {
+    if (this.spoolEnd !== null || this.checkingSpace) return;
+    if (this.written - this.spaceCheckedAt < (this.deps.diskCheckBytes ?? DISK_CHECK_BYTES)) return;
+    this.spaceCheckedAt = this.written;
+    this.checkingSpace = true;
+    const left = this.size === null ? 0 : Math.max(0, this.size - this.written);
+    this.shortOfSpace(left, false)
+      .then((short) => {
+        if (short && this.spoolEnd === null && this.state === "streaming") this.stopSpooling(short);
+      })
+      .catch(() => {})
+      .finally(() => {
+        this.checkingSpace = false;
+      });
+  }
+
+  /**
+   * No more bytes go to the store: the download goes on for the clients
+   * (the hash still guards them), and ends "uncached", as when the store
+   * fails to keep a blob. Bytes already spooled stay readable until then.
+   */
+  private stopSpooling(short: Record<string, unknown>): void {
+    this.spoolEnd = this.received;
+    this.noRoom = short;
+    this.spoolers.delete(this);
+    const { client, repo } = this.source;
+    this.log.warn(
+      "not enough free disk space to cache this blob: serving it from upstream without caching it; free space under --data-dir, lower --disk-reserve, or move the data dir to a larger disk",
+      { digest: this.digest, upstream: client.upstream.name, repo, spooled: this.written, ...short },
+    );
   }
 
   /** Waits while another instance fetches this blob; "stored" once it is in the store, else our lease to fetch it. */

@@ -21,6 +21,13 @@ export interface BlobStore {
   delete(digest: Digest): Promise<void>;
   /** Throws when the store cannot be used (for /readyz). */
   check(): Promise<void>;
+  /**
+   * Bytes still free on the local disk uploads are written to (the store
+   * itself, or the spool of a remote store), so a download can be left
+   * uncached before it fills the disk. Null when there is no local disk or
+   * the runtime cannot tell.
+   */
+  freeSpace(): Promise<number | null>;
 }
 
 export interface BlobUpload {

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import type { ByteRange } from "../registry/range.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
+import { freeBytes, type StatFs, systemStatFs } from "./disk-space.ts";
 import { openSpoolReader } from "./spool-reader.ts";
 import { unzeroedBytes } from "../bytes.ts";
 
@@ -19,14 +20,17 @@ export class FsBlobStore implements BlobStore {
   readonly description: string;
   private readonly uploads: string;
 
-  private constructor(private readonly root: string) {
+  private constructor(
+    private readonly root: string,
+    private readonly statfs: StatFs | null,
+  ) {
     this.description = `filesystem at ${root}`;
     this.uploads = join(root, "_uploads");
   }
 
-  /** Opens the store, removing uploads a crash left behind. */
-  static async open(root: string): Promise<FsBlobStore> {
-    const store = new FsBlobStore(root);
+  /** Opens the store, removing uploads a crash left behind. `statfs` is replaceable for tests. */
+  static async open(root: string, opts: { statfs?: StatFs | null } = {}): Promise<FsBlobStore> {
+    const store = new FsBlobStore(root, opts.statfs === undefined ? systemStatFs : opts.statfs);
     await rm(store.uploads, { recursive: true, force: true });
     await mkdir(store.uploads, { recursive: true });
     return store;
@@ -83,6 +87,10 @@ export class FsBlobStore implements BlobStore {
 
   async check(): Promise<void> {
     await readdir(this.uploads);
+  }
+
+  freeSpace(): Promise<number | null> {
+    return freeBytes(this.statfs, this.uploads);
   }
 
   private async place(tmp: string, digest: Digest): Promise<void> {

@@ -20,6 +20,7 @@ import type { ByteRange } from "../registry/range.ts";
 import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
 import { openSpoolReader } from "./spool-reader.ts";
+import { freeBytes, systemStatFs } from "./disk-space.ts";
 import { unzeroedBytes } from "../bytes.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
@@ -180,6 +181,11 @@ export class S3BlobStore implements BlobStore {
     await this.bounded("a DELETE", (abortSignal) =>
       this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }), { abortSignal })
     );
+  }
+
+  /** The spool's disk; with no spool, uploads take no disk (parts are held in memory). */
+  freeSpace(): Promise<number | null> {
+    return this.opts.spoolDir === null ? Promise.resolve(null) : freeBytes(systemStatFs, this.opts.spoolDir);
   }
 
   async check(): Promise<void> {
