@@ -249,7 +249,8 @@ async function stowageFor(shape: Shape, withCredentials: boolean): Promise<Stowa
   const args = ["--upstream", `${shape.name}=${shape.upstreamUrl}`, "--upstream-timeout", "10s"];
   if (withCredentials) args.push("--upstream-credentials", `${shape.name}=${USER}:${PASSWORD}`);
   for (const r of shape.resolve) args.push("--resolve", r);
-  return track(await startStowage(args, { env: { NODE_EXTRA_CA_CERTS: ca.caPath } }));
+  // Node: --resolve has no Deno counterpart (Deno uses the system resolver).
+  return track(await startStowage(args, { runtime: "node", env: { NODE_EXTRA_CA_CERTS: ca.caPath } }));
 }
 
 /** With credentials: skopeo copies one private image and containerd fetches another, both digest-exact. */
@@ -366,8 +367,12 @@ t.test("Basic-only shape: the registry gets Basic credentials, there is no token
 });
 
 t.test("no credentials configured: private images fail fast with 401/403 in the OCI shape, public ones pull", async (tt) => {
-  for (const shape of [hub, ghcr, basic]) {
-    const stowage = await stowageFor(shape, false);
+  const containerd = await startContainerd();
+  tt.teardown(() => containerd.stop());
+  const shapes = [hub, ghcr, basic];
+  const instances = await Promise.all(shapes.map((shape) => stowageFor(shape, false)));
+  for (const [i, shape] of shapes.entries()) {
+    const stowage = instances[i]!;
     const host = new URL(stowage.url).host;
     const img = privateForSkopeo();
     const started = Date.now();
@@ -390,6 +395,11 @@ t.test("no credentials configured: private images fail fast with 401/403 in the 
     tt.not(copied.code, 0, `${shape.name}: skopeo copy of a private image without credentials fails`);
     tt.match(copied.stderr, /401|403|unauthorized|denied|authentication required/i, `${shape.name}: skopeo says why: ${copied.stderr.slice(-300)}`);
     tt.ok(copied.ms < 15_000, `${shape.name}: skopeo gave up in ${copied.ms} ms, no hang`);
+    const ctrStarted = Date.now();
+    const fetched = await containerd.ctr(["content", "fetch", "--all-platforms", `${host}/${privateForCtr().repo}:v1`], { timeoutMs: 30_000 });
+    tt.not(fetched.code, 0, `${shape.name}: ctr content fetch of a private image without credentials fails`);
+    tt.match(fetched.stderr, /401|403|unauthorized|forbidden|denied/i, `${shape.name}: ctr says why: ${fetched.stderr.slice(-300)}`);
+    tt.ok(Date.now() - ctrStarted < 15_000, `${shape.name}: ctr gave up in ${Date.now() - ctrStarted} ms, no hang`);
 
     if (shape !== basic) {
       const pub = publicImage();
