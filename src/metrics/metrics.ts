@@ -4,13 +4,32 @@
  */
 export type Labels = Record<string, string>;
 
+/**
+ * Per label name, a function onto a closed set of values (e.g. methodLabel):
+ * applied to every value before it picks a series, so callers cannot add
+ * series from values outside it.
+ */
+export type LabelNormalizers = Record<string, (value: string) => string>;
+
 type Kind = "counter" | "gauge";
 
 class Family {
   readonly values = new Map<string, { labels: Labels; value: number }>();
-  constructor(readonly name: string, readonly help: string, readonly kind: Kind) {}
+  constructor(readonly name: string, readonly help: string, readonly kind: Kind, private readonly normalizers: LabelNormalizers = {}) {}
 
-  private entry(labels: Labels) {
+  private normalize(labels: Labels): Labels {
+    let out = labels;
+    for (const [name, normalize] of Object.entries(this.normalizers)) {
+      const value = labels[name];
+      if (value === undefined) continue;
+      const closed = normalize(value);
+      if (closed !== value) out = { ...out, [name]: closed };
+    }
+    return out;
+  }
+
+  private entry(raw: Labels) {
+    const labels = this.normalize(raw);
     const key = labelKey(labels);
     let e = this.values.get(key);
     if (!e) {
@@ -29,7 +48,7 @@ class Family {
   }
 
   get(labels: Labels): number {
-    return this.values.get(labelKey(labels))?.value ?? 0;
+    return this.values.get(labelKey(this.normalize(labels)))?.value ?? 0;
   }
 }
 
@@ -64,8 +83,8 @@ export class MetricsRegistry {
   private readonly families: Family[] = [];
   private readonly sampled: Gauge[] = [];
 
-  counter(name: string, help: string): Counter {
-    return new Counter(this.family(name, help, "counter"));
+  counter(name: string, help: string, normalizers?: LabelNormalizers): Counter {
+    return new Counter(this.family(name, help, "counter", normalizers));
   }
 
   gauge(name: string, help: string, sample?: () => number): Gauge {
@@ -85,10 +104,10 @@ export class MetricsRegistry {
     return lines.join("\n") + "\n";
   }
 
-  private family(name: string, help: string, kind: Kind): Family {
+  private family(name: string, help: string, kind: Kind, normalizers?: LabelNormalizers): Family {
     if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(name)) throw new Error(`invalid metric name ${name}`);
     if (this.families.some((f) => f.name === name)) throw new Error(`metric ${name} registered twice`);
-    const family = new Family(name, help, kind);
+    const family = new Family(name, help, kind, normalizers);
     this.families.push(family);
     return family;
   }

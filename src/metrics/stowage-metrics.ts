@@ -1,3 +1,4 @@
+import { methodLabel, statusLabel } from "./labels.ts";
 import { MetricsRegistry } from "./metrics.ts";
 
 /**
@@ -9,7 +10,11 @@ export function createStowageMetrics() {
   const registry = new MetricsRegistry();
   return {
     registry,
-    requests: registry.counter("stowage_http_requests_total", "HTTP requests answered, by route and status."),
+    // method and status are normalized here as well as by callers: a client or upstream picks them.
+    requests: registry.counter("stowage_http_requests_total", "HTTP requests answered, by route, method and status.", {
+      method: methodLabel,
+      status: statusLabel,
+    }),
     cacheHits: registry.counter("stowage_cache_hits_total", "Requests served from the cache, by kind (blob, manifest)."),
     cacheMisses: registry.counter("stowage_cache_misses_total", "Requests that started an upstream fetch, by kind."),
     coalesced: registry.counter("stowage_cache_coalesced_total", "Blob requests that joined a fetch already in flight."),
@@ -17,7 +22,9 @@ export function createStowageMetrics() {
     bytesFromCache: registry.counter("stowage_served_from_cache_bytes_total", "Blob bytes sent to clients from the store."),
     bytesFromUpstream: registry.counter("stowage_served_from_upstream_bytes_total", "Blob bytes sent to clients while being fetched."),
     upstreamBytes: registry.counter("stowage_upstream_received_bytes_total", "Blob bytes received from upstreams, by upstream."),
-    upstreamRequests: registry.counter("stowage_upstream_requests_total", "Requests sent to upstreams, by upstream, kind and status."),
+    upstreamRequests: registry.counter("stowage_upstream_requests_total", "Requests sent to upstreams, by upstream, kind and status.", {
+      status: statusLabel,
+    }),
     blobsCommitted: registry.counter("stowage_blobs_committed_total", "Blobs verified and committed to the store."),
     fetchFailures: registry.counter("stowage_blob_fetch_failures_total", "Blob fetches that failed, by reason."),
     resumes: registry.counter("stowage_upstream_resumes_total", "Broken upstream blob downloads resumed with a Range request."),

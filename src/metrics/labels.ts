@@ -1,0 +1,16 @@
+// Label values must come from closed sets: every distinct value is a series
+// kept for the life of the process, so a value a client or upstream controls
+// (a made-up HTTP method, an odd status) would grow memory without bound.
+
+const METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+
+/** The request method, or "other" for anything outside the usual seven (methods are case-sensitive). */
+export function methodLabel(method: string): string {
+  return METHODS.has(method) ? method : "other";
+}
+
+/** An HTTP status code 100-599 as is; anything else is "other". */
+export function statusLabel(status: number | string): string {
+  const n = typeof status === "number" ? status : /^\d{3}$/.test(status) ? Number(status) : NaN;
+  return Number.isInteger(n) && n >= 100 && n <= 599 ? String(n) : "other";
+}
