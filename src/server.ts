@@ -134,6 +134,13 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     onClientTimeout: () => log.warn("closed a connection on which nothing moved for --client-timeout", { seconds: config.clientTimeoutSeconds }),
   });
   const url = `http://${listening.hostname.includes(":") ? `[${listening.hostname}]` : listening.hostname}:${listening.port}`;
+  // --metrics-listen: /metrics (and /healthz) on their own address, off the public listener.
+  const metricsListening = config.metricsListen
+    ? await runtime.serve(createHandler(app, "metrics"), config.metricsListen, { clientTimeoutMs: config.clientTimeoutSeconds * 1000 })
+    : null;
+  if (metricsListening) log.info("serving /metrics and /healthz on a separate listener", {
+    url: `http://${metricsListening.hostname.includes(":") ? `[${metricsListening.hostname}]` : metricsListening.hostname}:${metricsListening.port}`,
+  });
   log.info("stowage is serving", {
     url,
     runtime: runtime.name,
@@ -148,6 +155,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     url,
     async close() {
       await listening.close();
+      await metricsListening?.close();
       await hashers.close();
       await access?.close();
       rawKv.close();

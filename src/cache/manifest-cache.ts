@@ -2,6 +2,7 @@ import type { TypedKv } from "../kv/kv.ts";
 import { readLimited } from "../http/read-limited.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
+import { bytesPreview, manifestShapeProblem } from "../registry/manifest-shape.ts";
 import { detectManifestMediaType, type ManifestMediaType } from "../registry/media-types.ts";
 import { digestAlgorithm, parseDigest, type Digest, type Reference } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
@@ -10,7 +11,7 @@ import type { FetchSource } from "./blob-fetch.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
 import { keys, ManifestRecord, TagRecord } from "./records.ts";
 import { SingleFlight } from "./single-flight.ts";
-import { registryErrorFor } from "./upstream-errors.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "./upstream-errors.ts";
 
 /** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -112,21 +113,33 @@ export class ManifestCache {
         throw new UpstreamError("unreachable", "the upstream connection broke while sending a manifest", { cause });
       })
     );
-    if (bytes === null) {
-      throw new UpstreamError("bad-response", `upstream ${name} sent a manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
-    }
-    const mediaType = detectManifestMediaType(bytes, reply.response.headers.get("content-type"));
-    if (!mediaType) {
-      throw new UpstreamError("bad-response", `upstream ${name} sent something that is not an image manifest or index for ${source.repo}`);
+    // These messages describe only what the upstream sent, so clients see them (in a 502).
+    if (bytes === null) throw new UnusableUpstreamReply(`the manifest is larger than ${MAX_MANIFEST_BYTES} bytes`);
+    const contentType = reply.response.headers.get("content-type");
+    const mediaType = detectManifestMediaType(bytes, contentType);
+    const problem = mediaType ? manifestShapeProblem(bytes, mediaType) : "it is not an image manifest or index";
+    if (!mediaType || problem) {
+      // Nothing is cached: an HTML page or JSON error sent with a manifest media type must never answer for the tag.
+      log.warn("the upstream sent an unusable manifest; not caching it", {
+        upstream: name,
+        repo: source.repo,
+        reference,
+        contentType,
+        problem,
+        bytes: bytes.byteLength,
+        startsWith: bytesPreview(bytes),
+      });
+      const shownType = JSON.stringify((contentType ?? "none").slice(0, 100));
+      throw new UnusableUpstreamReply(`${mediaType ? `the manifest (content type ${mediaType}) is ${problem}` : `${problem} (content type ${shownType})`}`);
     }
     const requested = parseDigest(reference);
     const digest = await digestOf(bytes, requested ? digestAlgorithm(requested) : "sha256");
     if (requested && digest !== requested) {
-      throw new UpstreamError("bad-response", `upstream ${name} sent a manifest for ${requested} whose bytes hash to ${digest}`);
+      throw new UnusableUpstreamReply(`the manifest sent for ${requested} hashes to ${digest}`);
     }
     const announced = parseDigest(reply.response.headers.get("docker-content-digest") ?? "");
     if (announced && digestAlgorithm(announced) === digestAlgorithm(digest) && announced !== digest) {
-      throw new UpstreamError("bad-response", `upstream ${name} announced ${announced} but the manifest bytes hash to ${digest}`);
+      throw new UnusableUpstreamReply(`the upstream announced ${announced} but the manifest bytes hash to ${digest}`);
     }
     const stored = this.keep(source, reference, { digest, mediaType, bytes, byTag: !requested }, log);
     // The client has its verified manifest either way; it waits for the store only briefly, so a
@@ -190,6 +203,12 @@ export class ManifestCache {
         return null;
       }
       if (bytes.byteLength !== record.size) return null;
+      // Kept by a version that did not check shapes: fetch it again rather than serve an HTML page as a manifest.
+      const problem = manifestShapeProblem(bytes, record.mediaType);
+      if (problem) {
+        log.warn("a cached manifest is not a valid manifest of its media type; asking upstream", { digest, mediaType: record.mediaType, problem });
+        return null;
+      }
       this.lru.set(digest, bytes);
     }
     return { digest, record, bytes };

@@ -1,13 +1,33 @@
 import { RegistryError } from "../registry/errors.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
+import { DigestMismatchError, StoreError } from "./blob-fetch.ts";
 
-/** Turns an upstream failure into the error our client sees, in the OCI shape. */
+/**
+ * An upstream reply we cannot use, whose message only describes what the
+ * upstream sent ("the manifest is not JSON"), so clients may see it. Other
+ * upstream errors can carry addresses and local error text (connection
+ * failures, redirect targets): clients get plain words instead, and the full
+ * message goes to the log with the request id.
+ */
+export class UnusableUpstreamReply extends UpstreamError {
+  constructor(message: string, opts: { status?: number; cause?: unknown } = {}) {
+    super("bad-response", message, opts);
+  }
+}
+
+/**
+ * Turns an upstream failure into the error our client sees, in the OCI shape.
+ * 5xx messages say what failed in plain words and never include the failure's
+ * own text; the handler logs that (it is the error's cause) and adds the
+ * request id. 4xx messages keep the detail the client can act on.
+ */
 export function registryErrorFor(err: unknown, subject: "blob" | "manifest" | "repository", what: string): RegistryError {
   if (err instanceof RegistryError) return err;
+  // Its message names digests and the upstream only.
+  if (err instanceof DigestMismatchError) return new RegistryError("UNAVAILABLE", `${what}: ${err.message}`, { status: 502, cause: err });
+  if (err instanceof StoreError) return new RegistryError("UNAVAILABLE", `could not get ${what}: the blob store failed`, { status: 500, cause: err });
   if (!(err instanceof UpstreamError)) {
-    return new RegistryError("UNAVAILABLE", `could not get ${what}: ${err instanceof Error ? err.message : String(err)}`, {
-      status: 500,
-    });
+    return new RegistryError("UNAVAILABLE", `could not get ${what}: Stowage failed internally`, { status: 500, cause: err });
   }
   switch (err.failure) {
     case "not-found":
@@ -25,12 +45,27 @@ export function registryErrorFor(err: unknown, subject: "blob" | "manifest" | "r
       );
     }
     case "unauthorized":
-      return new RegistryError("DENIED", `the upstream refused access to ${what}: ${err.message}`);
+      return new RegistryError("DENIED", `the upstream refused access to ${what}: ${err.message}`, { cause: err });
     case "unreachable":
+      return new RegistryError("UNAVAILABLE", `${what} is not cached and the upstream could not be reached`, { cause: err });
     case "timeout":
-    case "server-error":
-      return new RegistryError("UNAVAILABLE", `${what} is not cached and the upstream is unavailable: ${err.message}`);
-    case "bad-response":
-      return new RegistryError("UNAVAILABLE", `${what}: the upstream sent an unusable response: ${err.message}`, { status: 502 });
+      return new RegistryError("UNAVAILABLE", `${what} is not cached and the upstream did not answer in time`, { cause: err });
+    case "server-error": {
+      const status = err.opts.status;
+      return new RegistryError(
+        "UNAVAILABLE",
+        `${what} is not cached and the upstream failed${status === undefined ? "" : ` (it answered HTTP ${status})`}`,
+        { cause: err },
+      );
+    }
+    case "bad-response": {
+      const status = err.opts.status;
+      const why = err instanceof UnusableUpstreamReply
+        ? `: ${err.message}`
+        : status === undefined || (status >= 200 && status < 300)
+        ? ""
+        : ` (it answered HTTP ${status})`;
+      return new RegistryError("UNAVAILABLE", `${what}: the upstream sent an unusable response${why}`, { status: 502, cause: err });
+    }
   }
 }

@@ -1,12 +1,14 @@
 import { z } from "zod";
 import type { App } from "../app.ts";
 import type { FetchSource } from "../cache/blob-fetch.ts";
-import { registryErrorFor } from "../cache/upstream-errors.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "../cache/upstream-errors.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
+import { nextPageLink, nextPageQuery } from "../registry/pagination.ts";
 import { contentRange } from "../registry/range.ts";
 import { parseDigest, parseReference } from "../registry/reference.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
+import { readLimited } from "./read-limited.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
 import { resolveTarget } from "./target.ts";
 
@@ -31,9 +33,11 @@ export async function getManifest(app: App, name: string, reference: string, met
   const source = sourceFor(app, name, url);
   const ref = parseReference(reference);
   if (!ref) {
+    // A malformed digest is the client's mistake (400); a name that cannot be a tag simply names no
+    // manifest, which the distribution spec's conformance tests expect as 404 MANIFEST_UNKNOWN.
     throw reference.includes(":")
-      ? new RegistryError("DIGEST_INVALID", `invalid digest "${reference}"`)
-      : new RegistryError("MANIFEST_INVALID", `invalid tag "${reference}"`, { status: 400 });
+      ? new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(reference.slice(0, 200))}`)
+      : new RegistryError("MANIFEST_UNKNOWN", `manifest unknown: ${JSON.stringify(reference.slice(0, 200))} is neither a valid tag nor a digest`);
   }
   const answer = await app.manifests.get(source, ref, log);
   return new Response(method === "HEAD" ? null : answer.bytes, {
@@ -73,6 +77,12 @@ export async function getBlob(app: App, name: string, digestText: string, method
 
 const TagList = z.object({ name: z.string(), tags: z.array(z.string()).nullable() });
 
+/**
+ * A tag list is read whole (it is rewritten under the client's repository name), so it has a cap:
+ * 4 MiB is some 100,000 tags. Beyond it the client is told to page; nothing is buffered without bound.
+ */
+export const MAX_TAG_LIST_BYTES = 4 * 1024 * 1024;
+
 /** Tag listing is passed through (it is a live view of the upstream), not cached. */
 export async function listTags(app: App, name: string, url: URL, log: Logger): Promise<Response> {
   const source = sourceFor(app, name, url);
@@ -83,17 +93,39 @@ export async function listTags(app: App, name: string, url: URL, log: Logger): P
   }
   const what = `tags of ${source.client.upstream.name}/${source.repo}`;
   let parsed: z.infer<typeof TagList>;
+  let next: ReturnType<typeof nextPageQuery>;
   try {
     const reply = await source.client.tags(source.repo, query.size ? `?${query}` : "", log);
-    const body = await source.client.readWithin(reply, () => reply.response.json()).catch((err) => {
-      if (err instanceof UpstreamError) throw err; // a stalled body is an outage, not a bad tag list
-      return null;
-    });
-    const result = TagList.safeParse(body);
-    if (!result.success) throw new RegistryError("UNAVAILABLE", `${what}: the upstream sent an invalid tag list`, { status: 502 });
+    const bytes = await source.client.readWithin(reply, () =>
+      readLimited(reply.response, MAX_TAG_LIST_BYTES).catch((cause) => {
+        if (cause instanceof UpstreamError) throw cause; // a stalled body is an outage, not a bad tag list
+        throw new UpstreamError("unreachable", "the upstream connection broke while sending a tag list", { cause });
+      })
+    );
+    if (bytes === null) {
+      throw new RegistryError(
+        "UNAVAILABLE",
+        `${what}: the upstream's list is larger than ${MAX_TAG_LIST_BYTES / (1024 * 1024)} MiB, more than Stowage passes on in one response; ` +
+          `ask for it in pages: ?n=1000, then ?n=1000&last=<the last tag of the previous page>`,
+        { status: 502 },
+      );
+    }
+    const result = TagList.safeParse(parseJson(bytes));
+    if (!result.success) throw new UnusableUpstreamReply("it is not a tag list ({\"name\", \"tags\"} JSON)");
     parsed = result.data;
+    next = nextPageQuery(reply.response.headers.get("link"));
   } catch (err) {
     throw registryErrorFor(err, "repository", what);
   }
-  return jsonResponse({ name, tags: parsed.tags ?? [] });
+  const response = jsonResponse({ name, tags: parsed.tags ?? [] });
+  if (next) response.headers.set("link", nextPageLink(name, next, url.searchParams.get("ns")));
+  return response;
+}
+
+function parseJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    return null;
+  }
 }

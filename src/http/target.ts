@@ -30,9 +30,8 @@ export function resolveTarget(
     const host = ns.toLowerCase();
     upstream = upstreams.find((u) => u.aliases.includes(host) || u.name === host);
     if (!upstream) {
-      throw new RegistryError("NAME_UNKNOWN", `this cache does not mirror registry "${ns}"`, {
-        detail: { ns, mirrors: upstreams.map((u) => u.host) },
-      });
+      // Which registries are mirrored is the operator's business, not a caller's: no list here.
+      throw new RegistryError("NAME_UNKNOWN", `this cache does not mirror registry ${JSON.stringify(ns.slice(0, 255))}`);
     }
   } else {
     const slash = name.indexOf("/");

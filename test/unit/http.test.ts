@@ -3,9 +3,21 @@
 import t, { type Test } from "tap";
 import { type InProcessStowage, startInProcessStowage } from "../support/in-process-stowage.ts";
 import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Upstream } from "../../src/config.ts";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import bcrypt from "bcryptjs";
+import { DigestMismatchError, StoreError } from "../../src/cache/blob-fetch.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "../../src/cache/upstream-errors.ts";
+import { type Config, loadConfig, type Upstream } from "../../src/config.ts";
+import { createLogger } from "../../src/log.ts";
+import { methodLabel, statusLabel } from "../../src/metrics/labels.ts";
+import { nodeRuntime } from "../../src/runtime/node.ts";
+import { startServer } from "../../src/server.ts";
+import { UpstreamError } from "../../src/upstream/upstream-error.ts";
 import { matchRoute, type Route } from "../../src/http/routes.ts";
 import { resolveTarget } from "../../src/http/target.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
@@ -124,6 +136,9 @@ t.test("resolveTarget", async (t) => {
     t.ok(caught instanceof RegistryError, `${JSON.stringify(name)} ns=${ns} throws a RegistryError`);
     if (caught instanceof RegistryError) {
       t.same({ code: caught.code, status: caught.status }, { code, status }, `${JSON.stringify(name)} ns=${ns}`);
+      // An unknown ?ns= is a plain 404: callers learn nothing about which registries are mirrored.
+      const shown = JSON.stringify({ message: caught.message, detail: caught.detail });
+      for (const u of UPSTREAMS) t.notMatch(shown, u.host, `${JSON.stringify(name)} ns=${ns}: does not name ${u.host}`);
     }
   }
 });
@@ -189,6 +204,8 @@ class FakeRegistry {
   readonly manifests = new Map<string, Manifest>(); // "repo\nreference"
   /** Blobs by digest, each visible only in the repositories listed with it. */
   readonly blobs = new Map<string, { bytes: Buffer; repos: string[] }>();
+  /** Tag list answers by repository, written by the test (pages, oversize and endless bodies). */
+  readonly tagLists = new Map<string, (req: IncomingMessage, res: ServerResponse, url: URL) => void>();
   private readonly tokens = new Set<string>();
   url = "";
 
@@ -239,6 +256,11 @@ class FakeRegistry {
         ociError(res, 401, "UNAUTHORIZED", { "www-authenticate": `Bearer realm="${this.url}/token",service="fake"${scope}` });
         return;
       }
+    }
+    const tags = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
+    if (tags) {
+      const answer = this.tagLists.get(tags[1]!);
+      return answer ? answer(req, res, url) : ociError(res, 404, "NAME_UNKNOWN");
     }
     if (!m || (req.method !== "GET" && req.method !== "HEAD")) return ociError(res, 404, "NAME_UNKNOWN");
     const [, repo, kind, ref] = m;
@@ -635,6 +657,145 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.equal(r.res.status, 404, "the upstream does not have it in that repository");
     t.same(main.since(mark).filter((s) => s.authorization).map((s) => `${s.method} ${s.path}`), [`HEAD /v2/elsewhere/blobs/${smallDigest}`]);
   });
+
+  await t.test("a reference that is neither a tag nor a digest is 404 MANIFEST_UNKNOWN; a malformed digest stays 400", async (t) => {
+    const mark = main.seen.length;
+    // The distribution spec's conformance tests ask for .INVALID_MANIFEST_NAME.
+    for (const ref of [".INVALID_MANIFEST_NAME", "-leading-dash", "a".repeat(129), "tag%20with%20spaces"]) {
+      const r = await get(`${base}/v2/app/manifests/${ref}`);
+      await expectOciError(t, r.res, r.body, 404, "MANIFEST_UNKNOWN");
+      const head = await get(`${base}/v2/app/manifests/${ref}`, { method: "HEAD" });
+      t.equal(head.res.status, 404, `HEAD ${ref.slice(0, 20)}: 404`);
+      t.equal(head.body.length, 0, "HEAD: no body");
+    }
+    for (const ref of ["sha256:totallywrong", `sha256:${HEX.toUpperCase()}`, "md5:abc"]) {
+      for (const method of ["GET", "HEAD"]) {
+        const r = await get(`${base}/v2/app/manifests/${ref}`, { method });
+        t.equal(r.res.status, 400, `${method} ${ref}: 400`);
+        if (method === "GET") await expectOciError(t, r.res, r.body, 400, "DIGEST_INVALID");
+      }
+    }
+    t.same(main.since(mark), [], "the upstream is not asked about references that cannot exist");
+  });
+
+  await t.test("an unknown ?ns= is a plain 404 that names none of the mirrored registries", async (t) => {
+    for (const path of ["/v2/app/manifests/oci?ns=quay.io", `/v2/app/blobs/${smallDigest}?ns=gcr.io`, "/v2/app/tags/list?ns=evil.example"]) {
+      const r = await get(`${base}${path}`);
+      await expectOciError(t, r.res, r.body, 404, "NAME_UNKNOWN");
+      const text = r.body.toString();
+      t.notMatch(text, mainHost, `${path}: does not list ${mainHost}`);
+      t.notMatch(text, otherHost, `${path}: does not list ${otherHost}`);
+      t.notMatch(text, "127.0.0.1", `${path}: no addresses`);
+    }
+  });
+
+  await t.test("an upstream's HTML or ill-shaped JSON sent with a manifest media type is never cached", async (t) => {
+    // A distinct valid manifest per case, so no case finds another's bytes cached under the same digest.
+    const good = (note: string) =>
+      pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { note } });
+    const cases: Array<[tag: string, mediaType: string, bytes: Buffer, problem: RegExp]> = [
+      ["login-page", OCI_MANIFEST, Buffer.from("<!DOCTYPE html>\n<html><head><title>Sign in to the proxy</title></head><body>10.9.8.7</body></html>\n"), /not JSON/],
+      ["error-json", DOCKER_MANIFEST, Buffer.from(JSON.stringify({ errors: [{ code: "UNKNOWN", message: "backend at 10.9.8.7 down" }] })), /schemaVersion is missing/],
+      ["image-as-index", OCI_INDEX, good("sent as an index"), /contradicts/],
+      ["no-layers", DOCKER_MANIFEST, pretty({ schemaVersion: 2, mediaType: DOCKER_MANIFEST, config: desc("application/vnd.docker.container.image.v1+json", configBlob) }), /layers is missing/],
+    ];
+    for (const [tag, mediaType, bytes, problem] of cases) {
+      const served = other.addManifest("shapes", tag, mediaType, bytes);
+      for (const ref of [tag, served.digest]) {
+        const r = await get(`${base}/v2/other/shapes/manifests/${ref}`);
+        await expectOciError(t, r.res, r.body, 502, "UNAVAILABLE");
+        const message = String(JSON.parse(r.body.toString()).errors[0].message);
+        t.match(message, problem, `${tag} by ${ref.slice(0, 15)}: says what is wrong`);
+        t.match(message, /unusable response/, `${tag}: says it is the upstream's fault`);
+        t.notMatch(message, "10.9.8.7", `${tag}: the upstream's body is not echoed`);
+        t.notMatch(r.body.toString(), "<html", `${tag}: no HTML reaches the client`);
+      }
+      t.ok(stowage.logs.some((l) => l.includes("unusable manifest") && l.includes(tag)), `${tag}: the log says what came`);
+      // The upstream heals: the next pull gets the real manifest, so nothing was cached under the tag.
+      const fixed = other.addManifest("shapes", tag, OCI_MANIFEST, good(tag));
+      const mark = other.seen.length;
+      const after = await get(`${base}/v2/other/shapes/manifests/${tag}`);
+      t.equal(after.res.status, 200, `${tag}: 200 once the upstream sends a manifest`);
+      t.ok(after.body.equals(fixed.bytes), `${tag}: the real manifest, byte for byte`);
+      t.same(other.since(mark).map((s) => `${s.method} ${s.path}`), [`GET /v2/shapes/manifests/${tag}`], `${tag}: fetched, not served from cache`);
+    }
+  });
+
+  await t.test("tag lists: the upstream's Link header becomes ours; a list over the cap is refused, never buffered whole", async (t) => {
+    other.tagLists.set("paged", (_req, res, url) => {
+      const last = url.searchParams.get("last");
+      const body = JSON.stringify({ name: "paged", tags: last ? ["c"] : ["a", "b"] });
+      res.writeHead(200, {
+        "content-type": "application/json",
+        ...(last ? {} : { link: `</v2/paged/tags/list?n=2&last=b>; rel="next"` }),
+      });
+      res.end(body);
+    });
+    const first = await get(`${base}/v2/other/paged/tags/list?n=2`);
+    t.equal(first.res.status, 200);
+    t.same(JSON.parse(first.body.toString()), { name: "other/paged", tags: ["a", "b"] });
+    t.equal(first.res.headers.get("link"), `</v2/other/paged/tags/list?n=2&last=b>; rel="next"`, "the next page, on our path");
+    const next = await get(new URL(first.res.headers.get("link")!.replace(/^<|>.*$/g, ""), base).href);
+    t.same(JSON.parse(next.body.toString()), { name: "other/paged", tags: ["c"] });
+    t.equal(next.res.headers.get("link"), null, "the last page has no link");
+    const mirrored = await get(`${base}/v2/paged/tags/list?n=2&ns=${otherHost}`);
+    t.equal(mirrored.res.headers.get("link"), `</v2/paged/tags/list?n=2&last=b&ns=${encodeURIComponent(otherHost)}>; rel="next"`, "?ns= is kept");
+
+    // Endless: without a cap this would be read until the upstream timeout (and, for a real 150 MB list, held in memory).
+    let sent = 0;
+    let closed = false;
+    other.tagLists.set("endless", (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.write('{"name":"endless","tags":[');
+      const chunk = Buffer.from('"tag-0123456789abcdef",'.repeat(2048));
+      const pump = () => {
+        while (!closed && res.write(chunk)) sent += chunk.length;
+        if (!closed) res.once("drain", pump);
+      };
+      res.on("close", () => (closed = true));
+      pump();
+    });
+    const started = Date.now();
+    const endless = await get(`${base}/v2/other/endless/tags/list`);
+    await expectOciError(t, endless.res, endless.body, 502, "UNAVAILABLE");
+    const message = String(JSON.parse(endless.body.toString()).errors[0].message);
+    t.match(message, /larger than 4 MiB/, "says why");
+    t.match(message, /\?n=/, "and how to page instead");
+    t.ok(Date.now() - started < 4000, `answered at the cap, not at the upstream timeout (${Date.now() - started} ms)`);
+    await new Promise((r) => setTimeout(r, 100));
+    t.ok(closed, "the upstream connection was given up");
+    t.ok(sent < 32 * 1024 * 1024, `the upstream sent ${sent} bytes before Stowage stopped reading`);
+
+    other.tagLists.set("declared", (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": String(150 * 1024 * 1024) });
+      res.write('{"name":"declared","tags":[');
+    });
+    const declared = await get(`${base}/v2/other/declared/tags/list`);
+    await expectOciError(t, declared.res, declared.body, 502, "UNAVAILABLE");
+
+    other.tagLists.set("html", (_req, res) => {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end("<html>maintenance</html>");
+    });
+    const html = await get(`${base}/v2/other/html/tags/list`);
+    await expectOciError(t, html.res, html.body, 502, "UNAVAILABLE");
+    t.match(html.body.toString(), /not a tag list/);
+  });
+
+  await t.test("metrics: made-up methods and odd statuses add no series", async (t) => {
+    for (const method of ["BREW", "XYZZY", "PROPFIND", "patch", "M-SEARCH"]) {
+      const r = await get(`${base}/v2/`, { method });
+      t.ok(r.res.status >= 400 && r.res.status < 500, `${method}: refused`);
+    }
+    const metrics = await get(`${base}/metrics`);
+    t.equal(metrics.res.status, 200, "without access control /metrics stays open");
+    const text = metrics.body.toString();
+    t.notMatch(text, /method="(?:BREW|XYZZY|PROPFIND|patch|M-SEARCH)"/, "no series per made-up method");
+    t.match(text, /stowage_http_requests_total\{[^}]*method="other"[^}]*\} \d+/, "they are counted as other");
+    const methods = new Set([...text.matchAll(/method="([^"]*)"/g)].map((m) => m[1]));
+    for (const m of methods) t.ok(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"].includes(m!), `method label ${m}`);
+    for (const [, status] of text.matchAll(/status="([^"]*)"/g)) t.ok(/^[1-5]\d\d$/.test(status!), `status label ${status}`);
+  });
 });
 
 t.test("Prometheus text format of /metrics", async (t) => {
@@ -654,4 +815,205 @@ t.test("Prometheus text format of /metrics", async (t) => {
   t.match(text, "# TYPE demo_inflight gauge\ndemo_inflight 3\n");
   t.throws(() => registry.counter("demo_requests_total", "again"), "a name registered twice is a programming error");
   t.throws(() => registry.counter("bad name", "x"));
+});
+
+t.test("metric label values come from closed sets", async (t) => {
+  for (const m of ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]) t.equal(methodLabel(m), m);
+  for (const m of ["BREW", "get", "PROPFIND", "", "G".repeat(1000)]) t.equal(methodLabel(m), "other", JSON.stringify(m.slice(0, 10)));
+  const statuses: Array<[number | string, string]> = [[200, "200"], [101, "101"], [599, "599"], ["404", "404"], [99, "other"], [600, "other"], [999, "other"], ["2000", "other"], ["abc", "other"], [200.5, "other"]];
+  for (const [given, want] of statuses) t.equal(statusLabel(given), want, String(given));
+
+  // The families themselves normalize, whatever a caller passes.
+  const { createStowageMetrics } = await import("../../src/metrics/stowage-metrics.ts");
+  const metrics = createStowageMetrics();
+  for (let i = 0; i < 100; i++) metrics.requests.inc({ route: "base", method: `M${i}`, status: String(700 + i) });
+  metrics.upstreamRequests.inc({ upstream: "u", kind: "blob", status: "999" });
+  const text = metrics.registry.render();
+  t.equal(text.match(/^stowage_http_requests_total\{/gm)?.length, 1, "100 made-up methods and statuses: one series");
+  t.match(text, 'stowage_http_requests_total{method="other",route="base",status="other"} 100');
+  t.match(text, 'stowage_upstream_requests_total{kind="blob",status="other",upstream="u"} 1');
+});
+
+t.test("5xx messages never carry the underlying error's text; 4xx keep their detail", async (t) => {
+  const what = "manifest docker.io/library/alpine:3";
+  const hidden: Array<[string, unknown, number, RegExp]> = [
+    ["unreachable", new UpstreamError("unreachable", "upstream docker.io is unreachable: ECONNREFUSED (connect ECONNREFUSED 10.1.2.3:443)"), 503, /could not be reached/],
+    ["timeout", new UpstreamError("timeout", "upstream docker.io sent no response within 30 s (socket 10.1.2.3:443)"), 503, /did not answer in time/],
+    ["server error", new UpstreamError("server-error", "upstream docker.io answered 503 to GET /v2/x via 10.1.2.3", { status: 503 }), 503, /answered HTTP 503/],
+    ["redirect refused", new UpstreamError("bad-response", "redirect to http://169.254.169.254/latest refused (10.1.2.3)"), 502, /unusable response$/],
+    ["odd status", new UpstreamError("bad-response", "upstream answered 418 at 10.1.2.3", { status: 418 }), 502, /HTTP 418/],
+    ["fs error", Object.assign(new Error("EACCES: permission denied, open '/var/lib/stowage/10.1.2.3/blobs/x'"), { code: "EACCES" }), 500, /failed internally/],
+    ["store error", new StoreError("the blob store failed to write sha256:ab: ENOSPC: no space left on device, write '/data/10.1.2.3'"), 500, /the blob store failed$/],
+  ];
+  for (const [name, err, status, message] of hidden) {
+    const e = registryErrorFor(err, "manifest", what);
+    t.equal(e.status, status, `${name}: ${status}`);
+    t.match(e.message, message, `${name}: plain words`);
+    t.match(e.message, what, `${name}: says what failed`);
+    t.notMatch(e.message, "10.1.2.3", `${name}: no address or path`);
+    t.equal(e.cause, err, `${name}: the error itself stays with it, for the log`);
+  }
+  const shown: Array<[string, unknown, number, string]> = [
+    ["unusable manifest", new UnusableUpstreamReply("the manifest (content type application/vnd.oci.image.manifest.v1+json) is not JSON"), 502, "is not JSON"],
+    ["digest mismatch", new DigestMismatchError("upstream docker.io sent bytes for sha256:aa that hash to sha256:bb; nothing was cached"), 502, "hash to sha256:bb"],
+    ["refused credentials (4xx)", new UpstreamError("unauthorized", "upstream docker.io token service refused the configured credentials (HTTP 401)", { status: 401 }), 403, "refused the configured credentials"],
+  ];
+  for (const [name, err, status, text] of shown) {
+    const e = registryErrorFor(err, "manifest", what);
+    t.equal(e.status, status, `${name}: ${status}`);
+    t.match(e.message, text, `${name}: the detail is shown`);
+  }
+  t.equal(registryErrorFor(new UpstreamError("not-found", "x", { status: 404 }), "blob", "blob b").code, "BLOB_UNKNOWN");
+});
+
+/** Parses an OCI error body; fails the test if it is not one. */
+function ociErrorOf(t: Test, body: Buffer): { code: string; message: string; detail?: Record<string, unknown> } {
+  const parsed = JSON.parse(body.toString()) as { errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }> };
+  t.ok(Array.isArray(parsed.errors) && parsed.errors.length === 1, "one OCI error");
+  return parsed.errors[0]!;
+}
+
+/** The log lines of one request. */
+const linesOf = (logs: string[], requestId: string) => logs.filter((l) => l.includes(requestId));
+
+t.test("5xx bodies say what failed and give the request id; the detail is only in the log", async (t) => {
+  // An upstream that is down, at an address of its own (loopback, so nothing leaves the machine).
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.3", resolve));
+  const deadPort = (probe.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const live = await new FakeRegistry({ auth: false }).start(t);
+  const layer = randomBytes(50 * 1024);
+  const layerDigest = live.addBlob(layer);
+  const stowage = await startStowage(t, [
+    "--upstream", `dead=http://127.0.0.3:${deadPort}`,
+    "--upstream", `live=${live.url}`,
+    "--default-upstream", "dead",
+    "--upstream-timeout", "5s",
+  ]);
+
+  await t.test("an unreachable upstream", async (t) => {
+    const paths = ["/v2/app/manifests/latest", `/v2/app/blobs/${DIGEST}`, "/v2/app/tags/list"];
+    for (const path of paths) {
+      const { res, body } = await get(`${stowage.url}${path}`);
+      t.equal(res.status, 503, `${path}: 503`);
+      const requestId = res.headers.get("x-request-id") ?? "";
+      const text = body.toString();
+      const error = ociErrorOf(t, body);
+      t.equal(error.code, "UNAVAILABLE");
+      t.match(error.message, /the upstream could not be reached/, `${path}: plain words`);
+      t.notMatch(text, "127.0.0.3", `${path}: the body has no upstream address`);
+      t.notMatch(text, String(deadPort), `${path}: nor its port`);
+      t.notMatch(text, /ECONNREFUSED|fetch failed/, `${path}: nor the network error`);
+      t.ok(requestId.length > 0 && error.message.includes(requestId), `${path}: the message gives the request id`);
+      t.equal(error.detail?.requestId, requestId, `${path}: so does the detail`);
+      const logged = linesOf(stowage.logs, requestId).join("\n");
+      t.match(logged, `127.0.0.3:${deadPort}`, `${path}: the log has the address, under the request id`);
+      t.match(logged, "ECONNREFUSED", `${path}: and the network error`);
+    }
+  });
+
+  await t.test("a store that fails with a file-system error", async (t) => {
+    // The store's directories vanish under it: every operation fails with ENOENT and the path.
+    await rm(join(stowage.dataDir, "blobs"), { recursive: true, force: true });
+    const blob = await get(`${stowage.url}/v2/live/app/blobs/${layerDigest}`);
+    if (blob.res.status >= 500) {
+      const requestId = blob.res.headers.get("x-request-id") ?? "";
+      const error = ociErrorOf(t, blob.body);
+      t.notMatch(blob.body.toString(), stowage.dataDir, "the blob error has no path");
+      t.notMatch(blob.body.toString(), /ENOENT|scandir|open '/, "nor the fs error");
+      t.ok(error.message.includes(requestId), "the message gives the request id");
+      t.match(linesOf(stowage.logs, requestId).join("\n"), stowage.dataDir, "the log has the path");
+    } else {
+      t.ok(blob.body.equals(layer), "or the blob is served uncached");
+    }
+
+    const ready = await get(`${stowage.url}/readyz`);
+    t.equal(ready.res.status, 503, "/readyz: not ready");
+    const requestId = ready.res.headers.get("x-request-id") ?? "";
+    const body = JSON.parse(ready.body.toString()) as { status: string; checks: Record<string, string>; requestId?: string };
+    t.equal(body.status, "not ready");
+    t.equal(body.checks.kv, "ok");
+    t.match(body.checks.store, /failing/, "says which check failed");
+    t.equal(body.requestId, requestId, "and the request id");
+    t.notMatch(ready.body.toString(), stowage.dataDir, "/readyz has no path");
+    t.notMatch(ready.body.toString(), /ENOENT|scandir/, "nor the fs error");
+    t.match(linesOf(stowage.logs, requestId).join("\n"), /ENOENT.*blobs/, "the log has the error and path");
+  });
+});
+
+/** A Stowage from a config built here (a config file, or fields the CLI does not take, such as port 0). */
+async function startConfigured(t: Test, argv: string[], files: Record<string, string>, patch: Partial<Config> = {}): Promise<{ url: string; logs: string[] }> {
+  const dir = await mkdtemp(join(tmpdir(), "stowage-http-test-"));
+  for (const [name, content] of Object.entries(files)) await writeFile(join(dir, name), content);
+  const loaded = loadConfig({
+    argv: ["--data-dir", join(dir, "data"), ...argv.map((a) => a.replace("$DIR", dir))],
+    env: {},
+    readFile: (p) => readFileSync(p, "utf8"),
+  });
+  const logs: string[] = [];
+  const server = await startServer({ ...loaded, listen: { hostname: "127.0.0.1", port: 0 }, ...patch }, nodeRuntime, createLogger("debug", (l) => logs.push(l)));
+  t.teardown(async () => {
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return { url: server.url, logs };
+}
+
+t.test("--metrics-listen: /metrics and /healthz on their own listener, no /metrics on the public one", async (t) => {
+  const upstream = await new FakeRegistry({ auth: false }).start(t);
+  const stowage = await startConfigured(t, ["--upstream", `local=${upstream.url}`], {}, { metricsListen: { hostname: "127.0.0.1", port: 0 } });
+  const line = stowage.logs.find((l) => l.includes("serving /metrics and /healthz on a separate listener"));
+  const metricsUrl = line ? String(JSON.parse(line).url) : "";
+  t.match(metricsUrl, /^http:\/\/127\.0\.0\.1:\d+$/, "the log says where");
+
+  const publicMetrics = await get(`${stowage.url}/metrics`);
+  await expectOciError(t, publicMetrics.res, publicMetrics.body, 404, "UNSUPPORTED");
+  t.notMatch(publicMetrics.body.toString(), "stowage_", "no figures on the public listener");
+  t.equal((await get(`${stowage.url}/metrics`, { method: "HEAD" })).res.status, 404, "HEAD too");
+  t.equal((await get(`${stowage.url}/healthz`)).res.status, 200, "the public listener keeps /healthz");
+  t.equal((await get(`${stowage.url}/v2/`)).res.status, 200, "and the registry");
+
+  const metrics = await get(`${metricsUrl}/metrics`);
+  t.equal(metrics.res.status, 200);
+  t.match(metrics.res.headers.get("content-type") ?? "", /^text\/plain/);
+  t.match(metrics.body.toString(), /stowage_http_requests_total\{[^}]*route="metrics"[^}]*status="404"/, "the public listener's refusals are counted");
+  t.equal((await get(`${metricsUrl}/healthz`)).res.status, 200, "/healthz on the metrics listener");
+  for (const path of ["/v2/", "/v2/app/manifests/latest", "/token", "/readyz"]) {
+    const r = await get(`${metricsUrl}${path}`);
+    await expectOciError(t, r.res, r.body, 404, "UNSUPPORTED");
+  }
+  t.same(upstream.seen, [], "nothing on the metrics listener reached the upstream");
+});
+
+t.test("/metrics on the public listener with access control on needs a known identity", async (t) => {
+  const upstream = await new FakeRegistry({ auth: false }).start(t);
+  const hash = bcrypt.hashSync("wonderland", 4);
+  const stowage = await startConfigured(t, ["--config", "$DIR/stowage.yaml", "--access-control", "on", "--upstream", `local=${upstream.url}`], {
+    "stowage.yaml": ["users:", `  - { name: alice, passwordHash: "${hash}" }`, "rules:", "  - { repository: 'public/**', pull: [anonymous] }"].join("\n"),
+  });
+  const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString("base64")}`;
+  const tokenFor = async (headers: Record<string, string>) => {
+    const r = await get(`${stowage.url}/token?scope=repository:public/x:pull`, { headers });
+    t.equal(r.res.status, 200, "a token is issued");
+    return String(JSON.parse(r.body.toString()).token);
+  };
+
+  const none = await get(`${stowage.url}/metrics`);
+  await expectOciError(t, none.res, none.body, 401, "UNAUTHORIZED");
+  t.match(none.res.headers.get("www-authenticate") ?? "", /^Bearer realm=/, "with a challenge");
+  t.notMatch(none.body.toString(), "stowage_", "no figures");
+
+  const anonymous = await get(`${stowage.url}/metrics`, { headers: { authorization: `Bearer ${await tokenFor({})}` } });
+  await expectOciError(t, anonymous.res, anonymous.body, 401, "UNAUTHORIZED");
+  const wrong = await get(`${stowage.url}/metrics`, { headers: { authorization: basic("alice", "not-it") } });
+  await expectOciError(t, wrong.res, wrong.body, 401, "UNAUTHORIZED");
+  const stranger = await get(`${stowage.url}/metrics`, { headers: { authorization: basic("mallory", "wonderland") } });
+  await expectOciError(t, stranger.res, stranger.body, 401, "UNAUTHORIZED");
+
+  const withLogin = await get(`${stowage.url}/metrics`, { headers: { authorization: basic("alice", "wonderland") } });
+  t.equal(withLogin.res.status, 200, "a Basic login of a known user");
+  t.match(withLogin.body.toString(), "stowage_http_requests_total");
+  const withToken = await get(`${stowage.url}/metrics`, { headers: { authorization: `Bearer ${await tokenFor({ authorization: basic("alice", "wonderland") })}` } });
+  t.equal(withToken.res.status, 200, "or the user's token");
 });
