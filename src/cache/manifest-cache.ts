@@ -130,7 +130,7 @@ export class ManifestCache {
         startsWith: bytesPreview(bytes),
       });
       const shownType = JSON.stringify((contentType ?? "none").slice(0, 100));
-      throw new UnusableUpstreamReply(`${mediaType ? `the manifest (content type ${mediaType}) is ${problem}` : `${problem} (content type ${shownType})`}`);
+      throw new UnusableUpstreamReply(mediaType ? `${problem} (a manifest sent as ${mediaType})` : `${problem} (content type ${shownType})`);
     }
     const requested = parseDigest(reference);
     const digest = await digestOf(bytes, requested ? digestAlgorithm(requested) : "sha256");
