@@ -244,18 +244,24 @@ async function checkDirCopy(tt: Test, dir: string, img: TestImage): Promise<void
   }
 }
 
-/** Stowage for one shape, with its credentials and every host of the shape resolved to its loopback address. */
-async function stowageFor(shape: Shape, withCredentials: boolean): Promise<Stowage> {
-  const args = ["--upstream", `${shape.name}=${shape.upstreamUrl}`, "--upstream-timeout", "10s"];
-  if (withCredentials) args.push("--upstream-credentials", `${shape.name}=${USER}:${PASSWORD}`);
-  for (const r of shape.resolve) args.push("--resolve", r);
+/**
+ * Stowage for these shapes (the first is the default upstream), every host of theirs resolved to
+ * its loopback address, with or without the credentials.
+ */
+async function stowageFor(shapes: Shape[], withCredentials: boolean): Promise<Stowage> {
+  const args = ["--upstream-timeout", "10s"];
+  for (const shape of shapes) {
+    args.push("--upstream", `${shape.name}=${shape.upstreamUrl}`);
+    if (withCredentials) args.push("--upstream-credentials", `${shape.name}=${USER}:${PASSWORD}`);
+    for (const r of shape.resolve) args.push("--resolve", r);
+  }
   // Node: --resolve has no Deno counterpart (Deno uses the system resolver).
   return track(await startStowage(args, { runtime: "node", env: { NODE_EXTRA_CA_CERTS: ca.caPath } }));
 }
 
 /** With credentials: skopeo copies one private image and containerd fetches another, both digest-exact. */
 async function pullPrivateImages(tt: Test, shape: Shape): Promise<void> {
-  const stowage = await stowageFor(shape, true);
+  const stowage = await stowageFor([shape], true);
   const host = new URL(stowage.url).host;
   const containerd = await startContainerd();
   tt.teardown(() => containerd.stop());
@@ -369,14 +375,13 @@ t.test("Basic-only shape: the registry gets Basic credentials, there is no token
 t.test("no credentials configured: private images fail fast with 401/403 in the OCI shape, public ones pull", async (tt) => {
   const containerd = await startContainerd();
   tt.teardown(() => containerd.stop());
-  const shapes = [hub, ghcr, basic];
-  const instances = await Promise.all(shapes.map((shape) => stowageFor(shape, false)));
-  for (const [i, shape] of shapes.entries()) {
-    const stowage = instances[i]!;
-    const host = new URL(stowage.url).host;
+  // One instance for all three; the first path component picks the upstream.
+  const stowage = await stowageFor([hub, ghcr, basic], false);
+  for (const shape of [hub, ghcr, basic]) {
+    const host = `${new URL(stowage.url).host}/${shape.name}`;
     const img = privateForSkopeo();
     const started = Date.now();
-    const res = await fetch(`${stowage.url}/v2/${img.repo}/manifests/v1`, {
+    const res = await fetch(`${stowage.url}/v2/${shape.name}/${img.repo}/manifests/v1`, {
       headers: { accept: img.mediaType },
       signal: AbortSignal.timeout(20_000),
     });
@@ -407,7 +412,6 @@ t.test("no credentials configured: private images fail fast with 401/403 in the 
       tt.equal(ok.code, 0, `${shape.name}: the public ${pub.repo} pulls anonymously: ${ok.stderr.slice(-400)}`);
       if (ok.code === 0) await checkDirCopy(tt, ok.dir, pub);
     }
-    await stowage.stop();
   }
   const anonymous = [...hub.tokens.log, ...ghcr.tokens.log].filter((r) => r.authorization === "none");
   tt.ok(anonymous.length > 0, "the token services saw anonymous token requests");
