@@ -27,8 +27,19 @@ export type AccessDeps = {
   /** Where bcrypt runs (startPasswordChecks); on the main thread, one at a time, if not given. */
   passwords?: PasswordChecks;
   throttle?: LoginThrottle;
+  /** How long a throttled sign-in's refusal is held at most (default HOLD_REFUSAL_MS). */
+  holdRefusalMs?: number;
   now?: () => number;
 };
+
+/**
+ * A refusal for too many failures is answered after a pause (at most its Retry-After): a client
+ * that hammers on regardless then gets about one answer a second per connection, instead of
+ * keeping the event loop busy with thousands of instant 429s.
+ */
+export const HOLD_REFUSAL_MS = 1000;
+/** Refusals held at once; beyond this they are answered at once (each held one costs a timer and a socket). */
+const MAX_HELD_REFUSALS = 10_000;
 
 /** A sign-in refused before any password check: too many failures, or too many checks waiting. */
 export class LoginThrottled extends Error {
@@ -50,6 +61,7 @@ export class AccessControl {
   readonly throttle: LoginThrottle;
   readonly passwords: PasswordChecks;
   readonly now: () => number;
+  #held = 0;
 
   constructor(private readonly deps: AccessDeps) {
     this.config = deps.access;
@@ -74,15 +86,24 @@ export class AccessControl {
     const ci = this.oidc.isCiToken(password);
     const user = ci ? null : username.slice(0, 256);
     const refused = this.throttle.check(client, user);
-    if (refused) throw new LoginThrottled(refused.message, refused.retryAfterSeconds);
+    if (refused) {
+      await this.#hold(refused.retryAfterSeconds * 1000);
+      throw new LoginThrottled(refused.message, refused.retryAfterSeconds);
+    }
     const leave = this.throttle.enter(client);
-    if (!leave) throw new LoginThrottled("too many sign-ins from this address are waiting for a password check; try again in a second", 1);
+    if (!leave) {
+      await this.#hold(1000);
+      throw new LoginThrottled("too many sign-ins from this address are waiting for a password check; try again in a second", 1);
+    }
     let identity: Identity | null;
     try {
       identity = await this.#check(username, password, ci);
     } catch (err) {
-      if (err instanceof PasswordChecksBusy) throw new LoginThrottled("too many sign-ins are waiting for a password check; try again in a second", 1);
-      throw err;
+      if (!(err instanceof PasswordChecksBusy)) throw err;
+      // At once for a client with nothing else waiting; held (with its slot) for one that keeps
+      // adding to the queue, so a flood from one address gets about one answer a second per slot.
+      if (this.throttle.inFlight(client) > 1) await this.#hold(1000);
+      throw new LoginThrottled("too many sign-ins are waiting for a password check; try again in a second", 1);
     } finally {
       leave();
     }
@@ -97,6 +118,17 @@ export class AccessControl {
     if (!ciToken) return password.length <= 1024 ? await this.identities.verify(username, password) : null;
     const ci = await this.oidc.verify(password);
     return ci === null ? null : { subject: ci, kind: "oidc" };
+  }
+
+  async #hold(ms: number): Promise<void> {
+    const wait = Math.min(ms, this.deps.holdRefusalMs ?? HOLD_REFUSAL_MS);
+    if (wait <= 0 || this.#held >= MAX_HELD_REFUSALS) return;
+    this.#held++;
+    try {
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    } finally {
+      this.#held--;
+    }
   }
 
   close(): Promise<void> {

@@ -76,6 +76,11 @@ export class LoginThrottle {
     };
   }
 
+  /** Sign-ins from this address now waiting for (or in) a password check. */
+  inFlight(address: string | null): number {
+    return address === null ? 0 : (this.#inFlight.get(clientKey(address)) ?? 0);
+  }
+
   failed(address: string | null, user: string | null): void {
     const now = this.now();
     if (address !== null) this.#record(this.#byAddress, clientKey(address), this.limits.perAddress, now);

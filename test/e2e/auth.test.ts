@@ -6,7 +6,7 @@
 import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { readdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
@@ -206,4 +206,35 @@ t.test("distribution in proxy mode with credentials in remoteurl", async (tt) =>
     .map((l) => JSON.parse(l) as { path: string; status: number; user?: string });
   tt.ok(requests.some((r) => r.path === `/v2/${img.repo}/manifests/v1` && r.status === 200 && r.user === USER), "manifest served to the proxy as puller");
   tt.same(tokenLines(from), [], "no token was needed");
+});
+
+t.test("containerd in mirror mode, a user allowed only on a non-default upstream: the realm carries ?ns= and the pull works", async (tt) => {
+  // The mirrored registry is not the default upstream, and the rules let MIRROR_USER pull only there.
+  const registryHost = new URL(registry.url).host;
+  const htpasswd = join(scratch, "htpasswd-mirror");
+  await writeFile(htpasswd, `mirror-user:${bcrypt.hashSync("mirror-pw", 8)}\n`);
+  const config = join(scratch, "stowage-mirror.yaml");
+  await writeFile(config, "rules:\n  - { upstream: mirrored, repository: '**', pull: [mirror-user] }\n  - { repository: '**', pull: [] }\n");
+  const mirror = await startStowage([
+    "--upstream", "elsewhere=http://127.0.0.1:9", "--upstream", `mirrored=${registry.url}`, "--default-upstream", "elsewhere",
+    "--htpasswd", htpasswd, "--config", config,
+  ]);
+  tt.teardown(() => mirror.stop());
+  const mirrorHost = new URL(mirror.url).host;
+  const img = image("docker-single");
+
+  const challenged = await fetch(`${mirror.url}/v2/${img.repo}/manifests/v1?ns=${registryHost}`);
+  tt.equal(challenged.status, 401);
+  tt.match(challenged.headers.get("www-authenticate"), `realm="${mirror.url}/token?ns=${encodeURIComponent(registryHost)}"`, "the challenge's realm names the mirrored registry");
+
+  const hostsDir = join(scratch, "hosts-mirror");
+  await mkdir(join(hostsDir, registryHost), { recursive: true });
+  await writeFile(join(hostsDir, registryHost, "hosts.toml"), `server = "http://${registryHost}"\n\n[host."http://${mirrorHost}"]\n  capabilities = ["pull", "resolve"]\n`);
+  const r = await containerd.ctr(["content", "fetch", "--hosts-dir", hostsDir, "--user", "mirror-user:mirror-pw", `${registryHost}/${img.repo}:v1`]);
+  tt.equal(r.code, 0, `ctr content fetch through the mirror as mirror-user: ${r.stderr.slice(-500)}`);
+  const logs = mirror.logs();
+  tt.match(logs, new RegExp(`"path":"/v2/${img.repo}/manifests/v1","status":200,"user":"mirror-user"`), "the manifest was served through Stowage to mirror-user");
+  const issued = logs.split("\n").filter((l) => l.includes('"msg":"token issued"')).map((l) => JSON.parse(l) as { ns?: string; granted?: string[] });
+  tt.ok(issued.length >= 1 && issued.every((l) => l.ns === registryHost), "containerd asked the realm with its ?ns= kept");
+  tt.ok(issued.some((l) => (l.granted ?? []).includes(`repository:${img.repo}:pull`)), "and was granted pull by the mirrored upstream's rule");
 });
