@@ -43,18 +43,17 @@ export function credentialsMayGo(upstreamUrl: string, target: string): Credentia
   if (isIpLiteral(a) || isIpLiteral(b)) {
     return up.host.toLowerCase() === to.host.toLowerCase() ? { ok: true } : { ok: false, reason: "it is another address or port" };
   }
+  const siteA = getDomain(a, { allowPrivateDomains: true });
+  const siteB = getDomain(b, { allowPrivateDomains: true });
+  // No registrable domain (localhost, single-label names): like an IP, host and port must match.
+  if (siteA === null || siteB === null) {
+    return up.host.toLowerCase() === to.host.toLowerCase() ? { ok: true } : { ok: false, reason: "it is another host or port" };
+  }
   if (to.protocol === "http:") return a === b ? { ok: true } : { ok: false, reason: "it is plain http to another host" };
   if (a === b) return { ok: true }; // same host, another port or http -> https
   if (MULTI_TENANT_REGISTRY_DOMAINS.some((re) => re.test(a) || re.test(b))) {
     return { ok: false, reason: "it is another host of a registry service shared by many customers" };
   }
-  const siteA = getDomain(a, { allowPrivateDomains: true });
-  const siteB = getDomain(b, { allowPrivateDomains: true });
-  if (siteA === null || siteA !== siteB) return { ok: false, reason: "it is on another site (registrable domain)" };
+  if (siteA !== siteB) return { ok: false, reason: "it is on another site (registrable domain)" };
   return { ok: true };
-}
-
-/** Convenience for callers that only need the verdict. */
-export function mayReceiveCredentials(upstreamUrl: string, target: string): boolean {
-  return credentialsMayGo(upstreamUrl, target).ok;
 }

@@ -731,7 +731,8 @@ t.test("upstream protection and stuck clients", async (t) => {
     let now = 0;
     let most = 0;
     for (let i = 0; i < 8; i++) {
-      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: {}, layers: [], n: i }));
+      const config = { mediaType: "application/vnd.oci.image.config.v1+json", digest: `sha256:${"a".repeat(64)}`, size: 2 };
+      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config, layers: [], n: i }));
       const tag = `slow${i}`;
       up.addManifest(tag, bytes);
       up.behaviour.set(tag, async (_req, res) => {
