@@ -89,6 +89,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
       defaultUpstream: config.defaultUpstream,
       publicUrl: config.publicUrl,
       kv,
+      log,
       // bcrypt in a worker thread, so failed logins cannot hold up the event loop.
       passwords: await startPasswordChecks(runtime.spawnWorker, log),
     })
