@@ -5,6 +5,7 @@
 import type { AccessConfig, Upstream } from "../config.ts";
 import { resolveTarget } from "../http/target.ts";
 import type { TypedKv } from "../kv/kv.ts";
+import type { Logger } from "../log.ts";
 import { formatBearerChallenge } from "../registry/challenge.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { readAuthorization } from "./credentials.ts";
@@ -27,6 +28,8 @@ export type AccessDeps = {
   /** Where bcrypt runs (startPasswordChecks); on the main thread, one at a time, if not given. */
   passwords?: PasswordChecks;
   throttle?: LoginThrottle;
+  /** Where blocked addresses and names are reported (once per block). */
+  log?: Logger;
   /** How long a throttled sign-in's refusal is held at most (default HOLD_REFUSAL_MS). */
   holdRefusalMs?: number;
   now?: () => number;
@@ -108,7 +111,22 @@ export class AccessControl {
       leave();
     }
     if (identity) this.throttle.succeeded(client, user);
-    else this.throttle.failed(client, user);
+    else {
+      const reached = this.throttle.failed(client, user);
+      const { perAddress, perUser, windowMs } = this.throttle.limits;
+      const window = `${Math.round(windowMs / 1000)} s`;
+      if (reached.address !== null) {
+        this.deps.log?.warn(`too many failed sign-ins from one address: refusing its sign-ins, unchecked, until fewer than ${perAddress} failures fall within ${window}`, {
+          address: reached.address,
+        });
+      }
+      if (reached.user !== null) {
+        this.deps.log?.warn(
+          `too many failed sign-ins as one name: refusing it, unchecked, from addresses that have not signed in as it, until fewer than ${perUser} failures fall within ${window}`,
+          { user: reached.user.slice(0, 128), address: client ?? undefined },
+        );
+      }
+    }
     return identity;
   }
 

@@ -81,10 +81,14 @@ export class LoginThrottle {
     return address === null ? 0 : (this.#inFlight.get(clientKey(address)) ?? 0);
   }
 
-  failed(address: string | null, user: string | null): void {
+  /** Counts a failure; says which limits it has just reached (for the log: once per block, not per refusal). */
+  failed(address: string | null, user: string | null): { address: string | null; user: string | null } {
     const now = this.now();
-    if (address !== null) this.#record(this.#byAddress, clientKey(address), this.limits.perAddress, now);
-    if (user !== null) this.#record(this.#byUser, user, this.limits.perUser, now);
+    const client = address === null ? null : clientKey(address);
+    const reached = { address: null as string | null, user: null as string | null };
+    if (client !== null && this.#record(this.#byAddress, client, this.limits.perAddress, now)) reached.address = client;
+    if (user !== null && this.#record(this.#byUser, user, this.limits.perUser, now)) reached.user = user;
+    return reached;
   }
 
   succeeded(address: string | null, user: string | null): void {
@@ -107,7 +111,8 @@ export class LoginThrottle {
     return Math.max(1, Math.ceil((times[times.length - limit]! + this.limits.windowMs - now) / 1000));
   }
 
-  #record(records: Map<string, number[]>, key: string, limit: number, now: number): void {
+  /** Whether this failure reached the limit. */
+  #record(records: Map<string, number[]>, key: string, limit: number, now: number): boolean {
     const times = live(records.get(key), now - this.limits.windowMs);
     times.push(now);
     // Only the newest `limit` failures decide anything.
@@ -115,6 +120,7 @@ export class LoginThrottle {
     records.delete(key);
     records.set(key, times);
     trim(records, this.limits.maxRecords);
+    return times.length >= limit;
   }
 }
 

@@ -813,6 +813,12 @@ t.test("sign-ins of a started Stowage under attack: worker thread, throttling, m
     t.equal(address.status, 429, "ten failures from one address under ten names: the address is refused");
     t.match(JSON.parse(address.body), { errors: [{ message: /too many failed sign-ins from 127\.0\.0\.5/ }] });
     t.equal((await token("127.0.0.6", "carol", "carol-pw")).status, 200, "carol from elsewhere is not");
+    const warned = logs.filter((l) => l.includes('"msg":"too many failed sign-ins')).map((l) => JSON.parse(l) as { level: string; address?: string; user?: string });
+    t.same(
+      warned.map((w) => [w.level, w.user, w.address]),
+      [["warn", "bob", "127.0.0.3"], ["warn", undefined, "127.0.0.5"]],
+      "the log says once per block which name or address is refused (not once per refusal)",
+    );
   });
 
   await t.test("mirror mode: the challenge realm carries ?ns=, and /token grants by that upstream's rules", async (t) => {
