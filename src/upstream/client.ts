@@ -337,7 +337,12 @@ export class UpstreamClient {
       this.blockedUntil = Date.now() + Math.min(retryAfter ?? DEFAULT_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS) * 1000;
       return new UpstreamError("rate-limited", what, { status, ...(retryAfter === undefined ? {} : { retryAfterSeconds: retryAfter }) });
     }
-    if (status === 401 || status === 403) return new UpstreamError("unauthorized", what, { status });
+    if (status === 401 || status === 403) {
+      const hint = this.upstream.credentials
+        ? "; check that the configured --upstream-credentials may pull it"
+        : `; if it is private, set --upstream-credentials ${this.upstream.name}=USER:PASSWORD`;
+      return new UpstreamError("unauthorized", what + hint, { status });
+    }
     if (status >= 500) return new UpstreamError("server-error", what, { status });
     return new UpstreamError("bad-response", what, { status });
   }
