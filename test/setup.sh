@@ -8,6 +8,8 @@ need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 command -v skopeo >/dev/null 2>&1 || need="$need skopeo"
 command -v containerd >/dev/null 2>&1 || need="$need containerd"
+# openssl: the test CA and certificates of the registry-shapes test.
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # Ceph RGW: the real S3 server the S3 store tests run against (test/e2e/rgw.ts).
 command -v radosgw >/dev/null 2>&1 || need="$need radosgw ceph-mon ceph-osd"
 if [ -n "$need" ]; then
