@@ -7,7 +7,19 @@
 //        { op: "result", id, ok } | { op: "error", id, message } per compare
 // bcryptjs arrives as an absolute URL resolved by the main thread: on Node this module runs from a
 // data: URL (its types stripped), where a bare `import "bcryptjs"` cannot be resolved.
+import { setPriority } from "node:os";
 import { parentPort } from "node:worker_threads";
+
+const PASSWORD_WORKER_NICE = 10;
+
+// Below the serving thread's CPU priority: when both want the same core, requests come first and
+// password checks wait (on Linux, priority 0 names the calling thread only). Best effort: a
+// platform that refuses simply runs the checks at normal priority.
+try {
+  setPriority(PASSWORD_WORKER_NICE);
+} catch {
+  // not permitted or not supported here
+}
 
 type Inbound = { op: "init"; bcrypt: string } | { op: "compare"; id: number; secret: string; hash: string };
 type Bcrypt = { compareSync(secret: string, hash: string): boolean };

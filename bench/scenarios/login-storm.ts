@@ -8,7 +8,7 @@
 //
 // The upstream is a tiny in-process server: after the first GET, every manifest GET is a cache hit.
 import { createHash } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { Agent, createServer, request } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -185,11 +185,17 @@ export function printLoginStorm(r: { metrics: Metrics; attack: Tally }): void {
   console.log(`  manifest GETs failed during the attack: ${m["logins.attack.errors"]}; a correct login right after: ${m["logins.after.status"]}`);
 }
 
+async function loadAverage(): Promise<string> {
+  return (await readFile("/proc/loadavg", "utf8")).split(" ")[0] ?? "?";
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   if (!wrkInstalled()) throw new Error("wrk is needed (apt-get install wrk)");
+  const before = await loadAverage();
   loginStorm().then(
-    (r) => {
+    async (r) => {
       printLoginStorm(r);
+      console.log(`  machine load average (1 min) before/after: ${before}/${await loadAverage()}`);
       process.exit(0);
     },
     (err: unknown) => {

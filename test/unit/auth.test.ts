@@ -4,7 +4,7 @@
 import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createServer, request as httpRequest } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -625,6 +625,12 @@ t.test("password checks: bounded queue, 429 when full, worker thread on Node", a
   t.equal(workers.mode, "worker");
   const h = hash("right");
   t.same(await Promise.all([workers.compare("right", h), workers.compare("wrong", h)]), [true, false], "the worker compares like bcrypt");
+  if (process.platform === "linux") {
+    // As `top -H` shows it: the checking thread runs below the serving threads' priority (field 19 of stat is nice).
+    const nice = readdirSync("/proc/self/task").map((tid) => Number(readFileSync(`/proc/self/task/${tid}/stat`, "utf8").split(") ")[1]!.split(" ")[16]));
+    t.ok(nice.includes(10), `a thread of this process runs at nice 10 (nice values: ${[...new Set(nice)].join(", ")})`);
+    t.equal(nice[0], 0, "the main thread keeps its priority");
+  }
 });
 
 t.test("remembered sign-ins: a changed hash or a removed user takes effect at once", async (t) => {
