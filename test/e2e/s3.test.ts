@@ -282,7 +282,8 @@ async function main(): Promise<void> {
     tt.ok(seconds < 20, `the pull completed in ${seconds.toFixed(1)} s`);
     const ready = await fetch(`${stowage.url}/readyz`);
     tt.equal(ready.status, 503, "/readyz says the store is failing");
-    tt.match(JSON.stringify(await ready.json()), /did not answer/, "and why");
+    tt.match(JSON.stringify(await ready.json()), /"store":"failing \(request id [^)]+\)/, "and which check, with a request id");
+    tt.match(stowage.logs(), /did not answer/, "the log says why");
     tt.match(stowage.logs(), /could not keep a manifest/, "the operator is told what was not cached");
     tt.same(await keysUnder(`${prefix}/`), [], "nothing reached the bucket");
     gate.set("open");
