@@ -3,7 +3,8 @@
 // Stowage against CNCF distribution in proxy mode, both pulling from the same local upstream
 // registry, each through its own counting proxy. Scenarios (bench/scenarios/*): a 1 GiB blob cold
 // and warm with the cached manifest rate on the same peer, one and 20 clients pulling a cold
-// image, a connection drop at 50% of the 1 GiB blob, and the 1 GiB blob on Stowage's S3 store.
+// image, a connection drop at 50% of the 1 GiB blob, the 1 GiB blob on Stowage's S3 store, and
+// the p99 of cached manifest GETs during 200 clients' failed logins (access control on).
 // The report (bench/report.ts) goes to stdout; progress to stderr. With --rounds N every
 // scenario runs N times, peer order alternating, and the table shows medians.
 import { readFile } from "node:fs/promises";
@@ -23,6 +24,7 @@ import { printReport, type Results } from "./report.ts";
 import { CLIENTS, concurrentPull, imageBytes, singlePull } from "./scenarios/concurrent-pull.ts";
 import { faultRun } from "./scenarios/fault.ts";
 import { largeBlob, type References } from "./scenarios/large-blob.ts";
+import { loginStorm, printLoginStorm } from "./scenarios/login-storm.ts";
 import { manifestRate } from "./scenarios/manifests.ts";
 import { wrkInstalled } from "./wrk.ts";
 
@@ -138,6 +140,12 @@ async function main(): Promise<void> {
       }
     }
 
+    progress("failed logins: cached manifest latency without and during a login storm");
+    const storm = await loginStorm().catch((err: unknown) => {
+      errors.push(`login storm: ${message(err)}`);
+      return null;
+    });
+
     printReport({
       rounds: roundCount,
       blobBytes: big.size,
@@ -149,6 +157,10 @@ async function main(): Promise<void> {
       errors,
       load: { before: loadBefore, after: await loadAverage(), cpus: availableParallelism() },
     });
+    if (storm) {
+      console.log("");
+      printLoginStorm(storm);
+    }
 
     if (values.profile) {
       progress("profiling Stowage's cold path");
