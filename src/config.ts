@@ -14,41 +14,12 @@ import type { Rule } from "./auth/rules.ts";
 
 // ---------------------------------------------------------------- types
 
-export type Credentials = { username: string; password: string };
+import type { AccessConfig } from "./auth/access-config.ts";
+import type { LogLevel } from "./log.ts";
+import type { Listen } from "./runtime/runtime.ts";
+import type { Credentials, ResolveOverride, Upstream } from "./upstream/upstream.ts";
 
-export type Upstream = {
-  name: string;
-  url: string;
-  host: string;
-  aliases: string[];
-  dockerHub: boolean;
-  credentials?: Credentials;
-  /**
-   * Whether redirects and token realms of this upstream may lead to loopback, private,
-   * link-local or unspecified addresses. Off unless the operator allows it, or the
-   * upstream itself lives at such an address (a registry on the LAN).
-   */
-  allowPrivateNetwork: boolean;
-};
-
-/** `--resolve HOST:PORT:ADDRESS`: connect to ADDRESS whenever HOST:PORT is asked for (as curl does). */
-export type ResolveOverride = { host: string; port: number; address: string };
-
-export type LogLevel = "debug" | "info" | "warn" | "error";
-
-export type Listen = { hostname: string; port: number };
-
-/** Present only when access control is on; absent means anonymous pulls of everything. */
-export type AccessConfig = {
-  /** The `service` of challenges and the `aud` of tokens. */
-  service: string;
-  issuer: string;
-  tokenTtlSeconds: number;
-  identities: IdentityEntry[];
-  rules: Rule[];
-  /** CI identity federation: tokens of these issuers are accepted as passwords. */
-  oidc: OidcProvider[];
-};
+export type { AccessConfig, Credentials, Listen, LogLevel, ResolveOverride, Upstream };
 
 export type Config = {
   access?: AccessConfig;

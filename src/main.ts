@@ -1,4 +1,4 @@
-import { createRobotToken, hashPassword, revokeRefreshTokens, rotateKeys } from "./auth/admin.ts";
+import { AdminInputError, createRobotToken, hashPassword, revokeRefreshTokens, rotateKeys } from "./auth/admin.ts";
 import { parseCommand } from "./cli.ts";
 import { ConfigError, DEFAULTS } from "./config.ts";
 import { createLogger } from "./log.ts";
@@ -66,7 +66,7 @@ try {
     }
   }
 } catch (err) {
-  if (err instanceof ConfigError || err instanceof StartupError) {
+  if (err instanceof ConfigError || err instanceof StartupError || err instanceof AdminInputError) {
     console.error(`stowage: ${err.message}`);
     runtime.exit(2);
   }

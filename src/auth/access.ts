@@ -2,7 +2,8 @@
  * Access control as a whole: who may pull which repository (rules), and the
  * check every registry request passes when access control is on.
  */
-import type { AccessConfig, Upstream } from "../config.ts";
+import type { Upstream } from "../upstream/upstream.ts";
+import type { AccessConfig } from "./access-config.ts";
 import { resolveTarget } from "../http/target.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";

@@ -1,6 +1,9 @@
 import type { FetchHandler } from "../http/handler.ts";
 import type { Kv } from "../kv/kv.ts";
 
+/** Where a listener binds: the address of --listen and --metrics-listen. */
+export type Listen = { hostname: string; port: number };
+
 export type Listening = { hostname: string; port: number; close(): Promise<void> };
 
 /** A worker thread as the digest pool sees it, whatever kind of worker the runtime makes. */
@@ -24,7 +27,7 @@ export interface Runtime {
    * platform allows it (Node; Deno.serve offers no such control, and there
    * the blob bodies' own stall watchdog does the job).
    */
-  serve(handler: FetchHandler, listen: { hostname: string; port: number }, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
+  serve(handler: FetchHandler, listen: Listen, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
   /** Opens the KV store: a file path, ":memory:", or undefined for the platform default (Deno Deploy). */
   openKv(path: string | undefined): Promise<Kv>;
   /** Starts a worker thread running a TypeScript module, or null where threads are unavailable. */

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { Upstream } from "../config.ts";
+import type { Upstream } from "./upstream.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { observedBody } from "../http/observed-body.ts";

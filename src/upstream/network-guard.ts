@@ -14,7 +14,7 @@
  * and the connection.
  */
 import { lookup as dnsLookup } from "node:dns/promises";
-import type { ResolveOverride, Upstream } from "../config.ts";
+import type { ResolveOverride, Upstream } from "./upstream.ts";
 import { type AddressClass, classifyAddress } from "./address-class.ts";
 
 export type Resolved = { address: string; family: 4 | 6 };
