@@ -2,10 +2,9 @@ import { createHash } from "node:crypto";
 import type { WorkerPort } from "../runtime/runtime.ts";
 import type { DigestAlgorithm } from "../registry/reference.ts";
 import type { Hasher, HasherFactory } from "./hasher.ts";
-import { unzeroedBytes } from "../bytes.ts";
+import { BATCH_BYTES, BufferFiller, BufferPool } from "../util/buffers.ts";
+import { rejectAfter } from "../util/deadline.ts";
 
-/** Bytes gathered before one message to a worker: fewer, larger messages cost less. */
-const BATCH_BYTES = 1024 * 1024;
 /**
  * Bytes one hasher may have posted but not yet hashed before `update` waits. Four batches keep a
  * worker busy (it hashes one in about a millisecond) while capping what sits in its queue.
@@ -18,13 +17,7 @@ type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } |
  * Batch buffers handed back by the workers, reused instead of allocating (and faulting in) fresh
  * ones. They stay resident for good: enough for about two blobs hashed at once, no more.
  */
-const spareBuffers: ArrayBuffer[] = [];
-const MAX_SPARE_BUFFERS = 8;
-
-function takeBatch(): Uint8Array {
-  const spare = spareBuffers.pop();
-  return spare ? new Uint8Array(spare) : unzeroedBytes(BATCH_BYTES);
-}
+const spareBatches = new BufferPool(BATCH_BYTES, 8);
 
 type Job = {
   backlog: number;
@@ -62,7 +55,7 @@ class DigestWorker {
     const job = this.jobs.get(msg.id);
     if (!job) return;
     if (msg.op === "ack") {
-      if (msg.buffer?.byteLength === BATCH_BYTES && spareBuffers.length < MAX_SPARE_BUFFERS) spareBuffers.push(msg.buffer);
+      if (msg.buffer) spareBatches.give(msg.buffer);
       job.backlog -= msg.bytes;
       if (job.backlog <= BACKLOG_BYTES && job.drained.length > 0) {
         const waiting = job.drained;
@@ -110,7 +103,7 @@ export class WorkerHasherFactory implements HasherFactory {
     // Prove the worker actually loads (its TypeScript is type-stripped when the runtime spawns it).
     const probe = factory.create("sha256");
     await probe.update(new TextEncoder().encode("stowage"));
-    const hex = await withTimeout(probe.finish(), 10_000, "digest worker did not answer within 10 s");
+    const hex = await rejectAfter(probe.finish(), 10_000, () => new Error("digest worker did not answer within 10 s"));
     const expected = createHash("sha256").update("stowage").digest("hex");
     if (hex !== expected) throw new Error("digest worker computed a wrong sha256 in its self-test");
     return factory;
@@ -125,29 +118,17 @@ export class WorkerHasherFactory implements HasherFactory {
     worker.jobs.set(id, job);
     worker.post({ op: "start", id, algorithm });
 
-    let batch = takeBatch();
-    let filled = 0;
-    const flush = () => {
-      if (filled === 0) return;
-      // Hand the batch itself to the worker (no copy) and start a fresh one.
-      const data = filled === BATCH_BYTES ? batch : batch.slice(0, filled);
-      job.backlog += filled;
+    const post = (data: Uint8Array) => {
+      job.backlog += data.byteLength;
       worker.post({ op: "update", id, data }, [data.buffer as ArrayBuffer]);
-      batch = takeBatch();
-      filled = 0;
     };
+    // A full batch goes to the worker itself (no copy); the last, short one as a copy of its bytes.
+    const batches = new BufferFiller(BATCH_BYTES, () => spareBatches.take(), post);
 
     return {
       async update(chunk) {
         if (job.failed) throw job.failed;
-        let offset = 0;
-        while (offset < chunk.byteLength) {
-          const n = Math.min(BATCH_BYTES - filled, chunk.byteLength - offset);
-          batch.set(chunk.subarray(offset, offset + n), filled);
-          filled += n;
-          offset += n;
-          if (filled === BATCH_BYTES) flush();
-        }
+        await batches.push(chunk);
         if (job.backlog > BACKLOG_BYTES) {
           await new Promise<void>((resolve) => job.drained.push(resolve));
           if (job.failed) throw job.failed;
@@ -155,14 +136,15 @@ export class WorkerHasherFactory implements HasherFactory {
       },
       finish() {
         if (job.failed) return Promise.reject(job.failed);
-        flush();
+        const last = batches.takePartial(true);
+        if (last) post(last);
         return new Promise<string>((resolve, reject) => {
           job.result = { resolve, reject };
           worker.post({ op: "finish", id });
         });
       },
       discard() {
-        batch = new Uint8Array(0);
+        batches.release();
         if (worker.jobs.delete(id) && worker.healthy) worker.post({ op: "discard", id });
       },
     };
@@ -171,14 +153,4 @@ export class WorkerHasherFactory implements HasherFactory {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(message)), ms);
-    p.then(
-      (v) => (clearTimeout(timer), resolve(v)),
-      (e) => (clearTimeout(timer), reject(e)),
-    );
-  });
 }

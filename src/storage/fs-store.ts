@@ -6,7 +6,7 @@ import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.t
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
 import { freeBytes, type StatFs, systemStatFs } from "./disk-space.ts";
 import { openSpoolReader } from "./spool-reader.ts";
-import { unzeroedBytes } from "../bytes.ts";
+import { unzeroedBytes } from "../util/buffers.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
 const READ_CHUNK = 1024 * 1024;

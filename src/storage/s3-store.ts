@@ -21,7 +21,8 @@ import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.t
 import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
 import { openSpoolReader } from "./spool-reader.ts";
 import { freeBytes, systemStatFs } from "./disk-space.ts";
-import { unzeroedBytes } from "../bytes.ts";
+import { BufferFiller, BufferPool, unzeroedBytes } from "../util/buffers.ts";
+import { withAbortDeadline } from "../util/deadline.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
 export const PART_SIZE = 8 * 1024 * 1024;
@@ -156,17 +157,8 @@ export class S3BlobStore implements BlobStore {
    * A small request on a client's path (manifest PUT, HEAD, readiness), bounded as a whole,
    * retries included: a stalled S3 must cost a pull seconds, not hang it.
    */
-  private async bounded<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
-    const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(), ANSWER_TIMEOUT_MS);
-    try {
-      return await send(deadline.signal);
-    } catch (err) {
-      if (deadline.signal.aborted) throw new Error(`S3 did not answer ${what} within ${ANSWER_TIMEOUT_MS / 1000} s`, { cause: err });
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
+  private bounded<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    return withAbortDeadline(ANSWER_TIMEOUT_MS, send, (cause) => new Error(`S3 did not answer ${what} within ${ANSWER_TIMEOUT_MS / 1000} s`, { cause }));
   }
 
   async begin(digest: Digest): Promise<BlobUpload> {
@@ -255,11 +247,11 @@ class Multipart {
    * part of a large blob kept V8 holding dead ones (measured: ~40 MiB more RSS while uploading).
    * Only after success: a failed request may still have had its body in a socket write.
    */
-  private readonly spare: Uint8Array[] = [];
+  private readonly spare = new BufferPool(PART_SIZE, PARTS_IN_FLIGHT);
 
   /** A PART_SIZE buffer to fill, recycled where possible. */
   partBuffer(): Uint8Array {
-    return this.spare.pop() ?? unzeroedBytes(PART_SIZE);
+    return this.spare.take();
   }
 
   /** Uploads the next part; `body` is read only when the part starts. */
@@ -269,7 +261,7 @@ class Multipart {
     let bytes: Uint8Array | null = null;
     const part = this.uploadPart(number, async () => (bytes = await body())).then((done) => {
       // The SDK is done with the body once the request succeeded.
-      if (bytes && bytes.buffer.byteLength === PART_SIZE && this.spare.length < PARTS_IN_FLIGHT) this.spare.push(new Uint8Array(bytes.buffer));
+      if (bytes) this.spare.give(bytes.buffer);
       return done;
     }).finally(() => {
       this.running--;
@@ -449,15 +441,14 @@ class SpooledUpload implements BlobUpload {
  * those further behind from the store once committed.
  */
 class MemoryUpload implements BlobUpload {
-  private part: Uint8Array;
-  private filled = 0;
-  private size = 0;
+  /** Gathers bytes into PART_SIZE buffers; a full one waits for a free slot, then goes up. */
+  private readonly part: BufferFiller;
   private tail: Promise<void> = Promise.resolve();
   private settled = false;
   private committed = false;
 
   constructor(private readonly multipart: Multipart) {
-    this.part = multipart.partBuffer();
+    this.part = new BufferFiller(PART_SIZE, () => multipart.partBuffer(), (full) => this.sendPart(full));
   }
 
   write(chunk: Uint8Array): Promise<void> {
@@ -467,22 +458,12 @@ class MemoryUpload implements BlobUpload {
   }
 
   private async append(chunk: Uint8Array): Promise<void> {
-    this.size += chunk.byteLength;
     if (this.multipart.failure !== null) return;
-    for (let offset = 0; offset < chunk.byteLength; ) {
-      const n = Math.min(PART_SIZE - this.filled, chunk.byteLength - offset);
-      this.part.set(chunk.subarray(offset, offset + n), this.filled);
-      this.filled += n;
-      offset += n;
-      if (this.filled === PART_SIZE) await this.sendPart();
-    }
+    await this.part.push(chunk);
   }
 
-  private async sendPart(): Promise<void> {
+  private async sendPart(bytes: Uint8Array): Promise<void> {
     await this.multipart.untilSlot();
-    const bytes = this.part.subarray(0, this.filled);
-    this.part = this.multipart.partBuffer();
-    this.filled = 0;
     this.multipart.add(async () => bytes);
   }
 
@@ -496,17 +477,18 @@ class MemoryUpload implements BlobUpload {
     try {
       await this.tail;
       if (this.multipart.failure !== null) throw this.multipart.failure;
+      const last = this.part.takePartial();
       if (this.multipart.partCount === 0) {
-        await this.multipart.put(this.part.subarray(0, this.filled));
+        await this.multipart.put(last ?? new Uint8Array(0));
       } else {
-        if (this.filled > 0) await this.sendPart();
+        if (last) await this.sendPart(last);
         await this.multipart.complete();
       }
     } catch (err) {
       await this.multipart.abort();
       throw err;
     } finally {
-      this.part = new Uint8Array(0);
+      this.part.release();
     }
     this.committed = true;
   }
@@ -514,7 +496,7 @@ class MemoryUpload implements BlobUpload {
   async abort(): Promise<void> {
     if (this.committed) return;
     this.settled = true;
-    this.part = new Uint8Array(0);
+    this.part.release();
     await this.multipart.abort();
   }
 }
