@@ -5,10 +5,11 @@
  */
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from "jose";
 import { z } from "zod";
+import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 
 export const SIGNING_ALG = "ES256";
-const KEY = ["stowage", "auth", "signing-keys"] as const;
+const KEY = kvKeys.signingKeys();
 // Other instances (or `stowage keys rotate`) may change the keys; look again this often.
 const RELOAD_MS = 10_000;
 // Tokens with made-up key ids must not turn into a KV read each.
@@ -112,8 +113,8 @@ export class KeyRing {
       const { value, versionstamp } = await this.kv.readVersioned(KEY, keySet);
       const next = await change(value?.keys ?? []);
       if (next === null) return;
-      const committed = await this.kv.raw.atomic().check({ key: KEY, versionstamp }).set(KEY, { keys: next }).commit();
-      if (committed.ok) {
+      const committed = await this.kv.writeIfUnchanged(KEY, versionstamp, { keys: next });
+      if (committed !== null) {
         this.#loadedAt = -Infinity;
         return;
       }

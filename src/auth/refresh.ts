@@ -4,11 +4,11 @@
  * without a username, so the hash alone is the key.
  */
 import { z } from "zod";
+import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { IdentityKind } from "./identities.ts";
 
 export const REFRESH_TOKEN_TTL_MS = 90 * 24 * 3600 * 1000;
-const PREFIX = ["stowage", "auth", "refresh"] as const;
 const TOKEN_FORMAT = /^[A-Za-z0-9_-]{43}$/;
 
 const record = z.object({ subject: z.string(), kind: z.enum(["user", "robot"]), createdAt: z.number() });
@@ -24,14 +24,14 @@ export class RefreshTokens {
   async create(owner: RefreshOwner): Promise<string> {
     const bytes = crypto.getRandomValues(new Uint8Array(32));
     const token = base64url(bytes);
-    await this.kv.write([...PREFIX, await sha256(token)], { ...owner, createdAt: this.now() }, REFRESH_TOKEN_TTL_MS);
+    await this.kv.write(kvKeys.refreshToken(await sha256(token)), { ...owner, createdAt: this.now() }, REFRESH_TOKEN_TTL_MS);
     return token;
   }
 
   /** The owner of a live refresh token, or null. */
   async lookup(token: string): Promise<RefreshOwner | null> {
     if (!TOKEN_FORMAT.test(token)) return null;
-    const found = await this.kv.read([...PREFIX, await sha256(token)], record);
+    const found = await this.kv.read(kvKeys.refreshToken(await sha256(token)), record);
     if (!found || found.createdAt + REFRESH_TOKEN_TTL_MS < this.now()) return null;
     return { subject: found.subject, kind: found.kind };
   }
@@ -39,9 +39,8 @@ export class RefreshTokens {
   /** Revokes every refresh token of a subject; returns how many there were. */
   async revokeAll(subject: string): Promise<number> {
     let n = 0;
-    for await (const entry of this.kv.raw.list({ prefix: [...PREFIX] })) {
-      const owner = record.safeParse(entry.value);
-      if (!owner.success || owner.data.subject !== subject) continue;
+    for await (const entry of this.kv.list(kvKeys.refreshTokens(), record)) {
+      if (entry.value.subject !== subject) continue;
       await this.kv.remove(entry.key);
       n++;
     }

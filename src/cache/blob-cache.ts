@@ -4,8 +4,9 @@ import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
 import type { Digest } from "../registry/reference.ts";
 import { BlobFetch, type BlobFetchDeps, BlobTooLargeError, DEFAULT_MAX_BLOB_BYTES, type FetchSource, formatBytes } from "./blob-fetch.ts";
-import { BlobRecord, keys, LinkRecord } from "./records.ts";
+import { BlobRecord, LinkRecord } from "./records.ts";
 import { registryErrorFor } from "./upstream-errors.ts";
+import { kvKeys } from "../kv/keys.ts";
 
 /** What the HTTP layer needs to answer a blob request. */
 export type BlobAnswer = {
@@ -69,8 +70,8 @@ export class BlobCache {
   ): Promise<BlobAnswer> {
     const { kv } = this.deps;
     const what = `blob ${digest} of ${source.client.upstream.name}/${source.repo}`;
-    const linked = (await kv.read(keys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
-    const record = await kv.read(keys.blob(digest), BlobRecord);
+    const linked = (await kv.read(kvKeys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
+    const record = await kv.read(kvKeys.blob(digest), BlobRecord);
     let storeFailed = false;
     if (record) {
       if (!linked) await this.confirmUpstreamHas(source, digest, what, log);
@@ -78,7 +79,7 @@ export class BlobCache {
         const answer = await this.fromStore(digest, record.size, method, rangeHeader);
         if (answer) return answer;
         log.warn("blob listed in KV is missing from the store; fetching it again", { digest });
-        await kv.remove(keys.blob(digest));
+        await kv.remove(kvKeys.blob(digest));
       } catch (err) {
         if (err instanceof RegistryError) throw err;
         // The store is down or failing: the upstream can still serve this pull.
@@ -137,7 +138,7 @@ export class BlobCache {
   }
 
   private async afterCommit(digest: Digest, method: "GET" | "HEAD", rangeHeader: string | null, what: string): Promise<BlobAnswer> {
-    const record = await this.deps.kv.read(keys.blob(digest), BlobRecord);
+    const record = await this.deps.kv.read(kvKeys.blob(digest), BlobRecord);
     const answer = record ? await this.fromStore(digest, record.size, method, rangeHeader) : null;
     if (!answer) throw new RegistryError("UNAVAILABLE", `${what} was fetched but could not be read back from the store`, { status: 500 });
     return answer;
@@ -187,7 +188,7 @@ export class BlobCache {
     } catch (err) {
       throw registryErrorFor(err, "blob", what);
     }
-    await this.deps.kv.write(keys.link(source.client.upstream.name, source.repo, digest), { linkedAt: Date.now() });
+    await this.deps.kv.write(kvKeys.link(source.client.upstream.name, source.repo, digest), { linkedAt: Date.now() });
   }
 }
 

@@ -1,4 +1,5 @@
 import type { HasherFactory, Hasher } from "../digest/hasher.ts";
+import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
@@ -8,7 +9,7 @@ import type { BlobStore, BlobUpload, PartialReader } from "../storage/blob-store
 import type { UpstreamClient, UpstreamReply } from "../upstream/client.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import type { FetchLeases, HeldLease } from "./fetch-lease.ts";
-import { BlobRecord, keys, LinkRecord } from "./records.ts";
+import { BlobRecord, LinkRecord } from "./records.ts";
 import { ChangeSignal, IdleTimer } from "./signal.ts";
 import { unzeroedBytes } from "../bytes.ts";
 
@@ -495,8 +496,8 @@ export class BlobFetch {
       upload = null;
       const now = Date.now();
       // Link first: a request that sees the blob record must also see the link, or it would ask upstream again.
-      await kv.write(keys.link(client.upstream.name, repo, this.digest), { linkedAt: now });
-      await kv.write(keys.blob(this.digest), { size: this.size, storedAt: now });
+      await kv.write(kvKeys.link(client.upstream.name, repo, this.digest), { linkedAt: now });
+      await kv.write(kvKeys.blob(this.digest), { size: this.size, storedAt: now });
       this.state = "committed";
       this.deps.metrics.blobsCommitted.inc();
       this.window = [];
@@ -610,7 +611,7 @@ export class BlobFetch {
     for (;;) {
       const lease = await leases.tryAcquire(this.digest, this.log);
       // Checked after taking the lease: the instance we waited for may have just stored it.
-      if (!this.opts.evenIfStored && (await kv.read(keys.blob(this.digest), BlobRecord))) {
+      if (!this.opts.evenIfStored && (await kv.read(kvKeys.blob(this.digest), BlobRecord))) {
         await lease?.release();
         return "stored";
       }
@@ -627,7 +628,7 @@ export class BlobFetch {
   /** Another instance stored the blob: this repository may see it only once the upstream confirms it has it. */
   private async linkStoredBlob(): Promise<void> {
     const { client, repo } = this.source;
-    const link = keys.link(client.upstream.name, repo, this.digest);
+    const link = kvKeys.link(client.upstream.name, repo, this.digest);
     if (await this.deps.kv.read(link, LinkRecord)) return;
     const { response } = await client.blob(repo, this.digest, "HEAD", this.log);
     await response.body?.cancel();

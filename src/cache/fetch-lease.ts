@@ -1,7 +1,8 @@
+import { kvKeys, type LeaseKey } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { Digest } from "../registry/reference.ts";
-import { keys, LeaseRecord } from "./records.ts";
+import { LeaseRecord } from "./records.ts";
 
 /** How long a lease lasts without renewal: a crashed holder delays the others at most this long. */
 export const LEASE_TTL_MS = 15_000;
@@ -23,7 +24,7 @@ export class FetchLeases {
 
   /** Takes the lease on `digest`, or returns null while another instance holds a live one. */
   async tryAcquire(digest: Digest, log: Logger): Promise<HeldLease | null> {
-    const key = keys.lease(digest);
+    const key = kvKeys.lease(digest);
     const current = await this.kv.readVersioned(key, LeaseRecord);
     if (current.value && current.value.owner !== this.owner && current.value.expiresAt > Date.now()) return null;
     const versionstamp = await this.put(key, current.versionstamp);
@@ -33,18 +34,13 @@ export class FetchLeases {
   }
 
   /** Compare-and-set of the lease record; the new versionstamp, or null if the record changed meanwhile. */
-  async put(key: readonly ["lease", Digest], expected: string | null): Promise<string | null> {
+  async put(key: LeaseKey, expected: string | null): Promise<string | null> {
     const expiresAt = Date.now() + this.ttlMs;
-    const result = await this.kv.raw
-      .atomic()
-      .check({ key, versionstamp: expected })
-      .set(key, { owner: this.owner, expiresAt } satisfies LeaseRecord, { expireIn: this.ttlMs * 4 })
-      .commit();
-    return result.ok ? (result.versionstamp ?? null) : null;
+    return this.kv.writeIfUnchanged(key, expected, { owner: this.owner, expiresAt } satisfies LeaseRecord, this.ttlMs * 4);
   }
 
-  async remove(key: readonly ["lease", Digest], expected: string): Promise<void> {
-    await this.kv.raw.atomic().check({ key, versionstamp: expected }).delete(key).commit();
+  async remove(key: LeaseKey, expected: string): Promise<void> {
+    await this.kv.removeIfUnchanged(key, expected);
   }
 
   get renewEveryMs(): number {
@@ -64,7 +60,7 @@ export class HeldLease {
     log: Logger,
   ) {
     this.timer = setInterval(() => {
-      leases.put(keys.lease(digest), this.versionstamp).then(
+      leases.put(kvKeys.lease(digest), this.versionstamp).then(
         (next) => {
           if (next !== null) this.versionstamp = next;
           else if (!this.released) {
@@ -86,6 +82,6 @@ export class HeldLease {
     if (this.released) return;
     this.released = true;
     clearInterval(this.timer);
-    await this.leases.remove(keys.lease(this.digest), this.versionstamp).catch(() => {});
+    await this.leases.remove(kvKeys.lease(this.digest), this.versionstamp).catch(() => {});
   }
 }

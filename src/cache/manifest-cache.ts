@@ -1,3 +1,4 @@
+import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import { readLimited } from "../http/read-limited.ts";
 import type { Logger } from "../log.ts";
@@ -9,7 +10,7 @@ import type { BlobStore } from "../storage/blob-store.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import type { FetchSource } from "./blob-fetch.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
-import { keys, ManifestRecord, TagRecord } from "./records.ts";
+import { ManifestRecord, TagRecord } from "./records.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "./upstream-errors.ts";
 
@@ -68,7 +69,7 @@ export class ManifestCache {
   private async byTag(source: FetchSource, tag: string, log: Logger): Promise<ManifestAnswer> {
     const { kv, tagTtlMs } = this.deps;
     const name = source.client.upstream.name;
-    const tagKey = keys.tag(name, source.repo, tag);
+    const tagKey = kvKeys.tag(name, source.repo, tag);
     const record = await kv.read(tagKey, TagRecord);
     const cached = record ? await this.cached(source, record.digest, log) : null;
     if (!record || !cached) return this.fetch(source, tag, null, log);
@@ -173,9 +174,9 @@ export class ManifestCache {
     }
     try {
       const record: ManifestRecord = { mediaType, size: bytes.byteLength, storedAt: now };
-      await kv.write(keys.manifest(name, source.repo, digest), record);
+      await kv.write(kvKeys.manifest(name, source.repo, digest), record);
       if (m.byTag) {
-        await kv.write(keys.tag(name, source.repo, reference), { digest, mediaType, size: bytes.byteLength, checkedAt: now });
+        await kv.write(kvKeys.tag(name, source.repo, reference), { digest, mediaType, size: bytes.byteLength, checkedAt: now });
       }
     } catch (err) {
       log.warn("could not record a stored manifest in the KV; the next pull asks upstream again", { upstream: name, repo: source.repo, digest, error: err });
@@ -188,7 +189,7 @@ export class ManifestCache {
   /** The cached manifest of this repository, if both its record and its bytes are still there. */
   private async cached(source: FetchSource, digest: Digest, log: Logger): Promise<Cached | null> {
     const { kv, store } = this.deps;
-    const record = await kv.read(keys.manifest(source.client.upstream.name, source.repo, digest), ManifestRecord);
+    const record = await kv.read(kvKeys.manifest(source.client.upstream.name, source.repo, digest), ManifestRecord);
     if (!record) return null;
     let bytes = this.lru.get(digest);
     if (!bytes) {

@@ -3,9 +3,9 @@ import { isManifestMediaType, type ManifestMediaType } from "../registry/media-t
 import { parseDigest, type Digest } from "../registry/reference.ts";
 
 /**
- * What the cache keeps in KV, keyed so that the same tag or repository name in
- * two upstreams never collide. Blob bytes are content-addressed (shared), but
- * which repositories may see a blob is recorded per upstream and repository.
+ * What the cache keeps in KV (under the keys in src/kv/keys.ts). Blob bytes are
+ * content-addressed (shared), but which repositories may see a blob is
+ * recorded per upstream and repository.
  */
 const DigestSchema = z.string().transform((s, ctx): Digest => {
   const d = parseDigest(s);
@@ -41,11 +41,3 @@ export const LinkRecord = z.object({ linkedAt: z.number() });
 /** Which instance is fetching a blob, until when (ms since epoch; KV expiry is too lazy to rely on). */
 export const LeaseRecord = z.object({ owner: z.string(), expiresAt: z.number() });
 export type LeaseRecord = z.infer<typeof LeaseRecord>;
-
-export const keys = {
-  lease: (digest: Digest) => ["lease", digest] as const,
-  tag: (upstream: string, repo: string, tag: string) => ["tag", upstream, repo, tag] as const,
-  manifest: (upstream: string, repo: string, digest: Digest) => ["manifest", upstream, repo, digest] as const,
-  blob: (digest: Digest) => ["blob", digest] as const,
-  link: (upstream: string, repo: string, digest: Digest) => ["link", upstream, repo, digest] as const,
-};

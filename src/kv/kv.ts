@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { kvKeys } from "./keys.ts";
 
 /** Key parts allowed by Deno KV (and the @deno/kv polyfill). */
 export type KvKeyPart = string | number | bigint | boolean | Uint8Array;
@@ -32,7 +33,7 @@ export interface KvAtomic {
  * rather than trusted.
  */
 export class TypedKv {
-  constructor(readonly raw: Kv) {}
+  constructor(private readonly raw: Kv) {}
 
   async read<S extends z.ZodType>(key: KvKey, schema: S): Promise<z.infer<S> | null> {
     const entry = await this.raw.get(key);
@@ -61,7 +62,33 @@ export class TypedKv {
     await this.raw.delete(key);
   }
 
+  /**
+   * Compare-and-set: writes only if the record's versionstamp is still `expected`
+   * (null: the record must be absent). The new versionstamp, or null if the record changed meanwhile.
+   */
+  async writeIfUnchanged(key: KvKey, expected: string | null, value: unknown, expireInMs?: number): Promise<string | null> {
+    const result = await this.raw
+      .atomic()
+      .check({ key, versionstamp: expected })
+      .set(key, value, expireInMs === undefined ? undefined : { expireIn: expireInMs })
+      .commit();
+    return result.ok ? (result.versionstamp ?? null) : null;
+  }
+
+  /** Deletes only if the record's versionstamp is still `expected`; whether it did. */
+  async removeIfUnchanged(key: KvKey, expected: string): Promise<boolean> {
+    return (await this.raw.atomic().check({ key, versionstamp: expected }).delete(key).commit()).ok;
+  }
+
+  /** The records under `prefix` that pass `schema` (others are skipped, as `read` treats them as absent). */
+  async *list<S extends z.ZodType>(prefix: KvKey, schema: S): AsyncIterable<{ key: KvKey; value: z.infer<S> }> {
+    for await (const entry of this.raw.list({ prefix })) {
+      const parsed = schema.safeParse(entry.value);
+      if (parsed.success) yield { key: entry.key, value: parsed.data };
+    }
+  }
+
   async ping(): Promise<void> {
-    await this.raw.get(["stowage", "ping"]);
+    await this.raw.get(kvKeys.ping());
   }
 }

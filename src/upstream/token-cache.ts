@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 
 /** `refreshAt`: when to stop using the token, a little before the upstream's expiry. */
@@ -60,10 +61,6 @@ export class UpstreamTokenCache {
     return this.memory.size;
   }
 
-  private key(upstream: string, scope: string) {
-    return ["upstream-token", upstream, scope] as const;
-  }
-
   async get(upstream: string, scope: string): Promise<string | null> {
     const id = `${upstream}\n${scope}`;
     const cached = this.memory.get(id);
@@ -74,7 +71,7 @@ export class UpstreamTokenCache {
         return cached.token;
       }
     }
-    const stored = await this.kv.read(this.key(upstream, scope), TokenRecord);
+    const stored = await this.kv.read(kvKeys.upstreamToken(upstream, scope), TokenRecord);
     if (stored && stored.refreshAt > this.now()) {
       this.remember(id, { ...stored, upstream, scope, inKv: true });
       return stored.token;
@@ -100,13 +97,13 @@ export class UpstreamTokenCache {
     // after fetching it would go without it and fail with 401.
     const record = { token, refreshAt: this.now() + lifetimeMs - Math.min(EARLY_REFRESH_MS, lifetimeMs / 2) };
     this.remember(id, { ...record, upstream, scope, inKv });
-    if (inKv) await this.kv.write(this.key(upstream, scope), record, lifetimeMs);
+    if (inKv) await this.kv.write(kvKeys.upstreamToken(upstream, scope), record, lifetimeMs);
     else if (old?.inKv) await this.removeFromKv(upstream, scope);
   }
 
   async drop(upstream: string, scope: string): Promise<void> {
     this.forget(`${upstream}\n${scope}`);
-    await this.kv.remove(this.key(upstream, scope));
+    await this.kv.remove(kvKeys.upstreamToken(upstream, scope));
   }
 
   private remember(id: string, record: Entry): void {
@@ -142,6 +139,6 @@ export class UpstreamTokenCache {
   }
 
   private async removeFromKv(upstream: string, scope: string): Promise<void> {
-    await this.kv.remove(this.key(upstream, scope));
+    await this.kv.remove(kvKeys.upstreamToken(upstream, scope));
   }
 }

@@ -12,17 +12,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BlobCache } from "../../src/cache/blob-cache.ts";
 import { FetchLeases } from "../../src/cache/fetch-lease.ts";
-import { BlobRecord, keys } from "../../src/cache/records.ts";
+import { BlobRecord } from "../../src/cache/records.ts";
 import { InlineHasherFactory } from "../../src/digest/hasher.ts";
 import { type Kv, TypedKv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
 import { createStowageMetrics } from "../../src/metrics/stowage-metrics.ts";
 import type { Digest } from "../../src/registry/reference.ts";
 import type { StatFs } from "../../src/storage/disk-space.ts";
-import { FsBlobStore } from "../../src/storage/fs-store.ts";
+import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
 import type { UpstreamClient } from "../../src/upstream/client.ts";
 import { UpstreamTokenCache } from "../../src/upstream/token-cache.ts";
 import { startInProcessStowage } from "../support/in-process-stowage.ts";
+import { kvKeys } from "../../src/kv/keys.ts";
 
 const MiB = 1024 * 1024;
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
@@ -274,7 +275,7 @@ t.test("free disk space (statfs injected)", async (t) => {
     t.ok(body.equals(bytes), "the client gets the whole, correct blob");
     t.ok(calls >= 1, "free space was checked");
     t.notOk(await exists(blobPath(disk.root, digest)), "nothing is in the store");
-    t.equal(await disk.kv.read(keys.blob(digest), BlobRecord), null, "no KV record says it is cached");
+    t.equal(await disk.kv.read(kvKeys.blob(digest), BlobRecord), null, "no KV record says it is cached");
     t.match(disk.logs.join("\n"), /"free":"102 MiB","needed":"5 MiB","reserve":"100 MiB"/, "the warning gives the figures");
   });
 
