@@ -6,12 +6,13 @@ import { startPasswordChecks } from "./auth/password-checks.ts";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { FetchLeases } from "./cache/fetch-lease.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
-import { redactedConfig, type Config, type KvLocation } from "./config.ts";
+import { redactedConfig, type Config } from "./config.ts";
 import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
 import { WorkerHasherFactory } from "./digest/worker-pool.ts";
 import { createHandler } from "./http/handler.ts";
 import { createStowageMetrics } from "./metrics/stowage-metrics.ts";
 import { TypedKv, type Kv } from "./kv/kv.ts";
+import type { KvLocation } from "./kv/location.ts";
 import { describeKv, KvOpenError, kvLocationFor, openKvAt } from "./kv/open.ts";
 import type { Logger } from "./log.ts";
 import type { Runtime } from "./runtime/runtime.ts";
@@ -24,7 +25,7 @@ import { UpstreamTokenCache } from "./upstream/token-cache.ts";
 /** The server's KV store, for the operator commands that change auth state. */
 export async function openStateKv(config: Config, runtime: Runtime): Promise<{ kv: TypedKv; close(): void }> {
   const writable = config.kv !== null || (await runtime.canWrite(resolve(config.dataDir)));
-  const raw = await openKvOrExplain(runtime, kvLocationFor(config, writable));
+  const raw = await openKvOrExplain(runtime, kvLocationFor(config.kv, config.dataDir, writable));
   return { kv: new TypedKv(raw), close: () => raw.close() };
 }
 
@@ -59,7 +60,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     });
   }
 
-  const kvLocation = kvLocationFor(config, diskWritable);
+  const kvLocation = kvLocationFor(config.kv, config.dataDir, diskWritable);
   const rawKv = await openKvOrExplain(runtime, kvLocation);
   const kv = new TypedKv(rawKv);
   const store = await openStore(config, diskWritable ? dataDir : null, log);

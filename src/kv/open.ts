@@ -1,13 +1,20 @@
 import { join, resolve } from "node:path";
-import type { Config, KvLocation } from "../config.ts";
-import type { Runtime } from "../runtime/runtime.ts";
 import { retryWhileBusy } from "./busy-retry.ts";
 import type { Kv } from "./kv.ts";
+import type { KvLocation } from "./location.ts";
 
-/** Where the KV is when the operator did not say: beside the blobs, or the platform's own when there is no disk. */
-export function kvLocationFor(config: Config, diskWritable: boolean): KvLocation {
-  if (config.kv) return config.kv;
-  return diskWritable ? { kind: "file", path: join(resolve(config.dataDir), "kv.sqlite3") } : { kind: "platform" };
+/** What opening a KV needs from the runtime (src/runtime/ provides it). */
+export interface KvOpener {
+  /** A file path, ":memory:", a KV Connect URL, or undefined for the platform default. */
+  openKv(path: string | undefined): Promise<Kv>;
+  /** Whether `openKv(undefined)` means a KV of the platform's own (Deno's, on Deno Deploy the project's). */
+  readonly hasPlatformKv: boolean;
+}
+
+/** Where the KV is when the operator did not say (`configured` null): beside the blobs, or the platform's own when there is no disk. */
+export function kvLocationFor(configured: KvLocation | null, dataDir: string, diskWritable: boolean): KvLocation {
+  if (configured) return configured;
+  return diskWritable ? { kind: "file", path: join(resolve(dataDir), "kv.sqlite3") } : { kind: "platform" };
 }
 
 /** For logs: never shows more than the origin of a remote KV. */
@@ -27,8 +34,8 @@ export function describeKv(location: KvLocation): string {
 export class KvOpenError extends Error {}
 
 /** Opens the KV, or explains to the operator what to change. */
-export async function openKvAt(runtime: Runtime, location: KvLocation): Promise<Kv> {
-  if (location.kind === "platform" && runtime.name !== "deno") {
+export async function openKvAt(runtime: KvOpener, location: KvLocation): Promise<Kv> {
+  if (location.kind === "platform" && !runtime.hasPlatformKv) {
     throw new KvOpenError(
       "there is no platform KV on Node: give --kv a file path on a writable disk, or a KV Connect URL shared by every instance",
     );

@@ -61,6 +61,7 @@ export const denoRuntime: Runtime = {
   async openKv(path) {
     return (await Deno.openKv(path)) as Kv;
   },
+  hasPlatformKv: true,
   spawnWorker: workersAvailable() ? spawnWebWorker : null,
   async canWrite(path) {
     const status = await Deno.permissions.query({ name: "write", path });

@@ -125,6 +125,7 @@ export const nodeRuntime: Runtime = {
   async openKv(path) {
     return (await openKv(path)) as unknown as Kv;
   },
+  hasPlatformKv: false,
   spawnWorker: spawnTsWorker,
   async canWrite(path) {
     try {

@@ -28,8 +28,10 @@ export interface Runtime {
    * the blob bodies' own stall watchdog does the job).
    */
   serve(handler: FetchHandler, listen: Listen, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
-  /** Opens the KV store: a file path, ":memory:", or undefined for the platform default (Deno Deploy). */
+  /** Opens the KV store: a file path, ":memory:", a KV Connect URL, or undefined for the platform default (Deno Deploy). */
   openKv(path: string | undefined): Promise<Kv>;
+  /** Whether there is a platform default KV (Deno's own; Node has none). */
+  readonly hasPlatformKv: boolean;
   /** Starts a worker thread running a TypeScript module, or null where threads are unavailable. */
   readonly spawnWorker: ((script: URL) => WorkerPort) | null;
   /** Whether the local disk may be written (false under `deno run --deny-write` or on Deno Deploy). */
