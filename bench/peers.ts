@@ -38,7 +38,7 @@ export async function startPeer(kind: PeerKind, upstreamUrl: string, opts: { env
   const stowageArgs = ["--upstream", `local=${upstreamUrl}`, "--log-level", "warn"];
   if (kind === "stowage") {
     const s = await startStowage(stowageArgs, { env: opts.env });
-    // src/storage/fs-store.ts's layout.
+    // src/storage/fs/fs-store.ts's layout.
     hasBlob = (alg, hex, size) => fileHasSize(join(s.dataDir, "blobs", alg, hex.slice(0, 2), hex), size);
     proc = s;
   } else if (kind === "stowage-s3") {
@@ -54,7 +54,7 @@ export async function startPeer(kind: PeerKind, upstreamUrl: string, opts: { env
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true",
     };
     proc = await startStowage([...stowageArgs, "--storage", storage], { env });
-    // src/storage/s3-store.ts's layout: <prefix>/blobs/<alg>/<hex>.
+    // src/storage/s3/s3-store.ts's layout: <prefix>/blobs/<alg>/<hex>.
     hasBlob = (alg, hex, size) =>
       s3.client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: `${prefix}/blobs/${alg}/${hex}` })).then((h) => h.ContentLength === size, () => false);
     // RGW here keeps objects in memory (memstore, 2 GiB): a finished peer's gigabyte must go.

@@ -63,21 +63,8 @@ export type KvLocation =
   /** `Deno.openKv()` with no argument: on Deno Deploy, the project's own KV. */
   | { kind: "platform" };
 
-export type S3Credentials = { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-
-export type Storage =
-  | { kind: "fs" }
-  | {
-      kind: "s3";
-      bucket: string;
-      /** Without leading or trailing slash; "" for the bucket root. */
-      prefix: string;
-      /** null: AWS itself. */
-      endpoint: string | null;
-      region: string;
-      /** Absent: the SDK's default chain (AWS_ACCESS_KEY_ID etc., profiles, instance roles). */
-      credentials?: S3Credentials;
-    };
+import type { S3Credentials, Storage } from "./storage/storage-config.ts";
+export type { S3Credentials, Storage };
 
 /** One-line, operator-facing message naming the setting and the problem. */
 export class ConfigError extends Error {

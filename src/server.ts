@@ -17,7 +17,7 @@ import { describeKv, KvOpenError, kvLocationFor, openKvAt } from "./kv/open.ts";
 import type { Logger } from "./log.ts";
 import type { Runtime } from "./runtime/runtime.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
-import { FsBlobStore } from "./storage/fs-store.ts";
+import { FsBlobStore } from "./storage/fs/fs-store.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { createConnectGuard } from "./upstream/network-guard.ts";
 import { UpstreamTokenCache } from "./upstream/token-cache.ts";
@@ -180,7 +180,7 @@ async function openStore(config: Config, dataDir: string | null, log: Logger): P
     log.info("the AWS SDK is pinned to a release that supports this Node; its releases after January 2027 need Node 22 or later", { node: nodeProcess.version });
   }
   // Loaded only when used: the SDK is large and slows every start-up otherwise.
-  const { S3BlobStore } = await import("./storage/s3-store.ts");
+  const { S3BlobStore } = await import("./storage/s3/s3-store.ts");
   const options = { bucket: s.bucket, prefix: s.prefix, endpoint: s.endpoint, region: s.region, spoolDir: dataDir === null ? null : join(dataDir, "s3-spool") };
   try {
     return await S3BlobStore.open(s.credentials ? { ...options, credentials: s.credentials } : options, log);

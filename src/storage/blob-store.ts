@@ -18,7 +18,6 @@ export interface BlobStore {
   put(digest: Digest, bytes: Uint8Array): Promise<void>;
   /** Starts an upload that becomes visible only on `commit()`. */
   begin(digest: Digest): Promise<BlobUpload>;
-  delete(digest: Digest): Promise<void>;
   /** Throws when the store cannot be used (for /readyz). */
   check(): Promise<void>;
   /**

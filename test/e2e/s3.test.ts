@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CreateMultipartUploadCommand, DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
-import { S3BlobStore } from "../../src/storage/s3-store.ts";
+import { S3BlobStore } from "../../src/storage/s3/s3-store.ts";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "./rgw.ts";
 import { startHttpFaultProxy } from "./http-fault-proxy.ts";

@@ -1,12 +1,12 @@
-import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import type { ByteRange } from "../registry/range.ts";
-import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.ts";
-import type { BlobStore, BlobUpload, PartialReader } from "./blob-store.ts";
-import { freeBytes, type StatFs, systemStatFs } from "./disk-space.ts";
-import { openSpoolReader } from "./spool-reader.ts";
-import { unzeroedBytes } from "../util/buffers.ts";
+import type { ByteRange } from "../../registry/range.ts";
+import { digestAlgorithm, digestHex, type Digest } from "../../registry/reference.ts";
+import { unzeroedBytes } from "../../util/buffers.ts";
+import type { BlobStore, BlobUpload, PartialReader } from "../blob-store.ts";
+import { freeBytes, type StatFs, systemStatFs } from "../disk-space.ts";
+import { UploadFile, uploadFilePath } from "../local-file.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
 const READ_CHUNK = 1024 * 1024;
@@ -65,7 +65,7 @@ export class FsBlobStore implements BlobStore {
   }
 
   async put(digest: Digest, bytes: Uint8Array): Promise<void> {
-    const tmp = join(this.uploads, `${digestHex(digest)}.${crypto.randomUUID()}`);
+    const tmp = uploadFilePath(this.uploads, digest);
     try {
       await writeFile(tmp, bytes, { flush: true });
       await this.place(tmp, digest);
@@ -76,13 +76,8 @@ export class FsBlobStore implements BlobStore {
   }
 
   async begin(digest: Digest): Promise<BlobUpload> {
-    const tmp = join(this.uploads, `${digestHex(digest)}.${crypto.randomUUID()}`);
-    const handle = await open(tmp, "w+");
-    return new FsUpload(handle, tmp, () => this.place(tmp, digest));
-  }
-
-  async delete(digest: Digest): Promise<void> {
-    await rm(this.pathOf(digest), { force: true });
+    const file = await UploadFile.create(this.uploads, digest);
+    return new FsUpload(file, () => this.place(file.path, digest));
   }
 
   async check(): Promise<void> {
@@ -101,39 +96,30 @@ export class FsBlobStore implements BlobStore {
 }
 
 class FsUpload implements BlobUpload {
-  private offset = 0;
   private settled = false;
 
   constructor(
-    private readonly handle: FileHandle,
-    private readonly path: string,
+    private readonly file: UploadFile,
     private readonly place: () => Promise<void>,
   ) {}
 
-  /** Positional: the offset is taken when called, so several writes may be in flight at once. */
-  async write(chunk: Uint8Array): Promise<void> {
-    const at = this.offset;
-    this.offset += chunk.byteLength;
-    let done = 0;
-    while (done < chunk.byteLength) {
-      const { bytesWritten } = await this.handle.write(chunk, done, chunk.byteLength - done, at + done);
-      done += bytesWritten;
-    }
+  write(chunk: Uint8Array): Promise<void> {
+    return this.file.write(chunk);
   }
 
   openReader(): Promise<PartialReader> {
-    return openSpoolReader(this.path);
+    return this.file.openReader();
   }
 
   async commit(): Promise<void> {
     if (this.settled) throw new Error("upload already committed or aborted");
     this.settled = true;
     try {
-      await this.handle.datasync();
-      await this.handle.close();
+      await this.file.handle.datasync();
+      await this.file.handle.close();
       await this.place();
     } catch (err) {
-      await unlink(this.path).catch(() => {});
+      await this.file.remove();
       throw err;
     }
   }
@@ -141,8 +127,7 @@ class FsUpload implements BlobUpload {
   async abort(): Promise<void> {
     if (this.settled) return;
     this.settled = true;
-    await this.handle.close().catch(() => {});
-    await unlink(this.path).catch(() => {});
+    await this.file.remove();
   }
 }
 

@@ -1,0 +1,89 @@
+import { open, unlink } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { digestHex, type Digest } from "../registry/reference.ts";
+import type { PartialReader } from "./blob-store.ts";
+
+/**
+ * The local file an upload writes (the filesystem store's temporary file, the S3 store's
+ * spool). Writes are positional: the offset is fixed at the call, so several writes may be
+ * in flight at once and still land in call order.
+ */
+export class UploadFile {
+  private written = 0;
+
+  private constructor(
+    readonly handle: FileHandle,
+    readonly path: string,
+  ) {}
+
+  /** A new file in `dir` for one upload of `digest`; uploads of one digest at once never share a file. */
+  static async create(dir: string, digest: Digest): Promise<UploadFile> {
+    const path = uploadFilePath(dir, digest);
+    return new UploadFile(await open(path, "w+"), path);
+  }
+
+  /** Bytes handed to `write` so far (not all of them necessarily on disk yet). */
+  get size(): number {
+    return this.written;
+  }
+
+  write(chunk: Uint8Array): Promise<void> {
+    const at = this.written;
+    this.written += chunk.byteLength;
+    return writeAt(this.handle, chunk, at);
+  }
+
+  /** Fills `buf` from `position`; the bytes must have been written. */
+  async readInto(buf: Uint8Array, position: number): Promise<Uint8Array> {
+    let got = 0;
+    while (got < buf.byteLength) {
+      const { bytesRead } = await this.handle.read(buf, got, buf.byteLength - got, position + got);
+      if (bytesRead === 0) throw new Error(`upload spool ${this.path} is shorter than expected`);
+      got += bytesRead;
+    }
+    return buf;
+  }
+
+  /** A reader of what was written, with its own descriptor (see openFileReader). */
+  openReader(): Promise<PartialReader> {
+    return openFileReader(this.path);
+  }
+
+  /** Closes and removes the file; failures are ignored (start-up clears the directory). */
+  async remove(): Promise<void> {
+    await this.handle.close().catch(() => {});
+    await unlink(this.path).catch(() => {});
+  }
+}
+
+/** A fresh path in `dir` for one upload of `digest`. */
+export function uploadFilePath(dir: string, digest: Digest): string {
+  return join(dir, `${digestHex(digest)}.${crypto.randomUUID()}`);
+}
+
+/** Writes all of `chunk` at `position` (one positional write may write less than asked). */
+async function writeAt(handle: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < chunk.byteLength) {
+    const { bytesWritten } = await handle.write(chunk, done, chunk.byteLength - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+/**
+ * Reads the bytes written so far to an upload's local file. It holds its own
+ * descriptor, so it keeps reading the same inode after commit renames or
+ * abort unlinks the file, until it is closed.
+ */
+export async function openFileReader(path: string): Promise<PartialReader> {
+  const reader = await open(path, "r");
+  return {
+    async read(offset, length) {
+      const buf = new Uint8Array(length);
+      const { bytesRead } = await reader.read(buf, 0, length, offset);
+      return bytesRead === length ? buf : buf.subarray(0, bytesRead);
+    },
+    close: () => reader.close(),
+  };
+}

@@ -1,0 +1,98 @@
+import { unzeroedBytes } from "../../util/buffers.ts";
+import type { BlobUpload, PartialReader } from "../blob-store.ts";
+import type { UploadFile } from "../local-file.ts";
+import { type Multipart, PART_SIZE } from "./multipart.ts";
+
+/**
+ * Upload with a local spool: bytes go to a file (followers of the fetch read
+ * it back), and each full part on disk is sent from there. S3 being slow or
+ * down never slows the download or the clients; it only decides whether the
+ * blob is cached in the end.
+ */
+export class SpooledUpload implements BlobUpload {
+  /** Writes still in flight, by start offset: everything below the smallest is on disk. */
+  private readonly pending = new Map<number, Promise<void>>();
+  private nextPart = 0; // offset of the first byte not yet handed to a part upload
+  private settled = false;
+  private committed = false;
+
+  constructor(
+    private readonly multipart: Multipart,
+    private readonly spool: UploadFile,
+  ) {}
+
+  /** Positional like the filesystem store: the offset is fixed at the call. */
+  write(chunk: Uint8Array): Promise<void> {
+    const at = this.spool.size;
+    const done = this.spool.write(chunk);
+    this.pending.set(at, done);
+    return done.finally(() => {
+      this.pending.delete(at);
+      this.pump(false);
+    });
+  }
+
+  openReader(): Promise<PartialReader> {
+    return this.spool.openReader();
+  }
+
+  /** Bytes [0, n) are on disk. */
+  private get onDisk(): number {
+    let n = this.spool.size;
+    for (const at of this.pending.keys()) n = Math.min(n, at);
+    return n;
+  }
+
+  /** Starts part uploads for every full part on disk (and, at the end, the last short one). */
+  private pump(final: boolean): void {
+    if (this.settled && !final) return;
+    const limit = this.onDisk;
+    while (!this.multipart.busy && this.multipart.failure === null) {
+      const size = Math.min(PART_SIZE, limit - this.nextPart);
+      if (size < PART_SIZE && !(final && size > 0)) return;
+      const start = this.nextPart;
+      this.nextPart += size;
+      this.multipart.add(() => this.readSpool(start, size));
+    }
+  }
+
+  private readSpool(start: number, size: number): Promise<Uint8Array> {
+    return this.spool.readInto(size === PART_SIZE ? this.multipart.partBuffer() : unzeroedBytes(size), start);
+  }
+
+  async commit(): Promise<void> {
+    if (this.settled) throw new Error("upload already committed or aborted");
+    this.settled = true;
+    try {
+      await Promise.all(this.pending.values());
+      const size = this.spool.size;
+      if (this.multipart.partCount === 0 && size < PART_SIZE) {
+        // One part's worth or less: a single PutObject is as atomic and saves three requests.
+        await this.multipart.put(await this.readSpool(0, size));
+      } else {
+        // Parts not yet started go up as earlier ones finish.
+        while (this.nextPart < size && this.multipart.failure === null) {
+          this.pump(true);
+          await this.multipart.untilSlot();
+        }
+        await this.multipart.complete();
+      }
+    } catch (err) {
+      await this.discard();
+      throw err;
+    }
+    this.committed = true;
+    await this.spool.remove();
+  }
+
+  async abort(): Promise<void> {
+    if (this.committed) return;
+    this.settled = true;
+    await this.discard();
+  }
+
+  private async discard(): Promise<void> {
+    await this.multipart.abort();
+    await this.spool.remove();
+  }
+}
