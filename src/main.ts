@@ -2,7 +2,7 @@ import { AdminInputError, createRobotToken, hashPassword, revokeRefreshTokens, r
 import { parseCommand } from "./cli.ts";
 import { ConfigError, DEFAULTS } from "./config.ts";
 import { createLogger } from "./log.ts";
-import { currentRuntime } from "./runtime/runtime.ts";
+import { currentRuntime } from "./runtime/current.ts";
 import { openStateKv, StartupError, startServer } from "./server.ts";
 import { VERSION } from "./version.ts";
 

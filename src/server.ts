@@ -1,5 +1,4 @@
 import { join, resolve } from "node:path";
-import nodeProcess from "node:process";
 import type { App } from "./app.ts";
 import { AccessControl } from "./auth/access.ts";
 import { startPasswordChecks } from "./auth/password-checks.ts";
@@ -63,7 +62,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   const kvLocation = kvLocationFor(config.kv, config.dataDir, diskWritable);
   const rawKv = await openKvOrExplain(runtime, kvLocation);
   const kv = new TypedKv(rawKv);
-  const store = await openStore(config, diskWritable ? dataDir : null, log);
+  const store = await openStore(config, diskWritable ? dataDir : null, runtime, log);
   if (diskWritable && (await store.freeSpace()) === null) {
     log.warn("free disk space cannot be read on this runtime (node:fs statfs is missing or refused): --disk-reserve is not enforced", { dataDir });
   }
@@ -166,7 +165,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
 }
 
 /** `dataDir` null: no writable disk (S3 only, checked by the caller). */
-async function openStore(config: Config, dataDir: string | null, log: Logger): Promise<BlobStore> {
+async function openStore(config: Config, dataDir: string | null, runtime: Runtime, log: Logger): Promise<BlobStore> {
   const s = config.storage;
   if (s.kind === "fs") {
     if (dataDir === null) throw new Error("the filesystem store needs a writable data dir");
@@ -174,10 +173,10 @@ async function openStore(config: Config, dataDir: string | null, log: Logger): P
   }
   // The SDK warns on stderr (outside the JSON log) that its releases after January 2027 need
   // Node 22; Stowage pins a release that supports Node 20, so say it once, in the log.
-  const nodeMajor = Number(/^v(\d+)/.exec(nodeProcess.version)?.[1] ?? 0);
-  if (nodeMajor > 0 && nodeMajor < 22 && nodeProcess.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED === undefined) {
-    nodeProcess.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
-    log.info("the AWS SDK is pinned to a release that supports this Node; its releases after January 2027 need Node 22 or later", { node: nodeProcess.version });
+  const nodeMajor = Number(/^v(\d+)/.exec(runtime.nodeVersion ?? "")?.[1] ?? 0);
+  if (nodeMajor > 0 && nodeMajor < 22 && runtime.env().AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED === undefined) {
+    runtime.setEnv("AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED", "true");
+    log.info("the AWS SDK is pinned to a release that supports this Node; its releases after January 2027 need Node 22 or later", { node: runtime.nodeVersion });
   }
   // Loaded only when used: the SDK is large and slows every start-up otherwise.
   const { S3BlobStore } = await import("./storage/s3/s3-store.ts");

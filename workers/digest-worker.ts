@@ -5,7 +5,6 @@
 //   out: { op: "ack", id, bytes, buffer? } after each update (buffer: the transferred one, returned for reuse),
 //        { op: "digest", id, hex } after finish
 import { createHash, type Hash } from "node:crypto";
-import { parentPort } from "node:worker_threads";
 
 type Inbound =
   | { op: "start"; id: number; algorithm: "sha256" | "sha512" }
@@ -13,12 +12,12 @@ type Inbound =
   | { op: "finish"; id: number }
   | { op: "discard"; id: number };
 
-// Node runs this under node:worker_threads (parentPort); Deno as a Web Worker (self).
-type Port = { postMessage(message: unknown, transfer?: ArrayBuffer[]): void; listen(fn: (msg: Inbound) => void): void };
-const scope = globalThis as unknown as { postMessage(m: unknown, t?: ArrayBuffer[]): void; onmessage: ((e: MessageEvent) => void) | null };
-const port: Port = parentPort
-  ? { postMessage: (m, t) => parentPort!.postMessage(m, t ?? []), listen: (fn) => void parentPort!.on("message", fn) }
-  : { postMessage: (m, t) => scope.postMessage(m, t ?? []), listen: (fn) => (scope.onmessage = (e) => fn(e.data as Inbound)) };
+// A Web Worker's scope on every runtime (src/runtime/ provides it on Node).
+const scope = globalThis as unknown as { postMessage(m: unknown, t?: ArrayBuffer[]): void; onmessage: ((e: { data: unknown }) => void) | null };
+const port = {
+  postMessage: (m: unknown, t?: ArrayBuffer[]) => scope.postMessage(m, t ?? []),
+  listen: (fn: (msg: Inbound) => void) => (scope.onmessage = (e) => fn(e.data as Inbound)),
+};
 
 const jobs = new Map<number, Hash>();
 

@@ -8,7 +8,6 @@
 // bcryptjs arrives as an absolute URL resolved by the main thread: on Node this module runs from a
 // data: URL (its types stripped), where a bare `import "bcryptjs"` cannot be resolved.
 import { setPriority } from "node:os";
-import { parentPort } from "node:worker_threads";
 
 const PASSWORD_WORKER_NICE = 10;
 
@@ -24,10 +23,10 @@ try {
 type Inbound = { op: "init"; bcrypt: string } | { op: "compare"; id: number; secret: string; hash: string };
 type Bcrypt = { compareSync(secret: string, hash: string): boolean };
 
-// Node runs this under node:worker_threads (parentPort); Deno as a Web Worker (self).
-const scope = globalThis as unknown as { postMessage(m: unknown): void; onmessage: ((e: MessageEvent) => void) | null };
-const post = (m: unknown) => (parentPort ? parentPort.postMessage(m) : scope.postMessage(m));
-const listen = (fn: (msg: Inbound) => void) => (parentPort ? void parentPort.on("message", fn) : (scope.onmessage = (e) => fn(e.data as Inbound)));
+// A Web Worker's scope on every runtime (src/runtime/ provides it on Node).
+const scope = globalThis as unknown as { postMessage(m: unknown): void; onmessage: ((e: { data: unknown }) => void) | null };
+const post = (m: unknown) => scope.postMessage(m);
+const listen = (fn: (msg: Inbound) => void) => (scope.onmessage = (e) => fn(e.data as Inbound));
 
 let bcrypt: Promise<Bcrypt> | null = null;
 

@@ -13,7 +13,7 @@ type DenoApi = {
   addSignalListener(signal: string, fn: () => void): void;
   readTextFileSync(path: string): string;
   stdin: { readable: ReadableStream<Uint8Array> };
-  env: { toObject(): Record<string, string> };
+  env: { toObject(): Record<string, string>; set(name: string, value: string): void };
   args: string[];
   exit(code: number): never;
 };
@@ -79,6 +79,8 @@ export const denoRuntime: Runtime = {
   // Deno Deploy gives no command line: there, serve, configured by STOWAGE_* variables.
   args: () => (Deno.args.length === 0 && Deno.env.toObject().DENO_DEPLOYMENT_ID ? ["serve"] : Deno.args),
   env: () => Deno.env.toObject(),
+  setEnv: (name, value) => Deno.env.set(name, value),
+  nodeVersion: null,
   readTextFile: (path) => Deno.readTextFileSync(path),
   readStdin: () => new Response(Deno.stdin.readable).text(),
   exit: (code) => Deno.exit(code),

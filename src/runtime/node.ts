@@ -21,6 +21,15 @@ type Esbuild = {
 const workerModules = new Map<string, Promise<URL>>();
 
 /**
+ * Put before each worker module: gives it the scope of a Web Worker (as on Deno), postMessage
+ * and onmessage on globalThis, over node:worker_threads. One line, so line numbers stay right.
+ */
+const WEB_WORKER_SCOPE =
+  `import { parentPort as stowageParentPort } from "node:worker_threads";` +
+  `globalThis.postMessage = (message, transfer) => stowageParentPort.postMessage(message, transfer ?? []);` +
+  `stowageParentPort.on("message", (data) => globalThis.onmessage?.({ data }));`;
+
+/**
  * Node 20 cannot strip TypeScript types itself. Instead of registering tsx in every worker (a
  * module-hooks thread, tsx and esbuild per worker: ≈20 MiB each), strip the types of the worker
  * module once, here, with the esbuild that tsx depends on, and stop esbuild's helper process again.
@@ -39,7 +48,7 @@ function workerModule(script: URL): Promise<URL> {
           target: `node${process.versions.node}`,
           sourcefile: fileURLToPath(script),
         });
-        return new URL(`data:text/javascript,${encodeURIComponent(`${code}//# sourceURL=${script.href}\n`)}`);
+        return new URL(`data:text/javascript,${encodeURIComponent(`${WEB_WORKER_SCOPE}${code}//# sourceURL=${script.href}\n`)}`);
       } finally {
         await esbuild.stop();
       }
@@ -141,6 +150,8 @@ export const nodeRuntime: Runtime = {
   },
   args: () => process.argv.slice(2),
   env: () => process.env,
+  setEnv: (name, value) => void (process.env[name] = value),
+  nodeVersion: process.version,
   readTextFile: (path) => readFileSync(path, "utf8"),
   async readStdin() {
     const chunks: Buffer[] = [];

@@ -1,5 +1,7 @@
-import type { FetchHandler } from "../http/handler.ts";
 import type { Kv } from "../kv/kv.ts";
+
+/** What the server answers requests with; `remoteAddress` is the peer's address (null where there is none, as on Unix sockets). */
+export type ServeHandler = (request: Request, peer: { remoteAddress: string | null }) => Promise<Response>;
 
 /** Where a listener binds: the address of --listen and --metrics-listen. */
 export type Listen = { hostname: string; port: number };
@@ -27,18 +29,26 @@ export interface Runtime {
    * platform allows it (Node; Deno.serve offers no such control, and there
    * the blob bodies' own stall watchdog does the job).
    */
-  serve(handler: FetchHandler, listen: Listen, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
+  serve(handler: ServeHandler, listen: Listen, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
   /** Opens the KV store: a file path, ":memory:", a KV Connect URL, or undefined for the platform default (Deno Deploy). */
   openKv(path: string | undefined): Promise<Kv>;
   /** Whether there is a platform default KV (Deno's own; Node has none). */
   readonly hasPlatformKv: boolean;
-  /** Starts a worker thread running a TypeScript module, or null where threads are unavailable. */
+  /**
+   * Starts a worker thread running a TypeScript module, or null where threads are unavailable.
+   * The module sees a Web Worker's scope on every runtime: it answers with `postMessage` and
+   * receives through `onmessage` on globalThis.
+   */
   readonly spawnWorker: ((script: URL) => WorkerPort) | null;
   /** Whether the local disk may be written (false under `deno run --deny-write` or on Deno Deploy). */
   canWrite(path: string): Promise<boolean>;
   onSignal(signal: "SIGINT" | "SIGTERM", fn: () => void): void;
   args(): string[];
   env(): Record<string, string | undefined>;
+  /** Sets an environment variable of this process (libraries loaded later read it). */
+  setEnv(name: string, value: string): void;
+  /** The Node.js release, e.g. "v20.11.1", where Stowage runs on Node; null on Deno. */
+  readonly nodeVersion: string | null;
   readTextFile(path: string): string;
   /** All of standard input as text (for secrets that must not appear in argv). */
   readStdin(): Promise<string>;
@@ -55,8 +65,3 @@ export interface Runtime {
 
 /** Resolves HOST:PORT to the one address a connection may use, or throws why not. */
 export type AddressGuard = (host: string, port: number) => Promise<{ address: string; family: 4 | 6 }>;
-
-export async function currentRuntime(): Promise<Runtime> {
-  if ("Deno" in globalThis) return (await import("./deno.ts")).denoRuntime;
-  return (await import("./node.ts")).nodeRuntime;
-}

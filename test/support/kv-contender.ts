@@ -3,7 +3,7 @@
 // opening (src/kv/open.ts) and prints how many increments failed with an error and
 // the counter it saw last. Runs on Node (with tsx) and on Deno: `kv-contender.ts PATH COUNT`.
 import { openKvAt } from "../../src/kv/open.ts";
-import { currentRuntime } from "../../src/runtime/runtime.ts";
+import { currentRuntime } from "../../src/runtime/current.ts";
 
 const runtime = await currentRuntime();
 const [path, count] = runtime.args();
