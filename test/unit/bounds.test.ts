@@ -19,7 +19,7 @@ import { createLogger } from "../../src/log.ts";
 import { createStowageMetrics } from "../../src/metrics/stowage-metrics.ts";
 import type { Digest } from "../../src/registry/reference.ts";
 import type { StatFs } from "../../src/storage/disk-space.ts";
-import { FsBlobStore } from "../../src/storage/fs-store.ts";
+import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
 import type { UpstreamClient } from "../../src/upstream/client.ts";
 import { UpstreamTokenCache } from "../../src/upstream/token-cache.ts";
 import { startInProcessStowage } from "../support/in-process-stowage.ts";
