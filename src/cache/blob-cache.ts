@@ -1,9 +1,11 @@
-import { observedBody } from "../http/observed-body.ts";
+import { observedBody } from "../util/streams.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
 import type { Digest } from "../registry/reference.ts";
-import { BlobFetch, type BlobFetchDeps, BlobTooLargeError, DEFAULT_MAX_BLOB_BYTES, type FetchSource, formatBytes } from "./blob-fetch.ts";
+import { BlobTooLargeError, DEFAULT_MAX_BLOB_BYTES, formatBytes } from "./blob-bounds.ts";
+import { BlobFetch, type BlobFetchDeps } from "./blob-fetch.ts";
+import type { FetchSource } from "./fetch-source.ts";
 import { BlobRecord, LinkRecord } from "./records.ts";
 import { registryErrorFor } from "./upstream-errors.ts";
 import { kvKeys } from "../kv/keys.ts";

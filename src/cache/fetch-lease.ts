@@ -2,10 +2,13 @@ import { kvKeys, type LeaseKey } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { Digest } from "../registry/reference.ts";
+import { sleep } from "../util/deadline.ts";
 import { LeaseRecord } from "./records.ts";
 
 /** How long a lease lasts without renewal: a crashed holder delays the others at most this long. */
 export const LEASE_TTL_MS = 15_000;
+/** How often an instance waiting on another's lease looks for the stored blob. */
+const LEASE_POLL_MS = 200;
 
 /**
  * Leases in the shared KV, so that instances sharing a bucket fetch each blob
@@ -21,6 +24,29 @@ export class FetchLeases {
     readonly owner: string,
     private readonly ttlMs = LEASE_TTL_MS,
   ) {}
+
+  /**
+   * Takes the lease on `digest`, waiting while another instance holds it, or
+   * "stored" once `stored()` says the blob is in the store. Checked after each
+   * attempt: the instance waited for may have just stored it. `onWait` is
+   * called once, when the wait begins.
+   */
+  async acquireUnlessStored(digest: Digest, log: Logger, stored: () => Promise<boolean>, onWait: () => void): Promise<HeldLease | "stored"> {
+    let waiting = false;
+    for (;;) {
+      const lease = await this.tryAcquire(digest, log);
+      if (await stored()) {
+        await lease?.release();
+        return "stored";
+      }
+      if (lease) return lease;
+      if (!waiting) {
+        waiting = true;
+        onWait();
+      }
+      await sleep(LEASE_POLL_MS);
+    }
+  }
 
   /** Takes the lease on `digest`, or returns null while another instance holds a live one. */
   async tryAcquire(digest: Digest, log: Logger): Promise<HeldLease | null> {

@@ -1,6 +1,7 @@
 import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
-import { readLimited } from "../http/read-limited.ts";
+import { hex } from "../util/encoding.ts";
+import { readLimited } from "../util/streams.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { bytesPreview, manifestShapeProblem } from "../registry/manifest-shape.ts";
@@ -8,7 +9,7 @@ import { detectManifestMediaType, type ManifestMediaType } from "../registry/med
 import { digestAlgorithm, parseDigest, type Digest, type Reference } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
-import type { FetchSource } from "./blob-fetch.ts";
+import type { FetchSource } from "./fetch-source.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
 import { ManifestRecord, TagRecord } from "./records.ts";
 import { SingleFlight } from "./single-flight.ts";
@@ -234,8 +235,7 @@ function answerOf(c: Cached): Omit<ManifestAnswer, "source"> {
 
 async function digestOf(bytes: Uint8Array<ArrayBuffer>, algorithm: "sha256" | "sha512"): Promise<Digest> {
   const hash = await crypto.subtle.digest(algorithm === "sha256" ? "SHA-256" : "SHA-512", bytes);
-  const hex = Array.from(new Uint8Array(hash), (b) => b.toString(16).padStart(2, "0")).join("");
-  const digest = parseDigest(`${algorithm}:${hex}`);
+  const digest = parseDigest(`${algorithm}:${hex(new Uint8Array(hash))}`);
   if (!digest) throw new Error("computed digest failed to parse");
   return digest;
 }

@@ -1,6 +1,6 @@
 import { RegistryError } from "../registry/errors.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
-import { DigestMismatchError, StoreError } from "./blob-fetch.ts";
+import { DigestMismatchError, StoreError } from "./fetch-errors.ts";
 
 /**
  * An upstream reply we cannot use, whose message only describes what the

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import type { App } from "../app.ts";
-import type { FetchSource } from "../cache/blob-fetch.ts";
+import type { FetchSource } from "../cache/fetch-source.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "../cache/upstream-errors.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
@@ -8,7 +8,7 @@ import { nextPageLink, nextPageQuery } from "../registry/pagination.ts";
 import { contentRange } from "../registry/range.ts";
 import { parseDigest, parseReference } from "../registry/reference.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
-import { readLimited } from "./read-limited.ts";
+import { readLimited } from "../util/streams.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
 import { resolveTarget } from "./target.ts";
 

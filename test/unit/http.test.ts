@@ -1,16 +1,15 @@
 // The HTTP surface: routing and target tables, the credential policy, and the
 // handler against a real Stowage whose upstream is a small in-test registry.
 import t, { type Test } from "tap";
-import { type InProcessStowage, startInProcessStowage } from "../support/in-process-stowage.ts";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
-import { DigestMismatchError, StoreError } from "../../src/cache/blob-fetch.ts";
+import { DigestMismatchError, StoreError } from "../../src/cache/fetch-errors.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "../../src/cache/upstream-errors.ts";
 import { type Config, loadConfig, type Upstream } from "../../src/config.ts";
 import { createLogger } from "../../src/log.ts";
@@ -22,6 +21,10 @@ import { matchRoute, type Route } from "../../src/http/routes.ts";
 import { resolveTarget } from "../../src/http/target.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../src/registry/media-types.ts";
+import { FakeCdn, FakeRegistry, type Manifest } from "../support/fake-registry.ts";
+import { startInProcessStowage } from "../support/in-process-stowage.ts";
+import { expectOciError, sha256 } from "../support/oci.ts";
+import { committed } from "../support/store-state.ts";
 
 const HEX = "b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c";
 const DIGEST = `sha256:${HEX}`;
@@ -142,184 +145,22 @@ t.test("resolveTarget", async (t) => {
   }
 });
 
-// ------------------------------------------------------------- fake upstream
-
-type Seen = { method: string; path: string; search: string; authorization: string | undefined };
-type Manifest = { bytes: Buffer; mediaType: string; digest: string };
-
-const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
-
-async function listen(t: Test, handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ server: Server; url: string }> {
-  const server = createServer(handler);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.teardown(() => {
-    server.closeAllConnections();
-    return new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
-}
-
-function ociError(res: ServerResponse, status: number, code: string, headers: Record<string, string> = {}): void {
-  const body = JSON.stringify({ errors: [{ code, message: code.toLowerCase() }] });
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-/**
- * A registry serving from memory, counting what it is asked. With `auth` it
- * wants a bearer token from its own /token endpoint; with `cdn` it redirects
- * blob requests there, as Docker Hub does to its CDN.
- */
-class FakeRegistry {
-  readonly seen: Seen[] = [];
-  readonly tokenRequests: Seen[] = [];
-  readonly manifests = new Map<string, Manifest>(); // "repo\nreference"
-  /** Blobs by digest, each visible only in the repositories listed with it. */
-  readonly blobs = new Map<string, { bytes: Buffer; repos: string[] }>();
-  /** Tag list answers by repository, written by the test (pages, oversize and endless bodies). */
-  readonly tagLists = new Map<string, (req: IncomingMessage, res: ServerResponse, url: URL) => void>();
-  private readonly tokens = new Set<string>();
-  url = "";
-
-  constructor(private readonly opts: { auth: boolean; cdn?: FakeCdn }) {}
-
-  async start(t: Test): Promise<this> {
-    this.url = (await listen(t, (req, res) => this.handle(req, res))).url;
-    return this;
-  }
-
-  addManifest(repo: string, tag: string, mediaType: string, bytes: Buffer): Manifest {
-    const m = { bytes, mediaType, digest: sha256(bytes) };
-    this.manifests.set(`${repo}\n${tag}`, m);
-    this.manifests.set(`${repo}\n${m.digest}`, m);
-    return m;
-  }
-
-  addBlob(bytes: Buffer, repos = ["app"]): string {
-    const digest = sha256(bytes);
-    this.blobs.set(digest, { bytes, repos });
-    this.opts.cdn?.blobs.set(digest, bytes);
-    return digest;
-  }
-
-  /** Registry requests (not token requests) made since `mark`. */
-  since(mark: number): Seen[] {
-    return this.seen.slice(mark);
-  }
-
-  private handle(req: IncomingMessage, res: ServerResponse): void {
-    const url = new URL(req.url ?? "/", this.url);
-    const seen = { method: req.method ?? "", path: url.pathname, search: url.search, authorization: req.headers.authorization };
-    if (url.pathname === "/token") {
-      this.tokenRequests.push(seen);
-      const token = `tok-${this.tokenRequests.length}-${randomBytes(4).toString("hex")}`;
-      this.tokens.add(token);
-      const body = JSON.stringify({ token, expires_in: 300 });
-      res.writeHead(200, { "content-type": "application/json" });
-      res.end(body);
-      return;
-    }
-    this.seen.push(seen);
-    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(url.pathname);
-    if (this.opts.auth) {
-      const given = req.headers.authorization?.replace(/^Bearer /, "");
-      if (!given || !this.tokens.has(given)) {
-        const scope = m ? `,scope="repository:${m[1]}:pull"` : "";
-        ociError(res, 401, "UNAUTHORIZED", { "www-authenticate": `Bearer realm="${this.url}/token",service="fake"${scope}` });
-        return;
-      }
-    }
-    const tags = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
-    if (tags) {
-      const answer = this.tagLists.get(tags[1]!);
-      return answer ? answer(req, res, url) : ociError(res, 404, "NAME_UNKNOWN");
-    }
-    if (!m || (req.method !== "GET" && req.method !== "HEAD")) return ociError(res, 404, "NAME_UNKNOWN");
-    const [, repo, kind, ref] = m;
-    if (kind === "manifests") {
-      const manifest = this.manifests.get(`${repo}\n${ref}`);
-      if (!manifest) return ociError(res, 404, "MANIFEST_UNKNOWN");
-      res.writeHead(200, {
-        "content-type": manifest.mediaType,
-        "content-length": manifest.bytes.length,
-        "docker-content-digest": manifest.digest,
-      });
-      res.end(req.method === "HEAD" ? undefined : manifest.bytes);
-      return;
-    }
-    const entry = this.blobs.get(ref!);
-    if (!entry || !entry.repos.includes(repo!)) return ociError(res, 404, "BLOB_UNKNOWN");
-    const blob = entry.bytes;
-    if (this.opts.cdn) {
-      res.writeHead(307, { location: `${this.opts.cdn.url}/data/${ref}?signature=abc`, "content-length": 0 });
-      res.end();
-      return;
-    }
-    res.writeHead(200, { "content-type": "application/octet-stream", "content-length": blob.length, "docker-content-digest": ref });
-    res.end(req.method === "HEAD" ? undefined : blob);
-  }
-}
-
-/** Another host that blob downloads are redirected to; it must never see the upstream's credentials. */
-class FakeCdn {
-  readonly seen: Seen[] = [];
-  readonly blobs = new Map<string, Buffer>();
-  url = "";
-
-  async start(t: Test): Promise<this> {
-    this.url = (await listen(t, (req, res) => {
-      const url = new URL(req.url ?? "/", this.url);
-      this.seen.push({ method: req.method ?? "", path: url.pathname, search: url.search, authorization: req.headers.authorization });
-      const blob = this.blobs.get(url.pathname.replace(/^\/data\//, ""));
-      if (!blob) {
-        res.writeHead(404).end("no such object");
-        return;
-      }
-      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": blob.length });
-      res.end(req.method === "HEAD" ? undefined : blob);
-    })).url;
-    return this;
-  }
-}
+// ------------------------------------------------------------ handler tests
 
 // Indented JSON, so that any re-serialisation by the cache would change the bytes and the digest.
 const pretty = (v: unknown) => Buffer.from(JSON.stringify(v, null, 3) + "\n");
 
-type Stowage = InProcessStowage;
 const startStowage = startInProcessStowage;
-
-/** Resolves once Stowage logged that it committed the blob (its KV records are written by then). */
-async function committed(stowage: Stowage, digest: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!stowage.logs.some((line) => line.includes('"blob cached"') && line.includes(digest))) {
-    if (Date.now() > deadline) throw new Error(`Stowage never logged that it cached ${digest}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function get(url: string, init: RequestInit = {}): Promise<{ res: Response; body: Buffer }> {
   const res = await fetch(url, init);
   return { res, body: Buffer.from(await res.arrayBuffer()) };
 }
 
-async function expectOciError(t: Test, res: Response, body: Buffer, status: number, code: string): Promise<void> {
-  t.equal(res.status, status, `status ${status}`);
-  t.match(res.headers.get("content-type") ?? "", /^application\/json/, "a JSON error, never HTML");
-  let parsed: unknown = null;
-  try {
-    parsed = JSON.parse(body.toString("utf8"));
-  } catch {
-    // left null: the assertion below reports the body
-  }
-  t.match(parsed, { errors: [{ code, message: String }] }, `error code ${code}: ${body.toString("utf8").slice(0, 200)}`);
-}
-
-// ------------------------------------------------------------ handler tests
-
 t.test("the handler against a real Stowage and an in-test upstream", async (t) => {
   const cdn = await new FakeCdn().start(t);
   const main = await new FakeRegistry({ auth: true, cdn }).start(t);
-  const other = await new FakeRegistry({ auth: false }).start(t);
+  const other = await new FakeRegistry().start(t);
   const mainHost = new URL(main.url).host;
   const otherHost = new URL(other.url).host;
 
@@ -333,36 +174,36 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
   const rangeDigest = main.addBlob(rangeLayer);
   const desc = (mediaType: string, bytes: Buffer) => ({ mediaType, digest: sha256(bytes), size: bytes.length });
 
-  const ociManifest = main.addManifest("app", "oci", OCI_MANIFEST, pretty({
+  const ociManifest = main.addManifest("oci", pretty({
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: desc("application/vnd.oci.image.config.v1+json", configBlob),
     layers: [desc("application/vnd.oci.image.layer.v1.tar+gzip", smallLayer)],
-  }));
-  const dockerManifest = main.addManifest("app", "docker", DOCKER_MANIFEST, pretty({
+  }), { mediaType: OCI_MANIFEST });
+  const dockerManifest = main.addManifest("docker", pretty({
     schemaVersion: 2,
     mediaType: DOCKER_MANIFEST,
     config: desc("application/vnd.docker.container.image.v1+json", configBlob),
     layers: [desc("application/vnd.docker.image.rootfs.diff.tar.gzip", smallLayer)],
-  }));
+  }), { mediaType: DOCKER_MANIFEST });
   const platform = { os: "linux", architecture: "amd64" };
-  const ociIndex = main.addManifest("app", "index", OCI_INDEX, pretty({
+  const ociIndex = main.addManifest("index", pretty({
     schemaVersion: 2,
     mediaType: OCI_INDEX,
     manifests: [{ ...desc(OCI_MANIFEST, ociManifest.bytes), platform }],
-  }));
-  const dockerList = main.addManifest("app", "list", DOCKER_MANIFEST_LIST, pretty({
+  }), { mediaType: OCI_INDEX });
+  const dockerList = main.addManifest("list", pretty({
     schemaVersion: 2,
     mediaType: DOCKER_MANIFEST_LIST,
     manifests: [{ ...desc(DOCKER_MANIFEST, dockerManifest.bytes), platform }],
-  }));
-  const otherManifest = other.addManifest("app", "oci", OCI_MANIFEST, pretty({
+  }), { mediaType: DOCKER_MANIFEST_LIST });
+  const otherManifest = other.addManifest("oci", pretty({
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: desc("application/vnd.oci.image.config.v1+json", configBlob),
     layers: [],
     annotations: { "served-by": "other" },
-  }));
+  }), { mediaType: OCI_MANIFEST });
 
   const stowage = await startStowage(t, [
     "--upstream", `local=${main.url}`,
@@ -510,18 +351,18 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
 
   await t.test("errors are OCI JSON", async (t) => {
     const unknownTag = await get(`${base}/v2/app/manifests/nope`);
-    await expectOciError(t, unknownTag.res, unknownTag.body, 404, "MANIFEST_UNKNOWN");
+    await expectOciError(t, unknownTag, 404, "MANIFEST_UNKNOWN");
     const unknownRepo = await get(`${base}/v2/no/such/repo/manifests/latest`);
-    await expectOciError(t, unknownRepo.res, unknownRepo.body, 404, "MANIFEST_UNKNOWN");
+    await expectOciError(t, unknownRepo, 404, "MANIFEST_UNKNOWN");
     const unknownBlob = await get(`${base}/v2/app/blobs/sha256:${"0".repeat(64)}`);
-    await expectOciError(t, unknownBlob.res, unknownBlob.body, 404, "BLOB_UNKNOWN");
+    await expectOciError(t, unknownBlob, 404, "BLOB_UNKNOWN");
 
     for (const path of ["/v2/app/blobs/sha256:xyz", `/v2/app/blobs/sha256:${HEX.toUpperCase()}`, "/v2/app/manifests/sha256:123", "/v2/app/blobs/md5:abc"]) {
       const r = await get(`${base}${path}`);
-      await expectOciError(t, r.res, r.body, 400, "DIGEST_INVALID");
+      await expectOciError(t, r, 400, "DIGEST_INVALID");
     }
     const badName = await get(`${base}/v2/App/manifests/latest`);
-    await expectOciError(t, badName.res, badName.body, 400, "NAME_INVALID");
+    await expectOciError(t, badName, 400, "NAME_INVALID");
 
     const writes: Array<[string, string]> = [
       ["PUT", "/v2/app/manifests/latest"],
@@ -533,12 +374,12 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     ];
     for (const [method, path] of writes) {
       const r = await get(`${base}${path}`, { method, ...(method === "GET" ? {} : { body: method === "DELETE" ? null : "x" }) });
-      await expectOciError(t, r.res, r.body, 405, "UNSUPPORTED");
+      await expectOciError(t, r, 405, "UNSUPPORTED");
     }
 
     for (const path of ["/favicon.ico", "/", "/v1/_ping", "/v2/app/manifests/"]) {
       const r = await get(`${base}${path}`);
-      await expectOciError(t, r.res, r.body, 404, "UNSUPPORTED");
+      await expectOciError(t, r, 404, "UNSUPPORTED");
       t.notMatch(r.body.toString(), /<html/i, `${path}: no HTML`);
     }
     const head404 = await get(`${base}/favicon.ico`, { method: "HEAD" });
@@ -547,8 +388,8 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
   });
 
   await t.test("tags: fresh within --tag-ttl, then revalidated with a HEAD", async (t) => {
-    const v1 = main.addManifest("ttl", "stable", OCI_MANIFEST, pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { v: "1" } }));
-    const m1 = main.addManifest("ttl", "moving", OCI_MANIFEST, pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { v: "m1" } }));
+    const v1 = main.addManifest("stable", pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { v: "1" } }), { repo: "ttl" });
+    const m1 = main.addManifest("moving", pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { v: "m1" } }), { repo: "ttl" });
     for (const tag of ["stable", "moving"]) t.equal((await get(`${base}/v2/ttl/manifests/${tag}`)).res.status, 200);
 
     const fresh = main.seen.length;
@@ -558,7 +399,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.same(main.since(fresh), [], "within the TTL: no upstream request");
 
     await new Promise((r) => setTimeout(r, 1100));
-    const m2 = main.addManifest("ttl", "moving", OCI_MANIFEST, pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { v: "m2" } }));
+    const m2 = main.addManifest("moving", pretty({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: desc("application/vnd.oci.image.config.v1+json", configBlob), layers: [], annotations: { v: "m2" } }), { repo: "ttl" });
     t.not(m2.digest, m1.digest);
 
     const stale = main.seen.length;
@@ -618,9 +459,9 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.ok(viaMainNs.body.equals(ociManifest.bytes));
 
     const unknown = await get(`${base}/v2/app/manifests/oci?ns=quay.io`);
-    await expectOciError(t, unknown.res, unknown.body, 404, "NAME_UNKNOWN");
+    await expectOciError(t, unknown, 404, "NAME_UNKNOWN");
     const unknownBlob = await get(`${base}/v2/app/blobs/${smallDigest}?ns=docker.io`);
-    await expectOciError(t, unknownBlob.res, unknownBlob.body, 404, "NAME_UNKNOWN");
+    await expectOciError(t, unknownBlob, 404, "NAME_UNKNOWN");
   });
 
   await t.test("a blob cached for one repository is confirmed with the upstream before another may read it", async (t) => {
@@ -635,7 +476,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     // The distribution spec's conformance tests ask for .INVALID_MANIFEST_NAME.
     for (const ref of [".INVALID_MANIFEST_NAME", "-leading-dash", "a".repeat(129), "tag%20with%20spaces"]) {
       const r = await get(`${base}/v2/app/manifests/${ref}`);
-      await expectOciError(t, r.res, r.body, 404, "MANIFEST_UNKNOWN");
+      await expectOciError(t, r, 404, "MANIFEST_UNKNOWN");
       const head = await get(`${base}/v2/app/manifests/${ref}`, { method: "HEAD" });
       t.equal(head.res.status, 404, `HEAD ${ref.slice(0, 20)}: 404`);
       t.equal(head.body.length, 0, "HEAD: no body");
@@ -644,7 +485,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
       for (const method of ["GET", "HEAD"]) {
         const r = await get(`${base}/v2/app/manifests/${ref}`, { method });
         t.equal(r.res.status, 400, `${method} ${ref}: 400`);
-        if (method === "GET") await expectOciError(t, r.res, r.body, 400, "DIGEST_INVALID");
+        if (method === "GET") await expectOciError(t, r, 400, "DIGEST_INVALID");
       }
     }
     t.same(main.since(mark), [], "the upstream is not asked about references that cannot exist");
@@ -653,7 +494,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
   await t.test("an unknown ?ns= is a plain 404 that names none of the mirrored registries", async (t) => {
     for (const path of ["/v2/app/manifests/oci?ns=quay.io", `/v2/app/blobs/${smallDigest}?ns=gcr.io`, "/v2/app/tags/list?ns=evil.example"]) {
       const r = await get(`${base}${path}`);
-      await expectOciError(t, r.res, r.body, 404, "NAME_UNKNOWN");
+      await expectOciError(t, r, 404, "NAME_UNKNOWN");
       const text = r.body.toString();
       t.notMatch(text, mainHost, `${path}: does not list ${mainHost}`);
       t.notMatch(text, otherHost, `${path}: does not list ${otherHost}`);
@@ -672,10 +513,10 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
       ["no-layers", DOCKER_MANIFEST, pretty({ schemaVersion: 2, mediaType: DOCKER_MANIFEST, config: desc("application/vnd.docker.container.image.v1+json", configBlob) }), /layers is missing/],
     ];
     for (const [tag, mediaType, bytes, problem] of cases) {
-      const served = other.addManifest("shapes", tag, mediaType, bytes);
+      const served = other.addManifest(tag, bytes, { repo: "shapes", mediaType });
       for (const ref of [tag, served.digest]) {
         const r = await get(`${base}/v2/other/shapes/manifests/${ref}`);
-        await expectOciError(t, r.res, r.body, 502, "UNAVAILABLE");
+        await expectOciError(t, r, 502, "UNAVAILABLE");
         const message = String(JSON.parse(r.body.toString()).errors[0].message);
         t.match(message, problem, `${tag} by ${ref.slice(0, 15)}: says what is wrong`);
         t.match(message, /unusable response/, `${tag}: says it is the upstream's fault`);
@@ -684,7 +525,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
       }
       t.ok(stowage.logs.some((l) => l.includes("unusable manifest") && l.includes(tag)), `${tag}: the log says what came`);
       // The upstream heals: the next pull gets the real manifest, so nothing was cached under the tag.
-      const fixed = other.addManifest("shapes", tag, OCI_MANIFEST, good(tag));
+      const fixed = other.addManifest(tag, good(tag), { repo: "shapes" });
       const mark = other.seen.length;
       const after = await get(`${base}/v2/other/shapes/manifests/${tag}`);
       t.equal(after.res.status, 200, `${tag}: 200 once the upstream sends a manifest`);
@@ -694,7 +535,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
   });
 
   await t.test("tag lists: the upstream's Link header becomes ours; a list over the cap is refused, never buffered whole", async (t) => {
-    other.tagLists.set("paged", (_req, res, url) => {
+    other.on("/v2/paged/tags/list", (_req, res, _bytes, url) => {
       const last = url.searchParams.get("last");
       const body = JSON.stringify({ name: "paged", tags: last ? ["c"] : ["a", "b"] });
       res.writeHead(200, {
@@ -716,7 +557,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     // Endless: without a cap this would be read until the upstream timeout (and, for a real 150 MB list, held in memory).
     let sent = 0;
     let closed = false;
-    other.tagLists.set("endless", (_req, res) => {
+    other.on("/v2/endless/tags/list", (_req, res) => {
       res.writeHead(200, { "content-type": "application/json" });
       res.write('{"name":"endless","tags":[');
       const chunk = Buffer.from('"tag-0123456789abcdef",'.repeat(2048));
@@ -729,7 +570,7 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     });
     const started = Date.now();
     const endless = await get(`${base}/v2/other/endless/tags/list`);
-    await expectOciError(t, endless.res, endless.body, 502, "UNAVAILABLE");
+    await expectOciError(t, endless, 502, "UNAVAILABLE");
     const message = String(JSON.parse(endless.body.toString()).errors[0].message);
     t.match(message, /larger than 4 MiB/, "says why");
     t.match(message, /\?n=/, "and how to page instead");
@@ -738,19 +579,19 @@ t.test("the handler against a real Stowage and an in-test upstream", async (t) =
     t.ok(closed, "the upstream connection was given up");
     t.ok(sent < 32 * 1024 * 1024, `the upstream sent ${sent} bytes before Stowage stopped reading`);
 
-    other.tagLists.set("declared", (_req, res) => {
+    other.on("/v2/declared/tags/list", (_req, res) => {
       res.writeHead(200, { "content-type": "application/json", "content-length": String(150 * 1024 * 1024) });
       res.write('{"name":"declared","tags":[');
     });
     const declared = await get(`${base}/v2/other/declared/tags/list`);
-    await expectOciError(t, declared.res, declared.body, 502, "UNAVAILABLE");
+    await expectOciError(t, declared, 502, "UNAVAILABLE");
 
-    other.tagLists.set("html", (_req, res) => {
+    other.on("/v2/html/tags/list", (_req, res) => {
       res.writeHead(200, { "content-type": "text/html" });
       res.end("<html>maintenance</html>");
     });
     const html = await get(`${base}/v2/other/html/tags/list`);
-    await expectOciError(t, html.res, html.body, 502, "UNAVAILABLE");
+    await expectOciError(t, html, 502, "UNAVAILABLE");
     t.match(html.body.toString(), /not a tag list/);
   });
 
@@ -854,7 +695,7 @@ t.test("5xx bodies say what failed and give the request id; the detail is only i
   await new Promise<void>((resolve) => probe.listen(0, "127.0.0.3", resolve));
   const deadPort = (probe.address() as AddressInfo).port;
   await new Promise<void>((resolve) => probe.close(() => resolve()));
-  const live = await new FakeRegistry({ auth: false }).start(t);
+  const live = await new FakeRegistry().start(t);
   const layer = randomBytes(50 * 1024);
   const layerDigest = live.addBlob(layer);
   const stowage = await startStowage(t, [
@@ -933,14 +774,14 @@ async function startConfigured(t: Test, argv: string[], files: Record<string, st
 }
 
 t.test("--metrics-listen: /metrics and /healthz on their own listener, no /metrics on the public one", async (t) => {
-  const upstream = await new FakeRegistry({ auth: false }).start(t);
+  const upstream = await new FakeRegistry().start(t);
   const stowage = await startConfigured(t, ["--upstream", `local=${upstream.url}`], {}, { metricsListen: { hostname: "127.0.0.1", port: 0 } });
   const line = stowage.logs.find((l) => l.includes("serving /metrics and /healthz on a separate listener"));
   const metricsUrl = line ? String(JSON.parse(line).url) : "";
   t.match(metricsUrl, /^http:\/\/127\.0\.0\.1:\d+$/, "the log says where");
 
   const publicMetrics = await get(`${stowage.url}/metrics`);
-  await expectOciError(t, publicMetrics.res, publicMetrics.body, 404, "UNSUPPORTED");
+  await expectOciError(t, publicMetrics, 404, "UNSUPPORTED");
   t.notMatch(publicMetrics.body.toString(), "stowage_", "no figures on the public listener");
   t.equal((await get(`${stowage.url}/metrics`, { method: "HEAD" })).res.status, 404, "HEAD too");
   t.equal((await get(`${stowage.url}/healthz`)).res.status, 200, "the public listener keeps /healthz");
@@ -953,13 +794,13 @@ t.test("--metrics-listen: /metrics and /healthz on their own listener, no /metri
   t.equal((await get(`${metricsUrl}/healthz`)).res.status, 200, "/healthz on the metrics listener");
   for (const path of ["/v2/", "/v2/app/manifests/latest", "/token", "/readyz"]) {
     const r = await get(`${metricsUrl}${path}`);
-    await expectOciError(t, r.res, r.body, 404, "UNSUPPORTED");
+    await expectOciError(t, r, 404, "UNSUPPORTED");
   }
   t.same(upstream.seen, [], "nothing on the metrics listener reached the upstream");
 });
 
 t.test("/metrics on the public listener with access control on needs a known identity", async (t) => {
-  const upstream = await new FakeRegistry({ auth: false }).start(t);
+  const upstream = await new FakeRegistry().start(t);
   const hash = bcrypt.hashSync("wonderland", 4);
   const stowage = await startConfigured(t, ["--config", "$DIR/stowage.yaml", "--access-control", "on", "--upstream", `local=${upstream.url}`], {
     "stowage.yaml": ["users:", `  - { name: alice, passwordHash: "${hash}" }`, "rules:", "  - { repository: 'public/**', pull: [anonymous] }"].join("\n"),
@@ -972,16 +813,16 @@ t.test("/metrics on the public listener with access control on needs a known ide
   };
 
   const none = await get(`${stowage.url}/metrics`);
-  await expectOciError(t, none.res, none.body, 401, "UNAUTHORIZED");
+  await expectOciError(t, none, 401, "UNAUTHORIZED");
   t.match(none.res.headers.get("www-authenticate") ?? "", /^Bearer realm=/, "with a challenge");
   t.notMatch(none.body.toString(), "stowage_", "no figures");
 
   const anonymous = await get(`${stowage.url}/metrics`, { headers: { authorization: `Bearer ${await tokenFor({})}` } });
-  await expectOciError(t, anonymous.res, anonymous.body, 401, "UNAUTHORIZED");
+  await expectOciError(t, anonymous, 401, "UNAUTHORIZED");
   const wrong = await get(`${stowage.url}/metrics`, { headers: { authorization: basic("alice", "not-it") } });
-  await expectOciError(t, wrong.res, wrong.body, 401, "UNAUTHORIZED");
+  await expectOciError(t, wrong, 401, "UNAUTHORIZED");
   const stranger = await get(`${stowage.url}/metrics`, { headers: { authorization: basic("mallory", "wonderland") } });
-  await expectOciError(t, stranger.res, stranger.body, 401, "UNAUTHORIZED");
+  await expectOciError(t, stranger, 401, "UNAUTHORIZED");
 
   const withLogin = await get(`${stowage.url}/metrics`, { headers: { authorization: basic("alice", "wonderland") } });
   t.equal(withLogin.res.status, 200, "a Basic login of a known user");
