@@ -120,7 +120,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
         store,
         hashers,
         metrics,
-        idleTimeoutMs: timeoutMs,
+        upstreamTimeoutMs: timeoutMs,
         leases: new FetchLeases(kv, crypto.randomUUID()),
         maxBlobBytes: config.maxBlobBytes,
         diskReserveBytes: config.diskReserveBytes,

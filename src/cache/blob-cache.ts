@@ -7,7 +7,7 @@ import { BlobTooLargeError, DEFAULT_MAX_BLOB_BYTES, formatBytes } from "./blob-b
 import { BlobFetch, type BlobFetchDeps } from "./blob-fetch.ts";
 import type { FetchSource } from "./fetch-source.ts";
 import { BlobRecord, LinkRecord } from "./records.ts";
-import { registryErrorFor } from "./upstream-errors.ts";
+import { registryErrorFor } from "./registry-error-for.ts";
 import { kvKeys } from "../kv/keys.ts";
 
 /** What the HTTP layer needs to answer a blob request. */

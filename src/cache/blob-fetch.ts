@@ -29,8 +29,8 @@ export type BlobFetchDeps = {
   metrics: StowageMetrics;
   hashers: HasherFactory;
   kv: TypedKv;
-  /** Longest silence from the upstream in the middle of a body before the fetch is given up. */
-  idleTimeoutMs: number;
+  /** The upstream timeout (--upstream-timeout): the longest silence in the middle of a body before the connection is given up (and resumed while it may be). */
+  upstreamTimeoutMs: number;
   leases: FetchLeases;
   /** Largest blob downloaded (--max-blob-size); default DEFAULT_MAX_BLOB_BYTES. */
   maxBlobBytes?: number;
@@ -325,7 +325,7 @@ export class BlobFetch {
     // hash messages, which is what costs most here.
     const sink = new Batcher((batch) => writer.push(batch));
     const body = new ResumableBody(this.source, this.digest, this.size, this.reply!, {
-      timeoutMs: this.deps.idleTimeoutMs,
+      timeoutMs: this.deps.upstreamTimeoutMs,
       metrics: this.deps.metrics,
       log: this.log,
     });

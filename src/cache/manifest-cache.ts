@@ -13,7 +13,7 @@ import type { FetchSource } from "./fetch-source.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
 import { ManifestRecord, TagRecord } from "./records.ts";
 import { SingleFlight } from "./single-flight.ts";
-import { registryErrorFor, UnusableUpstreamReply } from "./upstream-errors.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "./registry-error-for.ts";
 
 /** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import type { App } from "../app.ts";
 import type { FetchSource } from "../cache/fetch-source.ts";
-import { registryErrorFor, UnusableUpstreamReply } from "../cache/upstream-errors.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "../cache/registry-error-for.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { nextPageLink, nextPageQuery } from "../registry/pagination.ts";

@@ -228,7 +228,7 @@ async function cacheWithDisk(t: Test, upstreamUrl: string, statfs: StatFs, opts:
     store,
     hashers: new InlineHasherFactory(),
     metrics,
-    idleTimeoutMs: 5_000,
+    upstreamTimeoutMs: 5_000,
     leases: new FetchLeases(kv, "test"),
     diskReserveBytes: opts.reserve,
     ...(opts.checkEvery ? { diskCheckBytes: opts.checkEvery } : {}),

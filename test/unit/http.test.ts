@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
 import { DigestMismatchError, StoreError } from "../../src/cache/fetch-errors.ts";
-import { registryErrorFor, UnusableUpstreamReply } from "../../src/cache/upstream-errors.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "../../src/cache/registry-error-for.ts";
 import { type Config, loadConfig, type Upstream } from "../../src/config.ts";
 import { createLogger } from "../../src/log.ts";
 import { methodLabel, statusLabel } from "../../src/metrics/labels.ts";
