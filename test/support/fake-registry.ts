@@ -130,7 +130,10 @@ export class FakeRegistry {
 
   url = "";
 
-  constructor(private readonly opts: FakeRegistryOptions = {}) {}
+  constructor(private readonly opts: FakeRegistryOptions = {}) {
+    // A fixed token is good wherever it was issued (a realm elsewhere may hand it out).
+    if (opts.token) this.tokens.add(opts.token);
+  }
 
   async start(t: Test): Promise<this> {
     this.server = await startHttpServer(t, (req, res, url) => this.handle(req, res, url), { host: this.opts.host });

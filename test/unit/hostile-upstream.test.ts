@@ -5,10 +5,7 @@
 // that nothing was cached. Traffic stays on loopback; rules about other addresses are
 // checked by classification (the policy refuses them before any connection).
 import t, { type Test } from "tap";
-import { createHash } from "node:crypto";
 import { readdir } from "node:fs/promises";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Upstream } from "../../src/config.ts";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
@@ -16,9 +13,9 @@ import { classifyAddress } from "../../src/upstream/address-class.ts";
 import { credentialsMayGo } from "../../src/upstream/credential-policy.ts";
 import { createConnectGuard, type Lookup } from "../../src/upstream/network-guard.ts";
 import { redirectRefusal } from "../../src/upstream/redirect-policy.ts";
+import { FakeRegistry, sendJson, startHttpServer } from "../support/fake-registry.ts";
 import { startInProcessStowage } from "../support/in-process-stowage.ts";
-
-const sha256 = (bytes: Uint8Array | string) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+import { expectOciError, sha256 } from "../support/oci.ts";
 
 // ----------------------------------------------------------------- pure rules
 
@@ -170,75 +167,24 @@ t.test("address policy after name resolution (no connection is made)", async (t)
 
 // ------------------------------------------------------ against a live Stowage
 
-type Hit = { host: string; method: string; path: string; authorization: string | null };
-
-/** A small HTTP server on one loopback address whose every answer the test decides. */
-async function server(t: Test, address: string, handle: (req: IncomingMessage, res: ServerResponse, url: URL) => void): Promise<{ url: string; hits: Hit[] }> {
-  const hits: Hit[] = [];
-  const s = createServer((req, res) => {
-    const url = new URL(req.url ?? "/", `http://${req.headers.host}`);
-    hits.push({ host: address, method: req.method ?? "", path: url.pathname, authorization: req.headers.authorization ?? null });
-    handle(req, res, url);
-  });
-  await new Promise<void>((resolve) => s.listen(0, address, resolve));
-  t.teardown(() => new Promise<void>((resolve) => {
-    s.closeAllConnections();
-    s.close(() => resolve());
-  }));
-  return { url: `http://${address}:${(s.address() as AddressInfo).port}`, hits };
-}
-
-function json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
-  const body = JSON.stringify(value);
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
 const BASIC = `Basic ${Buffer.from("robot:s3cret").toString("base64")}`;
 
 /**
- * A registry with Bearer token auth whose blob and manifest answers are chosen per test.
+ * A registry with Bearer token auth (token "registry-token") holding one blob and
+ * the manifest "good" of repository app; tests add their own answers per path.
  * `realm` is where its challenge sends clients (default: its own /token).
  */
 async function hostileRegistry(t: Test, opts: { realm?: () => string } = {}) {
+  const registry = await new FakeRegistry({ auth: true, token: "registry-token", ...opts }).start(t);
   const blob = Buffer.from("layer bytes that are the real thing\n");
-  const blobDigest = sha256(blob);
-  const manifest = Buffer.from(JSON.stringify({
+  const blobDigest = registry.addBlob(blob);
+  registry.addManifest("good", Buffer.from(JSON.stringify({
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: blobDigest, size: blob.length },
     layers: [],
-  }));
-  const routes = new Map<string, (req: IncomingMessage, res: ServerResponse) => void>();
-  const tokenRequests: Array<{ authorization: string | null }> = [];
-  const registry = await server(t, "127.0.0.1", (req, res, url) => {
-    if (url.pathname === "/token") {
-      tokenRequests.push({ authorization: req.headers.authorization ?? null });
-      return json(res, 200, { token: "registry-token", expires_in: 300 });
-    }
-    if (req.headers.authorization !== "Bearer registry-token") {
-      return json(res, 401, { errors: [{ code: "UNAUTHORIZED", message: "token needed" }] }, {
-        "www-authenticate": `Bearer realm="${opts.realm?.() ?? `${registry.url}/token`}",service="hostile"`,
-      });
-    }
-    const custom = routes.get(url.pathname);
-    if (custom) return custom(req, res);
-    if (url.pathname === `/v2/app/blobs/${blobDigest}`) {
-      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": blob.length });
-      return void res.end(req.method === "HEAD" ? undefined : blob);
-    }
-    if (url.pathname === "/v2/app/manifests/good") {
-      res.writeHead(200, { "content-type": OCI_MANIFEST, "content-length": manifest.length, "docker-content-digest": sha256(manifest) });
-      return void res.end(req.method === "HEAD" ? undefined : manifest);
-    }
-    json(res, 404, { errors: [{ code: "NOT_FOUND", message: "no" }] });
-  });
-  const redirect = (path: string, location: string, status = 307) =>
-    routes.set(path, (_req, res) => {
-      res.writeHead(status, { location, "content-length": 0 });
-      res.end();
-    });
-  return { registry, routes, redirect, tokenRequests, blob, blobDigest };
+  })));
+  return { registry, blob, blobDigest };
 }
 
 async function filesUnder(dir: string): Promise<string[]> {
@@ -247,20 +193,6 @@ async function filesUnder(dir: string): Promise<string[]> {
   } catch {
     return [];
   }
-}
-
-async function ociError(t: Test, res: Response, status: number, code: string, what: string): Promise<string> {
-  const text = await res.text();
-  t.equal(res.status, status, `${what}: status ${status}`);
-  t.match(res.headers.get("content-type") ?? "", /application\/json/, `${what}: JSON, never HTML`);
-  let body: { errors?: Array<{ code?: string; message?: string }> } = {};
-  try {
-    body = JSON.parse(text);
-  } catch {
-    t.fail(`${what}: the body is not JSON: ${text.slice(0, 200)}`);
-  }
-  t.equal(body.errors?.[0]?.code, code, `${what}: code ${code}`);
-  return text;
 }
 
 t.test("hostile redirects are refused, nothing they point at is served or cached", async (t) => {
@@ -281,25 +213,25 @@ t.test("hostile redirects are refused, nothing they point at is served or cached
   for (const [what, location] of cases) {
     await t.test(`a blob redirected to ${what}`, async (t) => {
       const digest = fake(what);
-      up.redirect(`/v2/app/blobs/${digest}`, location);
+      up.registry.redirect(`/v2/app/blobs/${digest}`, location);
       const started = Date.now();
       const res = await fetch(`${stowage.url}/v2/up/app/blobs/${digest}`);
-      const text = await ociError(t, res, 502, "UNAVAILABLE", what);
+      const { text } = await expectOciError(t, res, 502, "UNAVAILABLE", what);
       t.ok(Date.now() - started < 2500, "refused at once, not after a connect timeout");
       t.notMatch(text, /hello|sqlite|SQLite/, "nothing of the target reaches the client");
     });
   }
 
   await t.test("a manifest redirected to an internal JSON document does not become the tag", async (t) => {
-    up.redirect("/v2/app/manifests/latest", "http://169.254.169.254/computeMetadata/v1/?recursive=true");
-    await ociError(t, await fetch(`${stowage.url}/v2/up/app/manifests/latest`), 502, "UNAVAILABLE", "manifest redirected to metadata");
+    up.registry.redirect("/v2/app/manifests/latest", "http://169.254.169.254/computeMetadata/v1/?recursive=true");
+    await expectOciError(t, await fetch(`${stowage.url}/v2/up/app/manifests/latest`), 502, "UNAVAILABLE", "manifest redirected to metadata");
   });
 
   await t.test("a redirect loop", async (t) => {
-    for (let i = 0; i < 7; i++) up.redirect(`/loop/${i}`, `${up.registry.url}/loop/${i + 1}`);
+    for (let i = 0; i < 7; i++) up.registry.redirect(`/loop/${i}`, `${up.registry.url}/loop/${i + 1}`);
     const loopDigest = fake("loop");
-    up.redirect(`/v2/app/blobs/${loopDigest}`, `${up.registry.url}/loop/0`);
-    const loop = await ociError(t, await fetch(`${stowage.url}/v2/up/app/blobs/${loopDigest}`), 502, "UNAVAILABLE", "a redirect loop");
+    up.registry.redirect(`/v2/app/blobs/${loopDigest}`, `${up.registry.url}/loop/0`);
+    const { text: loop } = await expectOciError(t, await fetch(`${stowage.url}/v2/up/app/blobs/${loopDigest}`), 502, "UNAVAILABLE", "a redirect loop");
     t.ok(loop.length < 2000, "a short error");
   });
 
@@ -312,28 +244,28 @@ t.test("hostile redirects are refused, nothing they point at is served or cached
 t.test("a CDN redirect works on the same kind of network, and never gets credentials", async (t) => {
   const up = await hostileRegistry(t);
   // A second loopback address: another host, like Docker Hub's blob CDN.
-  const cdn = await server(t, "127.0.0.2", (_req, res, url) => {
-    if (url.searchParams.get("sig") !== "ok") return json(res, 403, { message: "bad signature" });
+  const cdn = await startHttpServer(t, (_req, res, url) => {
+    if (url.searchParams.get("sig") !== "ok") return sendJson(res, 403, { message: "bad signature" });
     res.writeHead(200, { "content-type": "application/octet-stream", "content-length": up.blob.length });
     res.end(up.blob);
-  });
-  up.redirect(`/v2/app/blobs/${up.blobDigest}`, `${cdn.url}/blobs/data?sig=ok`);
+  }, { host: "127.0.0.2" });
+  up.registry.redirect(`/v2/app/blobs/${up.blobDigest}`, `${cdn.url}/blobs/data?sig=ok`);
   const stowage = await startInProcessStowage(t, ["--upstream", `up=${up.registry.url}`, "--upstream-credentials", "up=robot:s3cret"]);
   const res = await fetch(`${stowage.url}/v2/up/app/blobs/${up.blobDigest}`);
   t.equal(res.status, 200);
   t.same(Buffer.from(await res.arrayBuffer()), up.blob, "the blob from the CDN");
-  t.equal(cdn.hits.length, 1, "the CDN was asked once");
-  t.same(cdn.hits.map((h) => h.authorization), [null], "the CDN got no Authorization header");
-  t.ok(up.tokenRequests.length >= 1 && up.tokenRequests.every((r) => r.authorization === BASIC), "the registry's own token endpoint got the credentials");
+  t.equal(cdn.seen.length, 1, "the CDN was asked once");
+  t.same(cdn.seen.map((h) => h.authorization), [undefined], "the CDN got no Authorization header");
+  t.ok(up.registry.tokenRequests.length >= 1 && up.registry.tokenRequests.every((r) => r.authorization === BASIC), "the registry's own token endpoint got the credentials");
 });
 
 t.test("a CDN's 401 cannot steer authentication", async (t) => {
   const up = await hostileRegistry(t);
-  const thief = await server(t, "127.0.0.3", (_req, res) => json(res, 200, { token: "stolen", expires_in: 300 }));
-  const cdn = await server(t, "127.0.0.2", (_req, res) =>
-    json(res, 401, { errors: [{ code: "UNAUTHORIZED" }] }, { "www-authenticate": `Bearer realm="${thief.url}/token",service="cdn"` }));
+  const thief = await startHttpServer(t, (_req, res) => sendJson(res, 200, { token: "stolen", expires_in: 300 }), { host: "127.0.0.3" });
+  const cdn = await startHttpServer(t, (_req, res) =>
+    sendJson(res, 401, { errors: [{ code: "UNAUTHORIZED" }] }, { "www-authenticate": `Bearer realm="${thief.url}/token",service="cdn"` }), { host: "127.0.0.2" });
   const digest = sha256("steered");
-  up.redirect(`/v2/app/blobs/${digest}`, `${cdn.url}/blob`);
+  up.registry.redirect(`/v2/app/blobs/${digest}`, `${cdn.url}/blob`);
   const stowage = await startInProcessStowage(t, ["--upstream", `up=${up.registry.url}`, "--upstream-credentials", "up=robot:s3cret"]);
   // A pull first, so the blob request goes out with a cached token and the CDN's 401 is the first one it meets.
   const first = await fetch(`${stowage.url}/v2/up/app/manifests/good`);
@@ -342,40 +274,40 @@ t.test("a CDN's 401 cannot steer authentication", async (t) => {
   const res = await fetch(`${stowage.url}/v2/up/app/blobs/${digest}`);
   t.ok(res.status === 403 || res.status === 401 || res.status === 502, `the client gets a refusal (${res.status})`);
   await res.arrayBuffer();
-  t.same(thief.hits, [], "the realm the CDN named was never contacted");
-  const before = up.tokenRequests.length;
+  t.same(thief.seen, [], "the realm the CDN named was never contacted");
+  const before = up.registry.tokenRequests.length;
   const manifest = await fetch(`${stowage.url}/v2/up/app/manifests/good`);
   t.equal(manifest.status, 200, "the upstream's own auth still works afterwards");
   await manifest.arrayBuffer();
-  t.ok(up.tokenRequests.length >= before, "tokens still come from the registry's realm");
-  t.same(thief.hits, [], "still nothing to the CDN's realm");
-  t.same(cdn.hits.map((h) => h.authorization), [null], "the CDN never saw a credential");
+  t.ok(up.registry.tokenRequests.length >= before, "tokens still come from the registry's realm");
+  t.same(thief.seen, [], "still nothing to the CDN's realm");
+  t.same(cdn.seen.map((h) => h.authorization), [undefined], "the CDN never saw a credential");
 });
 
 t.test("token realms: credentials only where the policy allows; oversize and downgraded realms refused", async (t) => {
   // The realm is on another port of the upstream's IP: another service, no credentials.
-  const other = await server(t, "127.0.0.1", (_req, res) => json(res, 200, { token: "registry-token", expires_in: 300 }));
+  const other = await startHttpServer(t, (_req, res) => sendJson(res, 200, { token: "registry-token", expires_in: 300 }));
   const up = await hostileRegistry(t, { realm: () => `${other.url}/token` });
   const stowage = await startInProcessStowage(t, ["--upstream", `up=${up.registry.url}`, "--upstream-credentials", "up=robot:s3cret"]);
   const res = await fetch(`${stowage.url}/v2/up/app/manifests/good`);
   t.equal(res.status, 200, "an anonymous token from that realm still works");
   await res.arrayBuffer();
-  t.ok(other.hits.length >= 1, "the realm was asked");
-  t.same(other.hits.filter((h) => h.authorization !== null), [], "but without the credentials");
+  t.ok(other.seen.length >= 1, "the realm was asked");
+  t.same(other.seen.filter((h) => h.authorization !== undefined), [], "but without the credentials");
   t.match(stowage.logs.join("\n"), /not sending upstream credentials to this token realm/, "and the log says why");
 
-  const huge = await server(t, "127.0.0.1", (_req, res) => json(res, 200, { token: "x".repeat(200 * 1024), expires_in: 300 }));
+  const huge = await startHttpServer(t, (_req, res) => sendJson(res, 200, { token: "x".repeat(200 * 1024), expires_in: 300 }));
   const up2 = await hostileRegistry(t, { realm: () => `${huge.url}/token` });
   const s2 = await startInProcessStowage(t, ["--upstream", `up=${up2.registry.url}`]);
-  await ociError(t, await fetch(`${s2.url}/v2/up/app/manifests/good`), 502, "UNAVAILABLE", "a 200 KiB token response");
+  await expectOciError(t, await fetch(`${s2.url}/v2/up/app/manifests/good`), 502, "UNAVAILABLE", "a 200 KiB token response");
 
   const up3 = await hostileRegistry(t, { realm: () => "file:///etc/passwd" });
   const s3 = await startInProcessStowage(t, ["--upstream", `up=${up3.registry.url}`]);
-  await ociError(t, await fetch(`${s3.url}/v2/up/app/manifests/good`), 502, "UNAVAILABLE", "a file: realm");
+  await expectOciError(t, await fetch(`${s3.url}/v2/up/app/manifests/good`), 502, "UNAVAILABLE", "a file: realm");
 
   const up4 = await hostileRegistry(t, { realm: () => "http://169.254.169.254/token" });
   const s4 = await startInProcessStowage(t, ["--upstream", `up=${up4.registry.url}`, "--upstream-credentials", "up=robot:s3cret"]);
-  await ociError(t, await fetch(`${s4.url}/v2/up/app/manifests/good`), 502, "UNAVAILABLE", "a realm on the metadata address");
+  await expectOciError(t, await fetch(`${s4.url}/v2/up/app/manifests/good`), 502, "UNAVAILABLE", "a realm on the metadata address");
 });
 
 t.test("--resolve sends a host name to a chosen loopback address", async (t) => {
