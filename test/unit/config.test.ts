@@ -1,32 +1,9 @@
 import t from "tap";
-import { type Config, ConfigError, loadConfig, redactedConfig } from "../../src/config.ts";
-import { parseCommand, SERVE_HELP, USAGE } from "../../src/cli.ts";
+import type { Config } from "../../src/config/types.ts";
+import { redactedConfig } from "../../src/config/redact.ts";
+import { type Env, errorOf, load } from "../support/config-sources.ts";
 
 const SECRET = "hunter2";
-
-type Env = Record<string, string | undefined>;
-
-function readerFor(files: Record<string, string>) {
-  return (path: string): string => {
-    const text = files[path];
-    if (text === undefined) throw new Error(`ENOENT: no such file or directory, open '${path}'`);
-    return text;
-  };
-}
-
-function load(argv: string[], env: Env = {}, files: Record<string, string> = {}): Config {
-  return loadConfig({ argv, env, readFile: readerFor(files) });
-}
-
-function errorOf(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ConfigError) return e;
-    throw e;
-  }
-  throw new Error("expected a ConfigError, but nothing was thrown");
-}
 
 const DOCKER_HUB = {
   name: "docker.io",
@@ -497,67 +474,6 @@ t.test("S3 storage from the config file; credentials never in redactedConfig", a
   t.notOk(text.includes(SECRET) || text.includes("AKID"), "credentials gone");
   t.match(redactedConfig(c), { storage: { bucket: "bucket", credentials: { secretAccessKey: "***" } } });
   t.equal(load(["--config", "c.yaml", "--storage", "fs"], {}, { "c.yaml": "storage: s3://bucket\n" }).storage.kind, "fs", "the flag wins over the file");
-});
-
-t.test("cli: commands", async (t) => {
-  const parse = (argv: string[], env: Env = {}) => parseCommand(argv, env, readerFor({}));
-  t.same(parse([]), { kind: "help", text: USAGE });
-  t.same(parse(["help"]), { kind: "help", text: USAGE });
-  t.same(parse(["--help"]), { kind: "help", text: USAGE });
-  t.same(parse(["-h"]), { kind: "help", text: USAGE });
-  t.same(parse(["help", "serve"]), { kind: "help", text: SERVE_HELP });
-  t.same(parse(["serve", "--help"]), { kind: "help", text: SERVE_HELP });
-  t.same(parse(["serve", "--listen", "abc", "-h"]), { kind: "help", text: SERVE_HELP }, "help wins over bad flags");
-  t.same(parse(["--version"]), { kind: "version" });
-
-  const serve = parse(["serve", "--listen", ":5555"], { STOWAGE_LOG_LEVEL: "debug" });
-  t.equal(serve.kind, "serve");
-  if (serve.kind === "serve") {
-    t.same(serve.config.listen, { hostname: "0.0.0.0", port: 5555 });
-    t.equal(serve.config.logLevel, "debug");
-  }
-
-  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, token, user, keys, help)');
-  t.match(errorOf(() => parse([`--listen=${SECRET}`])).message, /^unknown option --listen \(/);
-  t.notOk(errorOf(() => parse([`--upstream-credentials=a=b:${SECRET}`])).message.includes(SECRET));
-  t.match(errorOf(() => parse(["serve", "--bogus"])).message, "unknown option --bogus");
-});
-
-t.test("help documents every flag and environment variable", async (t) => {
-  const flags = ["--listen", "--data-dir", "--upstream", "--upstream-credentials", "--default-upstream", "--public-url",
-    "--tag-ttl", "--upstream-timeout", "--log-level", "--access-control", "--htpasswd", "--token-ttl", "--config"];
-  for (const flag of flags) t.ok(SERVE_HELP.includes(`  ${flag} `), `SERVE_HELP has ${flag}`);
-  const envs = ["STOWAGE_LISTEN", "STOWAGE_DATA_DIR", "STOWAGE_UPSTREAMS", "STOWAGE_UPSTREAM_CREDENTIALS", "STOWAGE_DEFAULT_UPSTREAM",
-    "STOWAGE_PUBLIC_URL", "STOWAGE_TAG_TTL", "STOWAGE_UPSTREAM_TIMEOUT", "STOWAGE_LOG_LEVEL", "STOWAGE_ACCESS_CONTROL",
-    "STOWAGE_HTPASSWD", "STOWAGE_TOKEN_TTL", "STOWAGE_CONFIG"];
-  for (const env of envs) t.ok(SERVE_HELP.includes(env), `SERVE_HELP has ${env}`);
-  for (const cmd of ["serve", "help", "--version"]) t.ok(USAGE.includes(cmd), `USAGE has ${cmd}`);
-});
-
-t.test("start-up: where the disk or the KV cannot be used, the operator is told what to change", async (t) => {
-  const { StartupError, startServer } = await import("../../src/server.ts");
-  const { nodeRuntime } = await import("../../src/runtime/node.ts");
-  const { createLogger } = await import("../../src/log.ts");
-  const { mkdtemp, rm } = await import("node:fs/promises");
-  const { tmpdir } = await import("node:os");
-  const { join } = await import("node:path");
-  const dir = await mkdtemp(join(tmpdir(), "stowage-startup-"));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const start = (argv: string[], runtime = nodeRuntime) =>
-    startServer({ ...load(["--data-dir", dir, ...argv]), listen: { hostname: "127.0.0.1", port: 0 } }, runtime, createLogger("error", () => {}));
-  // Root can write anywhere, so a read-only disk is the runtime's answer, as under deno --deny-write.
-  const readOnly = { ...nodeRuntime, canWrite: async () => false };
-
-  await t.rejects(start([], readOnly), { constructor: StartupError, message: /--data-dir .* is not writable.*--storage s3:\/\/BUCKET/ }, "filesystem store without a writable disk");
-  await t.rejects(start(["--kv", "default"]), { constructor: StartupError, message: /no platform KV on Node.*--kv/ }, "--kv default on Node");
-  await t.rejects(
-    start(["--kv", join(dir, "missing", "dir", "kv.sqlite3")]),
-    { constructor: StartupError, message: /cannot open the KV store \(file .*\).*--kv/ },
-    "a KV file that cannot be created",
-  );
-  const server = await start(["--kv", ":memory:", "--hash-workers", "0"]);
-  await server.close();
-  t.pass("--kv :memory: with --hash-workers 0 starts");
 });
 
 t.test("--resolve, sizes, private networks and OIDC conditions", async (t) => {
