@@ -4,6 +4,7 @@
  */
 import { stringify } from "yaml";
 import type { TypedKv } from "../kv/kv.ts";
+import { base64url } from "../util/encoding.ts";
 import { hashSecret } from "./identities.ts";
 import { CLOCK_SKEW_SECONDS } from "./jwt.ts";
 import { KeyRing } from "./keys.ts";
@@ -16,7 +17,7 @@ export class AdminInputError extends Error {
 
 export async function createRobotToken(name: string): Promise<{ secret: string; snippet: string }> {
   const bytes = crypto.getRandomValues(new Uint8Array(32));
-  const secret = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const secret = base64url(bytes);
   const snippet = stringify({ robots: [{ name, secretHash: await hashSecret(secret) }] });
   return { secret, snippet };
 }

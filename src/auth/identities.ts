@@ -5,6 +5,7 @@
  * design and clients ask for a token several times per pull.
  */
 import bcrypt from "bcryptjs";
+import { hex } from "../util/encoding.ts";
 import { PasswordChecks } from "./password-checks.ts";
 
 export type IdentityKind = "user" | "robot";
@@ -116,8 +117,7 @@ const DUMMY_HASH = "$2b$10$ZIXzboqA/zR3j8Ppe47bnOg29l1NGLw0CtXeW1m70uaYlUWJgnStS
 
 async function cacheKey(name: string, secret: string, hash: string): Promise<string> {
   const data = new TextEncoder().encode(`${name}\u0000${secret}\u0000${hash}`);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", data)));
 }
 
 export async function hashSecret(secret: string, rounds = 10): Promise<string> {

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
+import { base64url, hex } from "../util/encoding.ts";
 import type { IdentityKind } from "./identities.ts";
 
 export const REFRESH_TOKEN_TTL_MS = 90 * 24 * 3600 * 1000;
@@ -49,12 +50,5 @@ export class RefreshTokens {
 }
 
 async function sha256(text: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function base64url(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text))));
 }

@@ -9,7 +9,8 @@ import { readAuthorization } from "./credentials.ts";
 import type { Identity } from "./identities.ts";
 import type { Principal } from "./rules.ts";
 import { formatScope, parseScopes, type Scope } from "./scopes.ts";
-import { readLimited } from "../http/read-limited.ts";
+import { jsonResponse } from "../util/json-response.ts";
+import { readLimited } from "../util/streams.ts";
 
 const MAX_FORM_BYTES = 64 * 1024;
 
@@ -53,7 +54,7 @@ export async function handleTokenRequest(ac: AccessControl, request: Request, ur
 }
 
 export async function handleJwks(ac: AccessControl): Promise<Response> {
-  return json(await ac.keys.jwks(), 200, { "cache-control": "max-age=60" });
+  return jsonResponse(await ac.keys.jwks(), { headers: { "cache-control": "max-age=60" } });
 }
 
 type Ctx = { ac: AccessControl; client: string | null; ns: string | null; audit: Audit };
@@ -129,7 +130,7 @@ async function answer({ ac, ns, audit }: Ctx, who: Principal, scopes: Scope[], o
   };
   // CI tokens are short-lived on purpose; a refresh token would outlive them.
   if (offlineFor && offlineFor.kind !== "oidc") body.refresh_token = await ac.refreshTokens.create({ subject: offlineFor.subject, kind: offlineFor.kind });
-  return json(body, 200, { "cache-control": "no-store" });
+  return jsonResponse(body, { headers: { "cache-control": "no-store" } });
 }
 
 async function signIn({ ac, client }: Ctx, username: string, password: string): Promise<Identity> {
@@ -170,17 +171,8 @@ async function readForm(request: Request, limit: number): Promise<string> {
 /** OAuth2-style fields for OAuth clients, and the registry `errors` list for Docker-style clients. */
 function errorJson(err: TokenError): Response {
   const code = err.status === 401 ? "UNAUTHORIZED" : err.status === 429 ? "TOOMANYREQUESTS" : "UNSUPPORTED";
-  return json(
+  return jsonResponse(
     { error: err.error, error_description: err.message, errors: [{ code, message: err.message }] },
-    err.status,
-    { ...(err.status === 401 ? { "www-authenticate": 'Basic realm="stowage"' } : {}), ...err.headers },
+    { status: err.status, headers: { ...(err.status === 401 ? { "www-authenticate": 'Basic realm="stowage"' } : {}), ...err.headers } },
   );
-}
-
-function json(value: unknown, status: number, headers: Record<string, string> = {}): Response {
-  const body = JSON.stringify(value);
-  return new Response(body, {
-    status,
-    headers: { "content-type": "application/json", "content-length": String(new TextEncoder().encode(body).byteLength), ...headers },
-  });
 }

@@ -2,8 +2,8 @@ import { z } from "zod";
 import type { Upstream } from "./upstream.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
-import { observedBody } from "../http/observed-body.ts";
-import { readLimited } from "../http/read-limited.ts";
+import { base64 } from "../util/encoding.ts";
+import { observedBody, readLimited } from "../util/streams.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
@@ -359,10 +359,7 @@ function releasingWhenDone(response: Response, release: () => void): Response {
 }
 
 function basicAuth(creds: { username: string; password: string }): string {
-  const bytes = new TextEncoder().encode(`${creds.username}:${creds.password}`);
-  let binary = "";
-  for (const b of bytes) binary += String.fromCharCode(b);
-  return `Basic ${btoa(binary)}`;
+  return `Basic ${base64(new TextEncoder().encode(`${creds.username}:${creds.password}`))}`;
 }
 
 function parseRetryAfter(value: string | null): number | undefined {
