@@ -4,10 +4,8 @@
 // however many repository names are asked for.
 import t, { type Test } from "tap";
 import { openKv } from "@deno/kv";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BlobCache } from "../../src/cache/blob-cache.ts";
@@ -22,122 +20,43 @@ import type { StatFs } from "../../src/storage/disk-space.ts";
 import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
 import type { UpstreamClient } from "../../src/upstream/client.ts";
 import { UpstreamTokenCache } from "../../src/upstream/token-cache.ts";
+import { FakeRegistry, inPieces } from "../support/fake-registry.ts";
 import { startInProcessStowage } from "../support/in-process-stowage.ts";
+import { attempt, expectOciError, sha256 } from "../support/oci.ts";
+import { blobPath, exists, metric, noUploadsLeft } from "../support/store-state.ts";
+import { sleep, waitFor } from "../support/wait.ts";
 import { kvKeys } from "../../src/kv/keys.ts";
 
 const MiB = 1024 * 1024;
-const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-// ------------------------------------------------------------- fake upstream
-
-type Answer = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
-
-/** Blobs on 127.0.0.1, each answered its own way; counts GETs per digest. */
-async function startUpstream(t: Test) {
-  const answers = new Map<string, Answer>();
-  const gets = new Map<string, number>();
-  const server = createServer((req, res) => {
-    const path = new URL(req.url ?? "/", "http://x").pathname;
-    const digest = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path)?.[1] ?? "";
-    if (req.method === "GET") gets.set(digest, (gets.get(digest) ?? 0) + 1);
-    const answer = answers.get(digest);
-    if (!answer) {
-      res.writeHead(404, { "content-type": "application/json" });
-      res.end(JSON.stringify({ errors: [{ code: "BLOB_UNKNOWN", message: "blob unknown" }] }));
-      return;
-    }
-    void answer(req, res);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.teardown(() => {
-    server.closeAllConnections();
-    return new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, answers, gets: (d: string) => gets.get(d) ?? 0 };
-}
-
-/** Writes `bytes` in 256 KiB pieces, with a Content-Length or without one (chunked). */
-function serve(bytes: Buffer, opts: { length: boolean; pauseMs?: number }): Answer {
-  return async (req, res) => {
-    res.writeHead(200, { "content-type": "application/octet-stream", ...(opts.length ? { "content-length": bytes.length } : {}) });
-    if (req.method === "HEAD") return void res.end();
-    for (let at = 0; at < bytes.length && !res.destroyed; at += 256 * 1024) {
-      res.write(bytes.subarray(at, at + 256 * 1024));
-      if (opts.pauseMs) await sleep(opts.pauseMs);
-    }
-    res.end();
-  };
-}
-
-/** Reads a whole response the way a client does; `error` is set when the body broke. */
-async function pull(url: string, init: RequestInit = {}) {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(20_000) });
-  const parts: Buffer[] = [];
-  let error: unknown = null;
-  try {
-    for await (const part of res.body ?? []) parts.push(Buffer.from(part));
-  } catch (err) {
-    error = err;
-  }
-  return { status: res.status, headers: res.headers, body: Buffer.concat(parts), error };
-}
-
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: still not true after ${ms} ms`);
-    await sleep(10);
-  }
-}
-
-function blobPath(blobsRoot: string, digest: string): string {
-  const hex = digest.slice("sha256:".length);
-  return join(blobsRoot, "sha256", hex.slice(0, 2), hex);
-}
-
-const exists = (path: string) => stat(path).then(() => true, () => false);
-
-/** Upload temp files are gone once a fetch has cleaned up. */
-async function noUploadsLeft(t: Test, blobsRoot: string): Promise<void> {
-  const dir = join(blobsRoot, "_uploads");
-  await waitFor("upload temp files removed", async () => (await readdir(dir)).length === 0, 5_000).catch(() => {});
-  t.same(await readdir(dir), [], "no upload temp file is left behind");
-}
-
-function metricValue(text: string, name: string, labels: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(labels));
-  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : 0;
-}
 
 // ----------------------------------------------------------- --max-blob-size
 
 t.test("--max-blob-size", async (t) => {
-  const up = await startUpstream(t);
+  const up = await new FakeRegistry().start(t);
   const stowage = await startInProcessStowage(t, ["--upstream", `local=${up.url}`, "--max-blob-size", "1MiB"]);
   const blobs = join(stowage.dataDir, "blobs");
 
   await t.test("a body without Content-Length is cut off past the cap, and nothing is kept", async (t) => {
     const bytes = randomBytes(3 * MiB);
-    const digest = sha256(bytes);
-    up.answers.set(digest, serve(bytes, { length: false }));
+    const digest = up.addBlob(bytes);
+    up.on(digest, inPieces({ length: false }));
     const url = `${stowage.url}/v2/app/blobs/${digest}`;
 
-    const first = await pull(url);
+    const first = await attempt(url);
     const whole = first.status === 200 && first.error === null && first.body.equals(bytes);
     t.notOk(whole, "the client does not get a complete response");
     t.ok(first.status >= 400 || first.error !== null, `the client's response fails (status ${first.status}, ${first.body.length} bytes, ${String(first.error)})`);
     t.ok(first.body.length <= 1 * MiB, `the client got no more than the cap (${first.body.length} bytes)`);
-    await waitFor("the failure logged", () => stowage.logs.some((l) => l.includes("blob fetch failed") && l.includes(digest)));
+    await waitFor("the failure counted", async () => (await metric(stowage, "stowage_blob_fetch_failures_total", 'reason="too-large"')) >= 1);
     const failure = stowage.logs.find((l) => l.includes("blob fetch failed") && l.includes(digest)) ?? "";
     t.match(failure, /--max-blob-size of 1 MiB/, "the log says which limit cut it off");
     t.match(failure, /without announcing a length/, "and why");
     t.notOk(await exists(blobPath(blobs, digest)), "nothing is in the store");
     await noUploadsLeft(t, blobs);
 
-    const second = await pull(url);
+    const second = await attempt(url);
     t.ok(second.status >= 400 || second.error !== null, "the next request fails the same way");
-    t.equal(up.gets(digest), 2, "the next request fetched it again (no failure was cached as a blob)");
+    t.equal(up.blobGets(digest), 2, "the next request fetched it again (no failure was cached as a blob)");
     t.notOk(await exists(blobPath(blobs, digest)), "still nothing in the store");
   });
 
@@ -146,7 +65,7 @@ t.test("--max-blob-size", async (t) => {
     let sent = 0;
     let closed = false;
     // Announces 40 GiB and would trickle bytes until the connection closes.
-    up.answers.set(digest, async (req, res) => {
+    up.on(digest, async (req, res) => {
       res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(40 * 1024 ** 3) });
       if (req.method === "HEAD") return void res.end();
       res.on("close", () => (closed = true));
@@ -158,12 +77,8 @@ t.test("--max-blob-size", async (t) => {
       }
     });
     const url = `${stowage.url}/v2/app/blobs/${digest}`;
-    const got = await pull(url);
-    t.equal(got.status, 403, "403");
-    t.match(got.headers.get("content-type") ?? "", /^application\/json/, "JSON");
-    const body = JSON.parse(got.body.toString("utf8")) as { errors: Array<{ code: string; message: string }> };
-    t.equal(body.errors[0]?.code, "DENIED", "code DENIED");
-    t.match(body.errors[0]?.message ?? "", /is 40 GiB, more than this Stowage's --max-blob-size of 1 MiB; it was not downloaded/, "the message says why");
+    const { error } = await expectOciError(t, await attempt(url), 403, "DENIED");
+    t.match(error?.message ?? "", /is 40 GiB, more than this Stowage's --max-blob-size of 1 MiB; it was not downloaded/, "the message says why");
     await waitFor("the upstream connection closed", () => closed, 5_000);
     t.ok(sent < 4 * MiB, `Stowage closed the connection at once (the upstream wrote ${sent} bytes into the socket)`);
     t.notOk(await exists(blobPath(blobs, digest)), "nothing is in the store");
@@ -175,9 +90,9 @@ t.test("--max-blob-size", async (t) => {
 
   await t.test("blobs within the cap are cached as before", async (t) => {
     const bytes = randomBytes(MiB);
-    const digest = sha256(bytes);
-    up.answers.set(digest, serve(bytes, { length: false }));
-    const got = await pull(`${stowage.url}/v2/app/blobs/${digest}`);
+    const digest = up.addBlob(bytes);
+    up.on(digest, inPieces({ length: false }));
+    const got = await attempt(`${stowage.url}/v2/app/blobs/${digest}`);
     t.ok(got.status === 200 && got.error === null && got.body.equals(bytes), "exactly 1 MiB without Content-Length: served whole");
     await waitFor("stored", () => exists(blobPath(blobs, digest)));
     t.pass("and stored");
@@ -187,16 +102,16 @@ t.test("--max-blob-size", async (t) => {
 // -------------------------------------------------------------- disk reserve
 
 t.test("--disk-reserve above the free space: blobs are served uncached", async (t) => {
-  const up = await startUpstream(t);
+  const up = await new FakeRegistry().start(t);
   // No disk here has 1000 TiB free: the real statfs says there is no room.
   const stowage = await startInProcessStowage(t, ["--upstream", `local=${up.url}`, "--disk-reserve", "1000TiB"]);
   const blobs = join(stowage.dataDir, "blobs");
   const bytes = randomBytes(6 * MiB);
-  const digest = sha256(bytes);
-  up.answers.set(digest, serve(bytes, { length: true }));
+  const digest = up.addBlob(bytes);
+  up.on(digest, inPieces());
   const url = `${stowage.url}/v2/app/blobs/${digest}`;
 
-  const got = await pull(url);
+  const got = await attempt(url);
   t.equal(got.status, 200, "200");
   t.ok(got.error === null && got.body.equals(bytes), "the whole, correct blob");
   t.notOk(await exists(blobPath(blobs, digest)), "nothing is in the store");
@@ -204,12 +119,11 @@ t.test("--disk-reserve above the free space: blobs are served uncached", async (
   const warning = stowage.logs.find((l) => l.includes('"warn"') && l.includes("not enough free disk space") && l.includes(digest)) ?? "";
   t.match(warning, /lower --disk-reserve/, "a warning says what to do");
   t.match(warning, /"reserve":"1000 TiB"/, "and names the reserve");
-  const metrics = await (await fetch(`${stowage.url}/metrics`)).text();
-  t.equal(metricValue(metrics, "stowage_store_bypass_total", 'op="write"'), 1, "counted as a blob served without the store");
+  t.equal(await metric(stowage, "stowage_store_bypass_total", 'op="write"'), 1, "counted as a blob served without the store");
 
-  const again = await pull(url);
+  const again = await attempt(url);
   t.ok(again.status === 200 && again.body.equals(bytes), "asked again: served whole again");
-  t.equal(up.gets(digest), 2, "from upstream (it was not cached)");
+  t.equal(up.blobGets(digest), 2, "from upstream (it was not cached)");
 });
 
 /** A BlobCache over an FsBlobStore whose statfs the test controls, and a minimal upstream client. */
@@ -256,13 +170,13 @@ async function cacheWithDisk(t: Test, upstreamUrl: string, statfs: StatFs, opts:
 }
 
 t.test("free disk space (statfs injected)", async (t) => {
-  const up = await startUpstream(t);
+  const up = await new FakeRegistry().start(t);
   const reserve = 100 * MiB;
 
   await t.test("below the reserve before the download: served whole, nothing committed", async (t) => {
     const bytes = randomBytes(5 * MiB);
-    const digest = sha256(bytes);
-    up.answers.set(digest, serve(bytes, { length: true, pauseMs: 2 }));
+    const digest = up.addBlob(bytes);
+    up.on(digest, inPieces({ pauseMs: 2 }));
     let calls = 0;
     // 102 MiB free: 5 MiB more would leave less than the 100 MiB reserve.
     const statfs: StatFs = async () => (calls++, { bavail: (102 * MiB) / 4096, bsize: 4096 });
@@ -281,9 +195,9 @@ t.test("free disk space (statfs injected)", async (t) => {
 
   await t.test("the disk runs short while spooling: the rest is served, the spool is dropped", async (t) => {
     const bytes = randomBytes(8 * MiB);
-    const digest = sha256(bytes);
+    const digest = up.addBlob(bytes);
     // Slow enough that the client follows from the spool and the window alike.
-    up.answers.set(digest, serve(bytes, { length: true, pauseMs: 5 }));
+    up.on(digest, inPieces({ pauseMs: 5 }));
     let calls = 0;
     // Plenty at the start; then someone else fills the disk.
     const statfs: StatFs = async () => ({ bavail: (calls++ === 0 ? 10_000 * MiB : 50 * MiB) / 4096, bsize: 4096 });
@@ -303,8 +217,8 @@ t.test("free disk space (statfs injected)", async (t) => {
   await t.test("parallel downloads count what the others still have to write", async (t) => {
     const a = randomBytes(6 * MiB);
     const b = randomBytes(6 * MiB);
-    up.answers.set(sha256(a), serve(a, { length: true, pauseMs: 5 }));
-    up.answers.set(sha256(b), serve(b, { length: true, pauseMs: 5 }));
+    up.on(up.addBlob(a), inPieces({ pauseMs: 5 }));
+    up.on(up.addBlob(b), inPieces({ pauseMs: 5 }));
     // 110 MiB free, reserve 100: either blob fits alone, not both.
     const statfs: StatFs = async () => ({ bavail: (110 * MiB) / 4096, bsize: 4096 });
     const disk = await cacheWithDisk(t, up.url, statfs, { reserve });
@@ -319,8 +233,8 @@ t.test("free disk space (statfs injected)", async (t) => {
 
   await t.test("no statfs on this runtime: no check, blobs are cached", async (t) => {
     const bytes = randomBytes(2 * MiB);
-    const digest = sha256(bytes);
-    up.answers.set(digest, serve(bytes, { length: true }));
+    const digest = up.addBlob(bytes);
+    up.on(digest, inPieces());
     const failing: StatFs = () => Promise.reject(Object.assign(new Error("statfs is not supported"), { code: "ENOSYS" }));
     const disk = await cacheWithDisk(t, up.url, failing, { reserve: 1024 ** 5 });
     t.ok((await disk.get(digest)).equals(bytes), "served");
