@@ -1,6 +1,7 @@
 import { AdminInputError, createRobotToken, hashPassword, revokeRefreshTokens, rotateKeys } from "./auth/admin.ts";
 import { parseCommand } from "./cli.ts";
-import { ConfigError, DEFAULTS } from "./config.ts";
+import { ConfigError } from "./config/problems.ts";
+import { DEFAULTS } from "./config/settings.ts";
 import { createLogger } from "./log.ts";
 import { currentRuntime } from "./runtime/current.ts";
 import { openStateKv, StartupError, startServer } from "./server.ts";

@@ -1,11 +1,12 @@
 import { join, resolve } from "node:path";
-import type { App } from "./app.ts";
+import type { App } from "./http/app.ts";
 import { AccessControl } from "./auth/access.ts";
 import { startPasswordChecks } from "./auth/password-checks.ts";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { FetchLeases } from "./cache/fetch-lease.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
-import { redactedConfig, type Config } from "./config.ts";
+import { redactedConfig } from "./config/redact.ts";
+import type { Config } from "./config/types.ts";
 import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
 import { WorkerHasherFactory } from "./digest/worker-pool.ts";
 import { createHandler } from "./http/handler.ts";
@@ -107,7 +108,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     log.warn("access control is on, but there are no users or robots and no rule lets anonymous clients pull: every pull will be refused; add users (--htpasswd or users: in the config file) or rules");
   }
   const app: App = {
-    config,
+    settings: { upstreams: config.upstreams, defaultUpstream: config.defaultUpstream, separateMetricsListener: config.metricsListen !== null },
     clients,
     kv,
     store,

@@ -1,4 +1,4 @@
-import type { App } from "../app.ts";
+import type { App } from "./app.ts";
 import { handleJwks, handleTokenRequest } from "../auth/token-service.ts";
 import { ANONYMOUS } from "../auth/rules.ts";
 import type { Logger } from "../log.ts";
@@ -86,7 +86,7 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
       return jsonResponse({ status: "ok" }, 200, method);
     case "metrics":
       // With --metrics-listen, the public listener has no /metrics at all.
-      if (app.config.metricsListen) throw noSuchEndpoint(url);
+      if (app.settings.separateMetricsListener) throw noSuchEndpoint(url);
       if (app.access) who.user = await authorizeMetrics(app.access, request, url, client);
       return metricsResponse(app, method);
     case "readyz":

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { App } from "../app.ts";
+import type { App } from "./app.ts";
 import type { FetchSource } from "../cache/fetch-source.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "../cache/registry-error-for.ts";
 import type { Logger } from "../log.ts";
@@ -23,7 +23,7 @@ export function readOnly(method: string): RegistryError {
 }
 
 function sourceFor(app: App, name: string, url: URL): FetchSource {
-  const target = resolveTarget(app.config.upstreams, app.config.defaultUpstream, name, url.searchParams.get("ns"));
+  const target = resolveTarget(app.settings.upstreams, app.settings.defaultUpstream, name, url.searchParams.get("ns"));
   const client = app.clients.get(target.upstream.name);
   if (!client) throw new Error(`no client for upstream ${target.upstream.name}`);
   return { client, repo: target.repo };
