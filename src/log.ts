@@ -35,5 +35,3 @@ function errorReplacer(_key: string, value: unknown): unknown {
   }
   return value;
 }
-
-export const silentLogger: Logger = createLogger("error", () => {});

@@ -33,10 +33,6 @@ export class BlobCache {
     private readonly clientTimeoutMs: number = 5 * 60_000,
   ) {}
 
-  get inflightCount(): number {
-    return this.inflight.size;
-  }
-
   async get(
     source: FetchSource,
     digest: Digest,

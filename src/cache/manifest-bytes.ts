@@ -34,12 +34,4 @@ export class ManifestBytesLru {
       this.bytes -= v.byteLength;
     }
   }
-
-  delete(digest: Digest): void {
-    const old = this.entries.get(digest);
-    if (old) {
-      this.entries.delete(digest);
-      this.bytes -= old.byteLength;
-    }
-  }
 }

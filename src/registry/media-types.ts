@@ -1,7 +1,6 @@
-// Manifest media types, detection of the type of upstream manifest bytes, and
-// extraction of the descriptors a manifest points at.
+// Manifest media types, and detection of the type of upstream manifest bytes.
+// (What a manifest may contain is checked in manifest-shape.ts.)
 import { z } from "zod";
-import { parseDigest, type Digest } from "./reference.ts";
 
 export const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
@@ -68,64 +67,4 @@ export function detectManifestMediaType(bytes: Uint8Array, contentType: string |
 
 function isPlainObject(v: unknown): boolean {
   return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-export type Descriptor = {
-  mediaType: string;
-  digest: Digest;
-  size: number;
-  platform?: { os: string; architecture: string; variant?: string };
-};
-
-const DigestSchema = z.custom<Digest>((v) => typeof v === "string" && parseDigest(v) !== null, {
-  message: "invalid digest",
-});
-
-const PlatformSchema = z.object({
-  os: z.string(),
-  architecture: z.string(),
-  variant: z.string().optional(),
-});
-
-const DescriptorSchema = z.object({
-  mediaType: z.string(),
-  digest: DigestSchema,
-  size: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
-  platform: PlatformSchema.optional(),
-});
-
-const IndexSchema = z.object({
-  schemaVersion: z.literal(2),
-  manifests: z.array(DescriptorSchema),
-});
-
-const ImageSchema = z.object({
-  schemaVersion: z.literal(2),
-  config: DescriptorSchema,
-  layers: z.array(DescriptorSchema),
-});
-
-/** Drops an absent optional field instead of carrying `variant: undefined` around. */
-function toDescriptor(d: z.infer<typeof DescriptorSchema>): Descriptor {
-  const out: Descriptor = { mediaType: d.mediaType, digest: d.digest, size: d.size };
-  if (d.platform !== undefined) {
-    const { os, architecture, variant } = d.platform;
-    out.platform = variant === undefined ? { os, architecture } : { os, architecture, variant };
-  }
-  return out;
-}
-
-export function parseManifestReferences(
-  bytes: Uint8Array,
-  mediaType: ManifestMediaType,
-): { kind: "index"; manifests: Descriptor[] } | { kind: "image"; config: Descriptor; layers: Descriptor[] } | null {
-  const json = parseJson(bytes);
-  if (isIndexMediaType(mediaType)) {
-    const parsed = IndexSchema.safeParse(json);
-    return parsed.success ? { kind: "index", manifests: parsed.data.manifests.map(toDescriptor) } : null;
-  }
-  const parsed = ImageSchema.safeParse(json);
-  return parsed.success
-    ? { kind: "image", config: toDescriptor(parsed.data.config), layers: parsed.data.layers.map(toDescriptor) }
-    : null;
 }

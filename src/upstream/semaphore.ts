@@ -18,12 +18,4 @@ export class Semaphore {
       else this.held--;
     };
   }
-
-  get inUse(): number {
-    return this.held;
-  }
-
-  get queued(): number {
-    return this.waiting.length;
-  }
 }
