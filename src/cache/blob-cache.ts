@@ -3,11 +3,14 @@ import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
 import type { Digest } from "../registry/reference.ts";
-import { BlobTooLargeError, DEFAULT_MAX_BLOB_BYTES, formatBytes } from "./blob-bounds.ts";
+import { DEFAULT_MAX_BLOB_BYTES, refuseDeclaredSize } from "./blob-bounds.ts";
 import { BlobFetch, type BlobFetchDeps } from "./blob-fetch.ts";
+import { isLinked, linkAfterHead } from "./blob-links.ts";
 import type { FetchSource } from "./fetch-source.ts";
-import { BlobRecord, LinkRecord } from "./records.ts";
+import { BlobRecord } from "./records.ts";
 import { registryErrorFor } from "./registry-error-for.ts";
+import { storeFailed } from "./store-failure.ts";
+import { contentLength } from "../util/http-headers.ts";
 import { kvKeys } from "../kv/keys.ts";
 
 /** What the HTTP layer needs to answer a blob request. */
@@ -40,7 +43,7 @@ export class BlobCache {
     rangeHeader: string | null,
     log: Logger,
   ): Promise<BlobAnswer> {
-    const answer = await this.answer(source, digest, method, rangeHeader, log);
+    const answer = await this.answer({ source, digest, method, rangeHeader }, log);
     const { metrics } = this.deps;
     if (answer.source === "cache") metrics.cacheHits.inc({ kind: "blob" });
     else if (answer.source === "coalesced") metrics.coalesced.inc();
@@ -60,17 +63,14 @@ export class BlobCache {
   }
 
   private async answer(
-    source: FetchSource,
-    digest: Digest,
-    method: "GET" | "HEAD",
-    rangeHeader: string | null,
+    { source, digest, method, rangeHeader }: { source: FetchSource; digest: Digest; method: "GET" | "HEAD"; rangeHeader: string | null },
     log: Logger,
   ): Promise<BlobAnswer> {
     const { kv } = this.deps;
     const what = `blob ${digest} of ${source.client.upstream.name}/${source.repo}`;
-    const linked = (await kv.read(kvKeys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
+    const linked = await isLinked(kv, source, digest);
     const record = await kv.read(kvKeys.blob(digest), BlobRecord);
-    let storeFailed = false;
+    let storeFailing = false;
     if (record) {
       if (!linked) await this.confirmUpstreamHas(source, digest, what, log);
       try {
@@ -81,10 +81,8 @@ export class BlobCache {
       } catch (err) {
         if (err instanceof RegistryError) throw err;
         // The store is down or failing: the upstream can still serve this pull.
-        storeFailed = true;
-        this.deps.metrics.storeErrors.inc({ op: "read" });
-        this.deps.metrics.storeBypass.inc({ op: "read" });
-        log.warn("the blob store failed to read a cached blob; serving it from upstream", { digest, error: err });
+        storeFailing = true;
+        storeFailed(this.deps.metrics, log, "read", "the blob store failed to read a cached blob; serving it from upstream", { digest, error: err });
       }
     }
 
@@ -95,7 +93,7 @@ export class BlobCache {
     } else if (method === "HEAD") {
       return this.headUpstream(source, digest, what, log);
     } else {
-      fetch = this.startFetch(source, digest, { evenIfStored: storeFailed }, log);
+      fetch = this.startFetch(source, digest, { evenIfStored: storeFailing }, log);
       sourceKind = "upstream";
     }
 
@@ -160,33 +158,18 @@ export class BlobCache {
   private async headUpstream(source: FetchSource, digest: Digest, what: string, log: Logger): Promise<BlobAnswer> {
     try {
       const { response } = await source.client.blob(source.repo, digest, "HEAD", log);
-      const length = response.headers.get("content-length");
-      const size = length && /^\d+$/.test(length) ? Number(length) : null;
-      const max = this.deps.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES;
+      const size = contentLength(response.headers);
       // The same answer a GET would get, without downloading.
-      if (size !== null && size > max) {
-        throw new BlobTooLargeError(
-          `${what} is ${formatBytes(size)}, more than this Stowage's --max-blob-size of ${formatBytes(max)}; it is not downloaded`,
-        );
-      }
+      refuseDeclaredSize(what, size, this.deps.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES, "it is not downloaded");
       return { status: 200, size, range: null, body: null, source: "upstream" };
     } catch (err) {
       throw registryErrorFor(err, "blob", what);
     }
   }
 
-  /**
-   * Blob bytes are shared across repositories, but a repository may only see a
-   * cached blob the upstream confirms it has: otherwise anyone could read a
-   * private image's layers through a public repository by digest.
-   */
-  private async confirmUpstreamHas(source: FetchSource, digest: Digest, what: string, log: Logger): Promise<void> {
-    try {
-      await source.client.blob(source.repo, digest, "HEAD", log);
-    } catch (err) {
-      throw registryErrorFor(err, "blob", what);
-    }
-    await this.deps.kv.write(kvKeys.link(source.client.upstream.name, source.repo, digest), { linkedAt: Date.now() });
+  /** A repository sees a cached blob only once the upstream confirms it has it (see blob-links.ts). */
+  private confirmUpstreamHas(source: FetchSource, digest: Digest, what: string, log: Logger): Promise<void> {
+    return linkAfterHead(this.deps.kv, source, digest, log, (err) => registryErrorFor(err, "blob", what));
   }
 }
 

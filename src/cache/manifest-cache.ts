@@ -13,6 +13,7 @@ import type { FetchSource } from "./fetch-source.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
 import { ManifestRecord, TagRecord } from "./records.ts";
 import { SingleFlight } from "./single-flight.ts";
+import { storeFailed } from "./store-failure.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "./registry-error-for.ts";
 
 /** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
@@ -168,9 +169,12 @@ export class ManifestCache {
       await store.put(digest, bytes);
     } catch (err) {
       // Nothing is recorded, so the next pull asks upstream again.
-      this.deps.metrics.storeErrors.inc({ op: "put" });
-      this.deps.metrics.storeBypass.inc({ op: "write" });
-      log.warn("the store could not keep a manifest; served it from upstream without caching", { upstream: name, repo: source.repo, digest, error: err });
+      storeFailed(this.deps.metrics, log, "put", "the store could not keep a manifest; served it from upstream without caching", {
+        upstream: name,
+        repo: source.repo,
+        digest,
+        error: err,
+      });
       return;
     }
     try {
@@ -199,9 +203,7 @@ export class ManifestCache {
         if (!stream) return null; // record without bytes: the store lost them; fetch again
         bytes = new Uint8Array(await new Response(stream).arrayBuffer());
       } catch (err) {
-        this.deps.metrics.storeErrors.inc({ op: "read" });
-        this.deps.metrics.storeBypass.inc({ op: "read" });
-        log.warn("the store failed to read a cached manifest; asking upstream", { digest, error: err });
+        storeFailed(this.deps.metrics, log, "read", "the store failed to read a cached manifest; asking upstream", { digest, error: err });
         return null;
       }
       if (bytes.byteLength !== record.size) return null;
