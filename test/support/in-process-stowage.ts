@@ -5,7 +5,7 @@ import { openKv } from "@deno/kv";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadConfig } from "../../src/config.ts";
+import { loadConfig } from "../../src/config/load.ts";
 import type { Kv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";

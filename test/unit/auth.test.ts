@@ -23,7 +23,10 @@ import { globToRegExp, mayPull, type Principal, type Rule } from "../../src/auth
 import { parseScopes } from "../../src/auth/scopes.ts";
 import { handleTokenRequest } from "../../src/auth/token-service.ts";
 import type { OidcProvider } from "../../src/auth/oidc.ts";
-import { type AccessConfig, ConfigError, loadConfig, type Upstream } from "../../src/config.ts";
+import type { AccessConfig } from "../../src/auth/access-config.ts";
+import { loadConfig } from "../../src/config/load.ts";
+import { ConfigError } from "../../src/config/problems.ts";
+import type { Upstream } from "../../src/upstream/upstream.ts";
 import { type Kv, TypedKv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
 import { parseWwwAuthenticate } from "../../src/registry/challenge.ts";

@@ -7,7 +7,7 @@
 import t, { type Test } from "tap";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import type { Upstream } from "../../src/config.ts";
+import type { Upstream } from "../../src/upstream/upstream.ts";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { classifyAddress } from "../../src/upstream/address-class.ts";
 import { credentialsMayGo } from "../../src/upstream/credential-policy.ts";
