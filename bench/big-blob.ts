@@ -11,7 +11,7 @@ import { mkdir, open, readFile, rename, stat, writeFile } from "node:fs/promises
 import { request } from "node:http";
 import { Readable } from "node:stream";
 import { join } from "node:path";
-import { MEDIA_TYPES, sha256, tarHeader } from "../test/e2e/images.ts";
+import { MEDIA_TYPES, sha256, tarHeader } from "../test/harness/images.ts";
 
 export const GiB = 1024 * 1024 * 1024;
 const CHUNK = 4 * 1024 * 1024;

@@ -4,7 +4,7 @@
 //  - "nginx": a single-process nginx with an access log: 800+ MB/s for ~0.1 CPU s per 268 MB.
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { startRecordingProxy } from "../test/e2e/servers.ts";
+import { startRecordingProxy } from "../test/harness/recording-proxy.ts";
 import { startNginx } from "./nginx.ts";
 
 export type CounterKind = "harness" | "nginx";

@@ -4,7 +4,7 @@
 // byte), into the temp dir where the peers keep their data.
 import { open, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { makeTempDir } from "../test/e2e/servers.ts";
+import { makeTempDir } from "../test/harness/processes.ts";
 
 const CHUNK = 1024 * 1024;
 

@@ -1,6 +1,6 @@
 // What every scenario shares: a fresh peer behind a fresh upstream counter, warmed up, and a
 // measurement of the peer process (peak RSS, CPU) around the timed part.
-import type { TestImage } from "../test/e2e/images.ts";
+import type { TestImage } from "../test/harness/images.ts";
 import { startCounter, type CounterKind, type Traffic, type UpstreamCounter } from "./counters.ts";
 import { PEER_NAMES, startPeer, type Peer, type PeerKind, type S3Target } from "./peers.ts";
 import { cpuSeconds, PeakRss } from "./proc.ts";

@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { freePort, makeTempDir, removeTempDir } from "../test/e2e/servers.ts";
+import { freePort, makeTempDir, removeTempDir } from "../test/harness/processes.ts";
 
 export const NGINX = "/usr/sbin/nginx";
 const SETPRIV = "/usr/bin/setpriv";

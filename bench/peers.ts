@@ -4,14 +4,15 @@
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import { DeleteObjectCommand, HeadObjectCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
-import { startRegistry, startStowage } from "../test/e2e/servers.ts";
+import { startRegistry } from "../test/harness/registry.ts";
+import { startStowage } from "../test/harness/stowage.ts";
 import { pidListeningOn } from "./proc.ts";
 
 export type PeerKind = "stowage" | "stowage-s3" | "distribution";
 
 export const PEER_NAMES: Record<PeerKind, string> = { stowage: "Stowage", "stowage-s3": "Stowage on S3", distribution: "distribution proxy" };
 
-/** Where the S3 peer keeps its blobs (test/e2e/rgw.ts's Rgw is one). */
+/** Where the S3 peer keeps its blobs (test/harness/rgw.ts's Rgw is one). */
 export type S3Target = { endpoint: string; bucket: string; credentials: { accessKeyId: string; secretAccessKey: string }; client: S3Client };
 
 export type Peer = {

@@ -9,7 +9,7 @@ import { rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
-import { makeTempDir } from "../test/e2e/servers.ts";
+import { makeTempDir } from "../test/harness/processes.ts";
 import { summarizeProfile } from "./cpuprofile.ts";
 
 const execFileP = promisify(execFile);

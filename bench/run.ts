@@ -10,9 +10,9 @@
 import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../test/e2e/images.ts";
-import { rgwUnavailable, startRgw } from "../test/e2e/rgw.ts";
-import { pushTestImages, startRegistry } from "../test/e2e/servers.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../test/harness/images.ts";
+import { rgwUnavailable, startRgw } from "../test/harness/rgw.ts";
+import { pushTestImages, startRegistry } from "../test/harness/registry.ts";
 import { ensureBigBlob, pushBigBlobImage } from "./big-blob.ts";
 import type { CounterKind } from "./counters.ts";
 import { curlBlob } from "./curl.ts";

@@ -10,7 +10,7 @@ command -v skopeo >/dev/null 2>&1 || need="$need skopeo"
 command -v containerd >/dev/null 2>&1 || need="$need containerd"
 # openssl: the test CA and certificates of the registry-shapes test.
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
-# Ceph RGW: the real S3 server the S3 store tests run against (test/e2e/rgw.ts).
+# Ceph RGW: the real S3 server the S3 store tests run against (test/harness/rgw.ts).
 command -v radosgw >/dev/null 2>&1 || need="$need radosgw ceph-mon ceph-osd"
 if [ -n "$need" ]; then
   SUDO=""

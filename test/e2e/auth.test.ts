@@ -9,8 +9,11 @@ import { createReadStream } from "node:fs";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
-import { makeTempDir, pushTestImages, skopeo, startContainerd, startRegistry, startStowage } from "./servers.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { startContainerd } from "../harness/containerd.ts";
+import { makeTempDir } from "../harness/processes.ts";
+import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
+import { startStowage } from "../harness/stowage.ts";
 
 type Registry = Awaited<ReturnType<typeof startRegistry>>;
 type Stowage = Awaited<ReturnType<typeof startStowage>>;

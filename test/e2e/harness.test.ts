@@ -5,8 +5,11 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, BIG_LAYER_PAYLOAD_BYTES, sha256, type TestImage } from "./images.ts";
-import { makeTempDir, pushTestImages, removeTempDir, skopeo, startContainerd, startRecordingProxy, startRegistry } from "./servers.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, BIG_LAYER_PAYLOAD_BYTES, sha256, type TestImage } from "../harness/images.ts";
+import { startContainerd } from "../harness/containerd.ts";
+import { makeTempDir, removeTempDir } from "../harness/processes.ts";
+import { startRecordingProxy } from "../harness/recording-proxy.ts";
+import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 
 // Pinned on purpose: the images must come out byte-identical on every machine. A deliberate change
 // to images.ts must update these.

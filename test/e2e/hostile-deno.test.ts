@@ -6,7 +6,7 @@ import t from "tap";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { startStowage } from "./servers.ts";
+import { startStowage } from "../harness/stowage.ts";
 
 t.test("on Deno, redirects to file: and to the metadata address are refused", async (t) => {
   let location = "";

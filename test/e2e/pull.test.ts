@@ -7,17 +7,12 @@ import { createReadStream } from "node:fs";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
-import {
-  makeTempDir,
-  pushTestImages,
-  type RecordedRequest,
-  skopeo,
-  startContainerd,
-  startRecordingProxy,
-  startRegistry,
-  startStowage,
-} from "./servers.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { startContainerd } from "../harness/containerd.ts";
+import { makeTempDir } from "../harness/processes.ts";
+import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
+import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
+import { startStowage } from "../harness/stowage.ts";
 
 type Registry = Awaited<ReturnType<typeof startRegistry>>;
 type Stowage = Awaited<ReturnType<typeof startStowage>>;

@@ -22,18 +22,11 @@ import bcrypt from "bcryptjs";
 import { stringify as toYaml } from "yaml";
 import { type CdnLogEntry, makeCdn } from "./cdn-server.ts";
 import { describeAuthorization, proxyTo, startHttpsServer } from "./https-server.ts";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
-import {
-  freePort,
-  makeTempDir,
-  type Proc,
-  pushTestImages,
-  skopeo,
-  startContainerd,
-  startRegistry,
-  startRegistryWithConfig,
-  startStowage,
-} from "./servers.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { startContainerd } from "../harness/containerd.ts";
+import { freePort, makeTempDir, type Proc } from "../harness/processes.ts";
+import { pushTestImages, skopeo, startRegistry, startRegistryWithConfig } from "../harness/registry.ts";
+import { startStowage } from "../harness/stowage.ts";
 import { makeSigningCert, makeTestCa, type TestCa } from "./tls-ca.ts";
 import { makeTokenIssuer, type TokenIssuer } from "./token-server.ts";
 

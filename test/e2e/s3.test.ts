@@ -6,11 +6,15 @@ import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CreateMultipartUploadCommand, DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { S3BlobStore } from "../../src/storage/s3/s3-store.ts";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "./images.ts";
-import { type Rgw, rgwUnavailable, startRgw } from "./rgw.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { type Rgw, rgwUnavailable, startRgw } from "../harness/rgw.ts";
 import { startHttpFaultProxy } from "./http-fault-proxy.ts";
 import { startTcpGate } from "./tcp-gate.ts";
-import { makeTempDir, pushTestImages, type RecordedRequest, skopeo, startContainerd, startRecordingProxy, startRegistry, startStowage } from "./servers.ts";
+import { startContainerd } from "../harness/containerd.ts";
+import { makeTempDir } from "../harness/processes.ts";
+import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
+import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
+import { startStowage } from "../harness/stowage.ts";
 
 const unavailable = rgwUnavailable();
 if (unavailable) {

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isBusy, retryWhileBusy } from "../../src/kv/busy-retry.ts";
 import type { Kv, KvAtomic } from "../../src/kv/kv.ts";
-import { denoBinary, PROJECT_ROOT } from "../e2e/servers.ts";
+import { denoBinary, PROJECT_ROOT } from "../harness/processes.ts";
 
 t.test("which errors mean another process holds the lock", async (tt) => {
   const cases: Array<[unknown, boolean]> = [

@@ -3,7 +3,7 @@
 import t from "tap";
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { denoBinary } from "../e2e/servers.ts";
+import { denoBinary } from "../harness/processes.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 

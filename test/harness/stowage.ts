@@ -1,0 +1,61 @@
+// Stowage as a real process (Node with tsx, or Deno), as operators start it.
+import { denoBinary, freePort, madeByHarness, makeTempDir, procFor, type Proc, PROJECT_ROOT, spawnTracked, answers, waitUntil } from "./processes.ts";
+
+function flagValue(args: string[], name: string): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] ?? "";
+    if (a === name) return args[i + 1];
+    if (a.startsWith(name + "=")) return a.slice(name.length + 1);
+  }
+  return undefined;
+}
+
+/**
+ * Stowage itself: `node --max-semi-space-size=2 --initial-old-space-size=64 --import tsx src/main.ts serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
+ * from the project root; a port and a fresh data dir are chosen unless args name them.
+ */
+export async function startStowage(
+  args: string[],
+  opts: {
+    env?: Record<string, string>;
+    runtime?: "node" | "deno";
+    /** Deno permissions instead of the usual ones (which allow writing), e.g. to run with --deny-write. */
+    denoPermissions?: string[];
+  } = {},
+): Promise<Proc & { url: string; port: number; dataDir: string }> {
+  const runtime = opts.runtime ?? (process.env.STOWAGE_E2E_RUNTIME === "deno" ? "deno" : "node");
+  const extra: string[] = [];
+  let listen = flagValue(args, "--listen");
+  if (listen === undefined) {
+    listen = `127.0.0.1:${await freePort()}`;
+    extra.push("--listen", listen);
+  }
+  let dataDir = flagValue(args, "--data-dir");
+  const ownsData = dataDir === undefined || madeByHarness(dataDir);
+  if (dataDir === undefined) {
+    dataDir = await makeTempDir("stowage-data");
+    extra.push("--data-dir", dataDir);
+  }
+  const m = /^(.*):(\d+)$/.exec(listen);
+  if (!m) throw new Error(`startStowage: cannot read a port from --listen ${listen}`);
+  const port = Number(m[2]);
+  const host = ["", "0.0.0.0", "[::]", "::"].includes(m[1] ?? "") ? "127.0.0.1" : (m[1] ?? "127.0.0.1");
+  const url = `http://${host}:${port}`;
+
+  const [cmd, prefix] = runtime === "deno"
+    ? [await denoBinary(), ["run", ...(opts.denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]]
+    : [process.execPath, ["--max-semi-space-size=2", "--initial-old-space-size=64", "--import", "tsx", "src/main.ts"]]; // as npm start
+  const s = spawnTracked(cmd, [...prefix, "serve", ...extra, ...args], {
+    cwd: PROJECT_ROOT,
+    env: { ...process.env, ...opts.env },
+  });
+  const proc = procFor(s, { data: ownsData ? [dataDir] : [] });
+  try {
+    // 401: access control is on, and the registry is up all the same.
+    await waitUntil("stowage", s, 20_000, () => answers(`${url}/v2/`, (st) => st === 200 || st === 401));
+  } catch (err) {
+    await proc.stop();
+    throw err;
+  }
+  return { ...proc, url, port, dataDir };
+}
