@@ -4,7 +4,7 @@
  */
 import type { Upstream } from "../upstream/upstream.ts";
 import type { AccessConfig } from "./access-config.ts";
-import { resolveTarget } from "../http/target.ts";
+import { resolveTarget } from "../upstream/target.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import { formatBearerChallenge } from "../registry/challenge.ts";

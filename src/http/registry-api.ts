@@ -10,7 +10,7 @@ import { parseDigest, parseReference } from "../registry/reference.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import { readLimited } from "../util/streams.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
-import { resolveTarget } from "./target.ts";
+import { resolveTarget } from "../upstream/target.ts";
 
 type Method = "GET" | "HEAD";
 

@@ -20,7 +20,7 @@ import { nodeRuntime } from "../../src/runtime/node.ts";
 import { startServer } from "../../src/server.ts";
 import { UpstreamError } from "../../src/upstream/upstream-error.ts";
 import { matchRoute, type Route } from "../../src/http/routes.ts";
-import { resolveTarget } from "../../src/http/target.ts";
+import { resolveTarget } from "../../src/upstream/target.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { FakeCdn, FakeRegistry, type Manifest } from "../support/fake-registry.ts";

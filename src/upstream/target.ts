@@ -1,4 +1,4 @@
-import type { Upstream } from "../upstream/upstream.ts";
+import type { Upstream } from "./upstream.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { dockerHubRepository, isValidRepositoryName } from "../registry/reference.ts";
 
