@@ -10,6 +10,7 @@ import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../har
 import { type Rgw, rgwUnavailable, startRgw } from "../harness/rgw.ts";
 import { startHttpFaultProxy } from "./http-fault-proxy.ts";
 import { startTcpGate } from "./tcp-gate.ts";
+import { blobStoreContract } from "../support/blob-store-contract.ts";
 import { startContainerd } from "../harness/containerd.ts";
 import { makeTempDir } from "../harness/processes.ts";
 import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
@@ -349,4 +350,22 @@ async function main(): Promise<void> {
     for (const img of [imageNamed("oci-index"), big]) await checkCopy(tt, await copyAll(stowage.url, img, "deploy-warm"), img);
     tt.same(blobGets(upstream.requests), [], "warm pulls come from the bucket");
   });
+
+  // The BlobStore contract the unit tests run against an in-memory S3, here against RGW.
+  for (const spooled of [true, false]) {
+    let n = 0;
+    void blobStoreContract(t, `S3 store on RGW ${spooled ? "with a spool" : "without a disk"}`, async () => {
+      const prefix = `contract-${spooled ? "spool" : "diskless"}-${++n}`;
+      const spoolDir = spooled ? join(scratch, `${prefix}-spool`) : null;
+      const store = await S3BlobStore.open({ bucket: rgw.bucket, prefix, endpoint: rgw.endpoint, region: "us-east-1", credentials: rgw.credentials, spoolDir });
+      const openUploads = async () =>
+        (await rgw.client.send(new ListMultipartUploadsCommand({ Bucket: rgw.bucket, Prefix: `${prefix}/` }))).Uploads ?? [];
+      return {
+        store,
+        readers: spooled,
+        leftovers: async () => [...(spoolDir ? await readdir(spoolDir) : []), ...(await openUploads()).map((u) => `multipart upload of ${u.Key}`)],
+        close: async () => store.close(),
+      };
+    });
+  }
 }
