@@ -248,6 +248,7 @@ export class FakeRegistry {
     const hooked = this.hook(path, method) ?? (m ? this.hook(ref, method) : null);
     if (hooked) return hooked(req, res, stored ?? Buffer.alloc(0), url);
 
+    if (path === "/v2/") return sendJson(res, 200, {});
     if (tagsOf !== undefined) {
       if (!stored) return sendOciError(res, 404, "NAME_UNKNOWN");
       res.writeHead(200, { "content-type": "application/json", "content-length": stored.length });

@@ -2,7 +2,6 @@
 // and key rotation (in-process, with a controlled clock); and the token endpoint and registry
 // routes of a real started Stowage, driven the way containerd, skopeo and docker drive them.
 import t, { type Test } from "tap";
-import { createHash } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { readdirSync, readFileSync } from "node:fs";
 import { createServer, request as httpRequest } from "node:http";
@@ -31,8 +30,11 @@ import { type Kv, TypedKv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
 import { parseWwwAuthenticate } from "../../src/registry/challenge.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
+import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
 import { startServer } from "../../src/server.ts";
+import { FakeRegistry } from "../support/fake-registry.ts";
+import { sha256 } from "../support/oci.ts";
 
 // Low bcrypt cost keeps the test fast; the format is what matters here.
 const hash = (secret: string) => bcrypt.hashSync(secret, 4);
@@ -382,33 +384,29 @@ t.test("key rotation: old tokens work until they expire; then the retired key is
 
 // ------------------------------------------------------- a real Stowage
 
-/** An upstream that serves the same small manifest under every repository and tag. */
+/** An upstream that serves the same small manifest under tag v1 of every repository; `hits` lists what it was asked. */
 async function fakeUpstream(t: Test): Promise<{ url: string; digest: string; hits: string[] }> {
+  const up = await new FakeRegistry().start(t);
   const manifest = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      mediaType: OCI_MANIFEST,
       config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: `sha256:${"a".repeat(64)}`, size: 2 },
       layers: [],
     }, null, 2),
   );
-  const digest = `sha256:${createHash("sha256").update(manifest).digest("hex")}`;
-  const hits: string[] = [];
-  const server = createServer((req, res) => {
-    hits.push(`${req.method} ${req.url}`);
-    if (req.url === "/v2/") return void res.writeHead(200, { "content-type": "application/json" }).end("{}");
-    if (/^\/v2\/.+\/manifests\/[^/]+$/.test(req.url ?? "")) {
-      res.writeHead(200, { "content-type": "application/vnd.oci.image.manifest.v1+json", "content-length": manifest.length, "docker-content-digest": digest });
-      return void res.end(req.method === "HEAD" ? undefined : manifest);
-    }
-    res.writeHead(404, { "content-type": "application/json" }).end('{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}');
+  const digest = sha256(manifest);
+  up.on("v1", (req, res) => {
+    res.writeHead(200, { "content-type": OCI_MANIFEST, "content-length": manifest.length, "docker-content-digest": digest });
+    res.end(req.method === "HEAD" ? undefined : manifest);
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.teardown(() => {
-    server.closeAllConnections();
-    return new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, digest, hits };
+  return {
+    url: up.url,
+    digest,
+    get hits() {
+      return up.requests.map((s) => `${s.method} ${s.path}${s.search}`);
+    },
+  };
 }
 
 t.test("token endpoint and registry routes of a started Stowage", async (t) => {
