@@ -11,7 +11,8 @@ import { mkdir, open, readFile, rename, stat, writeFile } from "node:fs/promises
 import { request } from "node:http";
 import { Readable } from "node:stream";
 import { join } from "node:path";
-import { MEDIA_TYPES, sha256, tarHeader } from "../test/harness/images.ts";
+import { MEDIA_TYPES, tarHeader } from "../test/harness/images.ts";
+import { fileSha256, sha256 } from "../test/support/oci.ts";
 
 export const GiB = 1024 * 1024 * 1024;
 const CHUNK = 4 * 1024 * 1024;
@@ -34,11 +35,6 @@ export type BigBlobImage = {
   blobs: Array<{ digest: string; size: number }>;
 };
 
-async function hashFile(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path, { highWaterMark: CHUNK })) h.update(chunk as Buffer);
-  return "sha256:" + h.digest("hex");
-}
 
 /** Returns the blob in `cacheDir`, building it unless a copy whose digest still checks out is there. */
 export async function ensureBigBlob(cacheDir: string): Promise<BigBlob> {
@@ -47,7 +43,7 @@ export async function ensureBigBlob(cacheDir: string): Promise<BigBlob> {
   const recordPath = join(dir, "record.json");
   await mkdir(dir, { recursive: true });
   const rec = await readFile(recordPath, "utf8").then((t) => JSON.parse(t) as { recipe: string; digest: string }, () => null);
-  if (rec?.recipe === RECIPE && (await stat(path).then((s) => s.size === GiB, () => false)) && (await hashFile(path)) === rec.digest) {
+  if (rec?.recipe === RECIPE && (await stat(path).then((s) => s.size === GiB, () => false)) && (await fileSha256(path)) === rec.digest) {
     return { path, digest: rec.digest, size: GiB };
   }
 

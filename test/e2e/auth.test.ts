@@ -4,8 +4,6 @@
 // Checks what a user would check: the pull works (exact digests) or fails with a clear reason,
 // and how each client asked for its token (Stowage's "token issued" log lines).
 import t, { type Test } from "tap";
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
@@ -14,6 +12,7 @@ import { startContainerd } from "../harness/containerd.ts";
 import { makeTempDir } from "../harness/processes.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { startStowage } from "../harness/stowage.ts";
+import { fileSha256 } from "../support/oci.ts";
 
 type Registry = Awaited<ReturnType<typeof startRegistry>>;
 type Stowage = Awaited<ReturnType<typeof startStowage>>;
@@ -47,19 +46,14 @@ function tokenLines(from = 0): TokenLine[] {
     .map((l) => JSON.parse(l) as TokenLine);
 }
 
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest("hex")}`;
-}
 
 /** A skopeo dir: copy holds the exact top manifest and every blob. */
 async function checkDirCopy(tt: Test, dir: string, img: TestImage): Promise<void> {
-  tt.equal(await hashFile(join(dir, "manifest.json")), img.digest, `${img.repo}: manifest digest`);
+  tt.equal(await fileSha256(join(dir, "manifest.json")), img.digest, `${img.repo}: manifest digest`);
   const files = new Set(await readdir(dir));
   for (const blob of img.blobs) {
     const hex = blob.digest.slice("sha256:".length);
-    if (files.has(hex)) tt.equal(await hashFile(join(dir, hex)), blob.digest, `${img.repo}: blob ${hex.slice(0, 12)}`);
+    if (files.has(hex)) tt.equal(await fileSha256(join(dir, hex)), blob.digest, `${img.repo}: blob ${hex.slice(0, 12)}`);
     else tt.fail(`${img.repo}: blob ${hex.slice(0, 12)} missing`);
   }
 }

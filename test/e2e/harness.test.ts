@@ -1,15 +1,15 @@
 // Proves the e2e harness against the plain registry (no Stowage): the images are what they
 // claim to be, real clients can push and pull them, and the proxies see and alter what they should.
 import t from "tap";
-import { createHash } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, BIG_LAYER_PAYLOAD_BYTES, sha256, type TestImage } from "../harness/images.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, BIG_LAYER_PAYLOAD_BYTES, type TestImage } from "../harness/images.ts";
 import { startContainerd } from "../harness/containerd.ts";
 import { makeTempDir, removeTempDir } from "../harness/processes.ts";
 import { startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
+import { fileSha256, sha256 } from "../support/oci.ts";
 
 // Pinned on purpose: the images must come out byte-identical on every machine. A deliberate change
 // to images.ts must update these.
@@ -34,11 +34,6 @@ async function timed<T>(label: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-async function hashFile(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return "sha256:" + h.digest("hex");
-}
 
 const hex = (digest: string) => digest.slice("sha256:".length);
 const byRepo = (images: TestImage[], name: string): TestImage => {
@@ -128,7 +123,7 @@ t.test("skopeo copy --all from the registry yields exactly the expected blobs", 
     let matching = 0;
     for (const b of img.blobs) {
       const path = join(dest, hex(b.digest));
-      if ((await stat(path)).size === b.size && (await hashFile(path)) === b.digest) matching++;
+      if ((await stat(path)).size === b.size && (await fileSha256(path)) === b.digest) matching++;
     }
     t.equal(matching, img.blobs.length, `${img.repo}: all ${img.blobs.length} blobs copied with the right digest and size`);
     await rm(dest, { recursive: true, force: true });

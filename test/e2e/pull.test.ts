@@ -2,8 +2,6 @@
 // real upstream (distribution), and checks what a user would check: exact digests, cold and
 // warm, and what reaches the upstream.
 import t, { type Test } from "tap";
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { join } from "node:path";
@@ -13,6 +11,7 @@ import { makeTempDir } from "../harness/processes.ts";
 import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { startStowage } from "../harness/stowage.ts";
+import { fileSha256, sha256 } from "../support/oci.ts";
 
 type Registry = Awaited<ReturnType<typeof startRegistry>>;
 type Stowage = Awaited<ReturnType<typeof startStowage>>;
@@ -29,11 +28,6 @@ const image = (name: string): TestImage => {
 const hostOf = (url: string) => new URL(url).host;
 const blobGets = (requests: RecordedRequest[]) => requests.filter((r) => r.method === "GET" && r.path.includes("/blobs/"));
 
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest("hex")}`;
-}
 
 /** skopeo copy --all through Stowage into a dir: layout; returns the dir. Throws with skopeo's stderr. */
 async function copyThrough(stowage: Stowage, ref: string, label: string): Promise<string> {
@@ -54,16 +48,16 @@ async function copyThrough(stowage: Stowage, ref: string, label: string): Promis
 
 /** Every file in a skopeo dir: copy is named by its digest (blobs, child manifests) or is the top manifest. */
 async function checkDirCopy(tt: Test, dir: string, img: TestImage): Promise<void> {
-  tt.equal(await hashFile(join(dir, "manifest.json")), img.digest, `${img.repo}: top-level manifest digest`);
+  tt.equal(await fileSha256(join(dir, "manifest.json")), img.digest, `${img.repo}: top-level manifest digest`);
   const files = new Set(await readdir(dir));
   for (const blob of img.blobs) {
     const hex = blob.digest.slice("sha256:".length);
     tt.ok(files.has(hex), `${img.repo}: has blob ${hex.slice(0, 12)}`);
-    if (files.has(hex)) tt.equal(await hashFile(join(dir, hex)), blob.digest, `${img.repo}: blob ${hex.slice(0, 12)} intact`);
+    if (files.has(hex)) tt.equal(await fileSha256(join(dir, hex)), blob.digest, `${img.repo}: blob ${hex.slice(0, 12)} intact`);
   }
   for (const child of img.manifests) {
     const hex = child.digest.slice("sha256:".length);
-    tt.equal(await hashFile(join(dir, `${hex}.manifest.json`)), child.digest, `${img.repo}: child manifest ${hex.slice(0, 12)}`);
+    tt.equal(await fileSha256(join(dir, `${hex}.manifest.json`)), child.digest, `${img.repo}: child manifest ${hex.slice(0, 12)}`);
   }
 }
 
@@ -74,7 +68,7 @@ async function storeIsVerified(tt: Test, dataDir: string): Promise<string[]> {
   for (const prefix of await readdir(root).catch(() => [] as string[])) {
     for (const hex of await readdir(join(root, prefix))) {
       found.push(hex);
-      tt.equal(await hashFile(join(root, prefix, hex)), `sha256:${hex}`, `stored ${hex.slice(0, 12)} matches its digest`);
+      tt.equal(await fileSha256(join(root, prefix, hex)), `sha256:${hex}`, `stored ${hex.slice(0, 12)} matches its digest`);
     }
   }
   return found;
@@ -131,7 +125,7 @@ t.test("skopeo copy --all of every image, cold then warm, digest-exact; the warm
   const single = image("oci-single");
   const inspect = await skopeo(["inspect", "--raw", "--tls-verify=false", `docker://${hostOf(stowage.url)}/${single.repo}:v1`]);
   tt.equal(inspect.code, 0, "skopeo inspect via the default upstream");
-  tt.equal(`sha256:${createHash("sha256").update(inspect.stdout).digest("hex")}`, single.digest, "raw manifest is byte-exact");
+  tt.equal(sha256(inspect.stdout), single.digest, "raw manifest is byte-exact");
   await storeIsVerified(tt, stowage.dataDir);
 });
 
@@ -196,7 +190,7 @@ t.test("a client that stops reading a blob is cut off after --client-timeout; ot
   const layer = [...big.blobs].sort((a, b) => b.size - a.size)[0]!;
   const path = `/v2/local/${big.repo}/blobs/${layer.digest}`;
   const warm = await fetch(stowage.url + path);
-  tt.equal(`sha256:${createHash("sha256").update(new Uint8Array(await warm.arrayBuffer())).digest("hex")}`, layer.digest, "cached first");
+  tt.equal(sha256(new Uint8Array(await warm.arrayBuffer())), layer.digest, "cached first");
   // A raw socket that sends the request, takes the first bytes, then stops reading.
   const socket = connect(stowage.port, "127.0.0.1");
   await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
@@ -217,7 +211,7 @@ t.test("a client that stops reading a blob is cut off after --client-timeout; ot
   tt.ok(received < layer.size, `the stuck connection was closed before the blob was sent (${received} of ${layer.size} bytes after the pause)`);
   tt.match(stowage.logs(), /--client-timeout/, "the operator is told");
   const again = await fetch(stowage.url + path);
-  tt.equal(`sha256:${createHash("sha256").update(new Uint8Array(await again.arrayBuffer())).digest("hex")}`, layer.digest, "others are still served");
+  tt.equal(sha256(new Uint8Array(await again.arrayBuffer())), layer.digest, "others are still served");
 });
 
 t.test("a stopped upstream: cached tags are still served, a miss is a clear 503", async (tt) => {

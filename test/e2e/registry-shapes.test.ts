@@ -13,8 +13,6 @@
 // 3), never to the CDN. Without credentials a private image fails fast with a 401/403 in the
 // OCI error shape, and public images still pull with anonymous tokens.
 import t, { type Test } from "tap";
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
@@ -29,6 +27,7 @@ import { pushTestImages, skopeo, startRegistry, startRegistryWithConfig } from "
 import { startStowage } from "../harness/stowage.ts";
 import { makeSigningCert, makeTestCa, type TestCa } from "./tls-ca.ts";
 import { makeTokenIssuer, type TokenIssuer } from "./token-server.ts";
+import { fileSha256 } from "../support/oci.ts";
 
 type Stowage = Awaited<ReturnType<typeof startStowage>>;
 
@@ -210,11 +209,6 @@ async function startBasicShape(): Promise<Shape> {
 // ---------------------------------------------------------------------------
 // Clients
 
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest("hex")}`;
-}
 
 async function skopeoCopy(ref: string): Promise<{ code: number; stderr: string; dir: string; ms: number }> {
   const dir = join(scratch, `copy-${Math.random().toString(36).slice(2, 8)}`);
@@ -224,16 +218,16 @@ async function skopeoCopy(ref: string): Promise<{ code: number; stderr: string; 
 }
 
 async function checkDirCopy(tt: Test, dir: string, img: TestImage): Promise<void> {
-  tt.equal(await hashFile(join(dir, "manifest.json")), img.digest, `${img.repo}: top-level manifest digest`);
+  tt.equal(await fileSha256(join(dir, "manifest.json")), img.digest, `${img.repo}: top-level manifest digest`);
   const files = new Set(await readdir(dir));
   for (const blob of img.blobs) {
     const hex = blob.digest.slice("sha256:".length);
-    if (files.has(hex)) tt.equal(await hashFile(join(dir, hex)), blob.digest, `${img.repo}: blob ${hex.slice(0, 12)} intact`);
+    if (files.has(hex)) tt.equal(await fileSha256(join(dir, hex)), blob.digest, `${img.repo}: blob ${hex.slice(0, 12)} intact`);
     else tt.fail(`${img.repo}: blob ${hex.slice(0, 12)} missing`);
   }
   for (const child of img.manifests) {
     const hex = child.digest.slice("sha256:".length);
-    tt.equal(await hashFile(join(dir, `${hex}.manifest.json`)), child.digest, `${img.repo}: child manifest ${hex.slice(0, 12)}`);
+    tt.equal(await fileSha256(join(dir, `${hex}.manifest.json`)), child.digest, `${img.repo}: child manifest ${hex.slice(0, 12)}`);
   }
 }
 

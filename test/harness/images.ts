@@ -1,11 +1,11 @@
 // Deterministic test images for the end-to-end tests, built offline with node built-ins.
 // Same code → same bytes → same digests, so tests may rely on digests across runs.
 import { createCipheriv, createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { constants as zlibConstants, gzipSync } from "node:zlib";
+import { fileSha256, sha256 } from "../support/oci.ts";
 
 export type TestImage = {
   repo: string;
@@ -44,10 +44,6 @@ export const DEFAULT_IMAGE_CACHE_DIR = process.env.STOWAGE_TEST_IMAGES_DIR ?? jo
 const FIXED_EPOCH_SECONDS = 1704067200; // 2024-01-01T00:00:00Z
 const FIXED_CREATED = "2024-01-01T00:00:00Z";
 const BLOCK = 512;
-
-export function sha256(data: Uint8Array | string): string {
-  return "sha256:" + createHash("sha256").update(data).digest("hex");
-}
 
 // ---------------------------------------------------------------------------
 // tar (ustar) writer
@@ -261,11 +257,6 @@ function keystream(): { next(bytes: number): Buffer } {
   return { next: (bytes) => cipher.update(zeros.subarray(0, bytes)) };
 }
 
-async function hashFile(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path, { highWaterMark: BIG_CHUNK })) h.update(chunk as Buffer);
-  return "sha256:" + h.digest("hex");
-}
 
 async function readRecord(path: string): Promise<BigLayerRecord | undefined> {
   try {
@@ -282,7 +273,7 @@ async function ensureBigLayer(blobDir: string, recordPath: string): Promise<{ di
   if (rec && rec.recipe === BIG_LAYER_RECIPE) {
     const path = join(blobDir, hex(rec.digest));
     const st = await stat(path).catch(() => undefined);
-    if (st?.size === rec.size && (await hashFile(path)) === rec.digest) return { digest: rec.digest, size: rec.size };
+    if (st?.size === rec.size && (await fileSha256(path)) === rec.digest) return { digest: rec.digest, size: rec.size };
   }
   const tmp = join(blobDir, `big.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`);
   const hash = createHash("sha256");

@@ -2,10 +2,18 @@
 // what a client checks of Stowage's answers (OCI JSON errors, whole bodies).
 import type { Test } from "tap";
 import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 import type { ServerResponse } from "node:http";
 import type { Digest } from "../../src/registry/reference.ts";
 
 export const sha256 = (bytes: Uint8Array | string) => `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
+
+/** The digest of a file, read in 4 MiB pieces (test layers reach 1 GiB). */
+export async function fileSha256(path: string): Promise<Digest> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest("hex")}` as Digest;
+}
 
 /** Answers with an OCI error body ({"errors":[{code,message}]}), as registries do. */
 export function sendOciError(res: ServerResponse, status: number, code: string, headers: Record<string, string> = {}, message = code.toLowerCase()): void {
