@@ -2,7 +2,7 @@
  * Documentation generated from the settings table: `stowage serve --help` and the
  * README's options table (a test checks that the README holds exactly that table).
  */
-import { type Setting, setting, SETTING_KEYS } from "./settings.ts";
+import { SECTIONS, type Setting, setting, SETTING_KEYS } from "./settings.ts";
 
 /** Help is plain text: the table's `backticks` are for Markdown only. */
 const plain = (text: string) => text.replace(/`/g, "");
@@ -28,26 +28,13 @@ function fileLine(row: Setting): string[] {
   return [`  ${row.file}: ${row.list ? `[${value}]` : value}`];
 }
 
-const rows = SETTING_KEYS.map(setting);
-
-export const SERVE_HELP = `Usage: stowage serve [options]
-
-Every option can also be set with an environment variable or in a config file.
-Precedence: command-line option > environment variable > config file > default.
-Both "--option value" and "--option=value" work.
-
-${rows.map(optionHelp).join("\n\n")}
-
-  -h, --help
-      Show this help.
-
-Config file (YAML or JSON; unknown keys are rejected; a duration may also be a
-number of seconds):
-
-${rows.filter((r) => r.group !== "access").flatMap(fileLine).join("\n")}
+/** What the file holds beyond the table's rows, after each section's rows. */
+const FILE_EXTRAS: Readonly<Record<string, string>> = {
+  Storage: `
   s3:                        # optional; else the AWS environment variables
     accessKeyId: AKIA...
-    secretAccessKey: ...
+    secretAccessKey: ...`,
+  Upstreams: `
   upstreams:
     - name: docker.io
       url: https://registry-1.docker.io
@@ -56,10 +43,8 @@ ${rows.filter((r) => r.group !== "access").flatMap(fileLine).join("\n")}
                              #   or passwordFile (a path; content is trimmed)
     - name: harbor.lan
       url: https://harbor.lan
-      allowPrivateNetwork: true  # its redirects may lead to private addresses
-
-  # Access control (all optional; any of these needs accessControl: true or htpasswd)
-${rows.filter((r) => r.group === "access").flatMap(fileLine).join("\n")}
+      allowPrivateNetwork: true  # its redirects may lead to private addresses`,
+  "Access control": `
   tokenService: stowage       # the service= of challenges and aud of tokens
   users:                      # hashes from: stowage user hash
     - name: alice
@@ -79,7 +64,34 @@ ${rows.filter((r) => r.group === "access").flatMap(fileLine).join("\n")}
       identity: github-ci     # the name rules use for such jobs
       claims:                 # every condition must match (globs); required,
         repository_owner: my-org  # unless allowAnyClaims: true (any job of that CI)
-        ref: refs/heads/**
+        ref: refs/heads/**`,
+};
+
+const FILE_NOTES: Readonly<Record<string, string>> = {
+  "Access control": " (all optional; any of these needs accessControl: true or htpasswd)",
+};
+
+const options = SECTIONS.map((section) => `${section.title}:\n\n${section.keys.map((key) => optionHelp(setting(key))).join("\n\n")}`);
+const fileExample = SECTIONS.map((section) =>
+  [`  # ${section.title}${FILE_NOTES[section.title] ?? ""}`, ...section.keys.flatMap((key) => fileLine(setting(key)))].join("\n") +
+  (FILE_EXTRAS[section.title] ?? "")
+);
+
+export const SERVE_HELP = `Usage: stowage serve [options]
+
+Every option can also be set with an environment variable or in a config file.
+Precedence: command-line option > environment variable > config file > default.
+Both "--option value" and "--option=value" work.
+
+${options.join("\n\n")}
+
+  -h, --help
+      Show this help.
+
+Config file (YAML or JSON; unknown keys are rejected; a duration may also be a
+number of seconds):
+
+${fileExample.join("\n\n")}
 `;
 
 const cell = (text: string) => text.replace(/\|/g, "\\|");
@@ -89,7 +101,7 @@ export function optionsTable(): string {
   return [
     "| option | environment | default |",
     "| --- | --- | --- |",
-    ...rows.map((row) =>
+    ...SETTING_KEYS.map(setting).map((row) =>
       `| \`${cell(`${row.flag} ${row.metavar}`)}\`${row.list ? " (repeatable)" : ""} | \`${row.env}\` | ${cell(row.shown)} |`
     ),
   ].join("\n");

@@ -4,6 +4,7 @@
  * from that row. The command-line reader, the environment reader, the file schema,
  * `serve --help`, the README's options table and the plain fields of Config are built
  * from this table; adding a setting is adding a row (and its parser, if it is new).
+ * Rows stand in sections, which are help's headings and the order of every listing.
  */
 import type { Listen } from "../runtime/runtime.ts";
 import { fromString, must, ok, type Parsed } from "./problems.ts";
@@ -45,8 +46,6 @@ export type Setting = {
    */
   field?: string;
   default?: unknown;
-  /** Access-control settings are grouped in the config-file example. */
-  group?: "access";
   /** Help: what the setting does, one string a line. */
   about: readonly string[];
   /** The default as help and the README show it; `backticks` mark literal values. */
@@ -59,13 +58,55 @@ export type Setting = {
 const duration = (min: number, max: number) => (raw: unknown) => parseDuration(raw, min, max);
 const ENTRIES = { split: /[\s,]+/, splitText: "entries separated by commas or spaces" };
 
-export const SETTINGS = {
+const SERVING = {
   listen: {
     flag: "--listen", env: "STOWAGE_LISTEN", file: "listen", metavar: "HOST:PORT",
     parse: fromString(parseListen), field: "listen", default: must("default listen", parseListen("127.0.0.1:5000")) as Listen,
     about: ['Address to listen on. ":PORT" means all interfaces; IPv6 as "[::1]:PORT".'],
     shown: "`127.0.0.1:5000`", example: "--listen :5000", fileExample: '":5000"',
   },
+  publicUrl: {
+    flag: "--public-url", env: "STOWAGE_PUBLIC_URL", file: "publicUrl", metavar: "URL",
+    parse: fromString(parsePublicUrl), field: "publicUrl", default: null,
+    about: ["Address (origin only) at which clients reach this cache, e.g. behind a proxy."],
+    shown: "derived from each request", example: "--public-url https://cache.example.com",
+  },
+  metricsListen: {
+    // A separate listener for /metrics (and /healthz); null: /metrics is on the main listener.
+    flag: "--metrics-listen", env: "STOWAGE_METRICS_LISTEN", file: "metricsListen", metavar: "HOST:PORT",
+    parse: fromString(parseListen), field: "metricsListen", default: null,
+    about: [
+      "Serve /metrics (and /healthz) on this separate address, and not on --listen.",
+      "Without it, /metrics is on --listen (behind login when access control is on).",
+    ],
+    shown: "none (`/metrics` on `--listen`)", example: "--metrics-listen 127.0.0.1:9090",
+  },
+  clientTimeout: {
+    // A client that takes no bytes for this long is cut off, freeing what its download holds.
+    flag: "--client-timeout", env: "STOWAGE_CLIENT_TIMEOUT", file: "clientTimeout", metavar: "DURATION",
+    parse: duration(1, MAX_TIMEOUT_SECONDS), field: "clientTimeoutSeconds", default: 300,
+    about: [
+      "A client that takes no bytes of a blob for this long is cut off, so a stuck",
+      "job cannot hold a download's resources for ever.",
+    ],
+    shown: "`5m`", example: "--client-timeout 2m",
+  },
+  logLevel: {
+    flag: "--log-level", env: "STOWAGE_LOG_LEVEL", file: "logLevel", metavar: "LEVEL",
+    parse: fromString(parseLogLevel), field: "logLevel", default: "info",
+    about: ["One of debug, info, warn, error."],
+    shown: "`info`", example: "--log-level debug",
+  },
+  config: {
+    // Read before every other source, as it is one of them.
+    flag: "--config", env: "STOWAGE_CONFIG", file: null, metavar: "FILE",
+    parse: fromString((raw) => ok(raw)),
+    about: ["Read settings from a YAML or JSON file (see below)."],
+    shown: "none", example: "--config /etc/stowage.yaml",
+  },
+} as const satisfies Record<string, Setting>;
+
+const STORAGE = {
   dataDir: {
     flag: "--data-dir", env: "STOWAGE_DATA_DIR", file: "dataDir", metavar: "DIR",
     parse: fromString(parsePath), field: "dataDir", default: "./data",
@@ -107,6 +148,29 @@ export const SETTINGS = {
     ],
     shown: "`2` (`0`: on the main thread)", example: "--hash-workers 4",
   },
+  maxBlobSize: {
+    // No blob larger than this is downloaded or stored (guards bodies without Content-Length too).
+    flag: "--max-blob-size", env: "STOWAGE_MAX_BLOB_SIZE", file: "maxBlobSize", metavar: "SIZE",
+    parse: (raw: unknown) => parseSize(raw, MIN_MAX_BLOB_BYTES), field: "maxBlobBytes", default: 32 * 1024 ** 3,
+    about: [
+      "Largest blob Stowage downloads: a larger declared size is refused, and a body",
+      "without Content-Length is cut off there. Sizes: 512MiB, 32GiB, 2TB, bytes.",
+    ],
+    shown: "`32GiB`", example: "--max-blob-size 64GiB",
+  },
+  diskReserve: {
+    // Free space the filesystem spool must leave on its disk; below it, blobs are served uncached.
+    flag: "--disk-reserve", env: "STOWAGE_DISK_RESERVE", file: "diskReserve", metavar: "SIZE",
+    parse: (raw: unknown) => parseSize(raw), field: "diskReserveBytes", default: 512 * 1024 ** 2,
+    about: [
+      "Free space the blob spool leaves on its disk. A download that would go below it",
+      "is served to the client uncached (and logged), instead of filling the disk.",
+    ],
+    shown: "`512MiB`", example: "--disk-reserve 5GiB",
+  },
+} as const satisfies Record<string, Setting>;
+
+const UPSTREAMS = {
   upstream: {
     // The file gives these as upstreams: [{name, url, ...}].
     flag: "--upstream", env: "STOWAGE_UPSTREAMS", file: null, metavar: "NAME=URL", list: ENTRIES,
@@ -138,12 +202,6 @@ export const SETTINGS = {
     about: ["Upstream for image names that do not start with an upstream name."],
     shown: "the first upstream", example: "--default-upstream docker.io",
   },
-  publicUrl: {
-    flag: "--public-url", env: "STOWAGE_PUBLIC_URL", file: "publicUrl", metavar: "URL",
-    parse: fromString(parsePublicUrl), field: "publicUrl", default: null,
-    about: ["Address (origin only) at which clients reach this cache, e.g. behind a proxy."],
-    shown: "derived from each request", example: "--public-url https://cache.example.com",
-  },
   tagTtl: {
     flag: "--tag-ttl", env: "STOWAGE_TAG_TTL", file: "tagTtl", metavar: "DURATION",
     parse: duration(0, Number.MAX_SAFE_INTEGER), field: "tagTtlSeconds", default: 60,
@@ -172,48 +230,6 @@ export const SETTINGS = {
     ],
     shown: "`32`", example: "--upstream-concurrency 8",
   },
-  clientTimeout: {
-    // A client that takes no bytes for this long is cut off, freeing what its download holds.
-    flag: "--client-timeout", env: "STOWAGE_CLIENT_TIMEOUT", file: "clientTimeout", metavar: "DURATION",
-    parse: duration(1, MAX_TIMEOUT_SECONDS), field: "clientTimeoutSeconds", default: 300,
-    about: [
-      "A client that takes no bytes of a blob for this long is cut off, so a stuck",
-      "job cannot hold a download's resources for ever.",
-    ],
-    shown: "`5m`", example: "--client-timeout 2m",
-  },
-  logLevel: {
-    flag: "--log-level", env: "STOWAGE_LOG_LEVEL", file: "logLevel", metavar: "LEVEL",
-    parse: fromString(parseLogLevel), field: "logLevel", default: "info",
-    about: ["One of debug, info, warn, error."],
-    shown: "`info`", example: "--log-level debug",
-  },
-  accessControl: {
-    flag: "--access-control", env: "STOWAGE_ACCESS_CONTROL", file: "accessControl", metavar: "on|off", group: "access",
-    parse: fromString(parseOnOff), fileParse: parseBoolean,
-    about: [
-      "Decide who may pull what. When on, clients get bearer tokens from /token (Docker",
-      "token auth); identities come from --htpasswd and users:/robots: in the config",
-      "file, and rules: say who may pull which repository (see below).",
-    ],
-    shown: "`off` (anonymous pulls of everything), or on when `--htpasswd` is given", example: "--access-control on", fileExample: "true",
-  },
-  htpasswd: {
-    flag: "--htpasswd", env: "STOWAGE_HTPASSWD", file: "htpasswd", metavar: "FILE", group: "access",
-    parse: fromString(parsePath),
-    about: [
-      "Users from an Apache htpasswd file with bcrypt entries (htpasswd -B). Turns access",
-      "control on: these users may pull everything, anonymous clients nothing, unless",
-      "rules say otherwise.",
-    ],
-    shown: "none", example: "--htpasswd /etc/stowage/htpasswd",
-  },
-  tokenTtl: {
-    flag: "--token-ttl", env: "STOWAGE_TOKEN_TTL", file: "tokenTtl", metavar: "DURATION", group: "access",
-    parse: duration(MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS), default: 900,
-    about: ["Lifetime of the bearer tokens Stowage issues (60s to 24h)."],
-    shown: "`15m`", example: "--token-ttl 30m",
-  },
   resolve: {
     // Name resolution overrides for upstream connections (split-horizon networks, tests); replaces lower sources' list.
     flag: "--resolve", env: "STOWAGE_RESOLVE", file: "resolve", metavar: "HOST:PORT:ADDRESS",
@@ -227,44 +243,46 @@ export const SETTINGS = {
     ],
     shown: "none (the system resolver)", example: "--resolve registry.internal:443:10.0.0.5",
   },
-  maxBlobSize: {
-    // No blob larger than this is downloaded or stored (guards bodies without Content-Length too).
-    flag: "--max-blob-size", env: "STOWAGE_MAX_BLOB_SIZE", file: "maxBlobSize", metavar: "SIZE",
-    parse: (raw: unknown) => parseSize(raw, MIN_MAX_BLOB_BYTES), field: "maxBlobBytes", default: 32 * 1024 ** 3,
+} as const satisfies Record<string, Setting>;
+
+const ACCESS = {
+  accessControl: {
+    flag: "--access-control", env: "STOWAGE_ACCESS_CONTROL", file: "accessControl", metavar: "on|off",
+    parse: fromString(parseOnOff), fileParse: parseBoolean,
     about: [
-      "Largest blob Stowage downloads: a larger declared size is refused, and a body",
-      "without Content-Length is cut off there. Sizes: 512MiB, 32GiB, 2TB, bytes.",
+      "Decide who may pull what. When on, clients get bearer tokens from /token (Docker",
+      "token auth); identities come from --htpasswd and users:/robots: in the config",
+      "file, and rules: say who may pull which repository (see below).",
     ],
-    shown: "`32GiB`", example: "--max-blob-size 64GiB",
+    shown: "`off` (anonymous pulls of everything), or on when `--htpasswd` is given", example: "--access-control on", fileExample: "true",
   },
-  diskReserve: {
-    // Free space the filesystem spool must leave on its disk; below it, blobs are served uncached.
-    flag: "--disk-reserve", env: "STOWAGE_DISK_RESERVE", file: "diskReserve", metavar: "SIZE",
-    parse: (raw: unknown) => parseSize(raw), field: "diskReserveBytes", default: 512 * 1024 ** 2,
+  htpasswd: {
+    flag: "--htpasswd", env: "STOWAGE_HTPASSWD", file: "htpasswd", metavar: "FILE",
+    parse: fromString(parsePath),
     about: [
-      "Free space the blob spool leaves on its disk. A download that would go below it",
-      "is served to the client uncached (and logged), instead of filling the disk.",
+      "Users from an Apache htpasswd file with bcrypt entries (htpasswd -B). Turns access",
+      "control on: these users may pull everything, anonymous clients nothing, unless",
+      "rules say otherwise.",
     ],
-    shown: "`512MiB`", example: "--disk-reserve 5GiB",
+    shown: "none", example: "--htpasswd /etc/stowage/htpasswd",
   },
-  metricsListen: {
-    // A separate listener for /metrics (and /healthz); null: /metrics is on the main listener.
-    flag: "--metrics-listen", env: "STOWAGE_METRICS_LISTEN", file: "metricsListen", metavar: "HOST:PORT",
-    parse: fromString(parseListen), field: "metricsListen", default: null,
-    about: [
-      "Serve /metrics (and /healthz) on this separate address, and not on --listen.",
-      "Without it, /metrics is on --listen (behind login when access control is on).",
-    ],
-    shown: "none (`/metrics` on `--listen`)", example: "--metrics-listen 127.0.0.1:9090",
-  },
-  config: {
-    // Read before every other source, as it is one of them.
-    flag: "--config", env: "STOWAGE_CONFIG", file: null, metavar: "FILE",
-    parse: fromString((raw) => ok(raw)),
-    about: ["Read settings from a YAML or JSON file (see below)."],
-    shown: "none", example: "--config /etc/stowage.yaml",
+  tokenTtl: {
+    flag: "--token-ttl", env: "STOWAGE_TOKEN_TTL", file: "tokenTtl", metavar: "DURATION",
+    parse: duration(MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS), default: 900,
+    about: ["Lifetime of the bearer tokens Stowage issues (60s to 24h)."],
+    shown: "`15m`", example: "--token-ttl 30m",
   },
 } as const satisfies Record<string, Setting>;
+
+/** Every setting; help and the README list them in this order, by section. */
+export const SETTINGS = { ...SERVING, ...STORAGE, ...UPSTREAMS, ...ACCESS };
+
+export const SECTIONS: ReadonlyArray<{ title: string; keys: readonly SettingKey[] }> = [
+  { title: "Serving", keys: Object.keys(SERVING) as SettingKey[] },
+  { title: "Storage", keys: Object.keys(STORAGE) as SettingKey[] },
+  { title: "Upstreams", keys: Object.keys(UPSTREAMS) as SettingKey[] },
+  { title: "Access control", keys: Object.keys(ACCESS) as SettingKey[] },
+];
 
 type Rows = typeof SETTINGS;
 export type SettingKey = keyof Rows;
