@@ -76,7 +76,7 @@ async function writeAt(handle: FileHandle, chunk: Uint8Array, position: number):
  * descriptor, so it keeps reading the same inode after commit renames or
  * abort unlinks the file, until it is closed.
  */
-export async function openFileReader(path: string): Promise<PartialReader> {
+async function openFileReader(path: string): Promise<PartialReader> {
   const reader = await open(path, "r");
   return {
     async read(offset, length) {
