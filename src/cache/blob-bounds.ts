@@ -82,6 +82,10 @@ const spooling = new WeakMap<BlobStore, Set<SpoolProgress>>();
  * space falls under the reserve.
  */
 export class SpoolRoom {
+  /** Where spooling stopped for lack of disk space (bytes from there on are not in the store); null while it goes on. */
+  stoppedAt: number | null = null;
+  /** Why spooling stopped, for the log line at the end. */
+  shortage: Shortage | null = null;
   private checkedAt = 0;
   private checking = false;
 
@@ -105,16 +109,23 @@ export class SpoolRoom {
     this.spoolers.delete(this.download);
   }
 
-  /** Call as bytes are written: every `checkBytes`, looks at the free space again and calls `onShort` if it ran short. */
+  /** Spooling stops at offset `at`: no more bytes go to the store. */
+  stop(at: number, short: Shortage): void {
+    this.stoppedAt = at;
+    this.shortage = short;
+    this.leave();
+  }
+
+  /** Call as bytes are written: every `checkBytes` while spooling, looks at the free space again and calls `onShort` if it ran short. */
   watch(onShort: (short: Shortage) => void): void {
     const { written, size } = this.download;
-    if (this.checking || written - this.checkedAt < (this.opts.checkBytes ?? DISK_CHECK_BYTES)) return;
+    if (this.stoppedAt !== null || this.checking || written - this.checkedAt < (this.opts.checkBytes ?? DISK_CHECK_BYTES)) return;
     this.checkedAt = written;
     this.checking = true;
     const left = size === null ? 0 : Math.max(0, size - written);
     this.shortOfSpace(left, false)
       .then((short) => {
-        if (short) onShort(short);
+        if (short && this.stoppedAt === null) onShort(short);
       })
       .catch(() => {})
       .finally(() => {

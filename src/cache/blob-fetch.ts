@@ -9,6 +9,7 @@ import type { UpstreamReply } from "../upstream/client.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import { contentLength } from "../util/http-headers.ts";
 import { checkReceivedBytes, DEFAULT_MAX_BLOB_BYTES, refuseDeclaredSize, type Shortage, SpoolRoom } from "./blob-bounds.ts";
+import { followFetch } from "./blob-follow.ts";
 import { isLinked, linkAfterHead } from "./blob-links.ts";
 import { Batcher, ByteWindow, OrderedWriter, SharedReader } from "./blob-plumbing.ts";
 import { rangeFromUpstream, ResumableBody } from "./blob-resume.ts";
@@ -19,10 +20,10 @@ import type { FetchSource } from "./fetch-source.ts";
 import { BlobRecord } from "./records.ts";
 import { storeFailed } from "./store-failure.ts";
 
-/** Bytes a follower reads from the spool at a time. */
-const FOLLOW_CHUNK = 1024 * 1024;
 /** Written bytes kept in memory for followers near the live edge, per fetch. */
 const WINDOW_BYTES = 4 * 1024 * 1024;
+
+export type FetchState = "connecting" | "streaming" | "verified" | "committed" | "uncached" | "failed";
 
 export type BlobFetchDeps = {
   store: BlobStore;
@@ -73,30 +74,27 @@ export type BlobFetchDeps = {
  * failed from any of the first three (and "committed" straight from
  * connecting when another instance stored the blob).
  *
- * This file is the state machine and the followers. The pieces it drives:
- * blob-plumbing.ts (batches, the ordered store/hash writer, the memory window,
- * the shared spool reader), blob-resume.ts (reading the upstream body across
- * resumes), blob-bounds.ts (size cap and disk reserve), blob-links.ts (which
- * repositories may see a stored blob).
+ * This file is the state machine. Around it: blob-follow.ts (the clients'
+ * streams), blob-plumbing.ts (batches, the ordered store and hash writer, the
+ * memory window, the shared spool reader), blob-resume.ts (reading the
+ * upstream body across resumes), blob-bounds.ts (size cap, disk reserve),
+ * blob-links.ts (which repositories may see a stored blob).
  */
 export class BlobFetch {
-  state: "connecting" | "streaming" | "verified" | "committed" | "uncached" | "failed" = "connecting";
+  state: FetchState = "connecting";
   /** Expected size from the upstream's Content-Length (null if it sent none); the real size once committed. */
   size: number | null = null;
   /** Bytes received from upstream and offered to followers (from memory while recent). */
   received = 0;
   /** Bytes through the store stage, in order: in the store upload, or passed over once spooling stopped. */
   written = 0;
+  /** What the fetch failed with; null unless it failed. */
   error: Error | null = null;
   /** Resolves once the upstream answered and followers can start; rejects if it did not. */
   readonly ready: Promise<void>;
   /** Resolves when the fetch has ended either way (see `state`). */
   readonly settled: Promise<void>;
 
-  /** Where spooling stopped for lack of disk space (bytes from there on are not in the store); null while it goes on. */
-  private spoolEnd: number | null = null;
-  /** Why spooling stopped, for the log line at the end. */
-  private noRoom: Shortage | null = null;
   private readonly room: SpoolRoom;
   private readonly changed = new ChangeSignal();
   private readonly window = new ByteWindow(WINDOW_BYTES);
@@ -137,82 +135,34 @@ export class BlobFetch {
    */
   follow(start: number, end: number | null): ReadableStream<Uint8Array> {
     if (this.state === "connecting") throw new Error("follow() before the fetch is ready");
-    const reader = this.reader;
-    reader?.acquire();
-    let position = start;
-    let released = false;
-    // Where a follower continues when it fell behind the memory window and there is no spool.
-    let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;
-    const release = () => {
-      if (!released) {
-        released = true;
-        reader?.release();
-      }
-      rest?.cancel().catch(() => {});
-    };
-    return new ReadableStream<Uint8Array>(
-      {
-        pull: async (controller) => {
-          try {
-            for (;;) {
-              if (rest) {
-                const next = await rest.read();
-                if (next.done) {
-                  release();
-                  controller.close();
-                } else controller.enqueue(next.value);
-                return;
-              }
-              const stop = end ?? (this.complete ? this.received : Infinity);
-              if (position >= stop) {
-                release();
-                controller.close();
-                return;
-              }
-              if (this.state === "failed") throw this.error ?? new Error("upstream fetch failed");
-              const limit = Math.min(stop, this.releasable());
-              if (position < limit) {
-                const spooled = this.spooled;
-                const chunk = this.window.slice(position, limit) ??
-                  (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
-                if (chunk) {
-                  if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
-                  position += chunk.byteLength;
-                  controller.enqueue(chunk);
-                  return;
-                }
-                // Unwritten bytes are always in the window, so these were written and dropped from it:
-                // with no spool, or past where spooling stopped, they come from elsewhere.
-                if (!reader || position < this.written) {
-                  rest = (await this.restFrom(position, end)).getReader();
-                  continue;
-                }
-              }
-              await this.changed.wait();
-            }
-          } catch (err) {
-            release();
-            controller.error(err);
-          }
-        },
-        cancel: release,
-      },
-      { highWaterMark: 1 },
-    );
+    return followFetch(this, this.reader, start, end);
+  }
+
+  // What followers read (blob-follow.ts).
+
+  /** The bytes at `position` (up to `limit`) while they are still in memory. */
+  inMemory(position: number, limit: number): Uint8Array | null {
+    return this.window.slice(position, limit);
+  }
+
+  /** Resolves at the next change: more bytes, or the end either way. */
+  nextChange(): Promise<void> {
+    return this.changed.wait();
   }
 
   /** Bytes readable through the spool reader. */
-  private get spooled(): number {
-    return this.spoolEnd === null ? this.written : Math.min(this.written, this.spoolEnd);
+  get spooled(): number {
+    const end = this.room.stoppedAt;
+    return end === null ? this.written : Math.min(this.written, end);
   }
 
   /** Verified: every byte received is good and may be served. */
-  private get complete(): boolean {
+  get complete(): boolean {
     return this.state === "verified" || this.state === "committed" || this.state === "uncached";
   }
 
   /** Bytes a follower may have: all of them once verified, else all but the last. */
-  private releasable(): number {
+  releasable(): number {
     if (this.complete) return this.received;
     if (this.size !== null) return Math.min(this.received, this.size - 1);
     return this.received - 1;
@@ -223,7 +173,7 @@ export class BlobFetch {
    * where there is no spool: from the store once the blob is committed, or,
    * if the store could not keep it, from upstream with a Range request.
    */
-  private async restFrom(position: number, end: number | null): Promise<ReadableStream<Uint8Array>> {
+  async restFrom(position: number, end: number | null): Promise<ReadableStream<Uint8Array>> {
     await this.settled;
     const last = (end ?? this.received) - 1;
     if (this.state === "committed") {
@@ -306,7 +256,7 @@ export class BlobFetch {
       // Both calls take their place synchronously (write position, hash order);
       // completion is awaited later, in order, by the writer. Once spooling
       // stopped, bytes only go to the hasher and the clients.
-      const stored = this.spoolEnd !== null || !upload ? Promise.resolve() : upload.write(chunk).catch((cause) => {
+      const stored = this.room.stoppedAt !== null || !upload ? Promise.resolve() : upload.write(chunk).catch((cause) => {
         throw new StoreError(`the blob store failed to write ${this.digest}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
       });
       return Promise.all([stored, hasher!.update(chunk)]).then(() => {});
@@ -314,11 +264,9 @@ export class BlobFetch {
       this.written += chunk.byteLength;
       this.window.trim(this.written);
       this.changed.notify();
-      if (this.spoolEnd === null) {
-        this.room.watch((short) => {
-          if (this.spoolEnd === null && this.state === "streaming") this.stopSpooling(short);
-        });
-      }
+      this.room.watch((short) => {
+        if (this.state === "streaming") this.stopSpooling(short);
+      });
     });
     // Upstream chunks are ~64 KiB; gathering them into 1 MiB batches (one copy,
     // shared by every follower) makes far fewer socket writes, store writes and
@@ -362,13 +310,13 @@ export class BlobFetch {
   private async keep(started: number): Promise<void> {
     const { client, repo } = this.source;
     const about = { digest: this.digest, upstream: client.upstream.name, repo, bytes: this.size };
-    if (this.spoolEnd !== null || !this.upload) {
+    if (this.room.stoppedAt !== null || !this.upload) {
       // Out of disk space: like a store that cannot keep the blob, the clients were served all the same.
       await this.upload?.abort();
       this.upload = null;
       this.state = "uncached";
       this.deps.metrics.storeBypass.inc({ op: "write" });
-      this.log.info("served a blob from upstream without caching it, for lack of disk space", { ...about, ...this.noRoom });
+      this.log.info("served a blob from upstream without caching it, for lack of disk space", { ...about, ...this.room.shortage });
       return;
     }
     try {
@@ -419,9 +367,7 @@ export class BlobFetch {
    * fails to keep a blob. Bytes already spooled stay readable until then.
    */
   private stopSpooling(short: Shortage): void {
-    this.spoolEnd = this.received;
-    this.noRoom = short;
-    this.room.leave();
+    this.room.stop(this.received, short);
     const { client, repo } = this.source;
     this.log.warn(
       "not enough free disk space to cache this blob: serving it from upstream without caching it; free space under --data-dir, lower --disk-reserve, or move the data dir to a larger disk",

@@ -1,0 +1,97 @@
+/**
+ * A client's stream of a blob while its fetch runs (see blob-fetch.ts): near
+ * the live edge from the batches still in memory, further behind from the
+ * spool, and waiting when it has caught up. A follower never gets the last
+ * byte before the digest is verified, so a failed fetch breaks its response.
+ */
+import type { SharedReader } from "./blob-plumbing.ts";
+
+/** Bytes a follower reads from the spool at a time. */
+const FOLLOW_CHUNK = 1024 * 1024;
+
+/** What a follower reads of the fetch it follows. */
+export interface Followed {
+  /** What the fetch failed with; null unless it failed. */
+  readonly error: Error | null;
+  /** Bytes received from upstream so far. */
+  readonly received: number;
+  /** Bytes through the store stage (in the spool, or passed over once spooling stopped). */
+  readonly written: number;
+  /** Bytes readable through the spool reader. */
+  readonly spooled: number;
+  /** Verified: every byte received is good and may be served. */
+  readonly complete: boolean;
+  /** Bytes a follower may have now: all of them once verified, else all but the last. */
+  releasable(): number;
+  /** The bytes at `position` (up to `limit`) while they are still in memory. */
+  inMemory(position: number, limit: number): Uint8Array | null;
+  /** Resolves at the next change: more bytes, or the end either way. */
+  nextChange(): Promise<void>;
+  /** Bytes [position, end) for a follower behind the memory window with no spool to read them from. */
+  restFrom(position: number, end: number | null): Promise<ReadableStream<Uint8Array>>;
+}
+
+/** Bytes [start, end) of the followed blob (end null: to the end), fed as they arrive; `reader` is the spool (null: none). */
+export function followFetch(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): ReadableStream<Uint8Array> {
+  reader?.acquire();
+  let position = start;
+  let released = false;
+  // Where a follower continues when it fell behind the memory window and there is no spool.
+  let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  const release = () => {
+    if (!released) {
+      released = true;
+      reader?.release();
+    }
+    rest?.cancel().catch(() => {});
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      pull: async (controller) => {
+        try {
+          for (;;) {
+            if (rest) {
+              const next = await rest.read();
+              if (next.done) {
+                release();
+                controller.close();
+              } else controller.enqueue(next.value);
+              return;
+            }
+            const stop = end ?? (fetch.complete ? fetch.received : Infinity);
+            if (position >= stop) {
+              release();
+              controller.close();
+              return;
+            }
+            if (fetch.error) throw fetch.error;
+            const limit = Math.min(stop, fetch.releasable());
+            if (position < limit) {
+              const spooled = fetch.spooled;
+              const chunk = fetch.inMemory(position, limit) ??
+                (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
+              if (chunk) {
+                if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
+                position += chunk.byteLength;
+                controller.enqueue(chunk);
+                return;
+              }
+              // Unwritten bytes are always in the window, so these were written and dropped from it:
+              // with no spool, or past where spooling stopped, they come from elsewhere.
+              if (!reader || position < fetch.written) {
+                rest = (await fetch.restFrom(position, end)).getReader();
+                continue;
+              }
+            }
+            await fetch.nextChange();
+          }
+        } catch (err) {
+          release();
+          controller.error(err);
+        }
+      },
+      cancel: release,
+    },
+    { highWaterMark: 1 },
+  );
+}
