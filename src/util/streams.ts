@@ -2,6 +2,7 @@
  * Web stream helpers for bodies on their way through: watching one pass (for
  * accounting and stalled clients) and reading a small one whole, bounded.
  */
+import { contentLength } from "./http-headers.ts";
 
 /**
  * Passes a body through unchanged, telling `onChunk` about every chunk the
@@ -69,8 +70,8 @@ export function observedBody(
  * bodies only (forms, manifests, token JSON), never for blobs.
  */
 export async function readLimited(message: Request | Response, max: number): Promise<Uint8Array<ArrayBuffer> | null> {
-  const declared = Number(message.headers.get("content-length") ?? "NaN");
-  if (declared > max) {
+  const declared = contentLength(message.headers);
+  if (declared !== null && declared > max) {
     await message.body?.cancel().catch(() => {});
     return null;
   }
