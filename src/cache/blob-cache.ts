@@ -1,8 +1,10 @@
-import { observedBody } from "../util/streams.ts";
+import { kvKeys } from "../kv/keys.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
 import type { Digest } from "../registry/reference.ts";
+import { contentLength } from "../util/http-headers.ts";
+import { observedBody } from "../util/streams.ts";
 import { DEFAULT_MAX_BLOB_BYTES, refuseDeclaredSize } from "./blob-bounds.ts";
 import { BlobFetch, type BlobFetchDeps } from "./blob-fetch.ts";
 import { isLinked, linkAfterHead } from "./blob-links.ts";
@@ -10,8 +12,6 @@ import type { FetchSource } from "./fetch-source.ts";
 import { BlobRecord } from "./records.ts";
 import { registryErrorFor } from "./registry-error-for.ts";
 import { storeFailed } from "./store-failure.ts";
-import { contentLength } from "../util/http-headers.ts";
-import { kvKeys } from "../kv/keys.ts";
 
 /** What the HTTP layer needs to answer a blob request. */
 export type BlobAnswer = {

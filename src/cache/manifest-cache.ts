@@ -1,7 +1,5 @@
 import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
-import { hex } from "../util/encoding.ts";
-import { readLimited } from "../util/streams.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { bytesPreview, manifestShapeProblem } from "../registry/manifest-shape.ts";
@@ -9,12 +7,15 @@ import { detectManifestMediaType, type ManifestMediaType } from "../registry/med
 import { digestAlgorithm, parseDigest, type Digest, type Reference } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
+import { waitAtMost } from "../util/deadline.ts";
+import { hex } from "../util/encoding.ts";
+import { readLimited } from "../util/streams.ts";
 import type { FetchSource } from "./fetch-source.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
 import { ManifestRecord, TagRecord } from "./records.ts";
+import { registryErrorFor, UnusableUpstreamReply } from "./registry-error-for.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { storeFailed } from "./store-failure.ts";
-import { registryErrorFor, UnusableUpstreamReply } from "./registry-error-for.ts";
 
 /** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -148,9 +149,7 @@ export class ManifestCache {
     // The client has its verified manifest either way; it waits for the store only briefly, so a
     // store that hangs (S3 accepting connections and never answering) costs a pull seconds, not
     // a wait per manifest. The store and the records finish in the background.
-    let waiting: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([stored, new Promise<void>((resolve) => (waiting = setTimeout(resolve, STORE_WAIT_MS)))]);
-    clearTimeout(waiting); // not one idle 2 s timer per manifest miss
+    await waitAtMost(stored, STORE_WAIT_MS);
     return { digest, mediaType, size: bytes.byteLength, bytes, source: "upstream" };
   }
 
