@@ -3,6 +3,7 @@ import type { Upstream } from "./upstream.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { base64 } from "../util/encoding.ts";
+import { within } from "../util/deadline.ts";
 import { observedBody, readLimited } from "../util/streams.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
@@ -83,17 +84,11 @@ export class UpstreamClient {
    * headers, so a body that stalls half way would otherwise hang for ever, and
    * with it every client waiting on the same manifest.
    */
-  async readWithin<T>(reply: UpstreamReply, read: () => Promise<T>): Promise<T> {
-    const timer = setTimeout(
-      () => reply.abort(new UpstreamError("timeout", `upstream ${this.upstream.name} did not finish sending a response within ${this.opts.timeoutMs / 1000} s`)),
-      this.opts.timeoutMs,
-    );
-    try {
-      return await read();
-    } finally {
-      clearTimeout(timer);
-    }
+  readWithin<T>(reply: UpstreamReply, read: () => Promise<T>): Promise<T> {
+    const expire = () => reply.abort(new UpstreamError("timeout", `upstream ${this.upstream.name} did not finish sending a response within ${this.opts.timeoutMs / 1000} s`));
+    return within(this.opts.timeoutMs, expire, read);
   }
+
 
   private async send(
     method: "GET" | "HEAD",
@@ -276,33 +271,10 @@ export class UpstreamClient {
   ): Promise<UpstreamReply & { url: URL }> {
     const controller = new AbortController();
     const abort = (reason?: unknown) => controller.abort(reason);
-    const timer = setTimeout(
-      () => abort(new UpstreamError("timeout", `upstream ${this.upstream.name} sent no response within ${this.opts.timeoutMs / 1000} s`)),
-      this.opts.timeoutMs,
-    );
+    const expire = () => abort(new UpstreamError("timeout", `upstream ${this.upstream.name} sent no response within ${this.opts.timeoutMs / 1000} s`));
     try {
-      let current = new URL(url);
-      for (let hop = 0; ; hop++) {
-        const sent = new Headers(headers);
-        if (current.origin !== credentialOrigin) sent.delete("authorization");
-        const response = await this.fetch(current, { method, headers: sent, redirect: "manual", signal: controller.signal });
-        this.record(response, current);
-        const location = response.headers.get("location");
-        if (response.status >= 300 && response.status < 400 && location) {
-          await response.body?.cancel().catch(() => {});
-          let next: URL;
-          try {
-            next = new URL(location, current);
-          } catch {
-            throw new UpstreamError("bad-response", `upstream ${this.upstream.name} sent a redirect with an invalid Location`);
-          }
-          const refusal = redirectRefusal(current, next, hop);
-          if (refusal) throw new UpstreamError("bad-response", `upstream ${this.upstream.name} answered ${method} ${current.pathname} with ${refusal}: not followed`);
-          current = next;
-          continue;
-        }
-        return { response, abort, url: current };
-      }
+      // The deadline covers the headers of every hop; the body has its own (readWithin, the blob's idle timer).
+      return await within(this.opts.timeoutMs, expire, () => this.followRedirects(method, url, headers, credentialOrigin, controller.signal, abort));
     } catch (err) {
       if (err instanceof UpstreamError) throw err;
       const reason = controller.signal.reason;
@@ -312,8 +284,38 @@ export class UpstreamClient {
       throw new UpstreamError("unreachable", `upstream ${this.upstream.name} is unreachable: ${describeNetworkError(err)}`, {
         cause: err,
       });
-    } finally {
-      clearTimeout(timer);
+    }
+  }
+
+  private async followRedirects(
+    method: "GET" | "HEAD",
+    url: string,
+    headers: Headers,
+    credentialOrigin: string | null,
+    signal: AbortSignal,
+    abort: (reason?: unknown) => void,
+  ): Promise<UpstreamReply & { url: URL }> {
+    let current = new URL(url);
+    for (let hop = 0; ; hop++) {
+      const sent = new Headers(headers);
+      if (current.origin !== credentialOrigin) sent.delete("authorization");
+      const response = await this.fetch(current, { method, headers: sent, redirect: "manual", signal });
+      this.record(response, current);
+      const location = response.headers.get("location");
+      if (response.status >= 300 && response.status < 400 && location) {
+        await response.body?.cancel().catch(() => {});
+        let next: URL;
+        try {
+          next = new URL(location, current);
+        } catch {
+          throw new UpstreamError("bad-response", `upstream ${this.upstream.name} sent a redirect with an invalid Location`);
+        }
+        const refusal = redirectRefusal(current, next, hop);
+        if (refusal) throw new UpstreamError("bad-response", `upstream ${this.upstream.name} answered ${method} ${current.pathname} with ${refusal}: not followed`);
+        current = next;
+        continue;
+      }
+      return { response, abort, url: current };
     }
   }
 
