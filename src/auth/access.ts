@@ -19,6 +19,7 @@ import { PasswordChecks, PasswordChecksBusy } from "./password-checks.ts";
 import { RefreshTokens } from "./refresh.ts";
 import { ANONYMOUS, mayPull, type Principal } from "./rules.ts";
 import type { Scope } from "./scopes.ts";
+import { sleep } from "../util/deadline.ts";
 
 export type AccessDeps = {
   access: AccessConfig;
@@ -144,7 +145,7 @@ export class AccessControl {
     if (wait <= 0 || this.#held >= MAX_HELD_REFUSALS) return;
     this.#held++;
     try {
-      await new Promise((resolve) => setTimeout(resolve, wait));
+      await sleep(wait);
     } finally {
       this.#held--;
     }

@@ -6,6 +6,7 @@
 import bcrypt from "bcryptjs";
 import type { Logger } from "../log.ts";
 import type { WorkerPort } from "../runtime/runtime.ts";
+import { rejectAfter } from "../util/deadline.ts";
 
 export type SpawnWorker = (script: URL) => WorkerPort;
 
@@ -109,7 +110,7 @@ class PasswordWorker {
     const port = spawn(new URL("../../workers/password-worker.ts", import.meta.url));
     const worker = new PasswordWorker(port);
     try {
-      await withTimeout(
+      await rejectAfter(
         new Promise<void>((resolve, reject) => {
           port.onMessage((data) => {
             const msg = data as Outbound;
@@ -125,7 +126,7 @@ class PasswordWorker {
           port.post({ op: "init", bcrypt: import.meta.resolve("bcryptjs") });
         }),
         10_000,
-        "the password worker did not start within 10 s",
+        () => new Error("the password worker did not start within 10 s"),
       );
       if (!(await worker.compare("stowage", PROBE_HASH))) throw new Error("the password worker failed its self-test");
       return worker;
@@ -177,14 +178,4 @@ export async function startPasswordChecks(spawn: SpawnWorker | null, log: Logger
     log.warn("could not start the password worker thread; password checks run on the main thread, one at a time", { error: err });
     return PasswordChecks.inline();
   }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(message)), ms);
-    p.then(
-      (v) => (clearTimeout(timer), resolve(v)),
-      (e) => (clearTimeout(timer), reject(e)),
-    );
-  });
 }

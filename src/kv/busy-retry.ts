@@ -1,4 +1,5 @@
 import type { Kv, KvAtomic, KvKey } from "./kv.ts";
+import { sleep } from "../util/deadline.ts";
 
 /**
  * A KV file shared by several processes (instances on one machine) is one
@@ -16,7 +17,6 @@ export function isBusy(err: unknown): boolean {
   return /database is locked|SQLITE_BUSY|database table is locked/i.test(text);
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 async function whileBusy<T>(op: () => Promise<T>, budgetMs = BUSY_BUDGET_MS): Promise<T> {
   const deadline = Date.now() + budgetMs;
