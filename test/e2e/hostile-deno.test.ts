@@ -3,24 +3,14 @@
 // redirects a blob to Stowage's own KV file (it holds the private signing key) or to the cloud
 // metadata address gets a 502, and not one byte of the target.
 import t from "tap";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { startStowage } from "../harness/stowage.ts";
+import { startHttpServer } from "../support/fake-registry.ts";
 
 t.test("on Deno, redirects to file: and to the metadata address are refused", async (t) => {
   let location = "";
-  const upstream = createServer((_req, res) => {
-    res.writeHead(307, { location, "content-length": 0 });
-    res.end();
-  });
-  await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
-  t.teardown(() => new Promise<void>((resolve) => {
-    upstream.closeAllConnections();
-    upstream.close(() => resolve());
-  }));
-  const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
-  const stowage = await startStowage(["--upstream", `up=${upstreamUrl}`, "--upstream-timeout", "3s"], { runtime: "deno" });
+  const upstream = await startHttpServer(t, (_req, res) => void res.writeHead(307, { location, "content-length": 0 }).end());
+  const stowage = await startStowage(["--upstream", `up=${upstream.url}`, "--upstream-timeout", "3s"], { runtime: "deno" });
   t.teardown(() => stowage.stop());
 
   const targets = [

@@ -4,8 +4,7 @@
 import t, { type Test } from "tap";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { readdirSync, readFileSync } from "node:fs";
-import { createServer, request as httpRequest } from "node:http";
-import type { AddressInfo } from "node:net";
+import { request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openKv } from "@deno/kv";
@@ -33,7 +32,7 @@ import { RegistryError } from "../../src/registry/errors.ts";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
 import { startServer } from "../../src/server.ts";
-import { FakeRegistry } from "../support/fake-registry.ts";
+import { FakeRegistry, startHttpServer } from "../support/fake-registry.ts";
 import { sha256 } from "../support/oci.ts";
 
 // Low bcrypt cost keeps the test fast; the format is what matters here.
@@ -894,7 +893,7 @@ t.test("OIDC federation: a CI id_token as the password, verified against the iss
   const stranger = await generateKeyPair("RS256");
   const jwk = { ...(await exportJWK(publicKey)), kid: "ci-key", alg: "RS256", use: "sig" };
   let jwksFetches = 0;
-  const issuerServer = createServer((req, res) => {
+  const issuerServer = await startHttpServer(t, (req, res) => {
     if (req.url === "/.well-known/openid-configuration") {
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ issuer: issuerUrl, jwks_uri: `${issuerUrl}/keys` }));
     } else if (req.url === "/keys") {
@@ -902,12 +901,7 @@ t.test("OIDC federation: a CI id_token as the password, verified against the iss
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] }));
     } else res.writeHead(404).end();
   });
-  await new Promise<void>((resolve) => issuerServer.listen(0, "127.0.0.1", resolve));
-  t.teardown(() => {
-    issuerServer.closeAllConnections();
-    return new Promise<void>((resolve) => issuerServer.close(() => resolve()));
-  });
-  const issuerUrl = `http://127.0.0.1:${(issuerServer.address() as AddressInfo).port}`;
+  const issuerUrl = issuerServer.url;
 
   const clock = { now: Date.now() };
   const ac = await accessControl(
