@@ -101,7 +101,7 @@ export class BlobFetch {
   private reader: SharedReader | null = null;
   private markReady!: () => void;
   private failReady!: (err: Error) => void;
-  // What the download holds while it runs; each is let go (null) once done with.
+  // What the download holds while it runs, let go at the end either way (upload and hasher: null once used up).
   private lease: HeldLease | null = null;
   private reply: UpstreamReply | null = null;
   private body: ResumableBody | null = null;
