@@ -3,7 +3,6 @@
 // warm, and what reaches the upstream.
 import t, { type Test } from "tap";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
 import { startContainerd } from "../harness/containerd.ts";
@@ -11,7 +10,7 @@ import { makeTempDir } from "../harness/processes.ts";
 import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { startStowage } from "../harness/stowage.ts";
-import { fileSha256, sha256 } from "../support/oci.ts";
+import { fileSha256, sha256, stallingReader } from "../support/oci.ts";
 
 type Registry = Awaited<ReturnType<typeof startRegistry>>;
 type Stowage = Awaited<ReturnType<typeof startStowage>>;
@@ -191,23 +190,8 @@ t.test("a client that stops reading a blob is cut off after --client-timeout; ot
   const path = `/v2/local/${big.repo}/blobs/${layer.digest}`;
   const warm = await fetch(stowage.url + path);
   tt.equal(sha256(new Uint8Array(await warm.arrayBuffer())), layer.digest, "cached first");
-  // A raw socket that sends the request, takes the first bytes, then stops reading.
-  const socket = connect(stowage.port, "127.0.0.1");
-  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
-  socket.write(`GET ${path} HTTP/1.1\r\nHost: stowage\r\n\r\n`);
-  await new Promise<void>((resolve) => socket.once("data", () => resolve()));
-  socket.pause();
-  await new Promise((r) => setTimeout(r, 4000)); // four times --client-timeout
-  let received = 0;
-  const closed = new Promise<void>((resolve) => {
-    socket.on("data", (chunk: Buffer) => (received += chunk.length));
-    socket.once("close", () => resolve());
-    socket.once("error", () => resolve());
-  });
-  socket.resume();
-  // Bounded, so that a server that never closes fails the test instead of hanging it.
-  await Promise.race([closed, new Promise((r) => setTimeout(r, 20_000))]);
-  socket.destroy();
+  // Four times --client-timeout without reading.
+  const received = await stallingReader(stowage.url, path, 4000, 20_000);
   tt.ok(received < layer.size, `the stuck connection was closed before the blob was sent (${received} of ${layer.size} bytes after the pause)`);
   tt.match(stowage.logs(), /--client-timeout/, "the operator is told");
   const again = await fetch(stowage.url + path);

@@ -4,6 +4,7 @@ import type { Test } from "tap";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import type { ServerResponse } from "node:http";
+import { connect } from "node:net";
 import type { Digest } from "../../src/registry/reference.ts";
 
 export const sha256 = (bytes: Uint8Array | string) => `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
@@ -86,4 +87,32 @@ export async function attempt(url: string, init: RequestInit = {}): Promise<Outc
   }
   out.ms = Date.now() - started;
   return out;
+}
+
+/**
+ * A client that sends a GET on a raw socket, takes the first bytes, then stops reading for
+ * `pauseMs`; returns how many bytes still came once it read again, until the server closed
+ * the connection or `closeWithinMs` passed (so a server that never closes fails the caller's
+ * check instead of hanging the test).
+ */
+export async function stallingReader(url: string, path: string, pauseMs: number, closeWithinMs: number): Promise<number> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: stowage\r\n\r\n`);
+  await new Promise<void>((resolve) => socket.once("data", () => resolve()));
+  socket.pause();
+  await new Promise((r) => setTimeout(r, pauseMs));
+  let received = 0;
+  const closed = new Promise<void>((resolve) => {
+    socket.on("data", (chunk: Buffer) => (received += chunk.length));
+    socket.once("close", () => resolve());
+    socket.once("error", () => resolve());
+  });
+  socket.resume();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, closeWithinMs)))]);
+  clearTimeout(timer);
+  socket.destroy();
+  return received;
 }

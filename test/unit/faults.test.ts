@@ -8,12 +8,11 @@ import t, { type Test } from "tap";
 import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { get as httpGet, type IncomingMessage } from "node:http";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { type Behaviour, FakeRegistry } from "../support/fake-registry.ts";
 import { type InProcessStowage, startInProcessStowage } from "../support/in-process-stowage.ts";
-import { attempt, expectOciError, type Outcome, sendOciError, sha256 } from "../support/oci.ts";
+import { attempt, expectOciError, type Outcome, sendOciError, sha256, stallingReader } from "../support/oci.ts";
 import { blobPath, committed, isStored, noUploadsLeft, storeHoldsOnlyVerified } from "../support/store-state.ts";
 import { sleep, waitFor, within } from "../support/wait.ts";
 
@@ -555,24 +554,8 @@ t.test("a client that stops reading is cut off after --client-timeout", async (t
   const digest = up.addBlob(bytes);
   const warm = await fetch(`${stowage.url}/v2/app/blobs/${digest}`);
   t.equal(sha256(new Uint8Array(await warm.arrayBuffer())), digest, "cached first");
-  // A raw socket that sends the request, takes a little, then stops reading for a while.
-  const { port } = new URL(stowage.url);
-  const socket = connect(Number(port), "127.0.0.1");
-  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
-  socket.write(`GET /v2/app/blobs/${digest} HTTP/1.1\r\nHost: stowage\r\n\r\n`);
-  await new Promise<void>((resolve) => socket.once("data", () => resolve()));
-  socket.pause();
-  await sleep(3000); // three times --client-timeout
-  let received = 0;
-  const closed = new Promise<void>((resolve) => {
-    socket.on("data", (chunk: Buffer) => (received += chunk.length));
-    socket.once("close", () => resolve());
-    socket.once("error", () => resolve());
-  });
-  socket.resume();
-  // Bounded, so that a server that never closes fails the test instead of hanging it.
-  await Promise.race([closed, sleep(10_000)]);
-  socket.destroy();
+  // Three times --client-timeout without reading.
+  const received = await stallingReader(stowage.url, `/v2/app/blobs/${digest}`, 3000, 10_000);
   t.ok(received < bytes.length, `the server closed the stuck connection before sending the blob (${received} of ${bytes.length} bytes after the pause)`);
   t.ok(stowage.logs.some((l) => l.includes("for --client-timeout")), "the operator is told");
   const again = await fetch(`${stowage.url}/v2/app/blobs/${digest}`);
