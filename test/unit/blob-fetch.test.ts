@@ -48,6 +48,17 @@ class FedBody {
     this.closed = true;
   }
 
+  /** The rest of the body, then its end. */
+  finish(bytes: Uint8Array): void {
+    this.push(bytes);
+    this.end();
+  }
+
+  /** Every byte pushed was read (by the fetch). */
+  get drained(): boolean {
+    return this.controller.desiredSize === 1;
+  }
+
   /** Breaks the body: reads that did not get their bytes yet fail with `reason`. */
   fail(reason: unknown): void {
     if (!this.closed) this.controller.error(reason);
@@ -76,6 +87,13 @@ class FakeUpstream {
         body?.fail(reason);
       },
     };
+  }
+
+  /** A 206 answer with all of `bytes` from `fromByte` on, as to a Range request. */
+  rest(bytes: Uint8Array, fromByte: number): UpstreamReply {
+    const body = new FedBody();
+    body.finish(bytes.subarray(fromByte));
+    return this.reply(body, { "content-range": `bytes ${fromByte}-${bytes.length - 1}/${bytes.length}` }, 206);
   }
 
   readonly client = {
@@ -199,7 +217,30 @@ async function setup(t: Test, deps: Partial<BlobFetchDeps> = {}) {
     ...deps,
   };
   const start = (digest: Digest) => new BlobFetch(digest, { client: upstream.client, repo: "app" }, all, log);
-  return { kv, store, metrics, logs, upstream, start };
+  /** A fetch of `bytes` whose upstream answers with a body the test feeds (with their length by default), once ready. */
+  const begin = async (bytes: Uint8Array, headers: Record<string, string> = length(bytes)) => {
+    const body = new FedBody();
+    upstream.next(() => upstream.reply(body, headers));
+    const fetch = start(sha256(bytes));
+    await fetch.ready;
+    return { fetch, body };
+  };
+  return { kv, store, metrics, logs, upstream, start, begin };
+}
+
+/** Feeds the first `n` bytes, waits until the fetch has read them all, then breaks the connection. */
+async function breakAt(body: FedBody, bytes: Uint8Array, n: number): Promise<void> {
+  body.push(bytes.subarray(0, n));
+  await waitFor(`the fetch reading ${n} bytes`, () => body.drained);
+  body.fail(new Error("connection reset"));
+}
+
+/** A client follows the fetch from the start while the rest of the body arrives, and gets `bytes` whole. */
+async function followWhole(t: Test, fetch: BlobFetch, body: FedBody, bytes: Buffer, what: string): Promise<void> {
+  const client = readAll(fetch.follow(0, null));
+  body.finish(bytes);
+  const got = await client;
+  t.ok(got.error === null && got.bytes.equals(bytes), what);
 }
 
 /** A whole follower stream as a client reads it; `error` is set when it broke. */
@@ -216,7 +257,11 @@ async function readAll(stream: ReadableStream<Uint8Array>): Promise<{ bytes: Buf
 
 const length = (bytes: Uint8Array) => ({ "content-length": String(bytes.byteLength) });
 
-/** Waits until the fetch has written (or received) `bytes`; a timeout says where it stood. */
+/**
+ * Waits until the fetch has written (or received) `bytes`; a timeout says where it stood. The
+ * last bytes sent may wait in a partly filled batch until more arrive, so wait for less than
+ * was sent (a batch less).
+ */
 async function reached(fetch: BlobFetch, field: "written" | "received", bytes: number): Promise<void> {
   try {
     await waitFor(`${bytes} bytes ${field}`, () => fetch[field] >= bytes);
@@ -243,8 +288,7 @@ t.test("a miss: connecting, streaming, verified and committed, with its KV recor
   t.equal(fetch.state, "streaming", "streaming once it answered");
   t.equal(fetch.size, bytes.length, "the size is the Content-Length");
   const client = readAll(fetch.follow(0, null));
-  body.push(bytes);
-  body.end();
+  body.finish(bytes);
   await within(5_000, "settled", fetch.settled);
   t.equal(fetch.state, "committed");
   const got = await client;
@@ -260,19 +304,15 @@ t.test("a miss: connecting, streaming, verified and committed, with its KV recor
 
 t.test("followers joining mid-way get every byte", async (t) => {
   await t.test("near the live edge", async (t) => {
-    const { upstream, start } = await setup(t);
+    const { begin } = await setup(t);
     const bytes = randomBytes(6 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     const first = readAll(fetch.follow(0, null));
     body.push(bytes.subarray(0, 2 * MiB));
-    await reached(fetch, "written", 2 * MiB);
+    await reached(fetch, "written", MiB);
     const joining = readAll(fetch.follow(0, null));
     const ranged = readAll(fetch.follow(MiB, 5 * MiB));
-    body.push(bytes.subarray(2 * MiB));
-    body.end();
+    body.finish(bytes.subarray(2 * MiB));
     for (const [name, got, want] of [["the first", first, bytes], ["the one joining at 2 MiB", joining, bytes], ["a range", ranged, bytes.subarray(MiB, 5 * MiB)]] as const) {
       const { bytes: had, error } = await got;
       t.ok(error === null && had.equals(want), `${name} got its bytes`);
@@ -280,64 +320,47 @@ t.test("followers joining mid-way get every byte", async (t) => {
   });
 
   await t.test("behind the memory window: from the spool", async (t) => {
-    const { upstream, start, store } = await setup(t);
+    const { store, begin } = await setup(t);
     const bytes = randomBytes(12 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     body.push(bytes.subarray(0, 10 * MiB));
-    await reached(fetch, "written", 10 * MiB);
+    await reached(fetch, "written", 9 * MiB);
     t.equal(store.spoolReads, 0, "nobody read the spool yet");
     const behind = fetch.follow(0, null).getReader();
     const parts = [Buffer.from((await behind.read()).value!)];
     t.ok(store.spoolReads > 0, "the first bytes came from the spool (they left memory)");
-    body.push(bytes.subarray(10 * MiB));
-    body.end();
+    body.finish(bytes.subarray(10 * MiB));
     for (let next = await behind.read(); !next.done; next = await behind.read()) parts.push(Buffer.from(next.value));
     t.ok(Buffer.concat(parts).equals(bytes), "and every byte after");
   });
 
   await t.test("behind the window without a spool: from the store once committed", async (t) => {
-    const { upstream, start, store } = await setup(t);
+    const { store, begin } = await setup(t);
     store.spool = false;
     const bytes = randomBytes(12 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     body.push(bytes.subarray(0, 10 * MiB));
-    await reached(fetch, "written", 10 * MiB);
+    await reached(fetch, "written", 9 * MiB);
     const behind = readAll(fetch.follow(MiB, null));
     await sleep(50);
     t.same(store.opened, [], "it waits for the commit");
-    body.push(bytes.subarray(10 * MiB));
-    body.end();
+    body.finish(bytes.subarray(10 * MiB));
     const got = await behind;
     t.ok(got.error === null && got.bytes.equals(bytes.subarray(MiB)), "then gets its bytes");
     t.same(store.opened, [{ start: MiB, end: bytes.length - 1 }], "from the store");
   });
 
   await t.test("behind the window without a spool, uncached: from upstream with a Range request", async (t) => {
-    const { upstream, start, store, metrics } = await setup(t);
+    const { upstream, store, metrics, begin } = await setup(t);
     store.spool = false;
     store.failCommit = true;
     const bytes = randomBytes(12 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     body.push(bytes.subarray(0, 10 * MiB));
-    await reached(fetch, "written", 10 * MiB);
-    upstream.next(({ fromByte }) => {
-      const rest = new FedBody();
-      rest.push(bytes.subarray(fromByte));
-      rest.end();
-      return upstream.reply(rest, { "content-range": `bytes ${fromByte}-${bytes.length - 1}/${bytes.length}` }, 206);
-    });
+    await reached(fetch, "written", 9 * MiB);
+    upstream.next((call) => upstream.rest(bytes, call.fromByte));
     const behind = readAll(fetch.follow(MiB, null));
-    body.push(bytes.subarray(10 * MiB));
-    body.end();
+    body.finish(bytes.subarray(10 * MiB));
     const got = await behind;
     t.equal(fetch.state, "uncached");
     t.ok(got.error === null && got.bytes.equals(bytes.subarray(MiB)), "it gets its bytes");
@@ -370,9 +393,7 @@ t.test("the upstream fails", async (t) => {
     t.equal(fetch.size, null, "no size known");
     const a = readAll(fetch.follow(0, null));
     const b = readAll(fetch.follow(0, null));
-    body.push(bytes.subarray(0, 2 * MiB));
-    await reached(fetch, "received", 2 * MiB);
-    body.fail(new Error("socket hang up"));
+    await breakAt(body, bytes, 2 * MiB);
     for (const got of [await a, await b]) {
       t.type(got.error, UpstreamError, "the response breaks");
       t.ok(got.bytes.length < 2 * MiB && got.bytes.equals(bytes.subarray(0, got.bytes.length)), "after good bytes only");
@@ -395,8 +416,7 @@ t.test("a digest mismatch: the last byte is held back, the response breaks, noth
   const fetch = start(digest);
   await fetch.ready;
   const client = readAll(fetch.follow(0, null));
-  body.push(bytes);
-  body.end();
+  body.finish(bytes);
   const got = await client;
   t.type(got.error, DigestMismatchError, "the response breaks with the mismatch");
   t.ok(got.bytes.equals(bytes.subarray(0, bytes.length - 1)), "after all but the last byte");
@@ -409,12 +429,9 @@ t.test("a digest mismatch: the last byte is held back, the response breaks, noth
 
 t.test("the last byte waits for the digest", async (t) => {
   const held = heldHashers();
-  const { upstream, start } = await setup(t, { hashers: held.factory });
+  const { begin } = await setup(t, { hashers: held.factory });
   const bytes = randomBytes(MiB + 7);
-  const body = new FedBody();
-  upstream.next(() => upstream.reply(body, length(bytes)));
-  const fetch = start(sha256(bytes));
-  await fetch.ready;
+  const { fetch, body } = await begin(bytes);
   const reader = fetch.follow(0, null).getReader();
   let had = 0;
   const parts: Buffer[] = [];
@@ -426,8 +443,7 @@ t.test("the last byte waits for the digest", async (t) => {
       parts.push(Buffer.from(next.value));
     }
   })();
-  body.push(bytes);
-  body.end();
+  body.finish(bytes);
   await waitFor("all but the last byte", () => had === bytes.length - 1);
   await sleep(50);
   t.equal(had, bytes.length - 1, "the client sits one byte short while the hash is pending");
@@ -441,22 +457,12 @@ t.test("the last byte waits for the digest", async (t) => {
 
 t.test("resume: a broken connection continues with a Range request", async (t) => {
   await t.test("from where it broke", async (t) => {
-    const { upstream, start, store, metrics, logs } = await setup(t);
+    const { upstream, store, metrics, logs, begin } = await setup(t);
     const bytes = randomBytes(5 * MiB);
-    const first = new FedBody();
-    upstream.next(() => upstream.reply(first, length(bytes)));
-    upstream.next(({ fromByte }) => {
-      const rest = new FedBody();
-      rest.push(bytes.subarray(fromByte));
-      rest.end();
-      return upstream.reply(rest, { "content-range": `bytes ${fromByte}-${bytes.length - 1}/${bytes.length}` }, 206);
-    });
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body: first } = await begin(bytes);
+    upstream.next((call) => upstream.rest(bytes, call.fromByte));
     const client = readAll(fetch.follow(0, null));
-    first.push(bytes.subarray(0, 3 * MiB));
-    await reached(fetch, "received", 3 * MiB);
-    first.fail(new Error("connection reset"));
+    await breakAt(first, bytes, 3 * MiB);
     const got = await client;
     t.ok(got.error === null && got.bytes.equals(bytes), "the client never noticed");
     await fetch.settled;
@@ -468,22 +474,16 @@ t.test("resume: a broken connection continues with a Range request", async (t) =
   });
 
   await t.test("an upstream that ignores Range is read again, dropping what we have", async (t) => {
-    const { upstream, start } = await setup(t);
+    const { upstream, begin } = await setup(t);
     const bytes = randomBytes(4 * MiB);
-    const first = new FedBody();
-    upstream.next(() => upstream.reply(first, length(bytes)));
+    const { fetch, body: first } = await begin(bytes);
     upstream.next(() => {
       const again = new FedBody();
-      again.push(bytes);
-      again.end();
+      again.finish(bytes);
       return upstream.reply(again, length(bytes));
     });
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
     const client = readAll(fetch.follow(0, null));
-    first.push(bytes.subarray(0, 2 * MiB));
-    await reached(fetch, "received", 2 * MiB);
-    first.fail(new Error("connection reset"));
+    await breakAt(first, bytes, 2 * MiB);
     const got = await client;
     t.ok(got.error === null && got.bytes.equals(bytes), "the client gets each byte once");
     await fetch.settled;
@@ -491,18 +491,10 @@ t.test("resume: a broken connection continues with a Range request", async (t) =
   });
 
   await t.test("a stall past the upstream timeout counts as a broken connection", async (t) => {
-    const { upstream, start, logs } = await setup(t, { upstreamTimeoutMs: 200 });
+    const { upstream, logs, begin } = await setup(t, { upstreamTimeoutMs: 200 });
     const bytes = randomBytes(2 * MiB);
-    const first = new FedBody();
-    upstream.next(() => upstream.reply(first, length(bytes)));
-    upstream.next(({ fromByte }) => {
-      const rest = new FedBody();
-      rest.push(bytes.subarray(fromByte));
-      rest.end();
-      return upstream.reply(rest, { "content-range": `bytes ${fromByte}-${bytes.length - 1}/${bytes.length}` }, 206);
-    });
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body: first } = await begin(bytes);
+    upstream.next((call) => upstream.rest(bytes, call.fromByte));
     const client = readAll(fetch.follow(0, null));
     first.push(bytes.subarray(0, MiB)); // then silence
     const got = await within(5_000, "the client", client);
@@ -514,17 +506,12 @@ t.test("resume: a broken connection continues with a Range request", async (t) =
   });
 
   await t.test("a resume answered from another offset fails the fetch", async (t) => {
-    const { upstream, start, metrics } = await setup(t);
+    const { upstream, metrics, begin } = await setup(t);
     const bytes = randomBytes(3 * MiB);
-    const first = new FedBody();
-    upstream.next(() => upstream.reply(first, length(bytes)));
+    const { fetch, body: first } = await begin(bytes);
     upstream.next(() => upstream.reply(new FedBody(), { "content-range": `bytes 5-${bytes.length - 1}/${bytes.length}` }, 206));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
     const client = readAll(fetch.follow(0, null));
-    first.push(bytes.subarray(0, MiB));
-    await reached(fetch, "received", MiB);
-    first.fail(new Error("connection reset"));
+    await breakAt(first, bytes, MiB);
     t.type((await client).error, UpstreamError, "the response breaks");
     await fetch.settled;
     t.equal(fetch.state, "failed");
@@ -533,19 +520,15 @@ t.test("resume: a broken connection continues with a Range request", async (t) =
 });
 
 t.test("cancel by the last client: the download goes on and is cached", async (t) => {
-  const { upstream, start, store } = await setup(t);
+  const { upstream, store, begin } = await setup(t);
   const bytes = randomBytes(4 * MiB);
-  const body = new FedBody();
-  upstream.next(() => upstream.reply(body, length(bytes)));
-  const fetch = start(sha256(bytes));
-  await fetch.ready;
+  const { fetch, body } = await begin(bytes);
   const reader = fetch.follow(0, null).getReader();
   body.push(bytes.subarray(0, 2 * MiB));
   await reader.read();
   await reader.cancel();
   t.equal(store.spoolsClosed, 0, "the spool stays open for the fetch");
-  body.push(bytes.subarray(2 * MiB));
-  body.end();
+  body.finish(bytes.subarray(2 * MiB));
   await fetch.settled;
   t.equal(fetch.state, "committed", "committed all the same");
   t.ok(store.blobs.get(sha256(bytes))?.equals(bytes), "the store holds the whole blob");
@@ -563,11 +546,7 @@ t.test("the store fails", async (t) => {
     upstream.next(() => upstream.reply(body, length(bytes)));
     const fetch = start(digest);
     await fetch.ready;
-    const client = readAll(fetch.follow(0, null));
-    body.push(bytes);
-    body.end();
-    const got = await client;
-    t.ok(got.error === null && got.bytes.equals(bytes), "the client gets the whole blob");
+    await followWhole(t, fetch, body, bytes, "the client gets the whole blob");
     await fetch.settled;
     t.equal(fetch.state, "uncached");
     t.equal(await kv.read(kvKeys.blob(digest), BlobRecord), null, "nothing is recorded");
@@ -577,16 +556,12 @@ t.test("the store fails", async (t) => {
   });
 
   await t.test("to write: the fetch fails", async (t) => {
-    const { upstream, start, store, metrics } = await setup(t);
+    const { upstream, store, metrics, begin } = await setup(t);
     store.failWrites = true;
     const bytes = randomBytes(2 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     const client = readAll(fetch.follow(0, null));
-    body.push(bytes);
-    body.end();
+    body.finish(bytes);
     t.type((await client).error, StoreError, "the response breaks");
     await fetch.settled;
     t.equal(fetch.state, "failed");
@@ -627,19 +602,12 @@ t.test("bounds", async (t) => {
   });
 
   await t.test("short of the disk reserve at the start: served without spooling, uncached", async (t) => {
-    const { upstream, start, store, metrics, logs } = await setup(t, { diskReserveBytes: 100 * MiB });
+    const { store, metrics, logs, begin } = await setup(t, { diskReserveBytes: 100 * MiB });
     store.free = () => 101 * MiB;
     const bytes = randomBytes(2 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     t.equal(store.begun, 0, "no upload is begun");
-    const client = readAll(fetch.follow(0, null));
-    body.push(bytes);
-    body.end();
-    const got = await client;
-    t.ok(got.error === null && got.bytes.equals(bytes), "the client gets the whole blob");
+    await followWhole(t, fetch, body, bytes, "the client gets the whole blob");
     await fetch.settled;
     t.equal(fetch.state, "uncached");
     t.equal(metrics.storeBypass.get({ op: "write" }), 1);
@@ -647,20 +615,13 @@ t.test("bounds", async (t) => {
   });
 
   await t.test("the disk runs short while spooling: spooling stops, the download goes on uncached", async (t) => {
-    const { upstream, start, store } = await setup(t, { diskReserveBytes: 100 * MiB, diskCheckBytes: MiB });
+    const { store, begin } = await setup(t, { diskReserveBytes: 100 * MiB, diskCheckBytes: MiB });
     let checks = 0;
     store.free = () => (checks++ === 0 ? 1000 * MiB : 50 * MiB);
     const bytes = randomBytes(6 * MiB);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     t.equal(store.begun, 1, "spooling started while there was room");
-    const client = readAll(fetch.follow(0, null));
-    body.push(bytes);
-    body.end();
-    const got = await client;
-    t.ok(got.error === null && got.bytes.equals(bytes), "the client gets the whole blob");
+    await followWhole(t, fetch, body, bytes, "the client gets the whole blob");
     await fetch.settled;
     t.ok(checks >= 2, `free space was checked again (${checks} checks)`);
     t.equal(fetch.state, "uncached");
