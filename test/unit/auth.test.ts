@@ -31,8 +31,8 @@ import { parseWwwAuthenticate } from "../../src/registry/challenge.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
-import { startServer } from "../../src/server.ts";
 import { FakeRegistry, startHttpServer } from "../support/fake-registry.ts";
+import { startInProcessStowage } from "../support/in-process-stowage.ts";
 import { sha256 } from "../support/oci.ts";
 
 // Low bcrypt cost keeps the test fast; the format is what matters here.
@@ -410,32 +410,20 @@ async function fakeUpstream(t: Test): Promise<{ url: string; digest: string; hit
 
 t.test("token endpoint and registry routes of a started Stowage", async (t) => {
   const upstream = await fakeUpstream(t);
-  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-test-"));
-  await writeFile(join(dir, "htpasswd"), `bob:${hash("builder").replace("$2b$", "$2y$")}\n`);
-  await writeFile(
-    join(dir, "stowage.yaml"),
-    [
-      "users:",
-      `  - { name: alice, passwordHash: "${hash("wonderland")}" }`,
-      "robots:",
-      `  - { name: ci, secretHash: "${hash("robot-secret")}" }`,
-      "rules:",
-      "  - { repository: 'public/**', pull: [anonymous, '*'] }",
-      "  - { upstream: local, repository: 'team/**', pull: [alice, ci] }",
-    ].join("\n"),
-  );
-  const config = loadConfig({
-    argv: ["--config", join(dir, "stowage.yaml"), "--htpasswd", join(dir, "htpasswd"), "--data-dir", join(dir, "data"), "--upstream", `local=${upstream.url}`],
-    env: {},
-    readFile: (p) => readFileSync(p, "utf8"),
+  const { url: base, logs, dataDir } = await startInProcessStowage(t, ["--config", "$DIR/stowage.yaml", "--htpasswd", "$DIR/htpasswd", "--upstream", `local=${upstream.url}`], {
+    files: {
+      "htpasswd": `bob:${hash("builder").replace("$2b$", "$2y$")}\n`,
+      "stowage.yaml": [
+        "users:",
+        `  - { name: alice, passwordHash: "${hash("wonderland")}" }`,
+        "robots:",
+        `  - { name: ci, secretHash: "${hash("robot-secret")}" }`,
+        "rules:",
+        "  - { repository: 'public/**', pull: [anonymous, '*'] }",
+        "  - { upstream: local, repository: 'team/**', pull: [alice, ci] }",
+      ].join("\n"),
+    },
   });
-  const logs: string[] = [];
-  const server = await startServer({ ...config, listen: { hostname: "127.0.0.1", port: 0 } }, nodeRuntime, createLogger("debug", (l) => logs.push(l)));
-  t.teardown(async () => {
-    await server.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  const base = server.url;
   const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString("base64")}`;
   const token = async (query: string, headers: Record<string, string> = {}) => {
     const res = await fetch(`${base}/token?${query}`, { headers });
@@ -553,7 +541,7 @@ t.test("token endpoint and registry routes of a started Stowage", async (t) => {
     t.same(accessOf(refreshed.body.token), [pullOf("local/team/app"), pullOf("local/public/base")]);
     t.equal((await manifest("local/team/app", refreshed.body.token)).status, 200);
 
-    const state = await openKv(join(dir, "data", "kv.sqlite3"));
+    const state = await openKv(join(dataDir, "kv.sqlite3"));
     t.teardown(() => state.close());
     t.equal(await revokeRefreshTokens(new TypedKv(state as unknown as Kv), "ci"), 1, "stowage token revoke ci");
     const revoked = await post({ grant_type: "refresh_token", refresh_token: refresh, scope: "repository:local/team/app:pull" });
@@ -715,30 +703,20 @@ function call(
 t.test("sign-ins of a started Stowage under attack: worker thread, throttling, mirror realms", async (t) => {
   const local = await fakeUpstream(t);
   const ghcr = await fakeUpstream(t);
-  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-attack-"));
-  await writeFile(
-    join(dir, "stowage.yaml"),
-    [
-      "accessControl: true",
-      "users:",
-      ...[["alice", "wonderland"], ["bob", "builder"], ["carol", "carol-pw"], ["xavier", "x-pw"]].map(([n, p]) => `  - { name: ${n}, passwordHash: "${hash(p!)}" }`),
-      "rules:",
-      "  - { upstream: ghcr.io, repository: '**', pull: [xavier] }",
-      "  - { upstream: '*', repository: '**', pull: [alice, bob, carol] }",
-    ].join("\n"),
-  );
-  const config = loadConfig({
-    argv: ["--config", join(dir, "stowage.yaml"), "--data-dir", join(dir, "data"), "--upstream", `local=${local.url}`, "--upstream", `ghcr.io=${ghcr.url}`],
-    env: {},
-    readFile: (p) => readFileSync(p, "utf8"),
+  const stowage = await startInProcessStowage(t, ["--config", "$DIR/stowage.yaml", "--upstream", `local=${local.url}`, "--upstream", `ghcr.io=${ghcr.url}`], {
+    files: {
+      "stowage.yaml": [
+        "accessControl: true",
+        "users:",
+        ...[["alice", "wonderland"], ["bob", "builder"], ["carol", "carol-pw"], ["xavier", "x-pw"]].map(([n, p]) => `  - { name: ${n}, passwordHash: "${hash(p!)}" }`),
+        "rules:",
+        "  - { upstream: ghcr.io, repository: '**', pull: [xavier] }",
+        "  - { upstream: '*', repository: '**', pull: [alice, bob, carol] }",
+      ].join("\n"),
+    },
+    logLevel: "info",
   });
-  const logs: string[] = [];
-  const server = await startServer({ ...config, listen: { hostname: "127.0.0.1", port: 0 } }, nodeRuntime, createLogger("info", (l) => logs.push(l)));
-  t.teardown(async () => {
-    await server.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  const base = server.url;
+  const { url: base, logs } = stowage;
   const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString("base64")}`;
 
   t.ok(
@@ -872,13 +850,7 @@ t.test("the realm comes from --public-url when set, whatever the Host header say
 
 t.test("access control off: no token service, anonymous pulls as before", async (t) => {
   const upstream = await fakeUpstream(t);
-  const dir = await mkdtemp(join(tmpdir(), "stowage-auth-off-"));
-  const config = loadConfig({ argv: ["--data-dir", dir, "--upstream", `local=${upstream.url}`], env: {}, readFile: () => "" });
-  const server = await startServer({ ...config, listen: { hostname: "127.0.0.1", port: 0 } }, nodeRuntime, createLogger("error", () => {}));
-  t.teardown(async () => {
-    await server.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const server = await startInProcessStowage(t, ["--upstream", `local=${upstream.url}`], { logLevel: "error" });
   t.equal((await fetch(`${server.url}/v2/`)).status, 200);
   t.equal((await fetch(`${server.url}/v2/local/team/app/manifests/v1`)).status, 200);
   const tokenRes = await fetch(`${server.url}/token?scope=repository:a:pull`);

@@ -2,22 +2,15 @@
 // handler against a real Stowage whose upstream is a small in-test registry.
 import t, { type Test } from "tap";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
 import { DigestMismatchError, StoreError } from "../../src/cache/fetch-errors.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "../../src/cache/registry-error-for.ts";
-import { loadConfig } from "../../src/config/load.ts";
-import type { Config } from "../../src/config/types.ts";
 import type { Upstream } from "../../src/upstream/upstream.ts";
-import { createLogger } from "../../src/log.ts";
 import { methodLabel, statusLabel } from "../../src/metrics/labels.ts";
-import { nodeRuntime } from "../../src/runtime/node.ts";
-import { startServer } from "../../src/server.ts";
 import { UpstreamError } from "../../src/upstream/upstream-error.ts";
 import { matchRoute, type Route } from "../../src/http/routes.ts";
 import { resolveTarget } from "../../src/upstream/target.ts";
@@ -757,27 +750,9 @@ t.test("5xx bodies say what failed and give the request id; the detail is only i
   });
 });
 
-/** A Stowage from a config built here (a config file, or fields the CLI does not take, such as port 0). */
-async function startConfigured(t: Test, argv: string[], files: Record<string, string>, patch: Partial<Config> = {}): Promise<{ url: string; logs: string[] }> {
-  const dir = await mkdtemp(join(tmpdir(), "stowage-http-test-"));
-  for (const [name, content] of Object.entries(files)) await writeFile(join(dir, name), content);
-  const loaded = loadConfig({
-    argv: ["--data-dir", join(dir, "data"), ...argv.map((a) => a.replace("$DIR", dir))],
-    env: {},
-    readFile: (p) => readFileSync(p, "utf8"),
-  });
-  const logs: string[] = [];
-  const server = await startServer({ ...loaded, listen: { hostname: "127.0.0.1", port: 0 }, ...patch }, nodeRuntime, createLogger("debug", (l) => logs.push(l)));
-  t.teardown(async () => {
-    await server.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  return { url: server.url, logs };
-}
-
 t.test("--metrics-listen: /metrics and /healthz on their own listener, no /metrics on the public one", async (t) => {
   const upstream = await new FakeRegistry().start(t);
-  const stowage = await startConfigured(t, ["--upstream", `local=${upstream.url}`], {}, { metricsListen: { hostname: "127.0.0.1", port: 0 } });
+  const stowage = await startStowage(t, ["--upstream", `local=${upstream.url}`], { patch: { metricsListen: { hostname: "127.0.0.1", port: 0 } } });
   const line = stowage.logs.find((l) => l.includes("serving /metrics and /healthz on a separate listener"));
   const metricsUrl = line ? String(JSON.parse(line).url) : "";
   t.match(metricsUrl, /^http:\/\/127\.0\.0\.1:\d+$/, "the log says where");
@@ -804,8 +779,8 @@ t.test("--metrics-listen: /metrics and /healthz on their own listener, no /metri
 t.test("/metrics on the public listener with access control on needs a known identity", async (t) => {
   const upstream = await new FakeRegistry().start(t);
   const hash = bcrypt.hashSync("wonderland", 4);
-  const stowage = await startConfigured(t, ["--config", "$DIR/stowage.yaml", "--access-control", "on", "--upstream", `local=${upstream.url}`], {
-    "stowage.yaml": ["users:", `  - { name: alice, passwordHash: "${hash}" }`, "rules:", "  - { repository: 'public/**', pull: [anonymous] }"].join("\n"),
+  const stowage = await startStowage(t, ["--config", "$DIR/stowage.yaml", "--access-control", "on", "--upstream", `local=${upstream.url}`], {
+    files: { "stowage.yaml": ["users:", `  - { name: alice, passwordHash: "${hash}" }`, "rules:", "  - { repository: 'public/**', pull: [anonymous] }"].join("\n") },
   });
   const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString("base64")}`;
   const tokenFor = async (headers: Record<string, string>) => {
