@@ -31,6 +31,9 @@ const TokenResponse = z.object({
   expires_in: z.number().positive().optional(),
 });
 
+/** One registry API request to this upstream, on behalf of a client's pull of `repo`. */
+type UpstreamRequest = { method: "GET" | "HEAD"; path: string; repo: string; headers: Record<string, string>; log: Logger };
+
 /** A successful upstream response whose body is still to be read, and the way to cut it off. */
 export type UpstreamReply = { response: Response; abort(reason?: unknown): void };
 
@@ -65,17 +68,17 @@ export class UpstreamClient {
   }
 
   manifest(repo: string, reference: string, method: "GET" | "HEAD", log: Logger): Promise<UpstreamReply> {
-    return this.send(method, `/v2/${repo}/manifests/${reference}`, repo, { accept: MANIFEST_ACCEPT }, log);
+    return this.send({ method, path: `/v2/${repo}/manifests/${reference}`, repo, headers: { accept: MANIFEST_ACCEPT }, log });
   }
 
   blob(repo: string, digest: Digest, method: "GET" | "HEAD", log: Logger, fromByte = 0): Promise<UpstreamReply> {
     const headers: Record<string, string> = {};
     if (fromByte > 0) headers.range = `bytes=${fromByte}-`;
-    return this.send(method, `/v2/${repo}/blobs/${digest}`, repo, headers, log);
+    return this.send({ method, path: `/v2/${repo}/blobs/${digest}`, repo, headers, log });
   }
 
   tags(repo: string, query: string, log: Logger): Promise<UpstreamReply> {
-    return this.send("GET", `/v2/${repo}/tags/list${query}`, repo, { accept: "application/json" }, log);
+    return this.send({ method: "GET", path: `/v2/${repo}/tags/list${query}`, repo, headers: { accept: "application/json" }, log });
   }
 
   /**
@@ -89,14 +92,7 @@ export class UpstreamClient {
     return within(this.opts.timeoutMs, expire, read);
   }
 
-
-  private async send(
-    method: "GET" | "HEAD",
-    path: string,
-    repo: string,
-    extraHeaders: Record<string, string>,
-    log: Logger,
-  ): Promise<UpstreamReply> {
+  private async send(req: UpstreamRequest): Promise<UpstreamReply> {
     const waitSeconds = Math.ceil((this.blockedUntil - Date.now()) / 1000);
     if (waitSeconds > 0) {
       throw new UpstreamError(
@@ -107,7 +103,7 @@ export class UpstreamClient {
     }
     const release = await this.slots.acquire();
     try {
-      const reply = await this.exchange(method, path, repo, extraHeaders, log);
+      const reply = await this.exchange(req);
       return { response: releasingWhenDone(reply.response, release), abort: reply.abort };
     } catch (err) {
       release();
@@ -115,13 +111,7 @@ export class UpstreamClient {
     }
   }
 
-  private async exchange(
-    method: "GET" | "HEAD",
-    path: string,
-    repo: string,
-    extraHeaders: Record<string, string>,
-    log: Logger,
-  ): Promise<UpstreamReply> {
+  private async exchange({ method, path, repo, headers: extraHeaders, log }: UpstreamRequest): Promise<UpstreamReply> {
     const scope = `repository:${repo}:pull`;
     const url = this.upstream.url + path;
     for (let attempt = 0; ; attempt++) {
