@@ -95,25 +95,23 @@ export class IdentityStore {
   }
 
   /**
-   * The identity for a name and secret, or null; the same work is done for unknown names, so timing
-   * does not tell them apart. Throws PasswordChecksBusy when too many checks are waiting.
+   * The identity for a name and secret, or null. An unknown name takes as long and waits in the
+   * same queue as a real check (PasswordChecks.pretend), without bcrypt's CPU, so timing does not
+   * tell names apart. Throws PasswordChecksBusy when too many checks are waiting.
    */
   async verify(name: string, secret: string, now = Date.now()): Promise<Identity | null> {
     const entry = this.#byName.get(name);
-    const hash = entry?.hash ?? DUMMY_HASH;
-    const key = await cacheKey(name, secret, hash);
+    if (!entry) return this.passwords.pretend().then(() => null);
+    const key = await cacheKey(name, secret, entry.hash);
     const until = this.#verified.get(key);
-    if (entry && until !== undefined && until > now) return { subject: entry.name, kind: entry.kind };
-    const ok = await this.passwords.compare(secret, hash);
-    if (!ok || !entry) return null;
+    if (until !== undefined && until > now) return { subject: entry.name, kind: entry.kind };
+    const ok = await this.passwords.compare(secret, entry.hash);
+    if (!ok) return null;
     if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
     this.#verified.set(key, now + VERIFIED_TTL_MS);
     return { subject: entry.name, kind: entry.kind };
   }
 }
-
-// A valid bcrypt hash, compared against when the name is unknown.
-const DUMMY_HASH = "$2b$10$ZIXzboqA/zR3j8Ppe47bnOg29l1NGLw0CtXeW1m70uaYlUWJgnStS";
 
 async function cacheKey(name: string, secret: string, hash: string): Promise<string> {
   const data = new TextEncoder().encode(`${name}\u0000${secret}\u0000${hash}`);

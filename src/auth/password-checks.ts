@@ -6,7 +6,7 @@
 import bcrypt from "bcryptjs";
 import type { Logger } from "../log.ts";
 import type { WorkerPort } from "../runtime/runtime.ts";
-import { rejectAfter } from "../util/deadline.ts";
+import { rejectAfter, sleep } from "../util/deadline.ts";
 
 export type SpawnWorker = (script: URL) => WorkerPort;
 
@@ -29,9 +29,14 @@ export const PASSWORD_QUEUE = 32;
 // A bcrypt hash of "stowage" at the lowest cost, for the worker's self-test.
 const PROBE_HASH = "$2b$04$8oHxhFV6IQmG9MAVhtoMzupwcX.iSS2cJsnLStb7hJKcIerXXwH0e";
 
+/** What a bcrypt check at cost 10 takes here, until real checks have been timed. */
+const FIRST_ESTIMATE_MS = 60;
+
 export class PasswordChecks {
   #running = 0;
   readonly #waiting: Array<() => void> = [];
+  /** How long a real check takes (moving average), so that a pretended one takes as long. */
+  #typicalMs = FIRST_ESTIMATE_MS;
 
   constructor(
     private readonly run: Compare,
@@ -76,7 +81,28 @@ export class PasswordChecks {
   }
 
   /** Whether `secret` matches the bcrypt `hash`; throws PasswordChecksBusy when the queue is full. */
-  async compare(secret: string, hash: string): Promise<boolean> {
+  compare(secret: string, hash: string): Promise<boolean> {
+    return this.#inSlot(async () => {
+      const started = performance.now();
+      const ok = await this.run(secret, hash);
+      this.#typicalMs = 0.8 * this.#typicalMs + 0.2 * (performance.now() - started);
+      return ok;
+    });
+  }
+
+  /**
+   * A failed check for a name nobody has: it waits in the same queue and holds a slot as long as
+   * a real check takes, so neither timing nor the queue tells unknown names from known ones, but
+   * it costs no CPU. A flood of made-up names (the usual guessing) then cannot load the machine.
+   */
+  pretend(): Promise<false> {
+    return this.#inSlot(async () => {
+      await sleep(this.#typicalMs);
+      return false as const;
+    });
+  }
+
+  async #inSlot<T>(work: () => Promise<T>): Promise<T> {
     if (this.#running < this.concurrency) this.#running++;
     else {
       if (this.#waiting.length >= this.maxQueue) throw new PasswordChecksBusy("too many password checks are waiting");
@@ -84,7 +110,7 @@ export class PasswordChecks {
       await new Promise<void>((resolve) => this.#waiting.push(resolve));
     }
     try {
-      return await this.run(secret, hash);
+      return await work();
     } finally {
       const next = this.#waiting.shift();
       if (next) next();

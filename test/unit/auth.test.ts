@@ -640,6 +640,30 @@ t.test("remembered sign-ins: a changed hash or a removed user takes effect at on
   t.equal(await store.verify("alice", "new-pw"), null, "a removed user cannot sign in with a remembered password");
 });
 
+t.test("unknown names cost no bcrypt, but take as long and queue like a real check", async (t) => {
+  let compares = 0;
+  const checks = new PasswordChecks(async (secret, h) => {
+    compares++;
+    await new Promise((r) => setTimeout(r, 120)); // a slow hash, as a high bcrypt cost would be
+    return bcrypt.compareSync(secret, h);
+  }, "inline", 1, 1);
+  const store = new IdentityStore([{ name: "alice", kind: "user", hash: hash("right"), source: "test" }], checks);
+  t.equal(await store.verify("alice", "wrong"), null, "a wrong password for a known name");
+  t.equal(compares, 1, "was checked with bcrypt");
+
+  const started = performance.now();
+  t.equal(await store.verify("intruder-1", "guess"), null, "a made-up name fails");
+  const took = performance.now() - started;
+  t.equal(compares, 1, "without running bcrypt");
+  t.ok(took >= 60, `and it took about as long as a real check (${took.toFixed(0)} ms; a real one here ≥ 120 ms, averaged with the first estimate)`);
+
+  // It holds a slot while it waits: one running, one waiting, the third is refused, as for real checks.
+  const held = [store.verify("intruder-2", "x"), store.verify("intruder-3", "x")];
+  await t.rejects(store.verify("intruder-4", "x"), { name: "PasswordChecksBusy" }, "a full queue refuses unknown names too");
+  t.same(await Promise.all(held), [null, null]);
+  t.equal(compares, 1, "still no bcrypt for any of them");
+});
+
 t.test("login throttle: per address and per name, sliding window, trusted addresses, bounded", async (t) => {
   const cases: Array<[string, string]> = [
     ["127.0.0.1", "127.0.0.1"],
