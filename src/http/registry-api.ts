@@ -11,6 +11,7 @@ import { UpstreamError } from "../upstream/upstream-error.ts";
 import { readLimited } from "../util/streams.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
 import { resolveTarget } from "../upstream/target.ts";
+import { parseJsonBytes } from "../util/encoding.ts";
 
 type Method = "GET" | "HEAD";
 
@@ -110,7 +111,7 @@ export async function listTags(app: App, name: string, url: URL, log: Logger): P
         { status: 502 },
       );
     }
-    const result = TagList.safeParse(parseJson(bytes));
+    const result = TagList.safeParse(parseJsonBytes(bytes));
     if (!result.success) throw new UnusableUpstreamReply("it is not a tag list ({\"name\", \"tags\"} JSON)");
     parsed = result.data;
     next = nextPageQuery(reply.response.headers.get("link"));
@@ -120,12 +121,4 @@ export async function listTags(app: App, name: string, url: URL, log: Logger): P
   const response = jsonResponse({ name, tags: parsed.tags ?? [] });
   if (next) response.headers.set("link", nextPageLink(name, next, url.searchParams.get("ns")));
   return response;
-}
-
-function parseJson(bytes: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch {
-    return null;
-  }
 }

@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { isIndexMediaType, type ManifestMediaType } from "./media-types.ts";
 import { parseDigest } from "./reference.ts";
+import { parseJsonBytes } from "../util/encoding.ts";
 
 // OCI image spec, "Digests": algorithm components joined by + . _ -, then the encoded part.
 const DIGEST_GRAMMAR = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
@@ -32,12 +33,8 @@ const Index = z.looseObject({ manifests: z.array(Descriptor) });
  * The bytes themselves are not quoted: `bytesPreview` is for the log.
  */
 export function manifestShapeProblem(bytes: Uint8Array, mediaType: ManifestMediaType): string | null {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch {
-    return bytes.byteLength === 0 ? "an empty body" : "not JSON";
-  }
+  const doc = parseJsonBytes(bytes);
+  if (doc === undefined) return bytes.byteLength === 0 ? "an empty body" : "not JSON";
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
     return `JSON, but not an object (${Array.isArray(doc) ? "an array" : doc === null ? "null" : `a ${typeof doc}`})`;
   }

@@ -1,6 +1,7 @@
 // Manifest media types, and detection of the type of upstream manifest bytes.
 // (What a manifest may contain is checked in manifest-shape.ts.)
 import { z } from "zod";
+import { parseJsonBytes } from "../util/encoding.ts";
 
 export const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
@@ -31,15 +32,6 @@ export function isIndexMediaType(s: string): boolean {
   return s === OCI_INDEX || s === DOCKER_MANIFEST_LIST;
 }
 
-/** Decodes and parses JSON without throwing; invalid UTF-8 counts as invalid JSON. */
-function parseJson(bytes: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch {
-    return undefined;
-  }
-}
-
 // Only the fields detection looks at; anything else in the document is ignored.
 const DetectionShape = z.object({
   schemaVersion: z.unknown().optional(),
@@ -55,7 +47,7 @@ export function detectManifestMediaType(bytes: Uint8Array, contentType: string |
     const essence = (contentType.split(";")[0] ?? "").trim().toLowerCase();
     if (isManifestMediaType(essence)) return essence;
   }
-  const parsed = DetectionShape.safeParse(parseJson(bytes));
+  const parsed = DetectionShape.safeParse(parseJsonBytes(bytes));
   if (!parsed.success) return null;
   const doc = parsed.data;
   if (typeof doc.mediaType === "string" && isManifestMediaType(doc.mediaType)) return doc.mediaType;
