@@ -4,7 +4,7 @@
  */
 import type { Upstream } from "../upstream/upstream.ts";
 import type { AccessConfig } from "./access-config.ts";
-import { resolveTarget } from "../upstream/target.ts";
+import { mirroredUpstream, resolveTarget } from "../upstream/target.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import { formatBearerChallenge } from "../registry/challenge.ts";
@@ -174,9 +174,7 @@ export class AccessControl {
 
   /** `ns` as one of our upstreams' hosts or names (never echo an arbitrary value into a challenge), else null. */
   #mirrored(ns: string | null): string | null {
-    if (ns === null) return null;
-    const host = ns.toLowerCase();
-    return this.deps.upstreams.some((u) => u.aliases.includes(host) || u.name === host) ? host : null;
+    return ns !== null && mirroredUpstream(this.deps.upstreams, ns) ? ns.toLowerCase() : null;
   }
 
   challenge(url: URL, name: string | null): string {

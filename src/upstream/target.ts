@@ -4,6 +4,12 @@ import { dockerHubRepository, isValidRepositoryName } from "../registry/referenc
 
 export type Target = { upstream: Upstream; repo: string };
 
+/** The upstream a mirror request's `?ns=<registry host>` names (by host or by name), if it is one of ours. */
+export function mirroredUpstream(upstreams: readonly Upstream[], ns: string): Upstream | undefined {
+  const host = ns.toLowerCase();
+  return upstreams.find((u) => u.aliases.includes(host) || u.name === host);
+}
+
 /**
  * Which upstream and repository a request means:
  *  - mirror mode: containerd adds `?ns=<registry host>`; that host must be one
@@ -27,8 +33,7 @@ export function resolveTarget(
   let upstream: Upstream | undefined;
   let repo = name;
   if (ns !== null) {
-    const host = ns.toLowerCase();
-    upstream = upstreams.find((u) => u.aliases.includes(host) || u.name === host);
+    upstream = mirroredUpstream(upstreams, ns);
     if (!upstream) {
       // Which registries are mirrored is the operator's business, not a caller's: no list here.
       throw new RegistryError("NAME_UNKNOWN", `this cache does not mirror registry ${JSON.stringify(ns.slice(0, 255))}`);
