@@ -5,6 +5,8 @@
  * an address that signed in as that user recently, so an attack on a name from elsewhere does not
  * lock its owner's machines out. Memory is bounded: the oldest records go first.
  */
+import { ipv6Groups } from "../util/ip.ts";
+
 export type ThrottleLimits = {
   /** Failures from one address (IPv6: one /64) within the window before it is refused. */
   perAddress: number;
@@ -149,9 +151,6 @@ export function clientKey(address: string): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a);
   if (mapped) return mapped[1]!;
   if (!a.includes(":")) return a;
-  const [head = "", tail] = a.split("::", 2) as [string, string | undefined];
-  const left = head === "" ? [] : head.split(":");
-  const right = tail === undefined || tail === "" ? [] : tail.split(":");
-  const groups = tail === undefined ? left : [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill("0"), ...right];
-  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, "")).join(":")}::/64`;
+  const groups = ipv6Groups(a);
+  return groups === null ? a : `${groups.slice(0, 4).map((g) => g.toString(16)).join(":")}::/64`;
 }

@@ -3,6 +3,8 @@
  * upstream's redirects and token realms may lead. Pure: no I/O, the caller
  * resolves names first (so a DNS name pointing at 127.0.0.1 counts as loopback).
  */
+import { ipv4Number, ipv6Groups } from "../util/ip.ts";
+
 export type AddressClass =
   | "public"
   | "loopback" // 127/8, ::1
@@ -32,55 +34,17 @@ const V4_RANGES: readonly V4Range[] = [
   ["240.0.0.0", 4, "reserved"], // incl. 255.255.255.255
 ];
 
-function v4ToInt(text: string): number | null {
-  const parts = text.split(".");
-  if (parts.length !== 4) return null;
-  let n = 0;
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return null;
-    n = n * 256 + Number(p);
-  }
-  return n;
-}
-
 function classifyV4(n: number): AddressClass {
   // Most specific first: 0.0.0.0/32 inside 0.0.0.0/8.
   let best: { bits: number; cls: AddressClass } | null = null;
   for (const [base, bits, cls] of V4_RANGES) {
     const size = 2 ** (32 - bits);
-    const start = v4ToInt(base)!;
+    const start = ipv4Number(base)!;
     if (n >= start && n < start + size && (best === null || bits > best.bits)) best = { bits, cls };
   }
   return best?.cls ?? "public";
 }
 
-/** Eight 16-bit groups, or null; accepts "::" shorthand and a trailing dotted IPv4. */
-function v6Groups(text: string): number[] | null {
-  let s = text.toLowerCase();
-  const zone = s.indexOf("%");
-  if (zone >= 0) s = s.slice(0, zone);
-  const lastColon = s.lastIndexOf(":");
-  const last = s.slice(lastColon + 1);
-  if (last.includes(".")) {
-    // "::ffff:1.2.3.4" is "::ffff:102:304".
-    const v4 = v4ToInt(last);
-    if (v4 === null) return null;
-    s = `${s.slice(0, lastColon + 1)}${Math.floor(v4 / 65536).toString(16)}:${(v4 % 65536).toString(16)}`;
-  }
-  const halves = s.split("::");
-  if (halves.length > 2) return null;
-  const parse = (part: string): number[] | null => {
-    if (part === "") return [];
-    const groups = part.split(":");
-    return groups.every((g) => /^[0-9a-f]{1,4}$/.test(g)) ? groups.map((g) => parseInt(g, 16)) : null;
-  };
-  const head = parse(halves[0] ?? "");
-  const tail = halves.length === 2 ? parse(halves[1] ?? "") : [];
-  if (head === null || tail === null) return null;
-  if (halves.length === 1) return head.length === 8 ? head : null;
-  const missing = 8 - head.length - tail.length;
-  return missing >= 1 ? [...head, ...new Array<number>(missing).fill(0), ...tail] : null;
-}
 
 function classifyV6(g: number[]): AddressClass {
   const [a = 0, b = 0] = g;
@@ -103,10 +67,10 @@ function classifyV6(g: number[]): AddressClass {
 /** The class of an IP literal (IPv4, or IPv6 with or without brackets), or null if it is not one. */
 export function classifyAddress(address: string): AddressClass | null {
   const text = address.startsWith("[") && address.endsWith("]") ? address.slice(1, -1) : address;
-  const v4 = v4ToInt(text);
+  const v4 = ipv4Number(text);
   if (v4 !== null) return classifyV4(v4);
   if (!text.includes(":")) return null;
-  const groups = v6Groups(text);
+  const groups = ipv6Groups(text);
   return groups ? classifyV6(groups) : null;
 }
 
