@@ -45,6 +45,12 @@ export class StartupError extends Error {}
 
 /** Assembles the app from the configuration and starts listening. */
 export async function startServer(config: Config, runtime: Runtime, log: Logger): Promise<RunningServer> {
+  // Before anything is opened: a setting this runtime cannot honour is a start-up error, not a leak.
+  if (config.resolve.length > 0 && !runtime.pinsUpstreamAddresses) {
+    throw new StartupError(
+      `--resolve is not supported on ${runtime.name}, whose fetch resolves host names itself; put the names in /etc/hosts (or your DNS) instead, or run Stowage on Node`,
+    );
+  }
   const dataDir = resolve(config.dataDir);
   const diskWritable = await runtime.canWrite(dataDir);
   if (!diskWritable) {
@@ -72,11 +78,6 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   const tokens = new UpstreamTokenCache(kv);
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
   const metrics = createStowageMetrics();
-  if (config.resolve.length > 0 && !runtime.pinsUpstreamAddresses) {
-    throw new StartupError(
-      `--resolve is not supported on ${runtime.name}, whose fetch resolves host names itself; put the names in /etc/hosts (or your DNS) instead, or run Stowage on Node`,
-    );
-  }
   const clients = new Map(
     config.upstreams.map((u) => {
       const fetch = runtime.upstreamFetch(createConnectGuard(u, config.resolve));
