@@ -199,7 +199,7 @@ export class UpstreamClient {
     const creds = this.upstream.credentials;
     let credentialOrigin: string | null = null;
     if (creds) {
-      const decision = credentialsMayGo(this.upstream.url, realm.href);
+      const decision = await credentialsMayGo(this.upstream.url, realm.href);
       if (decision.ok) {
         headers.set("authorization", basicAuth(creds));
         credentialOrigin = realm.origin;

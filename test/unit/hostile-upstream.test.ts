@@ -89,7 +89,7 @@ t.test("credential policy: where an upstream's credentials may go (token realms)
     ["https://ghcr.io", "not a url", false, "not a URL"],
   ];
   for (const [upstream, target, expected, what] of table) {
-    t.equal(credentialsMayGo(upstream, target).ok, expected, `${what}: ${upstream} -> ${target}`);
+    t.equal((await credentialsMayGo(upstream, target)).ok, expected, `${what}: ${upstream} -> ${target}`);
   }
 });
 
