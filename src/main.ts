@@ -4,7 +4,8 @@ import { ConfigError } from "./config/problems.ts";
 import { DEFAULTS } from "./config/settings.ts";
 import { createLogger } from "./log.ts";
 import { currentRuntime } from "./runtime/current.ts";
-import { openStateKv, StartupError, startServer } from "./server.ts";
+import { startServer } from "./server.ts";
+import { openStateKv, StartupError } from "./services.ts";
 import { VERSION } from "./version.ts";
 
 const runtime = await currentRuntime();

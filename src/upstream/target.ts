@@ -1,6 +1,7 @@
 import type { Upstream } from "./upstream.ts";
 import { RegistryError } from "../registry/errors.ts";
-import { dockerHubRepository, isValidRepositoryName } from "../registry/reference.ts";
+import { looksLikeRegistryHost, ImageRefError, parseImageRef } from "../registry/image-ref.ts";
+import { dockerHubRepository, isValidRepositoryName, type Digest } from "../registry/reference.ts";
 
 export type Target = { upstream: Upstream; repo: string };
 
@@ -48,4 +49,47 @@ export function resolveTarget(
   }
   if (upstream.dockerHub) repo = dockerHubRepository(repo);
   return { upstream, repo };
+}
+
+/** An image reference resolved to one of our upstreams: what prefill fetches and a bundle names. */
+export type ImageTarget = Target & { tag: string | null; digest: Digest | null };
+
+/**
+ * Which upstream an image reference (`[UPSTREAM/]REPO[:TAG|@DIGEST]`) means, as a pull through
+ * Stowage would: a first component naming an upstream (by name, host or alias) picks it; a
+ * first component that is a registry host we do not mirror is an error; anything else goes
+ * to the default upstream. Docker Hub's single-component names get `library/`.
+ */
+export function resolveImageRef(upstreams: readonly Upstream[], defaultUpstream: string, text: string): ImageTarget {
+  const ref = parseImageRef(text);
+  const slash = ref.name.indexOf("/");
+  const first = slash > 0 ? ref.name.slice(0, slash) : null;
+  let upstream: Upstream | undefined;
+  let repo = ref.name;
+  if (first !== null) {
+    upstream = upstreams.find((u) => u.name === first) ?? mirroredUpstream(upstreams, first);
+    if (upstream) repo = ref.name.slice(slash + 1);
+    else if (looksLikeRegistryHost(first)) {
+      throw new ImageRefError(
+        `${JSON.stringify(text.slice(0, 200))}: registry ${first} is not one of the configured upstreams (${upstreams.map((u) => u.name).join(", ")}); ` +
+          `add it with --upstream NAME=https://${first}`,
+      );
+    }
+  }
+  upstream ??= upstreams.find((u) => u.name === defaultUpstream);
+  if (!upstream) throw new Error(`default upstream ${defaultUpstream} is not configured`);
+  if (upstream.dockerHub) repo = dockerHubRepository(repo);
+  if (!isValidRepositoryName(repo)) throw new ImageRefError(`${JSON.stringify(text.slice(0, 200))}: ${JSON.stringify(repo)} is not a valid repository name`);
+  return { upstream, repo, tag: ref.tag, digest: ref.digest };
+}
+
+/** The full name of a repository, registry host included (`docker.io/library/alpine`), as a bundle records it. */
+export function fullRepositoryName(upstream: Upstream, repo: string): string {
+  return `${upstream.dockerHub ? "docker.io" : upstream.host}/${repo}`;
+}
+
+/** The full reference of an image: `host/repo:tag` or `host/repo@digest`. */
+export function fullImageRef(upstream: Upstream, repo: string, ref: { tag: string | null; digest: Digest | null }): string {
+  const name = fullRepositoryName(upstream, repo);
+  return ref.digest ? `${name}@${ref.digest}` : `${name}:${ref.tag ?? "latest"}`;
 }

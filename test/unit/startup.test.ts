@@ -4,7 +4,8 @@ import { join } from "node:path";
 import t from "tap";
 import { createLogger } from "../../src/log.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
-import { StartupError, startServer } from "../../src/server.ts";
+import { startServer } from "../../src/server.ts";
+import { StartupError } from "../../src/services.ts";
 import { load } from "../support/config-sources.ts";
 
 t.test("start-up: where the disk or the KV cannot be used, the operator is told what to change", async (t) => {
