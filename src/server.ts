@@ -48,6 +48,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     metrics,
     manifests,
     blobs,
+    referrers: services.referrers,
     ...(access ? { access } : {}),
   };
 

@@ -8,6 +8,7 @@ import { join, resolve } from "node:path";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { FetchLeases } from "./cache/fetch-lease.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
+import { ReferrersCache } from "./cache/referrers-cache.ts";
 import type { Config } from "./config/types.ts";
 import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
 import { WorkerHasherFactory } from "./digest/worker-pool.ts";
@@ -35,6 +36,7 @@ export type CacheServices = {
   metrics: StowageMetrics;
   manifests: ManifestCache;
   blobs: BlobCache;
+  referrers: ReferrersCache;
   kvLocation: KvLocation;
   close(): Promise<void>;
 };
@@ -87,6 +89,7 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
     }),
   );
   const manifests = new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 });
+  const referrers = new ReferrersCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 });
   const blobs = new BlobCache(
     {
       kv,
@@ -108,6 +111,7 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
     metrics,
     manifests,
     blobs,
+    referrers,
     kvLocation,
     async close() {
       await hashers.close();

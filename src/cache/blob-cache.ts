@@ -12,6 +12,7 @@ import type { FetchSource } from "./fetch-source.ts";
 import { BlobRecord } from "./records.ts";
 import { registryErrorFor } from "./registry-error-for.ts";
 import { storeFailed } from "./store-failure.ts";
+import { offlineError } from "../upstream/upstream-error.ts";
 
 /** What the HTTP layer needs to answer a blob request. */
 export type BlobAnswer = {
@@ -71,6 +72,10 @@ export class BlobCache {
     const linked = await isLinked(kv, source, digest);
     const record = await kv.read(kvKeys.blob(digest), BlobRecord);
     let storeFailing = false;
+    // Offline, the records prefill and import wrote are the authority: a blob this repository has
+    // no link to is refused rather than confirmed upstream (the client would refuse to ask anyway).
+    const offline = source.client.upstream.offline === true;
+    if (offline && (!record || !linked)) throw registryErrorFor(offlineError(source.client.upstream.name), "blob", what);
     if (record) {
       if (!linked) await this.confirmUpstreamHas(source, digest, what, log);
       try {
@@ -86,6 +91,11 @@ export class BlobCache {
       }
     }
 
+    // Recorded but unreadable (lost from the store, or the store failing): nothing to fetch it from.
+    if (offline && storeFailing) {
+      throw new RegistryError("UNAVAILABLE", `could not get ${what}: the blob store failed, and upstream ${source.client.upstream.name} is offline (--offline)`, { status: 500 });
+    }
+    if (offline) throw registryErrorFor(offlineError(source.client.upstream.name), "blob", what);
     let fetch = this.inflight.get(digest);
     let sourceKind: BlobAnswer["source"] = "coalesced";
     if (fetch) {

@@ -41,7 +41,9 @@ export type ManifestCacheDeps = { kv: TypedKv; store: BlobStore; metrics: Stowag
  *  - by digest: immutable; once cached, upstream is never asked again;
  *  - by tag: served from cache inside the freshness window; after it a HEAD
  *    (free on Docker Hub's rate limit) decides whether to fetch again; if the
- *    upstream is down or rate-limiting, the last known digest is served.
+ *    upstream is down or rate-limiting, the last known digest is served;
+ *  - offline upstream: whatever is stored, at any age; a miss is a 404 at once
+ *    (the client refuses to send anything).
  */
 export class ManifestCache {
   private readonly lru = new ManifestBytesLru(32 * 1024 * 1024);
@@ -76,7 +78,8 @@ export class ManifestCache {
     const record = await kv.read(tagKey, TagRecord);
     const cached = record ? await this.cached(source, record.digest, log) : null;
     if (!record || !cached) return this.fetch(source, tag, null, log);
-    if (this.now() - record.checkedAt < tagTtlMs) return { ...answerOf(cached), source: "cache" };
+    // Offline, what prefill or import stored is the answer, whatever its age: there is no one to ask.
+    if (this.now() - record.checkedAt < tagTtlMs || source.client.upstream.offline) return { ...answerOf(cached), source: "cache" };
 
     try {
       const { response } = await source.client.manifest(source.repo, tag, "HEAD", log);
@@ -91,6 +94,16 @@ export class ManifestCache {
       if (err instanceof UpstreamError && err.failure === "not-found") await kv.remove(tagKey);
       throw registryErrorFor(err, "manifest", `manifest ${name}/${source.repo}:${tag}`);
     }
+  }
+
+  /** The tags this repository has records of (any age), for tag listing while offline. */
+  async cachedTags(source: FetchSource): Promise<string[]> {
+    const tags: string[] = [];
+    for await (const { key } of this.deps.kv.list(kvKeys.tagsOf(source.client.upstream.name, source.repo), TagRecord)) {
+      const tag = key[3];
+      if (typeof tag === "string") tags.push(tag);
+    }
+    return tags;
   }
 
   /** Fetches from upstream (once per reference at a time), verifies, stores. Falls back to `stale` on an outage. */

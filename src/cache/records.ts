@@ -41,3 +41,12 @@ export const LinkRecord = z.object({ linkedAt: z.number() });
 /** Which instance is fetching a blob, until when (ms since epoch; KV expiry is too lazy to rely on). */
 export const LeaseRecord = z.object({ owner: z.string(), expiresAt: z.number() });
 export type LeaseRecord = z.infer<typeof LeaseRecord>;
+
+/** A subject's referrers list: an OCI index kept in the store under its own digest. */
+export const ReferrersRecord = z.object({
+  digest: DigestSchema,
+  size: z.number().int().nonnegative(),
+  /** When the upstream last gave us this list (or an import recorded it), ms since epoch. */
+  checkedAt: z.number(),
+});
+export type ReferrersRecord = z.infer<typeof ReferrersRecord>;

@@ -30,6 +30,11 @@ export function registryErrorFor(err: unknown, subject: "blob" | "manifest" | "r
     return new RegistryError("UNAVAILABLE", `could not get ${what}: Stowage failed internally`, { status: 500, cause: err });
   }
   switch (err.failure) {
+    case "offline": {
+      // A miss on the dark side is final: a 404 that says why, not a 503 to retry.
+      const message = `${what} is not in the cache, and ${err.message}: nothing is fetched; prefill or import it on the connected side`;
+      return new RegistryError(subject === "blob" ? "BLOB_UNKNOWN" : subject === "manifest" ? "MANIFEST_UNKNOWN" : "NAME_UNKNOWN", message);
+    }
     case "not-found":
       return subject === "blob"
         ? new RegistryError("BLOB_UNKNOWN", `${what} is not known to the upstream`)

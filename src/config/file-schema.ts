@@ -40,6 +40,8 @@ export const fileUpstreamSchema = z.strictObject({
   passwordEnv: z.string({ error: "expected the name of an environment variable" }).min(1).nullish(),
   passwordFile: z.string({ error: "expected a file path" }).min(1).nullish(),
   allowPrivateNetwork: z.boolean({ error: "expected true or false" }).nullish(),
+  /** Never contact this upstream (air-gapped: serve what prefill or import stored). */
+  offline: z.boolean({ error: "expected true or false" }).nullish(),
 });
 export type FileUpstream = z.output<typeof fileUpstreamSchema>;
 

@@ -117,6 +117,7 @@ export function fileLayer(label: string, file: string, src: ConfigSources): Laye
     }
     upstreams.push({ value: { name: u.name, ...u.url }, label: `${file}: upstreams[${i}]` });
     if (u.allowPrivateNetwork) (layer.privateNetworkUpstreams ??= []).push(u.name);
+    if (u.offline) (layer.offlineUpstreams ??= []).push(u.name);
     const given = fileCredentials(file, i, u, src);
     if (given) credentials.push({ value: { name: u.name, credentials: given }, label: `${file}: upstreams[${i}]` });
   });

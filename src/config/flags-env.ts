@@ -14,7 +14,27 @@ const KEY_OF_FLAG = new Map<string, SettingKey>(SETTING_KEYS.map((key) => [SETTI
 const OPTIONS = Object.fromEntries(SETTING_KEYS.map((key) => [SETTINGS[key].flag.slice(2), { type: "string", multiple: true } as const]));
 const SEE_HELP = "(see stowage serve --help)";
 
-export function readFlags(argv: string[]): RawValues {
+/** Flags that may stand alone (`--offline`), with the value they mean then. */
+const BARE = new Map<string, string>(SETTING_KEYS.flatMap((key) => {
+  const row = setting(key);
+  return row.bare === undefined ? [] : [[row.flag, row.bare] as const];
+}));
+
+/**
+ * `--offline` alone means `--offline=on`; `--offline on|off` keeps its value. Rewritten in
+ * place (one argument for one), so positions still name what the operator wrote.
+ */
+function withBareValues(argv: string[]): string[] {
+  return argv.map((arg, i) => {
+    const bare = BARE.get(arg);
+    if (bare === undefined) return arg;
+    const next = argv[i + 1];
+    return next !== undefined && /^(on|off|true|false|yes|no|1|0)$/i.test(next.trim()) ? arg : `${arg}=${bare}`;
+  });
+}
+
+export function readFlags(given: string[]): RawValues {
+  const argv = withBareValues(given);
   // Not strict: strict mode refuses any value that starts with "-" ("--hash-workers -1"),
   // which the setting's own check should judge, and its messages are not the operator's
   // words; the checks below say what is wrong instead.

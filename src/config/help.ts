@@ -43,7 +43,8 @@ const FILE_EXTRAS: Readonly<Record<string, string>> = {
                              #   or passwordFile (a path; content is trimmed)
     - name: harbor.lan
       url: https://harbor.lan
-      allowPrivateNetwork: true  # its redirects may lead to private addresses`,
+      allowPrivateNetwork: true  # its redirects may lead to private addresses
+      offline: true              # never contacted: serve what is stored`,
   "Access control": `
   tokenService: stowage       # the service= of challenges and aud of tokens
   users:                      # hashes from: stowage user hash

@@ -27,7 +27,7 @@ function extra<K extends "tokenService" | "identities" | "rules" | "oidc" | "s3C
   return found;
 }
 
-function toUpstream(def: UpstreamDef, credentials: Credentials | undefined, allowPrivateNetwork: boolean): Upstream {
+function toUpstream(def: UpstreamDef, credentials: Credentials | undefined, allowPrivateNetwork: boolean, offline: boolean): Upstream {
   const dockerHub = DOCKER_HUB_HOSTS.includes(def.host);
   const upstream: Upstream = {
     name: def.name,
@@ -38,6 +38,7 @@ function toUpstream(def: UpstreamDef, credentials: Credentials | undefined, allo
     allowPrivateNetwork,
   };
   if (credentials) upstream.credentials = credentials;
+  if (offline) upstream.offline = true;
   return upstream;
 }
 
@@ -70,7 +71,10 @@ export function merge(layers: Layer[]): Config {
   }
 
   const privateNetwork = new Set(layers.flatMap((l) => l.privateNetworkUpstreams ?? []));
-  const upstreams = [...defs.values()].map((d) => toUpstream(d, creds.get(d.name)?.value, privateNetwork.has(d.name)));
+  // --offline covers every upstream; offline: true in an upstream's entry covers that one.
+  const offline = new Set(layers.flatMap((l) => l.offlineUpstreams ?? []));
+  const allOffline = plain.offline === true;
+  const upstreams = [...defs.values()].map((d) => toUpstream(d, creds.get(d.name)?.value, privateNetwork.has(d.name), allOffline || offline.has(d.name)));
   const chosen = pick(layers, "defaultUpstream");
   if (chosen && !defs.has(chosen.value)) {
     throw new ConfigError(`${chosen.label}: ${quote(chosen.value)} is not a configured upstream (upstreams: ${known()})`);

@@ -38,6 +38,8 @@ export type Setting = {
   list?: { split: RegExp; splitText: string; fileError?: string };
   /** Checks one value: a string from a flag or the environment, any YAML/JSON value from the file. */
   parse: (raw: unknown) => Parsed<unknown>;
+  /** What the flag means when written without a value (`--offline`); without it, a value is required. */
+  bare?: string;
   /** The file's own check, where it differs from the command line's (true/false for on/off). */
   fileParse?: (raw: unknown) => Parsed<unknown>;
   /**
@@ -229,6 +231,17 @@ const UPSTREAMS = {
       "download counts until its body ends. Protects upstreams from a fleet's burst.",
     ],
     shown: "`32`", example: "--upstream-concurrency 8",
+  },
+  offline: {
+    // Air-gapped sites: tags resolve to what is stored, misses are 404 at once, nothing waits on a connect timeout.
+    flag: "--offline", env: "STOWAGE_OFFLINE", file: "offline", metavar: "[on|off]",
+    parse: fromString(parseOnOff), fileParse: parseBoolean, field: "offline", default: false, bare: "on",
+    about: [
+      "Never contact any upstream (one upstream alone: offline: true in its upstreams:",
+      "entry). Tags answer from the store whatever their age, a miss is 404 at once;",
+      "fill the store with stowage prefill or stowage import. --offline alone means on.",
+    ],
+    shown: "`off`", example: "--offline", fileExample: "true",
   },
   resolve: {
     // Name resolution overrides for upstream connections (split-horizon networks, tests); replaces lower sources' list.

@@ -30,6 +30,8 @@ export type Layer = {
   s3Credentials?: Labeled<S3Credentials>;
   /** Upstreams whose redirects may reach private addresses. */
   privateNetworkUpstreams?: string[];
+  /** Upstreams never to contact (offline: true in their entry). */
+  offlineUpstreams?: string[];
   tokenService?: string;
   identities?: IdentityEntry[];
   rules?: Rule[];

@@ -1,6 +1,7 @@
 import type { AccessControl } from "../auth/access.ts";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
+import type { ReferrersCache } from "../cache/referrers-cache.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
@@ -23,6 +24,7 @@ export type App = {
   clients: ReadonlyMap<string, UpstreamClient>;
   manifests: ManifestCache;
   blobs: BlobCache;
+  referrers: ReferrersCache;
   kv: TypedKv;
   store: BlobStore;
   log: Logger;

@@ -5,7 +5,7 @@ import type { Logger } from "../log.ts";
 import { methodLabel, statusLabel } from "../metrics/labels.ts";
 import { RegistryError } from "../registry/errors.ts";
 import { clientFacingError, describeError } from "./failures.ts";
-import { getBlob, getManifest, listTags, readOnly } from "./registry-api.ts";
+import { getBlob, getManifest, getReferrers, listTags, readOnly } from "./registry-api.ts";
 import { errorResponse, jsonResponse } from "./responses.ts";
 import { matchRoute, type Route } from "./routes.ts";
 
@@ -60,7 +60,8 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
   const method = request.method;
   const readable = method === "GET" || method === "HEAD";
   // Access control (when on) comes before anything else, so a refused client learns nothing about the content.
-  if (app.access && (route.kind === "base" || route.kind === "manifest" || route.kind === "blob" || route.kind === "tags")) {
+  // Referrers are read like the manifests they list: the same pull right on the repository.
+  if (app.access && (route.kind === "base" || route.kind === "manifest" || route.kind === "blob" || route.kind === "tags" || route.kind === "referrers")) {
     who.user = await app.access.authorize(request, url, route.kind === "base" ? null : route.name, client);
   }
   switch (route.kind) {
@@ -79,7 +80,8 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
       if (method !== "GET") throw readOnly(method);
       return listTags(app, route.name, url, log);
     case "referrers":
-      throw new RegistryError("UNSUPPORTED", "the referrers API is not supported by this cache", { status: 404 });
+      if (!readable) throw readOnly(method);
+      return getReferrers(app, route.name, route.digest, method, url, log);
     case "catalog":
       throw new RegistryError("UNSUPPORTED", "the catalog is not available through a pull-through cache", { status: 404 });
     case "healthz":

@@ -4,10 +4,12 @@ import type { FetchSource } from "../cache/fetch-source.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "../cache/registry-error-for.ts";
 import type { Logger } from "../log.ts";
 import { RegistryError } from "../registry/errors.ts";
-import { nextPageLink, nextPageQuery } from "../registry/pagination.ts";
+import { OCI_INDEX } from "../registry/media-types.ts";
+import { nextPageLink, nextPageQuery, pageOfTags } from "../registry/pagination.ts";
+import { filterReferrers, referrersIndex } from "../registry/referrers.ts";
 import { contentRange } from "../registry/range.ts";
 import { parseDigest, parseReference } from "../registry/reference.ts";
-import { UpstreamError } from "../upstream/upstream-error.ts";
+import { offlineError, UpstreamError } from "../upstream/upstream-error.ts";
 import { readLimited } from "../util/streams.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
 import { resolveTarget } from "../upstream/target.ts";
@@ -84,9 +86,13 @@ const TagList = z.object({ name: z.string(), tags: z.array(z.string()).nullable(
  */
 export const MAX_TAG_LIST_BYTES = 4 * 1024 * 1024;
 
-/** Tag listing is passed through (it is a live view of the upstream), not cached. */
+/**
+ * Tag listing is passed through (it is a live view of the upstream), not cached; offline, it
+ * is the tags the store holds for the repository.
+ */
 export async function listTags(app: App, name: string, url: URL, log: Logger): Promise<Response> {
   const source = sourceFor(app, name, url);
+  if (source.client.upstream.offline) return listCachedTags(app, source, name, url);
   const query = new URLSearchParams();
   for (const key of ["n", "last"]) {
     const value = url.searchParams.get(key);
@@ -121,4 +127,40 @@ export async function listTags(app: App, name: string, url: URL, log: Logger): P
   const response = jsonResponse({ name, tags: parsed.tags ?? [] });
   if (next) response.headers.set("link", nextPageLink(name, next, url.searchParams.get("ns")));
   return response;
+}
+
+async function listCachedTags(app: App, source: FetchSource, name: string, url: URL): Promise<Response> {
+  const held = await app.manifests.cachedTags(source);
+  if (held.length === 0) {
+    const upstream = source.client.upstream.name;
+    throw new RegistryError(
+      "NAME_UNKNOWN",
+      `repository ${upstream}/${source.repo} has no tags in the cache, and ${offlineError(upstream).message}: nothing is fetched; prefill or import it on the connected side`,
+    );
+  }
+  const page = pageOfTags(held, url.searchParams.get("n"), url.searchParams.get("last"));
+  const response = jsonResponse({ name, tags: page.tags });
+  if (page.next) response.headers.set("link", nextPageLink(name, page.next, url.searchParams.get("ns")));
+  return response;
+}
+
+/**
+ * OCI 1.1 referrers of a manifest: every artifact whose subject it is, as an image index,
+ * filtered by `?artifactType=` when given (and then said so in OCI-Filters-Applied).
+ */
+export async function getReferrers(app: App, name: string, digestText: string, method: Method, url: URL, log: Logger): Promise<Response> {
+  const source = sourceFor(app, name, url);
+  const subject = parseDigest(digestText);
+  if (!subject) throw new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digestText.slice(0, 200))}`);
+  const artifactType = url.searchParams.get("artifactType") || null;
+  const answer = await app.referrers.get(source, subject, log);
+  const body = referrersIndex(filterReferrers(answer.list, artifactType));
+  const headers: Record<string, string> = {
+    ...API_VERSION_HEADER,
+    "content-type": OCI_INDEX,
+    "content-length": String(body.byteLength),
+    "x-stowage-cache": answer.source,
+  };
+  if (artifactType !== null) headers["oci-filters-applied"] = "artifactType";
+  return new Response(method === "HEAD" ? null : body, { status: 200, headers });
 }

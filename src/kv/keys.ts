@@ -10,12 +10,16 @@ export const kvKeys = {
   // repository name in two upstreams never collides; blob bytes are content-addressed.
   /** TagRecord: which manifest digest a tag named when upstream last said so. */
   tag: (upstream: string, repo: string, tag: string) => ["tag", upstream, repo, tag] as const,
+  /** The prefix of every tag record of a repository (tag listing while offline). */
+  tagsOf: (upstream: string, repo: string) => ["tag", upstream, repo] as const,
   /** ManifestRecord: a manifest stored for this repository. */
   manifest: (upstream: string, repo: string, digest: Digest) => ["manifest", upstream, repo, digest] as const,
   /** LinkRecord: upstream confirmed this repository may see the blob. */
   link: (upstream: string, repo: string, digest: Digest) => ["link", upstream, repo, digest] as const,
   /** BlobRecord: the blob's bytes are in the store. */
   blob: (digest: Digest) => ["blob", digest] as const,
+  /** ReferrersRecord: the OCI 1.1 referrers list of a subject manifest (its bytes are in the store). */
+  referrers: (upstream: string, repo: string, subject: Digest) => ["referrers", upstream, repo, subject] as const,
   /** LeaseRecord: which instance is downloading the blob. */
   lease: (digest: Digest) => ["lease", digest] as const,
 

@@ -6,14 +6,14 @@ import { base64 } from "../util/encoding.ts";
 import { within } from "../util/deadline.ts";
 import { observedBody, readLimited } from "../util/streams.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
-import { MANIFEST_ACCEPT } from "../registry/media-types.ts";
+import { MANIFEST_ACCEPT, OCI_INDEX } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
 import { credentialsMayGo } from "./credential-policy.ts";
 import { NetworkRefused } from "./network-guard.ts";
 import { redirectRefusal } from "./redirect-policy.ts";
 import type { UpstreamTokenCache } from "./token-cache.ts";
 import { Semaphore } from "./semaphore.ts";
-import { UpstreamError } from "./upstream-error.ts";
+import { offlineError, UpstreamError } from "./upstream-error.ts";
 
 /** Backoff after a 429 without a usable Retry-After, and the most we honour. */
 const DEFAULT_BACKOFF_SECONDS = 60;
@@ -81,6 +81,11 @@ export class UpstreamClient {
     return this.send({ method: "GET", path: `/v2/${repo}/tags/list${query}`, repo, headers: { accept: "application/json" }, log });
   }
 
+  /** OCI 1.1 referrers of `subject`, unfiltered (`query`: a next page's, from the upstream's Link). */
+  referrers(repo: string, subject: Digest, query: string, log: Logger): Promise<UpstreamReply> {
+    return this.send({ method: "GET", path: `/v2/${repo}/referrers/${subject}${query}`, repo, headers: { accept: OCI_INDEX }, log });
+  }
+
   /**
    * Runs `read`, which consumes a small body (a manifest, a tag list, a token),
    * under the upstream timeout. The request's own timer stops at the response
@@ -93,6 +98,8 @@ export class UpstreamClient {
   }
 
   private async send(req: UpstreamRequest): Promise<UpstreamReply> {
+    // The one way out to the upstream (token requests go from here too): offline, nothing leaves.
+    if (this.upstream.offline) throw offlineError(this.upstream.name);
     const waitSeconds = Math.ceil((this.blockedUntil - Date.now()) / 1000);
     if (waitSeconds > 0) {
       throw new UpstreamError(

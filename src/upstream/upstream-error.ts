@@ -6,7 +6,8 @@ export type UpstreamFailure =
   | "not-found" // 404
   | "unauthorized" // 401/403 even after the token dance
   | "server-error" // 5xx
-  | "bad-response"; // anything else we cannot use (odd status, bad token JSON, oversize manifest)
+  | "bad-response" // anything else we cannot use (odd status, bad token JSON, oversize manifest)
+  | "offline"; // the upstream is offline by configuration: nothing was sent
 
 export class UpstreamError extends Error {
   constructor(
@@ -17,9 +18,17 @@ export class UpstreamError extends Error {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
   }
 
-  /** Failures where serving what is cached (stale-if-error) is the right answer. */
+  /**
+   * Failures where serving what is cached (stale-if-error) is the right answer. Not "offline":
+   * offline, what is cached is served as a matter of course and a miss is final.
+   */
   get isOutage(): boolean {
     return this.failure === "unreachable" || this.failure === "timeout" || this.failure === "rate-limited" ||
       this.failure === "server-error";
   }
+}
+
+/** The refusal of an offline upstream, before anything is sent. */
+export function offlineError(upstream: string): UpstreamError {
+  return new UpstreamError("offline", `upstream ${upstream} is offline (--offline)`);
 }

@@ -15,6 +15,11 @@ export type Upstream = {
    * upstream itself lives at such an address (a registry on the LAN).
    */
   allowPrivateNetwork: boolean;
+  /**
+   * Never contacted (--offline, or offline: true for this upstream): tags resolve to what is
+   * stored, misses are 404 at once. Absent means online.
+   */
+  offline?: boolean;
 };
 
 /** `--resolve HOST:PORT:ADDRESS`: connect to ADDRESS whenever HOST:PORT is asked for (as curl does). */

@@ -13,6 +13,8 @@ const DIGEST = `sha256:${"ab".repeat(32)}` as Digest;
 t.test("every KV key keeps its value", async (t) => {
   const pinned: Record<keyof typeof kvKeys, [readonly unknown[], unknown[]]> = {
     tag: [kvKeys.tag("hub", "library/alpine", "3.20"), ["tag", "hub", "library/alpine", "3.20"]],
+    tagsOf: [kvKeys.tagsOf("hub", "library/alpine"), ["tag", "hub", "library/alpine"]],
+    referrers: [kvKeys.referrers("hub", "library/alpine", DIGEST), ["referrers", "hub", "library/alpine", DIGEST]],
     manifest: [kvKeys.manifest("hub", "library/alpine", DIGEST), ["manifest", "hub", "library/alpine", DIGEST]],
     link: [kvKeys.link("hub", "library/alpine", DIGEST), ["link", "hub", "library/alpine", DIGEST]],
     blob: [kvKeys.blob(DIGEST), ["blob", DIGEST]],
@@ -25,6 +27,11 @@ t.test("every KV key keeps its value", async (t) => {
   };
   for (const [name, [actual, expected]] of Object.entries(pinned)) t.strictSame(actual, expected, name);
   t.strictSame(Object.keys(pinned).sort(), Object.keys(kvKeys).sort(), "every key builder is pinned");
+});
+
+t.test("tag records lie under the prefix that offline tag listing reads", async (t) => {
+  const prefix = kvKeys.tagsOf("hub", "library/alpine");
+  t.strictSame(kvKeys.tag("hub", "library/alpine", "3.20").slice(0, prefix.length), prefix);
 });
 
 t.test("refresh token records lie under the prefix that revocation lists", async (t) => {
