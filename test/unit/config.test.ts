@@ -33,6 +33,7 @@ t.test("defaults", async (t) => {
     maxBlobBytes: 32 * 1024 ** 3,
     diskReserveBytes: 512 * 1024 ** 2,
     metricsListen: null,
+    offline: false,
   });
 });
 
@@ -194,6 +195,7 @@ t.test("config file: YAML and JSON", async (t) => {
     maxBlobBytes: 32 * 1024 ** 3,
     diskReserveBytes: 512 * 1024 ** 2,
     metricsListen: null,
+    offline: false,
   });
 
   const j = load([], { STOWAGE_CONFIG: "s.json" }, { "s.json": JSON_FILE });
