@@ -126,10 +126,10 @@ const SETPRIV = "/usr/bin/setpriv";
 const hasSetpriv = existsSync(SETPRIV);
 
 /** Spawns a tracked child with stdout/stderr piped; it dies with this process. */
-function spawnChild(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
+function spawnChild(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; stdin?: boolean } = {}): ChildProcess {
   installCleanup();
   const [file, argv] = hasSetpriv ? [SETPRIV, ["--pdeathsig", "KILL", "--", cmd, ...args]] : [cmd, args];
-  const child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.stdin ? "pipe" : "ignore", "pipe", "pipe"] });
   liveChildren.add(child);
   const untrack = () => void liveChildren.delete(child);
   child.once("error", untrack);
@@ -149,7 +149,8 @@ function exitOf(child: ChildProcess): Promise<Exit> {
 /** A long-running child whose combined output is kept (the tail, if it gets large). */
 export type Spawned = { child: ChildProcess; logs(): string; exited: Promise<Exit> };
 
-export function spawnTracked(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Spawned {
+/** `stdin`: a pipe the caller writes to (and ends); otherwise the child's standard input is empty. */
+export function spawnTracked(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; stdin?: boolean } = {}): Spawned {
   const child = spawnChild(cmd, args, opts);
   let log = "";
   const capture = (chunk: Buffer): void => {

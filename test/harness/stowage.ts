@@ -59,3 +59,26 @@ export async function startStowage(
   }
   return { ...proc, url, port, dataDir };
 }
+
+/**
+ * A one-shot Stowage command (prefill, export, import...) as an operator runs it, from the
+ * project root: its exit code, its standard output, and all its output (stdout and stderr
+ * interleaved, for failure messages). Standard input is `stdin` when given, else empty.
+ */
+export async function runStowage(
+  args: string[],
+  opts: { runtime?: "node" | "deno"; timeoutMs?: number; stdin?: string; env?: Record<string, string> } = {},
+): Promise<{ code: number; stdout: string; output: string }> {
+  const runtime = opts.runtime ?? (process.env.STOWAGE_E2E_RUNTIME === "deno" ? "deno" : "node");
+  const [cmd, prefix] = runtime === "deno"
+    ? [await denoBinary(), ["run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "src/main.ts"]]
+    : [process.execPath, ["--max-semi-space-size=2", "--initial-old-space-size=64", "--import", "tsx", "src/main.ts"]];
+  const s = spawnTracked(cmd, [...prefix, ...args], { cwd: PROJECT_ROOT, env: { ...process.env, ...opts.env }, stdin: opts.stdin !== undefined });
+  s.child.stdin?.end(opts.stdin);
+  const out: Buffer[] = [];
+  s.child.stdout?.on("data", (c: Buffer) => out.push(c));
+  const timer = setTimeout(() => s.child.kill("SIGKILL"), opts.timeoutMs ?? 300_000);
+  const exit = await s.exited;
+  clearTimeout(timer);
+  return { code: exit.code ?? -1, stdout: Buffer.concat(out).toString("utf8"), output: s.logs() };
+}
