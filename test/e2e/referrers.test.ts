@@ -24,13 +24,13 @@ async function pushBlob(registry: string, bytes: Buffer): Promise<{ mediaType: s
   if (start.status !== 202) throw new Error(`upload start answered ${start.status}`);
   const location = new URL(start.headers.get("location") ?? "", registry);
   location.searchParams.set("digest", digest);
-  const put = await fetch(location, { method: "PUT", body: bytes, headers: { "content-type": "application/octet-stream" } });
+  const put = await fetch(location, { method: "PUT", body: new Uint8Array(bytes), headers: { "content-type": "application/octet-stream" } });
   if (put.status !== 201) throw new Error(`blob upload answered ${put.status}: ${await put.text()}`);
   return { mediaType: "application/octet-stream", digest, size: bytes.length };
 }
 
 async function pushManifest(registry: string, reference: string, bytes: Buffer, mediaType: string): Promise<{ mediaType: string; digest: string; size: number }> {
-  const res = await fetch(`${registry}/v2/${REPO}/manifests/${reference}`, { method: "PUT", body: bytes, headers: { "content-type": mediaType } });
+  const res = await fetch(`${registry}/v2/${REPO}/manifests/${reference}`, { method: "PUT", body: new Uint8Array(bytes), headers: { "content-type": mediaType } });
   if (res.status !== 201) throw new Error(`manifest push of ${reference} answered ${res.status}: ${await res.text()}`);
   return { mediaType, digest: sha256(bytes), size: bytes.length };
 }
