@@ -241,7 +241,7 @@ const UPSTREAMS = {
       "entry). Tags answer from the store whatever their age, a miss is 404 at once;",
       "fill the store with stowage prefill or stowage import. --offline alone means on.",
     ],
-    shown: "`off`", example: "--offline", fileExample: "true",
+    shown: "`off`", example: "--offline", fileExample: "false",
   },
   resolve: {
     // Name resolution overrides for upstream connections (split-horizon networks, tests); replaces lower sources' list.
