@@ -84,6 +84,12 @@ export function referrersIndex(list: readonly ReferrerDescriptor[]): Uint8Array<
  */
 export function nextReferrersQuery(link: string | null, path: string): string | null {
   const target = nextLinkTarget(link);
-  if (target === null || !target.pathname.endsWith(path) || target.search === "" || target.search.length > 2048) return null;
-  return target.search;
+  if (target === null || target.search === "" || target.search.length > 2048) return null;
+  let pathname = target.pathname;
+  try {
+    pathname = decodeURIComponent(pathname); // some registries escape the digest's colon
+  } catch {
+    return null;
+  }
+  return pathname.endsWith(path) ? target.search : null;
 }

@@ -76,6 +76,8 @@ t.test("the upstream's next page of referrers", async (t) => {
   const cases: Array<[string | null, string | null]> = [
     [null, null],
     [`<${path}?last=x&n=2>; rel="next"`, "?last=x&n=2"],
+    [`<${path.replace(":", "%3A")}?page=2>; rel="next"`, "?page=2"],
+    [`<${path}%ZZ?page=2>; rel="next"`, null],
     [`<https://elsewhere.example${path}?page=2>; rel="next"`, "?page=2"],
     [`<${path}?page=2>; rel="prev", <${path}?page=3>; rel="next"`, "?page=3"],
     [`</v2/other/referrers/${SUBJECT}?page=2>; rel="next"`, null],
