@@ -122,7 +122,7 @@ async function prefillOne(deps: PrefillDeps, options: PrefillOptions, ref: strin
   const item = progress.item(result.image, null);
   const client = deps.clients.get(upstream.name);
   try {
-    if ((upstream as { offline?: boolean }).offline) throw new PrefillFailure(`upstream ${upstream.name} is offline; prefill on the connected side, then export and import`);
+    if (upstream.offline) throw new PrefillFailure(`upstream ${upstream.name} is offline; prefill on the connected side, then export and import`);
     if (!client) throw new PrefillFailure(`upstream ${upstream.name} has no client (is it configured?)`);
     const walk = new ImageWalk(deps, { client, repo }, options.platforms, item, log);
     const reference: Reference = target.digest ? { kind: "digest", digest: target.digest } : { kind: "tag", tag: target.tag ?? "latest" };

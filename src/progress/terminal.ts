@@ -28,9 +28,18 @@ export function createTerminalProgress(options: ProgressOptions): Progress {
     stream: stream as unknown as NodeJS.WritableStream,
     fps: 10,
     clearOnComplete: true,
+    // Neither hides the cursor nor turns off line wrapping: an interrupted run must not leave the
+    // terminal changed (our lines are cut to the width instead).
     hideCursor: false,
+    linewrap: true,
     gracefulExit: false,
     format: (_opts: unknown, _params: unknown, payload: { tracker: ItemTracker }) => barLine(payload.tracker, columns),
+  });
+
+  // The redraw timer must not keep the process alive if a caller fails before finish().
+  bars.on("update-post", () => {
+    const timer = (bars as unknown as { timer?: unknown }).timer;
+    if (timer && typeof timer === "object" && "unref" in timer && typeof timer.unref === "function") timer.unref();
   });
 
   return {

@@ -78,8 +78,8 @@ async function fixture(t: Test): Promise<Fixture> {
 
 const REFS = ["local/app:multi", "local/app:dlist", "local/tools/single:1.0"];
 
-function configFor(dataDir: string, upstream: string): Config {
-  return loadConfig({ argv: ["--data-dir", dataDir, "--upstream", `local=${upstream}`], env: {}, readFile: (p) => readFileSync(p, "utf8") });
+function configFor(dataDir: string, upstream: string, flags: string[] = []): Config {
+  return loadConfig({ argv: ["--data-dir", dataDir, "--upstream", `local=${upstream}`, ...flags], env: {}, readFile: (p) => readFileSync(p, "utf8") });
 }
 
 async function tempDir(t: Test): Promise<string> {
@@ -89,8 +89,14 @@ async function tempDir(t: Test): Promise<string> {
 }
 
 /** Runs prefill on the data dir through openServices, as the command does, and closes them. */
-async function runPrefill(dataDir: string, upstream: string, options: Partial<PrefillOptions>, progress: Progress = silentProgress): Promise<PrefillResult> {
-  const config = configFor(dataDir, upstream);
+async function runPrefill(
+  dataDir: string,
+  upstream: string,
+  options: Partial<PrefillOptions>,
+  progress: Progress = silentProgress,
+  flags: string[] = [],
+): Promise<PrefillResult> {
+  const config = configFor(dataDir, upstream, flags);
   const log = createLogger("error", () => {});
   const services = await openServices(config, nodeRuntime, log);
   try {
@@ -263,6 +269,14 @@ t.test("one bad reference fails with its reason while the others succeed; progre
   t.same(done.map((e) => e.item).sort(), result.images.filter((i) => i.status === "ok").map((i) => i.image).sort(), "a done line per image");
   t.equal(done.find((e) => e.item.endsWith("single:1.0"))?.bytes, f.single.size, "with the bytes fetched");
   t.ok(events.every((e) => typeof e.time === "string" && ["progress", "done", "failed", "summary"].includes(e.event)), "every line a known event with a time");
+});
+
+t.test("an offline upstream is reported as such, and asked nothing", async (t) => {
+  const f = await fixture(t);
+  const dataDir = join(await tempDir(t), "data");
+  const result = await runPrefill(dataDir, f.reg.url, { refs: ["local/app:multi"] }, silentProgress, ["--offline"]);
+  t.match(result.images, [{ status: "failed", reason: /^upstream local is offline/ }]);
+  t.same(f.reg.requests, [], "nothing was sent");
 });
 
 t.test("--with-referrers brings cosign's tags and the artifacts attached to an image", async (t) => {
