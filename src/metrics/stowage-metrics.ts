@@ -15,7 +15,7 @@ export function createStowageMetrics() {
       method: methodLabel,
       status: statusLabel,
     }),
-    cacheHits: registry.counter("stowage_cache_hits_total", "Requests served from the cache, by kind (blob, manifest)."),
+    cacheHits: registry.counter("stowage_cache_hits_total", "Requests served from the cache, by kind (blob, manifest, referrers)."),
     cacheMisses: registry.counter("stowage_cache_misses_total", "Requests that started an upstream fetch, by kind."),
     coalesced: registry.counter("stowage_cache_coalesced_total", "Blob requests that joined a fetch already in flight."),
     staleServed: registry.counter("stowage_stale_served_total", "Tags served from their last known digest because the upstream failed."),
