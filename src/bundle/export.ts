@@ -77,13 +77,13 @@ export async function exportBundle(
   const plans: Plan[] = [];
   const planned = new Set<string>();
 
-  const consider = async (upstream: Upstream, repo: string, ref: { tag: string | null; digest: Digest | null }, shown: string | null) => {
+  const consider = async (upstream: Upstream, repo: string, ref: { tag: string | null; digest: Digest | null }) => {
     const full = fullImageRef(upstream, repo, ref);
     if (planned.has(full)) return;
     planned.add(full);
     const outcome = await planImage(deps, upstream, repo, ref, full);
     if ("reason" in outcome) {
-      const result: ExportedImage = { ref: shown ?? full, digest: ref.digest, bytes: 0, status: "failed", reason: outcome.reason };
+      const result: ExportedImage = { ref: full, digest: ref.digest, bytes: 0, status: "failed", reason: outcome.reason };
       results.push(result);
       progress.item(result.ref, null).fail(outcome.reason);
       log.warn("image left out of the bundle", { ref: full, reason: outcome.reason });
@@ -94,7 +94,7 @@ export async function exportBundle(
   };
 
   if (options.refs === "all") {
-    for (const target of await everyCachedImage(deps, log)) await consider(target.upstream, target.repo, target, null);
+    for (const target of await everyCachedImage(deps, log)) await consider(target.upstream, target.repo, target);
   } else {
     for (const text of options.refs) {
       let target;
@@ -106,14 +106,14 @@ export async function exportBundle(
         progress.item(text, null).fail(err.message);
         continue;
       }
-      await consider(target.upstream, target.repo, target, text);
+      await consider(target.upstream, target.repo, target);
     }
   }
   if (options.withReferrers) {
     // Attached artifacts may have artifacts of their own (a signature of an SBOM): walk until nothing new turns up.
     for (let i = 0; i < plans.length; i++) {
       const plan = plans[i]!;
-      for (const attached of await attachedTo(deps, plan, log)) await consider(plan.upstream, plan.repo, attached, null);
+      for (const attached of await attachedTo(deps, plan, log)) await consider(plan.upstream, plan.repo, attached);
     }
   }
 
@@ -255,7 +255,7 @@ async function planImage(
     if (err instanceof Incomplete) return { reason: err.message };
     throw err;
   }
-  if (manifests.length === absent.length + 1 && absent.length > 0) {
+  if (manifests.length === 1 && absent.length > 0) {
     return { reason: `none of the platforms of ${full} is in the cache: run stowage prefill ${full} first` };
   }
   const image: LayoutImage = { ref: full, mediaType: rootType!, digest: root, size: rootSize };
