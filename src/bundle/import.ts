@@ -30,6 +30,8 @@ import { readTar } from "./tar.ts";
 
 /** Small JSON entries (manifests, configs) kept in memory for the walk, up to this much in all; the rest are read back from the store. */
 const MEMORY_BUDGET = 64 * 1024 * 1024;
+/** Batches of one blob being hashed and written at once. */
+const MAX_IN_FLIGHT = 3;
 
 export type ImportDeps = {
   kv: TypedKv;
@@ -65,6 +67,7 @@ export async function importBundle(deps: ImportDeps, input: ImportInput, progres
   const verified = new Set<Digest>(); // committed by this import, or in the store already
   const damaged: Damage = new Map();
   const kept = new Map<Digest, Uint8Array>();
+  const received = new Map<Digest, number>(); // committed by this import
   let keptBytes = 0;
   let indexBytes: Uint8Array | null = null;
   let layoutSeen = false;
@@ -73,7 +76,7 @@ export async function importBundle(deps: ImportDeps, input: ImportInput, progres
   let bytesRead = 0;
   let truncated: string | null = null;
   const bundleItem = progress.item("bundle", input.size);
-  const pool = new BufferPool(BATCH_BYTES, 4);
+  const pool = new BufferPool(BATCH_BYTES, MAX_IN_FLIGHT + 1);
 
   const stream = observedBody(input.stream, {
     onChunk: (n) => {
@@ -117,6 +120,7 @@ export async function importBundle(deps: ImportDeps, input: ImportInput, progres
       const outcome = await receive(deps, digest, entry.size, entry.body, pool, keep);
       if (outcome.ok) {
         verified.add(digest);
+        received.set(digest, entry.size);
         blobsWritten++;
         if (outcome.bytes) {
           kept.set(digest, outcome.bytes);
@@ -139,36 +143,9 @@ export async function importBundle(deps: ImportDeps, input: ImportInput, progres
   else bundleItem.done();
   if (!layoutSeen && !truncated) problems.push("the bundle has no oci-layout file; reading it as an OCI image layout all the same");
 
-  const images: ImportedImage[] = [];
-  if (!indexBytes) {
-    problems.push(truncated ? "the bundle has no index.json (it ends before it)" : "the bundle has no index.json, so it names no images");
-    log.info("bundle imported", { images: 0, blobsWritten, blobsSkipped, bytes: bytesRead, problems: problems.length });
-    return { images, blobsWritten, blobsSkipped, bytes: bytesRead, problems };
-  }
-  let layout: ReturnType<typeof parseIndexJson>;
-  try {
-    layout = parseIndexJson(indexBytes);
-  } catch (err) {
-    if (!(err instanceof LayoutError)) throw err;
-    problems.push(err.message);
-    return { images, blobsWritten, blobsSkipped, bytes: bytesRead, problems };
-  }
-  for (const p of layout.problems) {
-    problems.push(`index.json: ${p.reason}`);
-    images.push({ ref: `index.json entry ${p.entry}`, status: "failed", reason: p.reason });
-  }
-
-  const ctx: WalkContext = { deps, verified, damaged, kept, truncated, log };
-  for (const image of layout.images) {
-    const item = progress.item(image.ref, image.size);
-    const result = await importImage(ctx, image);
-    images.push(result);
-    if (result.status === "ok") item.done();
-    else {
-      item.fail(result.reason ?? "failed");
-      log.warn("image not imported", { ref: image.ref, reason: result.reason });
-    }
-  }
+  const ctx: WalkContext = { deps, verified, damaged, kept, truncated, log, manifestsSeen: new Set() };
+  const images = await importImages(ctx, indexBytes, problems, progress);
+  await recordLooseBlobs(ctx, received);
   log.info("bundle imported", {
     images: images.filter((i) => i.status === "ok").length,
     failed: images.filter((i) => i.status === "failed").length,
@@ -178,6 +155,59 @@ export async function importBundle(deps: ImportDeps, input: ImportInput, progres
     problems: problems.length,
   });
   return { images, blobsWritten, blobsSkipped, bytes: bytesRead, problems };
+}
+
+/** The images index.json names, each imported or failed with its reason. */
+async function importImages(ctx: WalkContext, indexBytes: Uint8Array | null, problems: string[], progress: Progress): Promise<ImportedImage[]> {
+  const images: ImportedImage[] = [];
+  if (!indexBytes) {
+    problems.push(ctx.truncated ? "the bundle has no index.json (it ends before it)" : "the bundle has no index.json, so it names no images");
+    return images;
+  }
+  let layout: ReturnType<typeof parseIndexJson>;
+  try {
+    layout = parseIndexJson(indexBytes);
+  } catch (err) {
+    if (!(err instanceof LayoutError)) throw err;
+    problems.push(err.message);
+    return images;
+  }
+  for (const p of layout.problems) {
+    problems.push(`index.json: ${p.reason}`);
+    images.push({ ref: `index.json entry ${p.entry}`, status: "failed", reason: p.reason });
+  }
+  for (const image of layout.images) {
+    const item = progress.item(image.ref, image.size);
+    const result = await importImage(ctx, image);
+    images.push(result);
+    if (result.status === "ok") item.done();
+    else {
+      item.fail(result.reason ?? "failed");
+      ctx.log.warn("image not imported", { ref: image.ref, reason: result.reason });
+    }
+  }
+  return images;
+}
+
+/**
+ * Blobs this import committed that no imported image claimed (their image was cut off or
+ * damaged) still get their blob record, as the store has them verified; no link, since no
+ * repository was confirmed. Manifests get none, as a pull gives them none.
+ */
+async function recordLooseBlobs(ctx: WalkContext, committed: ReadonlyMap<Digest, number>): Promise<void> {
+  const { kv } = ctx.deps;
+  for (const [digest, size] of committed) {
+    if (ctx.manifestsSeen.has(digest)) continue;
+    const bytes = ctx.kept.get(digest);
+    if (bytes && looksLikeManifest(bytes)) continue;
+    const current = await kv.read(kvKeys.blob(digest), BlobRecord);
+    if (current?.size !== size) await kv.write(kvKeys.blob(digest), { size, storedAt: Date.now() } satisfies BlobRecord);
+  }
+}
+
+function looksLikeManifest(bytes: Uint8Array): boolean {
+  const mediaType = detectManifestMediaType(bytes, null);
+  return mediaType !== null && manifestShapeProblem(bytes, mediaType) === null;
 }
 
 type Received = { ok: true; bytes: Uint8Array | null } | { ok: false; reason: string; fatal: unknown };
@@ -196,9 +226,18 @@ async function receive(deps: ImportDeps, digest: Digest, size: number, body: Rea
     upload = await deps.store.begin(digest);
     const u = upload;
     // Batches of 1 MiB: fewer store writes and worker messages than the tar's small chunks.
+    // A few batches in flight, so that reading the tar, hashing and writing overlap; no more, so memory stays flat.
+    const inFlight: Array<Promise<void>> = [];
+    const send = (buffer: Uint8Array, reuse: boolean) => {
+      const done = Promise.all([hasher.update(buffer), u.write(buffer)]).then(() => {
+        if (reuse) pool.give(buffer.buffer);
+      });
+      done.catch(() => {}); // awaited below; this only keeps an early failure from going unhandled
+      inFlight.push(done);
+    };
     const filler = new BufferFiller(BATCH_BYTES, () => pool.take(), async (buffer) => {
-      await Promise.all([hasher.update(buffer), u.write(buffer)]);
-      pool.give(buffer.buffer);
+      send(buffer, true);
+      if (inFlight.length >= MAX_IN_FLIGHT) await inFlight.shift();
     });
     const reader = body.getReader();
     for (;;) {
@@ -215,7 +254,8 @@ async function receive(deps: ImportDeps, digest: Digest, size: number, body: Rea
       await filler.push(next.value);
     }
     const last = filler.takePartial(true);
-    if (last) await Promise.all([hasher.update(last), u.write(last)]);
+    if (last) send(last, false);
+    while (inFlight.length > 0) await inFlight.shift();
     const hex = await hasher.finish();
     if (hex !== digestHex(digest)) {
       await upload.abort();
@@ -239,6 +279,8 @@ type WalkContext = {
   kept: Map<Digest, Uint8Array>;
   truncated: string | null;
   log: Logger;
+  /** Every manifest a walk read (of imported and failed images alike). */
+  manifestsSeen: Set<Digest>;
 };
 
 /** A manifest found usable, with what a pull would have recorded for it. */
@@ -280,6 +322,7 @@ async function importImage(ctx: WalkContext, image: LayoutImage): Promise<Import
       throw new Unusable(`${what}: ${errorText(err)}`);
     }
     seen.add(d.digest);
+    ctx.manifestsSeen.add(d.digest);
     manifests.push({ digest: d.digest, mediaType, size: d.size, subject: refs.subject?.digest ?? null, referrer: referrerDescriptor(d.digest, mediaType, d.size, bytes) });
     for (const child of refs.children) {
       if (!isManifestDescriptor(child)) continue;
