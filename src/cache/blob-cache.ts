@@ -22,6 +22,11 @@ export type BlobAnswer = {
   range: ByteRange | null;
   body: ReadableStream<Uint8Array> | null;
   source: "cache" | "upstream" | "coalesced";
+  /**
+   * For a blob being fetched now: resolves once the fetch has ended, true when the blob is then
+   * in the store and recorded, false when it was served uncached or failed. Null otherwise.
+   */
+  stored: Promise<boolean> | null;
 };
 
 /**
@@ -36,6 +41,14 @@ export class BlobCache {
     /** A client that takes no bytes of a blob for this long is cut off (--client-timeout). */
     private readonly clientTimeoutMs: number = 5 * 60_000,
   ) {}
+
+  /** Whether this repository is served the blob from the store with no upstream request (what prefill skips). */
+  async isCached(source: FetchSource, digest: Digest): Promise<boolean> {
+    const { kv, store } = this.deps;
+    if (!(await isLinked(kv, source, digest))) return false;
+    if (!(await kv.read(kvKeys.blob(digest), BlobRecord))) return false;
+    return (await store.stat(digest)) !== null;
+  }
 
   async get(
     source: FetchSource,
@@ -129,7 +142,8 @@ export class BlobCache {
     if (request.kind === "unsatisfiable") throw rangeNotSatisfiable(size ?? 0);
     const range = request.kind === "partial" ? request.range : null;
     const body = method === "HEAD" ? null : fetch.follow(range?.start ?? 0, range ? range.end + 1 : null);
-    return { status: range ? 206 : 200, size, range, body, source: sourceKind };
+    const stored = fetch.settled.then(() => fetch.committed, () => false);
+    return { status: range ? 206 : 200, size, range, body, source: sourceKind, stored };
   }
 
   private startFetch(source: FetchSource, digest: Digest, opts: { evenIfStored: boolean }, log: Logger): BlobFetch {
@@ -157,11 +171,11 @@ export class BlobCache {
     if (method === "HEAD") {
       const stat = await this.deps.store.stat(digest);
       if (!stat) return null;
-      return { status: range ? 206 : 200, size, range, body: null, source: "cache" };
+      return { status: range ? 206 : 200, size, range, body: null, source: "cache", stored: null };
     }
     const body = await this.deps.store.open(digest, range ?? undefined);
     if (!body) return null;
-    return { status: range ? 206 : 200, size, range, body, source: "cache" };
+    return { status: range ? 206 : 200, size, range, body, source: "cache", stored: null };
   }
 
   /** HEAD on an uncached blob: ask upstream, do not download. */
@@ -171,7 +185,7 @@ export class BlobCache {
       const size = contentLength(response.headers);
       // The same answer a GET would get, without downloading.
       refuseDeclaredSize(what, size, this.deps.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES, "it is not downloaded");
-      return { status: 200, size, range: null, body: null, source: "upstream" };
+      return { status: 200, size, range: null, body: null, source: "upstream", stored: null };
     } catch (err) {
       throw registryErrorFor(err, "blob", what);
     }

@@ -29,7 +29,10 @@ import { formatBytes } from "../progress/format.ts";
 export type PrefillDeps = {
   clients: ReadonlyMap<string, UpstreamClient>;
   manifests: { get(source: FetchSource, reference: Reference, log: Logger): Promise<ManifestAnswer> };
-  blobs: { get(source: FetchSource, digest: Digest, method: "GET" | "HEAD", range: string | null, log: Logger): Promise<BlobAnswer> };
+  blobs: {
+    isCached(source: FetchSource, digest: Digest): Promise<boolean>;
+    get(source: FetchSource, digest: Digest, method: "GET" | "HEAD", range: string | null, log: Logger): Promise<BlobAnswer>;
+  };
   /** The referrers API (with its tag-schema fallback); without it only cosign's tags are looked at. */
   referrers?: { get(source: FetchSource, subject: Digest, log: Logger): Promise<{ list: ReferrerDescriptor[] }> };
   upstreams: readonly Upstream[];
@@ -78,7 +81,6 @@ const MAX_DEPTH = 2;
 /** Cosign keeps signatures, attestations and SBOMs under these tag suffixes of `sha256-<hex>`. */
 const COSIGN_SUFFIXES = [".sig", ".att", ".sbom"];
 /** After its body is read, how long a blob may take to be committed to the store. */
-const COMMIT_WAIT_MS = 120_000;
 
 export async function prefill(deps: PrefillDeps, options: PrefillOptions, progress: Progress, log: Logger): Promise<PrefillResult> {
   const images: PrefillImageResult[] = new Array(options.refs.length);
@@ -224,12 +226,11 @@ class ImageWalk {
     return artifacts.size;
   }
 
-  /** HEAD each blob: cached ones are counted and skipped; the others are downloaded, a few at a time. */
+  /** Blobs this repository already has in the store are counted and skipped; the others are downloaded, a few at a time. */
   async fetchBlobs(): Promise<void> {
     const missing: Descriptor[] = [];
     await eachLimited([...this.blobs.values()], BLOBS_AT_A_TIME, async (d) => {
-      const head = await this.deps.blobs.get(this.source, d.digest, "HEAD", null, this.log);
-      if (head.source === "cache") this.cached += head.size ?? d.size;
+      if (await this.deps.blobs.isCached(this.source, d.digest)) this.cached += d.size;
       else missing.push(d);
     });
     this.item.setTotal(missing.reduce((n, d) => n + d.size, 0));
@@ -254,24 +255,11 @@ class ImageWalk {
         this.item.add(value.byteLength);
       }
     }
-    await this.committed(d.digest);
-  }
-
-  /**
-   * The last byte reaches clients once verified, a moment before the store commit and the
-   * records: wait for them, so that what prefill reports done is in the store (and the KV is
-   * not closed under a commit).
-   */
-  private async committed(digest: Digest): Promise<void> {
-    const started = Date.now();
-    for (let pause = 5; ; pause = Math.min(pause * 2, 200)) {
-      const head = await this.deps.blobs.get(this.source, digest, "HEAD", null, this.log);
-      if (head.source === "cache") return;
-      if (head.source === "upstream") {
-        throw new PrefillFailure(`blob ${digest} was downloaded and verified but the store could not keep it (see the log)`);
-      }
-      if (Date.now() - started > COMMIT_WAIT_MS) throw new PrefillFailure(`blob ${digest} was downloaded but not committed to the store within ${COMMIT_WAIT_MS / 1000} s`);
-      await new Promise((r) => setTimeout(r, pause));
+    // The last byte reaches clients once verified, a moment before the store commit and the
+    // records: wait for them, so that what prefill reports done is in the store (and the KV is
+    // not closed under a commit).
+    if (answer.stored && !(await answer.stored)) {
+      throw new PrefillFailure(`blob ${d.digest} was downloaded and verified but the store could not keep it (see the log)`);
     }
   }
 }
