@@ -28,6 +28,7 @@ import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
 import { S3BlobStore } from "../../src/storage/s3/s3-store.ts";
 import type { Upstream } from "../../src/upstream/upstream.ts";
 import { FakeS3 } from "../support/fake-s3.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR } from "../harness/images.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -150,7 +151,7 @@ async function storeContents(s: Side): Promise<Record<string, string>> {
 }
 
 async function uploadsLeft(s: Side): Promise<string[]> {
-  if (s.s3) return [...s.s3.uploads.values()].map((u) => u.key);
+  if (s.s3) return [...[...s.s3.uploads.values()].map((u) => u.key), ...(await readdir(join(s.dir, "spool")).catch(() => []))];
   return readdir(join(s.dir, "blobs", "_uploads"));
 }
 
@@ -357,9 +358,9 @@ t.test("truncated, damaged and incomplete bundles: reported, nothing unverified 
       reason: new RegExp(`layer ${target.digest} is missing from the bundle and the store`),
     },
   ];
-  for (const c of cases) {
-    await t.test(c.name, async (t) => {
-      const dst = await side(t);
+  for (const [c, kind] of cases.flatMap((c) => [[c, "fs"], [c, "s3"]] as const)) {
+    await t.test(`${c.name} (${kind} store)`, async (t) => {
+      const dst = await side(t, kind);
       const result = await importBytes(dst, await c.bundle());
       t.equal(result.images[0]?.status, "ok", "the complete image is imported");
       t.equal(result.images[1]?.status, "failed", "the other is not");
@@ -472,6 +473,9 @@ t.test("--with-referrers: attached artifacts and cosign tags travel and are reco
   const result = await importBytes(dst, bytes);
   t.same(result.images.map((i) => i.status), ["ok", "ok", "ok"]);
   t.same(await records(dst), await records(src), "the same records, the referrers list included");
+  const before = await rawRecords(dst);
+  await importBytes(dst, bytes);
+  t.same(await rawRecords(dst), before, "a second import records nothing again (the referrers list neither)");
 });
 
 t.test("memory stays bounded: export and import of a 256 MiB blob", async (t) => {
@@ -531,4 +535,18 @@ t.test("memory stays bounded: export and import of a 256 MiB blob", async (t) =>
   t.equal((await dst.store.stat(layerDigest))?.size, size, "the blob arrived (verified against its digest on the way in)");
   t.equal(result.blobsWritten, 3);
   t.ok(growth < 64 * MiB, `RSS grew ${(growth / MiB).toFixed(1)} MiB, well under the blob's 256 MiB`);
+});
+
+t.test("a bundle skopeo wrote (oci-archive) imports, named by a full reference", async (t) => {
+  const images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
+  const image = images.find((i) => i.kind === "oci-index")!;
+  const dst = await side(t);
+  const file = join(dst.dir, "skopeo.tar");
+  const ref = `127.0.0.1:5999/${image.repo}:v1`;
+  await run("skopeo", ["copy", "--all", "--preserve-digests", image.source, `oci-archive:${file}:${ref}`]);
+  const result = await importBundle(importDeps(dst), { stream: Readable.toWeb(createReadStream(file)) as ReadableStream<Uint8Array>, size: null }, silentProgress, quiet);
+  t.same(result.images, [{ ref, status: "ok" }], JSON.stringify(result.problems));
+  const tag = (await records(dst))[JSON.stringify(["tag", "local", image.repo, "v1"])] as { digest: string };
+  t.equal(tag.digest, image.digest, "the tag names the index skopeo copied");
+  for (const b of image.blobs) t.ok((await records(dst))[JSON.stringify(["link", "local", image.repo, b.digest])], `blob ${b.digest.slice(7, 19)} linked`);
 });
