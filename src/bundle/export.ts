@@ -120,6 +120,7 @@ export async function exportBundle(
   const written = new Set<Digest>();
   let blobs = 0;
   let bytes = 0;
+  let writing: ProgressItem | null = null;
   async function* entries(): AsyncGenerator<TarWriteEntry> {
     yield { name: OCI_LAYOUT_FILE, size: ociLayoutBytes().byteLength, body: ociLayoutBytes() };
     const index = indexJsonBytes(plans.map((p) => p.image));
@@ -127,12 +128,12 @@ export async function exportBundle(
     for (const plan of plans) {
       const todo = plan.entries.filter((e) => !written.has(e.digest) && !previous.has(e.digest));
       const item: ProgressItem = progress.item(plan.image.ref, todo.reduce((n, e) => n + e.size, 0));
+      writing = item;
       for (const e of todo) {
         if (written.has(e.digest)) continue;
         written.add(e.digest);
         const stream = await deps.store.open(e.digest);
         if (!stream) {
-          item.fail(`${e.digest} left the store while the bundle was written`);
           throw new ExportError(`${e.digest} (of ${plan.image.ref}) left the store while the bundle was being written`);
         }
         blobs++;
@@ -151,14 +152,16 @@ export async function exportBundle(
       // Every body of this image has been read to its end by the time the writer asks for more.
       const shared = plan.entries.length - todo.length;
       item.done(shared > 0 ? `${shared} of ${plan.entries.length} objects already in the bundle${previous.size > 0 ? " or the previous one" : ""}` : undefined);
+      writing = null;
     }
   }
 
   try {
     await tarWriter(entries()).pipeTo(out);
   } catch (err) {
-    if (err instanceof ExportError) throw err;
-    throw new ExportError(`the bundle could not be written: ${errorText(err)}`, { cause: err });
+    const failure = err instanceof ExportError ? err : new ExportError(`the bundle could not be written: ${errorText(err)}`, { cause: err });
+    (writing as ProgressItem | null)?.fail(failure.message);
+    throw failure;
   }
   log.info("bundle written", { images: plans.length, failed: results.length - plans.length, blobs, bytes });
   return { images: results, blobs, bytes };

@@ -555,3 +555,26 @@ t.test("a bundle skopeo wrote (oci-archive) imports, named by a full reference",
   t.equal(tag.digest, image.digest, "the tag names the index skopeo copied");
   for (const b of image.blobs) t.ok((await records(dst))[JSON.stringify(["link", "local", image.repo, b.digest])], `blob ${b.digest.slice(7, 19)} linked`);
 });
+
+t.test("export fails whole, saying why, when the output breaks or the --since bundle is cut short", async (t) => {
+  const { src, refs } = await filledCache(t);
+  let taken = 0;
+  const breaking = new WritableStream<Uint8Array>({
+    write(c) {
+      taken += c.byteLength;
+      if (taken > 20_000) throw new Error("No space left on device");
+    },
+  });
+  const { progress, items } = recordingProgress();
+  await t.rejects(exportBundle(deps(src), { refs, since: null, withReferrers: false }, breaking, progress, quiet), {
+    name: "Error",
+    message: /the bundle could not be written: No space left on device/,
+  });
+  t.match(items.find((i) => i.end?.startsWith("failed"))?.end, /No space left on device/, "the image being written is marked failed");
+
+  const { bytes } = await exportToBytes(src, { refs });
+  const out = new WritableStream<Uint8Array>();
+  await t.rejects(exportBundle(deps(src), { refs, since: streamOf(bytes.subarray(0, bytes.length - 2000)), withReferrers: false }, out, silentProgress, quiet), {
+    message: /--since: the previous bundle cannot be read whole/,
+  });
+});
