@@ -177,10 +177,15 @@ async function importImages(ctx: WalkContext, indexBytes: Uint8Array | null, pro
     images.push({ ref: `index.json entry ${p.entry}`, status: "failed", reason: p.reason });
   }
   for (const image of layout.images) {
-    const item = progress.item(image.ref, image.size);
-    const result = await importImage(ctx, image);
+    // The bytes were counted on the bundle's item as they were read; an image's item gives its size once all of it is verified.
+    const item = progress.item(image.ref, null);
+    const { result, bytes } = await importImage(ctx, image);
     images.push(result);
-    if (result.status === "ok") item.done();
+    if (result.status === "ok") {
+      item.setTotal(bytes);
+      item.add(bytes);
+      item.done();
+    }
     else {
       item.fail(result.reason ?? "failed");
       ctx.log.warn("image not imported", { ref: image.ref, reason: result.reason });
@@ -289,17 +294,18 @@ type FoundManifest = { digest: Digest; mediaType: ManifestMediaType; size: numbe
 class Unusable extends Error {}
 
 /** Walks one image of index.json; records it only when all of it is verified. */
-async function importImage(ctx: WalkContext, image: LayoutImage): Promise<ImportedImage> {
+async function importImage(ctx: WalkContext, image: LayoutImage): Promise<{ result: ImportedImage; bytes: number }> {
+  const failed = (reason: string) => ({ result: { ref: image.ref, status: "failed" as const, reason }, bytes: 0 });
   const { deps } = ctx;
   let target;
   try {
     target = resolveImageRef(deps.upstreams, deps.defaultUpstream, image.ref);
   } catch (err) {
     if (!(err instanceof ImageRefError)) throw err;
-    return { ref: image.ref, status: "failed", reason: err.message };
+    return failed(err.message);
   }
   if (target.digest && target.digest !== image.digest) {
-    return { ref: image.ref, status: "failed", reason: `index.json names it ${target.digest} but lists ${image.digest}` };
+    return failed(`index.json names it ${target.digest} but lists ${image.digest}`);
   }
   const absent = new Set((image.annotations?.[ABSENT_ANNOTATION] ?? "").split(",").filter((s) => s !== ""));
   const manifests: FoundManifest[] = [];
@@ -341,10 +347,13 @@ async function importImage(ctx: WalkContext, image: LayoutImage): Promise<Import
     await walk({ digest: image.digest, size: image.size, mediaType: image.mediaType }, null);
     await record(ctx, target.upstream.name, target.repo, target.tag, manifests, blobs);
   } catch (err) {
-    if (err instanceof Unusable) return { ref: image.ref, status: "failed", reason: err.message };
-    return { ref: image.ref, status: "failed", reason: `could not be recorded: ${errorText(err)}` };
+    if (err instanceof Unusable) return failed(err.message);
+    return failed(`could not be recorded: ${errorText(err)}`);
   }
-  return { ref: image.ref, status: "ok" };
+  let bytes = 0;
+  for (const m of manifests) bytes += m.size;
+  for (const size of blobs.values()) bytes += size;
+  return { result: { ref: image.ref, status: "ok" }, bytes };
 }
 
 /** A manifest's bytes, verified against its digest: kept in memory from the tar, or read back from the store. */

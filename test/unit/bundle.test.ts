@@ -268,8 +268,11 @@ t.test("round trip: export, import into an empty fs or S3 store, same records an
 
   for (const kind of ["fs", "s3"] as const) {
     const dst = await side(t, kind);
-    const result = await importBytes(dst, bytes);
+    const watched = recordingProgress();
+    const result = await importBytes(dst, bytes, watched.progress);
     t.same(result.problems, [], `${kind}: no problems`);
+    t.same(watched.items.map((i) => [i.label, i.end]), [["bundle", "done"], ...names.map((n) => [n, "done"])], `${kind}: progress for the bundle, then one item per image`);
+    t.equal(watched.items[0]!.bytes, bytes.length, "the bundle item counts every byte read");
     t.same(result.images, names.map((ref) => ({ ref, status: "ok" })), `${kind}: every image imported`);
     t.equal(result.blobsWritten, objects.size);
     t.same(await records(dst), await records(src), `${kind}: the same tag, manifest, blob and link records as the pulls left`);
