@@ -7,6 +7,8 @@ import { SERVE_HELP } from "./config/help.ts";
 import { loadConfig } from "./config/load.ts";
 import { ConfigError } from "./config/problems.ts";
 import type { Config } from "./config/types.ts";
+import { jobsFrom, platformsFrom, splitArgs } from "./commands/args.ts";
+import type { Platform } from "./registry/manifest-refs.ts";
 
 export { SERVE_HELP };
 
@@ -17,7 +19,31 @@ export type CliCommand =
   | { kind: "token-create"; name: string }
   | { kind: "token-revoke"; name: string; config: Config }
   | { kind: "user-hash" }
-  | { kind: "keys-rotate"; config: Config };
+  | { kind: "keys-rotate"; config: Config }
+  | PrefillCommand
+  | ExportCommand
+  | ImportCommand;
+
+export type PrefillCommand = {
+  kind: "prefill";
+  config: Config;
+  refs: string[];
+  /** Files of references (or "-" for standard input), read by the command. */
+  from: string[];
+  platforms: Platform[];
+  jobs: number;
+  withReferrers: boolean;
+};
+export type ExportCommand = {
+  kind: "export";
+  config: Config;
+  refs: string[] | "all";
+  /** A file, or "-" for standard output. */
+  output: string;
+  since: string | null;
+  withReferrers: boolean;
+};
+export type ImportCommand = { kind: "import"; config: Config; input: string };
 
 export const USAGE = `Stowage: a pull-through cache for container images (OCI distribution API)
 
@@ -32,7 +58,23 @@ Usage:
   stowage keys rotate [serve options]
                             sign new tokens with a new key; tokens signed with the old
                             key stay valid until they expire
+  stowage prefill REF... [--from FILE|DIR|-]... [--platform OS/ARCH[/VARIANT]]...
+                [--jobs N] [--with-referrers] [serve options]
+                            fetch images into the store as a pull would (every platform,
+                            or those named); FILE lists references, or is any YAML/JSON
+                            whose image: keys name them (Kubernetes, Compose, CI files);
+                            DIR: every .yaml, .yml and .json file under it
+  stowage export REF...|--all -o FILE|- [--since PREVIOUS] [--with-referrers] [serve options]
+                            write cached images as an OCI image layout in a tar; --since
+                            leaves out every blob of a previous bundle
+  stowage import FILE|- [serve options]
+                            verify a bundle and add its images to the store
   stowage --version         print the version
+
+REF is written as a client pulls it through Stowage: [UPSTREAM/]REPO[:TAG|@DIGEST], where
+UPSTREAM is an upstream's name or registry host (docker.io/library/alpine:3.20, alpine,
+ghcr.io/owner/image@sha256:...). These commands read the same settings as serve (flags,
+STOWAGE_* environment, --config) and work on the store directly, with or without a server.
 
 Run "stowage serve --help" for every option of serve.
 `;
@@ -54,11 +96,15 @@ export function parseCommand(
     return { kind: "serve", config: loadConfig({ argv: rest, env, readFile }) };
   }
   if (command === "token" || command === "user" || command === "keys") return adminCommand(command, rest, env, readFile);
+  if (command === "prefill" || command === "export" || command === "import") {
+    if (rest.some(isHelp)) return { kind: "help", text: USAGE };
+    return contentCommand(command, rest, (argv) => loadConfig({ argv, env, readFile }));
+  }
   if (command.startsWith("-")) {
     const flag = command.split("=")[0];
     throw new ConfigError(`unknown option ${flag} (options go after the command, e.g. stowage serve ${flag} ...; see stowage --help)`);
   }
-  throw new ConfigError(`unknown command ${JSON.stringify(command)} (commands: serve, token, user, keys, help)`);
+  throw new ConfigError(`unknown command ${JSON.stringify(command)} (commands: serve, prefill, export, import, token, user, keys, help)`);
 }
 
 function adminCommand(
@@ -91,4 +137,56 @@ function adminCommand(
       return { kind: "keys-rotate", config: loadConfig({ argv: rest, env, readFile }) };
   }
   throw new ConfigError(`unknown command "stowage ${full}" (see stowage --help)`);
+}
+
+function contentCommand(command: "prefill" | "export" | "import", args: string[], load: (argv: string[]) => Config): CliCommand {
+  switch (command) {
+    case "prefill": {
+      const a = splitArgs(command, args, {
+        from: { value: true, repeatable: true },
+        platform: { value: true, repeatable: true },
+        jobs: { value: true, short: "j" },
+        "with-referrers": { value: false },
+      });
+      const from = a.own.get("from") ?? [];
+      if (a.positionals.length === 0 && from.length === 0) {
+        throw new ConfigError("stowage prefill needs images: REF... (e.g. alpine:3.20 ghcr.io/owner/app:1.2), or --from FILE (- for standard input)");
+      }
+      return {
+        kind: "prefill",
+        config: load(a.serve),
+        refs: a.positionals,
+        from,
+        platforms: platformsFrom(a.own.get("platform") ?? []),
+        jobs: jobsFrom(a.own.get("jobs")?.[0], 4),
+        withReferrers: a.own.has("with-referrers"),
+      };
+    }
+    case "export": {
+      const a = splitArgs(command, args, {
+        output: { value: true, short: "o" },
+        all: { value: false },
+        since: { value: true },
+        "with-referrers": { value: false },
+      });
+      const output = a.own.get("output")?.[0];
+      if (output === undefined) throw new ConfigError("stowage export needs -o FILE (or -o - for standard output)");
+      const all = a.own.has("all");
+      if (all && a.positionals.length > 0) throw new ConfigError("stowage export takes either REF... or --all, not both");
+      if (!all && a.positionals.length === 0) throw new ConfigError("stowage export needs images: REF... (e.g. alpine:3.20), or --all for everything cached");
+      return {
+        kind: "export",
+        config: load(a.serve),
+        refs: all ? "all" : a.positionals,
+        output,
+        since: a.own.get("since")?.[0] ?? null,
+        withReferrers: a.own.has("with-referrers"),
+      };
+    }
+    case "import": {
+      const a = splitArgs(command, args, {});
+      if (a.positionals.length !== 1) throw new ConfigError("stowage import takes one bundle: FILE, or - for standard input");
+      return { kind: "import", config: load(a.serve), input: a.positionals[0]! };
+    }
+  }
 }

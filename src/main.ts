@@ -1,5 +1,6 @@
 import { AdminInputError, createRobotToken, hashPassword, revokeRefreshTokens, rotateKeys } from "./auth/admin.ts";
 import { parseCommand } from "./cli.ts";
+import { ImageRefError } from "./registry/image-ref.ts";
 import { ConfigError } from "./config/problems.ts";
 import { DEFAULTS } from "./config/settings.ts";
 import { createLogger } from "./log.ts";
@@ -52,6 +53,19 @@ try {
       }
       break;
     }
+    case "prefill":
+    case "export":
+    case "import": {
+      // Loaded only for these commands, so serve's start-up does not pay for them.
+      const content = await import("./commands/content.ts");
+      const code = command.kind === "prefill"
+        ? await content.runPrefill(command, runtime)
+        : command.kind === "export"
+        ? await content.runExport(command, runtime)
+        : await content.runImport(command, runtime);
+      runtime.exit(code);
+      break;
+    }
     case "serve": {
       const log = createLogger(command.config.logLevel, (line) => console.error(line));
       const server = await startServer(command.config, runtime, log);
@@ -68,7 +82,7 @@ try {
     }
   }
 } catch (err) {
-  if (err instanceof ConfigError || err instanceof StartupError || err instanceof AdminInputError) {
+  if (err instanceof ConfigError || err instanceof StartupError || err instanceof AdminInputError || err instanceof ImageRefError) {
     console.error(`stowage: ${err.message}`);
     runtime.exit(2);
   }

@@ -5,8 +5,10 @@
 // upstream stopped and --offline, the same Stowage data serves the cached answer.
 import t, { type Test } from "tap";
 import { createHash, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { makeTempDir } from "../harness/processes.ts";
 import { startRegistry } from "../harness/registry.ts";
-import { startStowage } from "../harness/stowage.ts";
+import { runStowage, startStowage } from "../harness/stowage.ts";
 
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
@@ -41,13 +43,13 @@ async function using<T extends { stop(opts?: { keepData?: boolean }): Promise<vo
   return resource;
 }
 
-t.test("referrers of an image from distribution 2.8 through Stowage, online and then offline", async (t) => {
-  const registry = await using(t, startRegistry());
+/** An image with two artifacts attached (a signature and an SBOM), as a pushing client leaves them on distribution 2.8. */
+async function pushSignedImage(registryUrl: string) {
 
   // The image.
-  const config = await pushBlob(registry.url, json({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } }));
-  const layer = await pushBlob(registry.url, randomBytes(32 * 1024));
-  const image = await pushManifest(registry.url, "v1", json({
+  const config = await pushBlob(registryUrl, json({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } }));
+  const layer = await pushBlob(registryUrl, randomBytes(32 * 1024));
+  const image = await pushManifest(registryUrl, "v1", json({
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: { ...config, mediaType: "application/vnd.oci.image.config.v1+json" },
@@ -55,9 +57,9 @@ t.test("referrers of an image from distribution 2.8 through Stowage, online and 
   }), OCI_MANIFEST);
 
   // Two artifacts whose subject is the image (an OCI 1.1 manifest with artifactType and subject).
-  const empty = await pushBlob(registry.url, Buffer.from("{}"));
+  const empty = await pushBlob(registryUrl, Buffer.from("{}"));
   const artifact = async (artifactType: string, payload: Buffer) => {
-    const blob = await pushBlob(registry.url, payload);
+    const blob = await pushBlob(registryUrl, payload);
     const bytes = json({
       schemaVersion: 2,
       mediaType: OCI_MANIFEST,
@@ -66,14 +68,20 @@ t.test("referrers of an image from distribution 2.8 through Stowage, online and 
       layers: [{ ...blob, mediaType: artifactType }],
       subject: image,
     });
-    const pushed = await pushManifest(registry.url, sha256(bytes), bytes, OCI_MANIFEST);
+    const pushed = await pushManifest(registryUrl, sha256(bytes), bytes, OCI_MANIFEST);
     return { ...pushed, artifactType };
   };
   const signature = await artifact(SIGNATURE_TYPE, Buffer.from("a signature over the image"));
   const sbom = await artifact(SBOM_TYPE, json({ spdxVersion: "SPDX-2.3", name: "test" }));
   // The registry has no referrers API, so the pushing client keeps the index under sha256-<hex>.
   const tag = `sha256-${image.digest.slice("sha256:".length)}`;
-  await pushManifest(registry.url, tag, json({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [signature, sbom] }), OCI_INDEX);
+  await pushManifest(registryUrl, tag, json({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [signature, sbom] }), OCI_INDEX);
+  return { image, signature, sbom };
+}
+
+t.test("referrers of an image from distribution 2.8 through Stowage, online and then offline", async (t) => {
+  const registry = await using(t, startRegistry());
+  const { image, signature, sbom } = await pushSignedImage(registry.url);
   const direct = await fetch(`${registry.url}/v2/${REPO}/referrers/${image.digest}`);
   t.equal(direct.status, 404, "distribution 2.8 itself has no referrers API");
   await direct.body?.cancel();
@@ -118,4 +126,37 @@ t.test("referrers of an image from distribution 2.8 through Stowage, online and 
   t.equal(miss.status, 404, "offline: an uncached tag is 404");
   t.match((await miss.json()).errors[0], { code: "MANIFEST_UNKNOWN", message: /upstream local is offline/ });
   t.ok(Date.now() - started < 2_000, "at once, not after a connect timeout");
+});
+
+t.test("prefill and export --with-referrers carry the artifacts; after import, offline, the referrers API serves them", async (t) => {
+  const registry = await using(t, startRegistry());
+  const { image, signature, sbom } = await pushSignedImage(registry.url);
+  const connected = await makeTempDir("referrers-connected");
+  const bundle = join(connected, "bundle.tar");
+  const common = ["--upstream", `local=${registry.url}`];
+  const prefilled = await runStowage(["prefill", `local/${REPO}:v1`, "--with-referrers", "--data-dir", join(connected, "data"), ...common]);
+  t.equal(prefilled.code, 0, `prefill --with-referrers: ${prefilled.output.slice(-800)}`);
+  const exported = await runStowage(["export", `local/${REPO}:v1`, "--with-referrers", "-o", bundle, "--data-dir", join(connected, "data"), ...common]);
+  t.equal(exported.code, 0, `export --with-referrers: ${exported.output.slice(-800)}`);
+  await registry.stop();
+
+  const dark = await makeTempDir("referrers-dark");
+  const imported = await runStowage(["import", bundle, "--data-dir", dark, ...common, "--offline"]);
+  t.equal(imported.code, 0, `import: ${imported.output.slice(-800)}`);
+  const offline = await using(t, startStowage([...common, "--data-dir", dark, "--offline"]));
+  const base = `${offline.url}/v2/local/${REPO}`;
+  const listed = await fetch(`${base}/referrers/${image.digest}`);
+  t.equal(listed.status, 200);
+  const manifests = (await listed.json()).manifests as Array<{ digest: string }>;
+  t.same(manifests.map((m) => m.digest).sort(), [signature.digest, sbom.digest].sort(), "the referrers API lists both artifacts on the dark side");
+  for (const ref of [signature.digest, sbom.digest]) {
+    const res = await fetch(`${base}/manifests/${ref}`, { headers: { accept: OCI_MANIFEST } });
+    t.equal(res.status, 200, `artifact manifest ${ref.slice(0, 19)} served offline`);
+    const m = await res.json();
+    for (const layer of m.layers as Array<{ digest: string }>) {
+      const blob = await fetch(`${base}/blobs/${layer.digest}`);
+      t.equal(blob.status, 200, `its payload ${layer.digest.slice(0, 19)} too`);
+      await blob.body?.cancel();
+    }
+  }
 });

@@ -26,7 +26,7 @@ t.test("cli: commands", async (t) => {
     t.equal(serve.config.logLevel, "debug");
   }
 
-  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, token, user, keys, help)');
+  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, prefill, export, import, token, user, keys, help)');
   t.match(errorOf(() => parse([`--listen=${SECRET}`])).message, /^unknown option --listen \(/);
   t.notOk(errorOf(() => parse([`--upstream-credentials=a=b:${SECRET}`])).message.includes(SECRET));
   t.match(errorOf(() => parse(["serve", "--bogus"])).message, "unknown option --bogus");

@@ -1,0 +1,87 @@
+/**
+ * The command lines of prefill, export and import: each command's own options and its
+ * positional arguments, with every other option handed to the serve settings (so these
+ * commands take the same --config, --storage, --upstream... as serve). Every serve setting
+ * takes a value (or, for a flag that may stand alone like --offline, an on/off word), which is
+ * what makes the split unambiguous. Pure.
+ */
+
+/** Serve flags that may stand alone (`--offline`): they take the next argument only when it is an on/off word. */
+const BARE_FLAGS = new Set(SETTING_KEYS.flatMap((key) => (setting(key).bare === undefined ? [] : [setting(key).flag as string])));
+const ON_OFF = /^(on|off|true|false|yes|no|1|0)$/i;
+import { ConfigError, quote } from "../config/problems.ts";
+import { setting, SETTING_KEYS } from "../config/settings.ts";
+import { parsePlatform, type Platform } from "../registry/manifest-refs.ts";
+
+type OptionSpec = { value: boolean; repeatable?: boolean; short?: string };
+
+export type SplitArgs = {
+  /** The command's own options, by long name (without --), each value as given. */
+  own: Map<string, string[]>;
+  positionals: string[];
+  /** Everything else, for loadConfig. */
+  serve: string[];
+};
+
+export function splitArgs(command: string, argv: string[], specs: Record<string, OptionSpec>): SplitArgs {
+  const own = new Map<string, string[]>();
+  const positionals: string[] = [];
+  const serve: string[] = [];
+  const byShort = new Map(Object.entries(specs).flatMap(([name, s]) => (s.short ? [[s.short, name] as const] : [])));
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--") {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    // "-" alone is standard input (or output), a positional.
+    if (!arg.startsWith("-") || arg === "-") {
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf("=");
+    const written = eq >= 0 ? arg.slice(0, eq) : arg;
+    const name = written.startsWith("--") ? written.slice(2) : byShort.get(written.slice(1));
+    const spec = name === undefined ? undefined : specs[name];
+    if (name === undefined || spec === undefined) {
+      if (!written.startsWith("--")) throw new ConfigError(`unknown option ${written} for stowage ${command} (see stowage ${command} --help)`);
+      // A serve setting: it and its value go to the settings reader, which checks them.
+      serve.push(arg);
+      const next = argv[i + 1];
+      if (eq < 0 && next !== undefined && (!BARE_FLAGS.has(written) || ON_OFF.test(next.trim()))) serve.push(argv[++i]!);
+      continue;
+    }
+    let value: string;
+    if (!spec.value) {
+      if (eq >= 0) throw new ConfigError(`${written} takes no value`);
+      value = "true";
+    } else if (eq >= 0) {
+      value = arg.slice(eq + 1);
+    } else {
+      const next = argv[i + 1];
+      if (next === undefined || (next.startsWith("-") && next !== "-")) throw new ConfigError(`${written} needs a value`);
+      value = next;
+      i++;
+    }
+    const values = own.get(name) ?? [];
+    if (values.length > 0 && !spec.repeatable) throw new ConfigError(`${written} is given more than once`);
+    values.push(value);
+    own.set(name, values);
+  }
+  return { own, positionals, serve };
+}
+
+export function platformsFrom(values: readonly string[]): Platform[] {
+  return values.map((v) => {
+    const p = parsePlatform(v);
+    if (!p) throw new ConfigError(`--platform ${quote(v)}: write it as os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm/v7`);
+    return p;
+  });
+}
+
+export function jobsFrom(value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new ConfigError(`--jobs ${quote(value)}: give a whole number from 1 to 64`);
+  return n;
+}
