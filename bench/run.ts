@@ -4,7 +4,8 @@
 // registry, each through its own counting proxy. Scenarios (bench/scenarios/*): a 1 GiB blob cold
 // and warm with the cached manifest rate on the same peer, one and 20 clients pulling a cold
 // image, a connection drop at 50% of the 1 GiB blob, the 1 GiB blob on Stowage's S3 store, and
-// the p99 of cached manifest GETs during 200 clients' failed logins (access control on).
+// the p99 of cached manifest GETs during 200 clients' failed logins (access control on), and
+// prefill, export and import of the test images next to skopeo doing the same (air gap).
 // The report (bench/report.ts) goes to stdout; progress to stderr. With --rounds N every
 // scenario runs N times, peer order alternating, and the table shows medians.
 import { readFile } from "node:fs/promises";
@@ -22,6 +23,7 @@ import { PEER_NAMES, type PeerKind } from "./peers.ts";
 import { printProfile, profiled, profilingEnv, removePerfMap } from "./profile.ts";
 import { printReport, type Results } from "./report.ts";
 import { CLIENTS, concurrentPull, imageBytes, singlePull } from "./scenarios/concurrent-pull.ts";
+import { airgapTransfers, printAirgap } from "./scenarios/airgap.ts";
 import { faultRun } from "./scenarios/fault.ts";
 import { largeBlob, type References } from "./scenarios/large-blob.ts";
 import { loginStorm, printLoginStorm } from "./scenarios/login-storm.ts";
@@ -146,6 +148,19 @@ async function main(): Promise<void> {
       return null;
     });
 
+    progress("air gap: prefill, export and import of the test images and the 1 GiB image, and skopeo doing the same");
+    const others = images.filter((i) => i !== burstImg && i !== warmImg);
+    const airgap = await pushTestImages(upstream.url, others)
+      .then(() => {
+        const all = [...images.map((i) => ({ ref: `${i.repo}:${i.tag}`, blobs: i.blobs })), { ref: `${bigImg.repo}:${bigImg.tag}`, blobs: bigImg.blobs }];
+        const unique = new Map(all.flatMap((i) => i.blobs.map((b) => [b.digest, b.size] as const)));
+        return airgapTransfers(upstream.url, all.map((i) => i.ref), [...unique.values()].reduce((a, b) => a + b, 0));
+      })
+      .catch((err: unknown) => {
+        errors.push(`air gap: ${message(err)}`);
+        return null;
+      });
+
     printReport({
       rounds: roundCount,
       blobBytes: big.size,
@@ -160,6 +175,10 @@ async function main(): Promise<void> {
     if (storm) {
       console.log("");
       printLoginStorm(storm);
+    }
+    if (airgap) {
+      console.log("");
+      printAirgap(airgap);
     }
 
     if (values.profile) {

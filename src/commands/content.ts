@@ -65,8 +65,11 @@ export async function runPrefill(cmd: PrefillCommand, runtime: Runtime): Promise
 export async function runExport(cmd: ExportCommand, runtime: Runtime): Promise<number> {
   const log = commandLogger(cmd.config);
   const since = cmd.since === null ? null : await openInput(cmd.since, "--since bundle");
-  const services = await openServices(cmd.config, runtime, log);
-  const output = openOutput(cmd.output);
+  const output = await openOutput(cmd.output);
+  const services = await openServices(cmd.config, runtime, log).catch(async (err: unknown) => {
+    await output.discard();
+    throw err;
+  });
   const progress = progressOnStderr();
   let finished = false;
   try {
