@@ -7,8 +7,7 @@ import { SERVE_HELP } from "./config/help.ts";
 import { loadConfig } from "./config/load.ts";
 import { ConfigError } from "./config/problems.ts";
 import type { Config } from "./config/types.ts";
-import { jobsFrom, platformsFrom, splitArgs } from "./commands/args.ts";
-import type { Platform } from "./registry/manifest-refs.ts";
+import { type ContentCommand, parseContentCommand } from "./commands/args.ts";
 
 export { SERVE_HELP };
 
@@ -20,30 +19,7 @@ export type CliCommand =
   | { kind: "token-revoke"; name: string; config: Config }
   | { kind: "user-hash" }
   | { kind: "keys-rotate"; config: Config }
-  | PrefillCommand
-  | ExportCommand
-  | ImportCommand;
-
-export type PrefillCommand = {
-  kind: "prefill";
-  config: Config;
-  refs: string[];
-  /** Files of references (or "-" for standard input), read by the command. */
-  from: string[];
-  platforms: Platform[];
-  jobs: number;
-  withReferrers: boolean;
-};
-export type ExportCommand = {
-  kind: "export";
-  config: Config;
-  refs: string[] | "all";
-  /** A file, or "-" for standard output. */
-  output: string;
-  since: string | null;
-  withReferrers: boolean;
-};
-export type ImportCommand = { kind: "import"; config: Config; input: string };
+  | ContentCommand;
 
 export const USAGE = `Stowage: a pull-through cache for container images (OCI distribution API)
 
@@ -98,7 +74,7 @@ export function parseCommand(
   if (command === "token" || command === "user" || command === "keys") return adminCommand(command, rest, env, readFile);
   if (command === "prefill" || command === "export" || command === "import") {
     if (rest.some(isHelp)) return { kind: "help", text: USAGE };
-    return contentCommand(command, rest, (argv) => loadConfig({ argv, env, readFile }));
+    return parseContentCommand(command, rest, (argv) => loadConfig({ argv, env, readFile }));
   }
   if (command.startsWith("-")) {
     const flag = command.split("=")[0];
@@ -137,56 +113,4 @@ function adminCommand(
       return { kind: "keys-rotate", config: loadConfig({ argv: rest, env, readFile }) };
   }
   throw new ConfigError(`unknown command "stowage ${full}" (see stowage --help)`);
-}
-
-function contentCommand(command: "prefill" | "export" | "import", args: string[], load: (argv: string[]) => Config): CliCommand {
-  switch (command) {
-    case "prefill": {
-      const a = splitArgs(command, args, {
-        from: { value: true, repeatable: true },
-        platform: { value: true, repeatable: true },
-        jobs: { value: true, short: "j" },
-        "with-referrers": { value: false },
-      });
-      const from = a.own.get("from") ?? [];
-      if (a.positionals.length === 0 && from.length === 0) {
-        throw new ConfigError("stowage prefill needs images: REF... (e.g. alpine:3.20 ghcr.io/owner/app:1.2), or --from FILE (- for standard input)");
-      }
-      return {
-        kind: "prefill",
-        config: load(a.serve),
-        refs: a.positionals,
-        from,
-        platforms: platformsFrom(a.own.get("platform") ?? []),
-        jobs: jobsFrom(a.own.get("jobs")?.[0], 4),
-        withReferrers: a.own.has("with-referrers"),
-      };
-    }
-    case "export": {
-      const a = splitArgs(command, args, {
-        output: { value: true, short: "o" },
-        all: { value: false },
-        since: { value: true },
-        "with-referrers": { value: false },
-      });
-      const output = a.own.get("output")?.[0];
-      if (output === undefined) throw new ConfigError("stowage export needs -o FILE (or -o - for standard output)");
-      const all = a.own.has("all");
-      if (all && a.positionals.length > 0) throw new ConfigError("stowage export takes either REF... or --all, not both");
-      if (!all && a.positionals.length === 0) throw new ConfigError("stowage export needs images: REF... (e.g. alpine:3.20), or --all for everything cached");
-      return {
-        kind: "export",
-        config: load(a.serve),
-        refs: all ? "all" : a.positionals,
-        output,
-        since: a.own.get("since")?.[0] ?? null,
-        withReferrers: a.own.has("with-referrers"),
-      };
-    }
-    case "import": {
-      const a = splitArgs(command, args, {});
-      if (a.positionals.length !== 1) throw new ConfigError("stowage import takes one bundle: FILE, or - for standard input");
-      return { kind: "import", config: load(a.serve), input: a.positionals[0]! };
-    }
-  }
 }

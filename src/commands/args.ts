@@ -11,6 +11,7 @@ const BARE_FLAGS = new Set(SETTING_KEYS.flatMap((key) => (setting(key).bare === 
 const ON_OFF = /^(on|off|true|false|yes|no|1|0)$/i;
 import { ConfigError, quote } from "../config/problems.ts";
 import { setting, SETTING_KEYS } from "../config/settings.ts";
+import type { Config } from "../config/types.ts";
 import { parsePlatform, type Platform } from "../registry/manifest-refs.ts";
 
 type OptionSpec = { value: boolean; repeatable?: boolean; short?: string };
@@ -84,4 +85,79 @@ export function jobsFrom(value: string | undefined, fallback: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 64) throw new ConfigError(`--jobs ${quote(value)}: give a whole number from 1 to 64`);
   return n;
+}
+
+export type PrefillCommand = {
+  kind: "prefill";
+  config: Config;
+  refs: string[];
+  /** Files of references (or "-" for standard input), read by the command. */
+  from: string[];
+  platforms: Platform[];
+  jobs: number;
+  withReferrers: boolean;
+};
+export type ExportCommand = {
+  kind: "export";
+  config: Config;
+  refs: string[] | "all";
+  /** A file, or "-" for standard output. */
+  output: string;
+  since: string | null;
+  withReferrers: boolean;
+};
+export type ImportCommand = { kind: "import"; config: Config; input: string };
+export type ContentCommand = PrefillCommand | ExportCommand | ImportCommand;
+
+/** The command line of prefill, export or import; `load` reads the serve settings among them. */
+export function parseContentCommand(command: "prefill" | "export" | "import", args: string[], load: (argv: string[]) => Config): ContentCommand {
+  switch (command) {
+    case "prefill": {
+      const a = splitArgs(command, args, {
+        from: { value: true, repeatable: true },
+        platform: { value: true, repeatable: true },
+        jobs: { value: true, short: "j" },
+        "with-referrers": { value: false },
+      });
+      const from = a.own.get("from") ?? [];
+      if (a.positionals.length === 0 && from.length === 0) {
+        throw new ConfigError("stowage prefill needs images: REF... (e.g. alpine:3.20 ghcr.io/owner/app:1.2), or --from FILE (- for standard input)");
+      }
+      return {
+        kind: "prefill",
+        config: load(a.serve),
+        refs: a.positionals,
+        from,
+        platforms: platformsFrom(a.own.get("platform") ?? []),
+        jobs: jobsFrom(a.own.get("jobs")?.[0], 4),
+        withReferrers: a.own.has("with-referrers"),
+      };
+    }
+    case "export": {
+      const a = splitArgs(command, args, {
+        output: { value: true, short: "o" },
+        all: { value: false },
+        since: { value: true },
+        "with-referrers": { value: false },
+      });
+      const output = a.own.get("output")?.[0];
+      if (output === undefined) throw new ConfigError("stowage export needs -o FILE (or -o - for standard output)");
+      const all = a.own.has("all");
+      if (all && a.positionals.length > 0) throw new ConfigError("stowage export takes either REF... or --all, not both");
+      if (!all && a.positionals.length === 0) throw new ConfigError("stowage export needs images: REF... (e.g. alpine:3.20), or --all for everything cached");
+      return {
+        kind: "export",
+        config: load(a.serve),
+        refs: all ? "all" : a.positionals,
+        output,
+        since: a.own.get("since")?.[0] ?? null,
+        withReferrers: a.own.has("with-referrers"),
+      };
+    }
+    case "import": {
+      const a = splitArgs(command, args, {});
+      if (a.positionals.length !== 1) throw new ConfigError("stowage import takes one bundle: FILE, or - for standard input");
+      return { kind: "import", config: load(a.serve), input: a.positionals[0]! };
+    }
+  }
 }

@@ -4,7 +4,7 @@
  * Each returns the exit status: 0 when everything succeeded, 1 when anything failed.
  */
 import process from "node:process";
-import type { ExportCommand, ImportCommand, PrefillCommand } from "../cli.ts";
+import type { ExportCommand, ImportCommand, PrefillCommand } from "./args.ts";
 import { exportBundle } from "../bundle/export.ts";
 import { importBundle } from "../bundle/import.ts";
 import { recordReferrers } from "../cache/referrers-cache.ts";

@@ -34,7 +34,7 @@ t.test("reading: every byte arrives, in order, then the end", async (t) => {
   t.ok(got.equals(Buffer.concat(parts)));
 });
 
-t.test("writing: a slow destination holds the writer back", async (t) => {
+t.test("writing: a slow destination holds the writer back", { timeout: 30_000 }, async (t) => {
   let written = 0;
   const slow = new Writable({
     highWaterMark: MiB,
@@ -55,7 +55,7 @@ t.test("writing: a slow destination holds the writer back", async (t) => {
   await sleep(300);
   t.ok(offered - written <= 8 * MiB, `${(offered - written) / MiB} MiB queued ahead of a slow destination (Writable.toWeb queues 249 MiB here)`);
   await piping.catch(() => {});
-}, { timeout: 30_000 });
+});
 
 t.test("--from DIR: every .yaml, .yml and .json file under it, in name order, hidden folders left out", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), "stowage-from-dir-"));
