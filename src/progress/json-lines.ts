@@ -2,7 +2,7 @@
  * Progress as JSON lines for a log collector: `progress` at most every 2 s per item while
  * bytes flow, then `done` or `failed` once per item, and `summary` at the end.
  */
-import type { Progress, ProgressItem, ProgressOptions } from "./progress.ts";
+import type { Progress, ProgressItem, ProgressOptions } from "./types.ts";
 import { ItemTracker, summarize } from "./tracker.ts";
 
 const PROGRESS_EVERY_MS = 2_000;

@@ -4,7 +4,7 @@
  */
 import cliProgress from "cli-progress";
 import { fitLeft, formatBytes, formatDuration, textTable } from "./format.ts";
-import type { Progress, ProgressItem, ProgressOptions } from "./progress.ts";
+import type { Progress, ProgressItem, ProgressOptions } from "./types.ts";
 import { ItemTracker, summarize } from "./tracker.ts";
 
 export function createTerminalProgress(options: ProgressOptions): Progress {

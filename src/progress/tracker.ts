@@ -1,5 +1,5 @@
 /** The bookkeeping both displays share: what each item came to, and its rate. */
-import type { ItemRecord } from "./progress.ts";
+import type { ItemRecord } from "./types.ts";
 
 export interface ProgressSummary {
   items: ItemRecord[];
