@@ -277,7 +277,7 @@ t.test("import into the S3 store on Ceph RGW, then serve offline from it", { ski
   for (const img of wanted) await pullAndCheck(tt, stowage, `local/${img.repo}:${img.tag}`, img);
 });
 
-t.test("an incremental bundle (--since) carries only what the previous one lacks", async (tt) => {
+t.test("an incremental bundle (--since) carries only what the previous one lacks, and imports while a server serves the store", async (tt) => {
   const connected = await makeTempDir("airgap-inc-connected");
   const common = ["--data-dir", connected, "--upstream", `local=${registry.url}`];
   const run = async (args: string[], what: string) => {
@@ -302,10 +302,16 @@ t.test("an incremental bundle (--since) carries only what the previous one lacks
   const inOrder = await makeTempDir("airgap-inc-a");
   const whole = await makeTempDir("airgap-inc-b");
   const dark = (dir: string) => ["--data-dir", dir, "--upstream", `local=${registry.url}`, "--offline", "on"];
-  for (const [bundle, dir] of [[first, inOrder], [increment, inOrder], [full, whole]] as const) {
+  const importInto = async (bundle: string, dir: string) => {
     const r = await runStowage(["import", bundle, ...dark(dir)]);
     tt.equal(r.code, 0, `import ${bundle}: ${r.output.slice(-800)}`);
-  }
+  };
+  await importInto(first, inOrder);
+  // The increment goes in while a server serves the same store and KV, and it serves the new images at once.
+  const serving = await using(tt, startStowage([...dark(inOrder), "--log-level", "warn"]));
+  await importInto(increment, inOrder);
+  for (const name of ["many-layers", "docker-list"]) await pullAndCheck(tt, serving, `local/stowage-test/${name}:v1`, image(name));
+  await importInto(full, whole);
   tt.same(await contentRecords(inOrder), await contentRecords(whole), "previous + increment gives the same records as one full bundle");
   tt.same(await storedObjects(inOrder), await storedObjects(whole), "and the same stored objects");
 });
