@@ -7,7 +7,8 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { fileHeader, parseHeader, readTar, TarCorruptError, TarTruncatedError, tarWriter, type TarWriteEntry } from "../../src/bundle/tar.ts";
+import { fileHeader, parseHeader, TarCorruptError } from "../../src/bundle/tar-format.ts";
+import { readTar, TarTruncatedError, tarWriter, type TarWriteEntry } from "../../src/bundle/tar.ts";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR } from "../harness/images.ts";
 
 const run = promisify(execFile);
