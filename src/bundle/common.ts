@@ -1,5 +1,7 @@
-// What export and import share: reading small objects back from the store, hashing them, and
-// the annotation that says which index children a bundle leaves out on purpose.
+// What export and import share: reading small objects back from the store, hashing them, the
+// annotation that says which index children a bundle leaves out on purpose, and how the walks
+// name the parts of an image in what they report.
+import { formatPlatform, type Descriptor } from "../registry/manifest-refs.ts";
 import { digestAlgorithm, parseDigest, type Digest } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
 import { hex } from "../util/encoding.ts";
@@ -37,4 +39,14 @@ export async function digestOfBytes(bytes: Uint8Array, algorithm: "sha256" | "sh
 
 export function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** An index child as a walk names it: its platform, or its digest when it has none. */
+export function describeChild(d: Descriptor): string {
+  return d.platform ? formatPlatform(d.platform) : `manifest ${d.digest}`;
+}
+
+/** A manifest's blob by its place in manifestRefs' list: the config comes first, then the layers. */
+export function describeBlob(index: number, digest: Digest): string {
+  return `${index === 0 ? "config" : "layer"} ${digest}`;
 }

@@ -9,7 +9,7 @@ import type { Logger } from "../log.ts";
 import type { Progress, ProgressItem } from "../progress/progress.ts";
 import { ImageRefError } from "../registry/image-ref.ts";
 import { manifestShapeProblem } from "../registry/manifest-shape.ts";
-import { formatPlatform, isManifestDescriptor, manifestRefs, ManifestRefsError, type Descriptor } from "../registry/manifest-refs.ts";
+import { isManifestDescriptor, manifestRefs, ManifestRefsError } from "../registry/manifest-refs.ts";
 import type { ManifestMediaType } from "../registry/media-types.ts";
 import { digestHex, parseDigest, type Digest } from "../registry/reference.ts";
 import { referrersOf } from "../registry/referrers.ts";
@@ -17,7 +17,7 @@ import type { BlobStore } from "../storage/blob-store.ts";
 import { fullImageRef, resolveImageRef } from "../upstream/target.ts";
 import type { Upstream } from "../upstream/upstream.ts";
 import { observedBody } from "../util/streams.ts";
-import { ABSENT_ANNOTATION, bytesMatch, errorText, readStoredBytes } from "./common.ts";
+import { ABSENT_ANNOTATION, bytesMatch, describeBlob, describeChild, errorText, readStoredBytes } from "./common.ts";
 import { blobPath, digestOfBlobPath, indexJsonBytes, INDEX_FILE, OCI_LAYOUT_FILE, ociLayoutBytes, type LayoutImage } from "./layout.ts";
 import { readTar, tarWriter, type TarWriteEntry } from "./tar.ts";
 
@@ -241,7 +241,7 @@ async function planImage(
     }
     for (const [i, blob] of refs.blobs.entries()) {
       if (seen.has(blob.digest)) continue;
-      const what = `${i === 0 ? "config" : "layer"} ${blob.digest}${of}`;
+      const what = `${describeBlob(i, blob.digest)}${of}`;
       const record = await deps.kv.read(kvKeys.blob(blob.digest), BlobRecord);
       const stored = record ? await deps.store.stat(blob.digest) : null;
       if (!record || !stored) throw new Incomplete(`${what} is missing from the cache; run stowage prefill ${full} again`);
@@ -264,10 +264,6 @@ async function planImage(
   const image: LayoutImage = { ref: full, mediaType: rootType!, digest: root, size: rootSize };
   if (absent.length > 0) image.annotations = { [ABSENT_ANNOTATION]: absent.join(",") };
   return { image, absent, entries, manifests, upstream, repo, result: { ref: full, digest: root, bytes: 0, status: "ok" } };
-}
-
-function describeChild(d: Descriptor): string {
-  return d.platform ? formatPlatform(d.platform) : `manifest ${d.digest}`;
 }
 
 type CachedImage = { upstream: Upstream; repo: string; tag: string | null; digest: Digest | null };
