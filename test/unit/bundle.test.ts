@@ -31,6 +31,7 @@ import { S3BlobStore } from "../../src/storage/s3/s3-store.ts";
 import type { Upstream } from "../../src/upstream/upstream.ts";
 import { FakeS3 } from "../support/fake-s3.ts";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR } from "../harness/images.ts";
+import { DOCKER_HUB } from "../support/upstreams.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -39,14 +40,7 @@ const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
 
 const LOCAL: Upstream = { name: "local", url: "http://127.0.0.1:5999", host: "127.0.0.1:5999", aliases: ["127.0.0.1:5999"], dockerHub: false, allowPrivateNetwork: true };
-const HUB: Upstream = {
-  name: "docker.io",
-  url: "https://registry-1.docker.io",
-  host: "registry-1.docker.io",
-  aliases: ["docker.io", "index.docker.io", "registry-1.docker.io"],
-  dockerHub: true,
-  allowPrivateNetwork: false,
-};
+const HUB = DOCKER_HUB;
 const UPSTREAMS = [LOCAL, HUB];
 
 // ------------------------------------------------------------------ images

@@ -20,6 +20,7 @@ import { FakeCdn, FakeRegistry, type Manifest } from "../support/fake-registry.t
 import { startInProcessStowage } from "../support/in-process-stowage.ts";
 import { expectOciError, sha256 } from "../support/oci.ts";
 import { committed } from "../support/store-state.ts";
+import { DOCKER_HUB } from "../support/upstreams.ts";
 
 const HEX = "b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c";
 const DIGEST = `sha256:${HEX}`;
@@ -65,14 +66,6 @@ t.test("matchRoute", async (t) => {
   for (const [path, route] of cases) t.same(matchRoute(path), route, path);
 });
 
-const DOCKER_HUB: Upstream = {
-  name: "docker.io",
-  url: "https://registry-1.docker.io",
-  host: "registry-1.docker.io",
-  aliases: ["docker.io", "index.docker.io", "registry-1.docker.io"],
-  dockerHub: true,
-  allowPrivateNetwork: false,
-};
 const GHCR: Upstream = { name: "ghcr.io", url: "https://ghcr.io", host: "ghcr.io", aliases: ["ghcr.io"], dockerHub: false, allowPrivateNetwork: false };
 const LOCAL: Upstream = {
   name: "local",
