@@ -12,4 +12,8 @@ export type AccessConfig = {
   rules: Rule[];
   /** CI identity federation: tokens of these issuers are accepted as passwords. */
   oidc: OidcProvider[];
+  /** Identities allowed on the operator page /-/ (the config file's admins:). */
+  admins: string[];
+  /** Where admins: came from, for messages. */
+  adminsSource?: string;
 };

@@ -86,6 +86,8 @@ export const fileSchema = z.strictObject({
   robots: z.array(fileRobotSchema).nullish(),
   rules: z.array(fileRuleSchema).nullish(),
   oidc: z.array(fileOidcSchema).nullish(),
+  /** Identities (users, robots, oidc identity names) allowed on the operator page /-/. */
+  admins: z.array(identityName, { error: "expected a list of user, robot or oidc identity names" }).nullish(),
   s3: fileS3Schema.nullish(),
 });
 

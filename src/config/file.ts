@@ -96,6 +96,7 @@ export function fileLayer(label: string, file: string, src: ConfigSources): Laye
     ];
   }
   if (f.rules != null) layer.rules = f.rules;
+  if (f.admins != null) layer.admins = { value: f.admins, label: `${file}: admins` };
   if (f.oidc != null) {
     f.oidc.forEach((o, i) => {
       if (Object.keys(o.claims).length === 0 && !o.allowAnyClaims) {

@@ -65,7 +65,8 @@ const FILE_EXTRAS: Readonly<Record<string, string>> = {
       identity: github-ci     # the name rules use for such jobs
       claims:                 # every condition must match (globs); required,
         repository_owner: my-org  # unless allowAnyClaims: true (any job of that CI)
-        ref: refs/heads/**`,
+        ref: refs/heads/**
+  admins: [alice]             # may use the operator page /-/ (users, robots, oidc identities)`,
 };
 
 const FILE_NOTES: Readonly<Record<string, string>> = {

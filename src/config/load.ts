@@ -8,7 +8,7 @@
 import { fileLayer } from "./file.ts";
 import { layerFromRaw, readEnv, readFlags } from "./flags-env.ts";
 import { addHtpasswdUsers } from "./htpasswd.ts";
-import { merge } from "./merge.ts";
+import { checkAdmins, merge } from "./merge.ts";
 import type { Config, ConfigSources, Layer } from "./types.ts";
 
 export function loadConfig(src: ConfigSources): Config {
@@ -22,5 +22,6 @@ export function loadConfig(src: ConfigSources): Config {
   // The htpasswd file of the highest source counts, read only once access control is known to be on.
   const htpasswd = layers.flatMap((layer) => layer.values.htpasswd ?? []).at(-1);
   if (config.access && htpasswd) addHtpasswdUsers(config.access, htpasswd, src);
+  if (config.access) checkAdmins(config.access);
   return config;
 }

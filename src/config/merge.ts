@@ -21,7 +21,7 @@ function pick<K extends SettingKey>(layers: Layer[], key: K): Labeled<SettingVal
   return highest(layers, key)?.at(-1);
 }
 
-function extra<K extends "tokenService" | "identities" | "rules" | "oidc" | "s3Credentials">(layers: Layer[], key: K): Layer[K] | undefined {
+function extra<K extends "tokenService" | "identities" | "rules" | "oidc" | "s3Credentials" | "admins">(layers: Layer[], key: K): Layer[K] | undefined {
   let found: Layer[K] | undefined;
   for (const layer of layers) if (layer[key] !== undefined) found = layer[key];
   return found;
@@ -108,9 +108,9 @@ function accessFrom(layers: Layer[]): AccessConfig | undefined {
   }
   if (!(asked?.value ?? htpasswd !== undefined)) {
     // Users or rules without access control would silently leave every pull anonymous.
-    if (asked === undefined && (extra(layers, "identities") ?? extra(layers, "rules") ?? extra(layers, "oidc")) !== undefined) {
+    if (asked === undefined && (extra(layers, "identities") ?? extra(layers, "rules") ?? extra(layers, "oidc") ?? extra(layers, "admins")) !== undefined) {
       throw new ConfigError(
-        "the config file has users, robots, rules or oidc, but access control is off: add accessControl: true (or --access-control on); to turn it off on purpose, give --access-control off",
+        "the config file has users, robots, rules, oidc or admins, but access control is off: add accessControl: true (or --access-control on); to turn it off on purpose, give --access-control off",
       );
     }
     return undefined;
@@ -128,5 +128,23 @@ function accessFrom(layers: Layer[]): AccessConfig | undefined {
     identities,
     rules: extra(layers, "rules") ?? [],
     oidc: extra(layers, "oidc") ?? [],
+    admins: extra(layers, "admins")?.value ?? [],
+    ...(extra(layers, "admins") ? { adminsSource: extra(layers, "admins")!.label } : {}),
   };
+}
+
+/**
+ * Every name in admins: must be someone who can sign in: a user (config file or htpasswd), a
+ * robot, or the identity an oidc provider maps its tokens to. A typo would otherwise lock the
+ * operator out of the page without a word. Run once htpasswd users are added.
+ */
+export function checkAdmins(access: AccessConfig): void {
+  const known = new Set([...access.identities.map((i) => i.name), ...access.oidc.map((o) => o.identity)]);
+  const unknown = access.admins.filter((name) => !known.has(name));
+  if (unknown.length === 0) return;
+  const names = [...known];
+  throw new ConfigError(
+    `${access.adminsSource ?? "admins"}: ${unknown.map((n) => quote(n)).join(", ")} ${unknown.length === 1 ? "is not a known user, robot or oidc identity" : "are not known users, robots or oidc identities"}` +
+      ` (known: ${names.length > 0 ? names.join(", ") : "none"})`,
+  );
 }

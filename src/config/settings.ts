@@ -21,9 +21,12 @@ import {
   parseKv,
   parseListen,
   parseLogLevel,
+  parseAdminPage,
+  parseDurationOrOff,
   parseOnOff,
   parsePath,
   parseSize,
+  parseSizeOrOff,
   parseStorage,
 } from "./values.ts";
 
@@ -172,6 +175,44 @@ const STORAGE = {
   },
 } as const satisfies Record<string, Setting>;
 
+// The collector's period: at most a week, well within what a timer can wait for.
+const MAX_GC_INTERVAL_SECONDS = 7 * 86_400;
+
+const EXPIRY = {
+  cacheTtl: {
+    // Content nobody pulled for this long is removed by the collector (tags, then what they alone referenced).
+    flag: "--cache-ttl", env: "STOWAGE_CACHE_TTL", file: "cacheTtl", metavar: "DURATION",
+    parse: (raw: unknown) => parseDurationOrOff(raw, 1, Number.MAX_SAFE_INTEGER), field: "cacheTtlSeconds", default: null,
+    about: [
+      "Remove cached content nobody pulled for this long: tags first, then manifests",
+      "and blobs no remaining tag or manifest refers to (a blob a kept image shares",
+      "stays). Checked every --gc-interval, or now with stowage gc. off: keep all.",
+    ],
+    shown: "`off` (nothing expires)", example: "--cache-ttl 90d",
+  },
+  maxSize: {
+    // Above it, the least recently pulled content goes until the store is under 90% of it.
+    flag: "--max-size", env: "STOWAGE_MAX_SIZE", file: "maxSize", metavar: "SIZE",
+    parse: (raw: unknown) => parseSizeOrOff(raw, 1), field: "maxSizeBytes", default: null,
+    about: [
+      "Largest size of the store: above it, the least recently pulled content is",
+      "removed until the store is under 90% of it. Checked every --gc-interval, or",
+      "now with stowage gc. off: no limit.",
+    ],
+    shown: "`off` (no limit)", example: "--max-size 500GiB",
+  },
+  gcInterval: {
+    flag: "--gc-interval", env: "STOWAGE_GC_INTERVAL", file: "gcInterval", metavar: "DURATION",
+    parse: duration(1, MAX_GC_INTERVAL_SECONDS), field: "gcIntervalSeconds", default: 3600,
+    about: [
+      "How often the server applies --cache-ttl and --max-size (the first time a",
+      "minute after start). Without either, it only runs at start-up, to clear",
+      "records and objects a crash left without each other.",
+    ],
+    shown: "`1h`", example: "--gc-interval 15m",
+  },
+} as const satisfies Record<string, Setting>;
+
 const UPSTREAMS = {
   upstream: {
     // The file gives these as upstreams: [{name, url, ...}].
@@ -285,14 +326,27 @@ const ACCESS = {
     about: ["Lifetime of the bearer tokens Stowage issues (60s to 24h)."],
     shown: "`15m`", example: "--token-ttl 30m",
   },
+  adminPage: {
+    // The operator page /-/: who may open it (with access control on, only the config's admins: ever may).
+    flag: "--admin-page", env: "STOWAGE_ADMIN_PAGE", file: "adminPage", metavar: "off|loopback|open",
+    parse: fromString(parseAdminPage), field: "adminPage", default: "loopback",
+    about: [
+      "The operator page at /-/ (cached images, sizes, downloads, purge). With access",
+      "control on, only the identities in the config file's admins: may use it. With",
+      "it off: loopback answers only clients on this machine, open answers everyone",
+      "who reaches --listen. off: no page.",
+    ],
+    shown: "`loopback`", example: "--admin-page open",
+  },
 } as const satisfies Record<string, Setting>;
 
 /** Every setting; help and the README list them in this order, by section. */
-export const SETTINGS = { ...SERVING, ...STORAGE, ...UPSTREAMS, ...ACCESS };
+export const SETTINGS = { ...SERVING, ...STORAGE, ...EXPIRY, ...UPSTREAMS, ...ACCESS };
 
 export const SECTIONS: ReadonlyArray<{ title: string; keys: readonly SettingKey[] }> = [
   { title: "Serving", keys: Object.keys(SERVING) as SettingKey[] },
   { title: "Storage", keys: Object.keys(STORAGE) as SettingKey[] },
+  { title: "Expiry and size limits", keys: Object.keys(EXPIRY) as SettingKey[] },
   { title: "Upstreams", keys: Object.keys(UPSTREAMS) as SettingKey[] },
   { title: "Access control", keys: Object.keys(ACCESS) as SettingKey[] },
 ];

@@ -36,6 +36,8 @@ export type Layer = {
   identities?: IdentityEntry[];
   rules?: Rule[];
   oidc?: OidcProvider[];
+  /** Who may use the operator page when access control is on. */
+  admins?: Labeled<string[]>;
 };
 
 /** Where configuration comes from; injected, so every path is testable without the disk. */

@@ -38,9 +38,9 @@ export function parseListen(raw: string): Parsed<Listen> {
   return ok({ hostname, port });
 }
 
-const DURATION_HINT = "expected a duration like 90, 90s, 5m or 1h30m";
+const DURATION_HINT = "expected a duration like 90, 90s, 5m, 1h30m or 90d";
 
-/** Seconds, from a number or text like 90, 90s, 5m, 1h30m, within [min, max]. */
+/** Seconds, from a number or text like 90, 90s, 5m, 1h30m, 90d, within [min, max]. */
 export function parseDuration(raw: unknown, min: number, max: number): Parsed<number> {
   let seconds: number;
   if (typeof raw === "number") {
@@ -48,11 +48,11 @@ export function parseDuration(raw: unknown, min: number, max: number): Parsed<nu
     seconds = raw;
   } else if (typeof raw === "string") {
     const text = raw.trim();
-    const m = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text);
+    const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text);
     if (/^\d+$/.test(text)) {
       seconds = Number(text);
     } else if (m && text !== "") {
-      seconds = Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
+      seconds = Number(m[1] ?? 0) * 86_400 + Number(m[2] ?? 0) * 3600 + Number(m[3] ?? 0) * 60 + Number(m[4] ?? 0);
     } else {
       return bad(`${DURATION_HINT}, got ${quote(raw)}`);
     }
@@ -109,6 +109,26 @@ export function parseSize(raw: unknown, min = 0): Parsed<number> {
   if (!Number.isSafeInteger(bytes)) return bad(`${SIZE_HINT}, got ${quote(String(raw))}`);
   if (bytes < min) return bad(`must be at least ${min} bytes, got ${quote(String(raw))}`);
   return ok(bytes);
+}
+
+/** A duration, or `off` (also 0 and false in the file) for none: --cache-ttl. */
+export function parseDurationOrOff(raw: unknown, min: number, max: number): Parsed<number | null> {
+  if (raw === false || raw === 0 || (typeof raw === "string" && ["off", "0"].includes(raw.trim().toLowerCase()))) return ok(null);
+  return parseDuration(raw, min, max);
+}
+
+/** A size, or `off` (also 0 and false in the file) for no limit: --max-size. */
+export function parseSizeOrOff(raw: unknown, min: number): Parsed<number | null> {
+  if (raw === false || raw === 0 || (typeof raw === "string" && ["off", "0"].includes(raw.trim().toLowerCase()))) return ok(null);
+  return parseSize(raw, min);
+}
+
+export const ADMIN_PAGE_MODES = ["off", "loopback", "open"] as const;
+export type AdminPageMode = (typeof ADMIN_PAGE_MODES)[number];
+
+export function parseAdminPage(raw: string): Parsed<AdminPageMode> {
+  const mode = ADMIN_PAGE_MODES.find((m) => m === raw.trim().toLowerCase());
+  return mode ? ok(mode) : bad(`expected one of ${ADMIN_PAGE_MODES.join(", ")}, got ${quote(raw)}`);
 }
 
 export function parseOnOff(raw: string): Parsed<boolean> {

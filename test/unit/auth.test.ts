@@ -242,6 +242,7 @@ async function accessControl(t: Test, clock: Clock, rules: Rule[] = [], oidc: Oi
     ],
     rules,
     oidc,
+    admins: [],
   };
   const kv = new TypedKv(raw);
   return Object.assign(new AccessControl({ access, upstreams: [LOCAL, OTHER], defaultUpstream: "local", publicUrl: null, kv, now: () => clock.now }), { kv });
@@ -865,7 +866,7 @@ t.test("sign-ins of a started Stowage under attack: worker thread, throttling, m
 t.test("the realm comes from --public-url when set, whatever the Host header says", async (t) => {
   const raw = (await openKv(":memory:")) as unknown as Kv;
   t.teardown(() => raw.close());
-  const access: AccessConfig = { service: "stowage", issuer: "stowage", tokenTtlSeconds: 300, identities: [], rules: [], oidc: [] };
+  const access: AccessConfig = { service: "stowage", issuer: "stowage", tokenTtlSeconds: 300, identities: [], rules: [], oidc: [], admins: [] };
   const ac = new AccessControl({ access, upstreams: [LOCAL, OTHER], defaultUpstream: "local", publicUrl: "https://cache.example.com", kv: new TypedKv(raw) });
   const realmOf = (url: string) => parseWwwAuthenticate(ac.challenge(new URL(url), "app"))[0]?.params.realm;
   t.equal(realmOf("http://attacker.example/v2/app/manifests/v1"), "https://cache.example.com/token");

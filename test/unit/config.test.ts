@@ -34,6 +34,10 @@ t.test("defaults", async (t) => {
     diskReserveBytes: 512 * 1024 ** 2,
     metricsListen: null,
     offline: false,
+    cacheTtlSeconds: null,
+    maxSizeBytes: null,
+    gcIntervalSeconds: 3600,
+    adminPage: "loopback",
   });
 });
 
@@ -196,6 +200,10 @@ t.test("config file: YAML and JSON", async (t) => {
     diskReserveBytes: 512 * 1024 ** 2,
     metricsListen: null,
     offline: false,
+    cacheTtlSeconds: null,
+    maxSizeBytes: null,
+    gcIntervalSeconds: 3600,
+    adminPage: "loopback",
   });
 
   const j = load([], { STOWAGE_CONFIG: "s.json" }, { "s.json": JSON_FILE });
@@ -503,4 +511,42 @@ t.test("--resolve, sizes, private networks and OIDC conditions", async (t) => {
   }, "a provider without claim conditions is refused, naming it");
   t.equal(load(["--config", "o.yaml"], {}, { "o.yaml": oidc("    allowAnyClaims: true\n") }).access?.oidc.length, 1, "unless allowAnyClaims says it is meant");
   t.equal(load(["--config", "o.yaml"], {}, { "o.yaml": oidc("    claims: {repository_owner: my-org}\n") }).access?.oidc[0]?.claims.repository_owner, "my-org");
+});
+
+t.test("expiry, size limit, collector period and the operator page", async (t) => {
+  t.equal(load(["--cache-ttl", "90d"]).cacheTtlSeconds, 90 * 86_400, "days");
+  t.equal(load(["--cache-ttl", "1d12h"]).cacheTtlSeconds, 36 * 3600, "days and hours");
+  t.equal(load(["--cache-ttl", "off"]).cacheTtlSeconds, null, "off: nothing expires");
+  t.equal(load(["--max-size", "500GiB"]).maxSizeBytes, 500 * 1024 ** 3);
+  t.equal(load([], { STOWAGE_MAX_SIZE: "2TB" }).maxSizeBytes, 2e12, "from the environment");
+  t.equal(load(["--max-size=off"]).maxSizeBytes, null);
+  t.equal(load(["--gc-interval", "15m"]).gcIntervalSeconds, 900);
+  t.equal(load(["--admin-page", "open"]).adminPage, "open");
+  const f = load(["--config", "s.yaml"], {}, { "s.yaml": "cacheTtl: 30d\nmaxSize: 100GiB\ngcInterval: 600\nadminPage: \"off\"\n" });
+  t.same([f.cacheTtlSeconds, f.maxSizeBytes, f.gcIntervalSeconds, f.adminPage], [30 * 86_400, 100 * 1024 ** 3, 600, "off"], "from the file");
+  t.match(errorOf(() => load(["--cache-ttl", "90 days"])).message, /^--cache-ttl: expected a duration like .*90d/);
+  t.match(errorOf(() => load(["--max-size", "lots"])).message, /^--max-size: expected a size/);
+  t.match(errorOf(() => load(["--gc-interval", "30d"])).message, /^--gc-interval: must be at most 604800s/);
+  t.match(errorOf(() => load(["--admin-page", "public"])).message, /^--admin-page: expected one of off, loopback, open, got "public"/);
+});
+
+t.test("admins: known users, robots and oidc identities only", async (t) => {
+  const HASH = "$2b$10$" + "a".repeat(53);
+  const file = (admins: string) =>
+    `accessControl: true\nusers:\n  - name: alice\n    passwordHash: "${HASH}"\nrobots:\n  - name: ci\n    secretHash: "${HASH}"\n` +
+    `oidc:\n  - issuer: https://token.actions.githubusercontent.com\n    audience: https://cache.example.com\n    identity: github-ci\n    allowAnyClaims: true\n${admins}`;
+  const c = load(["--config", "a.yaml"], {}, { "a.yaml": file("admins: [alice, ci, github-ci]\n") });
+  t.same(c.access?.admins, ["alice", "ci", "github-ci"], "users, robots and oidc identities");
+  t.same(load(["--config", "a.yaml"], {}, { "a.yaml": file("") }).access?.admins, [], "none by default");
+  t.equal(
+    errorOf(() => load(["--config", "a.yaml"], {}, { "a.yaml": file("admins: [alice, bob, carol]\n") })).message,
+    'a.yaml: admins: "bob", "carol" are not known users, robots or oidc identities (known: alice, ci, github-ci)',
+    "unknown names are named, with the known ones",
+  );
+  t.same(
+    load(["--config", "a.yaml", "--htpasswd", "h"], {}, { "a.yaml": "admins: [dave]\n", h: `dave:${HASH}\n` }).access?.admins,
+    ["dave"],
+    "htpasswd users count",
+  );
+  t.match(errorOf(() => load(["--config", "a.yaml"], {}, { "a.yaml": "admins: [alice]\n" })).message, /admins, but access control is off/);
 });
