@@ -41,8 +41,11 @@ export type CacheServices = {
   close(): Promise<void>;
 };
 
+/** What the server adds to the services: a download served uncached for lack of disk space asks it for room. */
+export type ServiceHooks = { onDiskShort?: (neededBytes: number) => void };
+
 /** Opens everything a pull needs; the caller closes it. */
-export async function openServices(config: Config, runtime: Runtime, log: Logger): Promise<CacheServices> {
+export async function openServices(config: Config, runtime: Runtime, log: Logger, hooks: ServiceHooks = {}): Promise<CacheServices> {
   // Before anything is opened: a setting this runtime cannot honour is a start-up error, not a leak.
   if (config.resolve.length > 0 && !runtime.pinsUpstreamAddresses) {
     throw new StartupError(
@@ -100,6 +103,7 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
       leases: new FetchLeases(kv, crypto.randomUUID()),
       maxBlobBytes: config.maxBlobBytes,
       diskReserveBytes: config.diskReserveBytes,
+      ...(hooks.onDiskShort ? { onDiskShort: hooks.onDiskShort } : {}),
     },
     config.clientTimeoutSeconds * 1000,
   );

@@ -39,6 +39,11 @@ export type BlobFetchDeps = {
   diskReserveBytes?: number;
   /** Bytes spooled between two free-space checks; default DISK_CHECK_BYTES. */
   diskCheckBytes?: number;
+  /**
+   * Called when a download is served uncached for lack of disk space, with the bytes it
+   * needed: the server makes room then (a collector pass), so the next pull caches again.
+   */
+  onDiskShort?: (neededBytes: number) => void;
 };
 
 /**
@@ -370,8 +375,13 @@ export class BlobFetch {
     this.room.stop(this.received, short);
     const { client, repo } = this.source;
     this.log.warn(
-      "not enough free disk space to cache this blob: serving it from upstream without caching it; free space under --data-dir, lower --disk-reserve, or move the data dir to a larger disk",
+      "not enough free disk space to cache this blob: serving it from upstream without caching it; free space under --data-dir, lower --disk-reserve, set --max-size or --cache-ttl, or move the data dir to a larger disk",
       { digest: this.digest, upstream: client.upstream.name, repo, spooled: this.written, ...short },
     );
+    try {
+      this.deps.onDiskShort?.(this.size ?? this.received);
+    } catch (err) {
+      this.log.warn("could not ask for room on the disk", { error: err });
+    }
   }
 }
