@@ -9,8 +9,10 @@ import { BlobCache } from "./cache/blob-cache.ts";
 import { FetchLeases } from "./cache/fetch-lease.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { ReferrersCache } from "./cache/referrers-cache.ts";
+import { UsageRecorder } from "./cache/usage.ts";
 import type { Config } from "./config/types.ts";
 import { InlineHasherFactory, type HasherFactory } from "./digest/hasher.ts";
+import { Collector } from "./gc/collector.ts";
 import { WorkerHasherFactory } from "./digest/worker-pool.ts";
 import { TypedKv, type Kv } from "./kv/kv.ts";
 import type { KvLocation } from "./kv/location.ts";
@@ -37,6 +39,10 @@ export type CacheServices = {
   manifests: ManifestCache;
   blobs: BlobCache;
   referrers: ReferrersCache;
+  /** When content was last pulled (batched into KV), for expiry and size limits. */
+  usage: UsageRecorder;
+  /** Expiry, size limit, purges and the crash sweep (src/gc/collector.ts). */
+  collector: Collector;
   kvLocation: KvLocation;
   close(): Promise<void>;
 };
@@ -83,6 +89,8 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
   const hashers = await startHashers(runtime, config.hashWorkers, log);
 
   const tokens = new UpstreamTokenCache(kv);
+  /** This process, as the owner of fetch and collector leases in a KV shared by several instances. */
+  const owner = crypto.randomUUID();
   const timeoutMs = config.upstreamTimeoutSeconds * 1000;
   const metrics = createStowageMetrics();
   const clients = new Map(
@@ -91,7 +99,8 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
       return [u.name, new UpstreamClient(u, { tokens, timeoutMs, metrics, concurrency: config.upstreamConcurrency, fetch })] as const;
     }),
   );
-  const manifests = new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 });
+  const usage = new UsageRecorder(kv);
+  const manifests = new ManifestCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000, usage });
   const referrers = new ReferrersCache({ kv, store, metrics, tagTtlMs: config.tagTtlSeconds * 1000 });
   const blobs = new BlobCache(
     {
@@ -100,13 +109,15 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
       hashers,
       metrics,
       upstreamTimeoutMs: timeoutMs,
-      leases: new FetchLeases(kv, crypto.randomUUID()),
+      leases: new FetchLeases(kv, owner),
       maxBlobBytes: config.maxBlobBytes,
       diskReserveBytes: config.diskReserveBytes,
       ...(hooks.onDiskShort ? { onDiskShort: hooks.onDiskShort } : {}),
+      usage,
     },
     config.clientTimeoutSeconds * 1000,
   );
+  const collector = new Collector({ kv, store, metrics, log, owner, busy: (digest) => blobs.busy(digest), upstreams: config.upstreams });
   return {
     kv,
     store,
@@ -116,8 +127,12 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
     manifests,
     blobs,
     referrers,
+    usage,
+    collector,
     kvLocation,
     async close() {
+      // Pulls counted since the last batch go to KV before it closes.
+      await usage.close().catch((err) => log.warn("could not write the last usage records to the KV", { error: err }));
       await hashers.close();
       rawKv.close();
     },

@@ -13,6 +13,7 @@ import { BlobRecord } from "./records.ts";
 import { registryErrorFor } from "./registry-error-for.ts";
 import { storeFailed } from "./store-failure.ts";
 import { offlineError } from "../upstream/upstream-error.ts";
+import type { UsageRecorder } from "./usage.ts";
 
 /** What the HTTP layer needs to answer a blob request. */
 export type BlobAnswer = {
@@ -33,14 +34,36 @@ export type BlobAnswer = {
  * Blobs: served from the store when cached, otherwise fetched from upstream
  * once (single flight per digest) and streamed to every client asking.
  */
+export type BlobDownload = { digest: Digest; upstream: string; repo: string; bytes: number; size: number | null; startedAt: number };
+
 export class BlobCache {
   private readonly inflight = new Map<Digest, BlobFetch>();
+  private readonly started = new Map<BlobFetch, number>();
+  /** Clients streaming a blob from the store now, by digest (the collector leaves these alone). */
+  private readonly reading = new Map<Digest, number>();
 
   constructor(
-    private readonly deps: BlobFetchDeps,
+    private readonly deps: BlobFetchDeps & { usage?: UsageRecorder },
     /** A client that takes no bytes of a blob for this long is cut off (--client-timeout). */
     private readonly clientTimeoutMs: number = 5 * 60_000,
   ) {}
+
+  /** Downloads from upstreams in progress, oldest first (for the operator page). */
+  downloads(): BlobDownload[] {
+    return [...this.inflight.values()].map((f) => ({
+      digest: f.digest,
+      upstream: f.source.client.upstream.name,
+      repo: f.source.repo,
+      bytes: f.received,
+      size: f.size,
+      startedAt: this.started.get(f) ?? 0,
+    })).sort((a, b) => a.startedAt - b.startedAt);
+  }
+
+  /** Whether the blob is being fetched, or read from the store by a client, here and now. */
+  busy(digest: Digest): boolean {
+    return this.inflight.has(digest) || (this.reading.get(digest) ?? 0) > 0;
+  }
 
   /** Whether this repository is served the blob from the store with no upstream request (what prefill skips). */
   async isCached(source: FetchSource, digest: Digest): Promise<boolean> {
@@ -62,11 +85,20 @@ export class BlobCache {
     if (answer.source === "cache") metrics.cacheHits.inc({ kind: "blob" });
     else if (answer.source === "coalesced") metrics.coalesced.inc();
     else metrics.cacheMisses.inc({ kind: "blob" });
+    if (method === "GET") this.deps.usage?.pulled({ kind: "blob", digest });
     if (answer.body) {
       const counter = answer.source === "cache" ? metrics.bytesFromCache : metrics.bytesFromUpstream;
       const seconds = this.clientTimeoutMs / 1000;
+      const fromStore = answer.source === "cache";
+      if (fromStore) this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
       answer.body = observedBody(answer.body, {
         onChunk: (n) => counter.inc({}, n),
+        onEnd: () => {
+          if (!fromStore) return;
+          const left = (this.reading.get(digest) ?? 1) - 1;
+          if (left > 0) this.reading.set(digest, left);
+          else this.reading.delete(digest);
+        },
         stall: {
           ms: this.clientTimeoutMs,
           onStall: () => log.warn("cut off a client that took nothing for --client-timeout", { digest, seconds }),
@@ -149,8 +181,10 @@ export class BlobCache {
   private startFetch(source: FetchSource, digest: Digest, opts: { evenIfStored: boolean }, log: Logger): BlobFetch {
     const fetch = new BlobFetch(digest, source, this.deps, log, opts);
     this.inflight.set(digest, fetch);
+    this.started.set(fetch, Date.now());
     this.deps.metrics.inflight.set({}, this.inflight.size);
     fetch.settled.then(() => {
+      this.started.delete(fetch);
       if (this.inflight.get(digest) === fetch) this.inflight.delete(digest);
       this.deps.metrics.inflight.set({}, this.inflight.size);
     });

@@ -16,6 +16,7 @@ import { ManifestRecord, TagRecord } from "./records.ts";
 import { registryErrorFor, UnusableUpstreamReply } from "./registry-error-for.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { storeFailed } from "./store-failure.ts";
+import type { UsageRecorder } from "./usage.ts";
 
 /** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -33,7 +34,15 @@ export type ManifestAnswer = {
 
 type Cached = { digest: Digest; record: ManifestRecord; bytes: Uint8Array<ArrayBuffer> };
 
-export type ManifestCacheDeps = { kv: TypedKv; store: BlobStore; metrics: StowageMetrics; tagTtlMs: number; now?: () => number };
+export type ManifestCacheDeps = {
+  kv: TypedKv;
+  store: BlobStore;
+  metrics: StowageMetrics;
+  tagTtlMs: number;
+  now?: () => number;
+  /** Told of every manifest answered (by tag or by digest), for expiry and size limits. */
+  usage?: UsageRecorder;
+};
 
 /**
  * Manifests and tags. Bytes are stored exactly as the upstream sent them,
@@ -62,6 +71,12 @@ export class ManifestCache {
     if (answer.source === "cache") metrics.cacheHits.inc({ kind: "manifest" });
     else if (answer.source === "stale") metrics.staleServed.inc({ upstream: source.client.upstream.name });
     else metrics.cacheMisses.inc({ kind: "manifest" });
+    const name = source.client.upstream.name;
+    this.deps.usage?.pulled(
+      reference.kind === "tag"
+        ? { kind: "tag", upstream: name, repo: source.repo, tag: reference.tag }
+        : { kind: "manifest", upstream: name, repo: source.repo, digest: reference.digest },
+    );
     return answer;
   }
 

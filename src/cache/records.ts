@@ -50,3 +50,7 @@ export const ReferrersRecord = z.object({
   checkedAt: z.number(),
 });
 export type ReferrersRecord = z.infer<typeof ReferrersRecord>;
+
+/** When something was last pulled (ms since epoch) and how many pulls were counted; written in batches. */
+export const UsageRecord = z.object({ lastPulledAt: z.number(), pulls: z.number().int().nonnegative() });
+export type UsageRecord = z.infer<typeof UsageRecord>;

@@ -23,6 +23,18 @@ export const kvKeys = {
   /** LeaseRecord: which instance is downloading the blob. */
   lease: (digest: Digest) => ["lease", digest] as const,
 
+  // Usage, for expiry and size limits: written in batches (src/cache/usage.ts), never per request.
+  /** UsageRecord: when a tag was last pulled, and how often. */
+  usageTag: (upstream: string, repo: string, tag: string) => ["usage", "tag", upstream, repo, tag] as const,
+  /** UsageRecord: when a manifest was last pulled by digest (or through a tag), and how often. */
+  usageManifest: (upstream: string, repo: string, digest: Digest) => ["usage", "manifest", upstream, repo, digest] as const,
+  /** UsageRecord: when a blob was last pulled, and how often. */
+  usageBlob: (digest: Digest) => ["usage", "blob", digest] as const,
+  /** The prefix of every usage record of one kind. */
+  usageOf: (kind: "tag" | "manifest" | "blob") => ["usage", kind] as const,
+  /** LeaseRecord: which instance runs the collector (one at a time across instances). */
+  gcLease: () => ["stowage", "gc", "lease"] as const,
+
   /** A bearer token an upstream issued for a scope. */
   upstreamToken: (upstream: string, scope: string) => ["upstream-token", upstream, scope] as const,
 

@@ -14,3 +14,10 @@ export function statusLabel(status: number | string): string {
   const n = typeof status === "number" ? status : /^\d{3}$/.test(status) ? Number(status) : NaN;
   return Number.isInteger(n) && n >= 100 && n <= 599 ? String(n) : "other";
 }
+
+const GC_REASONS: ReadonlySet<string> = new Set(["ttl", "size", "purge", "orphan", "missing"]);
+
+/** Why the collector removed something (see src/gc/collector.ts), or "other". */
+export function gcReasonLabel(reason: string): string {
+  return GC_REASONS.has(reason) ? reason : "other";
+}

@@ -1,4 +1,4 @@
-import { methodLabel, statusLabel } from "./labels.ts";
+import { gcReasonLabel, methodLabel, statusLabel } from "./labels.ts";
 import { MetricsRegistry } from "./metrics.ts";
 
 /**
@@ -35,6 +35,17 @@ export function createStowageMetrics() {
     ),
     leaseWaits: registry.counter("stowage_lease_waits_total", "Blob misses that waited for another instance's fetch instead of fetching."),
     inflight: registry.gauge("stowage_inflight_fetches", "Blob fetches from upstream in progress."),
+    // Set by the collector after each run (src/gc/collector.ts), from the KV records and the store's listing.
+    storeBytes: registry.gauge("stowage_store_bytes", "Bytes in the blob store (blobs and manifests), as of the last collection."),
+    storeObjects: registry.gauge("stowage_store_objects", "Objects in the blob store (blobs and manifests), as of the last collection."),
+    gcRemoved: registry.counter(
+      "stowage_gc_removed_total",
+      "Tags, manifests and blobs the collector removed, by reason (ttl, size, purge, orphan, missing).",
+      { reason: gcReasonLabel },
+    ),
+    gcRemovedBytes: registry.counter("stowage_gc_removed_bytes_total", "Store bytes the collector freed, by reason.", { reason: gcReasonLabel }),
+    gcLastRun: registry.gauge("stowage_gc_last_run_timestamp_seconds", "When the last collection (not a dry run) ended, seconds since epoch."),
+    gcLastDuration: registry.gauge("stowage_gc_last_run_duration_seconds", "How long the last collection (not a dry run) took."),
     rateLimitRemaining: registry.gauge("stowage_upstream_ratelimit_remaining", "Last ratelimit-remaining an upstream reported, by upstream."),
   };
 }

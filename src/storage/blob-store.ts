@@ -18,6 +18,18 @@ export interface BlobStore {
   put(digest: Digest, bytes: Uint8Array): Promise<void>;
   /** Starts an upload that becomes visible only on `commit()`. */
   begin(digest: Digest): Promise<BlobUpload>;
+  /**
+   * Removes the object under `digest`; no error when there is none. A reader
+   * that already opened it either finishes (the filesystem keeps an unlinked
+   * file readable while open) or fails with an error, never gets other bytes.
+   */
+  delete(digest: Digest): Promise<void>;
+  /**
+   * Every object in the store (not uploads in progress), with its size and
+   * when it was written (ms since epoch), for the collector's sweep. Objects
+   * under names that are not digests are skipped.
+   */
+  list(): AsyncIterable<StoredObject>;
   /** Throws when the store cannot be used (for /readyz). */
   check(): Promise<void>;
   /**
@@ -28,6 +40,8 @@ export interface BlobStore {
    */
   freeSpace(): Promise<number | null>;
 }
+
+export type StoredObject = { digest: Digest; size: number; modifiedAt: number };
 
 export interface BlobUpload {
   /**

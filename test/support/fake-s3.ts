@@ -5,10 +5,12 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
@@ -18,6 +20,9 @@ import type { S3Api } from "../../src/storage/s3/client.ts";
 
 const MIN_PART_BYTES = 5 * 1024 * 1024;
 
+/** Keys per ListObjectsV2 page: small, so that paging is exercised (S3's own is 1000). */
+const LIST_PAGE = 3;
+
 type Upload = { key: string; initiated: Date; parts: Map<number, { etag: string; bytes: Uint8Array }> };
 
 function s3Error(name: string, status: number, message = name): Error {
@@ -26,6 +31,8 @@ function s3Error(name: string, status: number, message = name): Error {
 
 export class FakeS3 {
   readonly objects = new Map<string, Uint8Array>();
+  /** When each object was written. */
+  readonly written = new Map<string, Date>();
   readonly uploads = new Map<string, Upload>();
   /** Command names in the order received, e.g. "PutObjectCommand". */
   readonly sent: string[] = [];
@@ -72,7 +79,23 @@ export class FakeS3 {
     }
     if (command instanceof PutObjectCommand) {
       this.objects.set(key, new Uint8Array(input.Body as Uint8Array));
+      this.written.set(key, new Date());
       return { ETag: `"${randomUUID()}"` };
+    }
+    if (command instanceof DeleteObjectCommand) {
+      this.objects.delete(key);
+      this.written.delete(key);
+      return {};
+    }
+    if (command instanceof ListObjectsV2Command) {
+      // Keys in order, a page at a time, the continuation token being the last key given.
+      const prefix = String(input.Prefix ?? "");
+      const after = String(input.ContinuationToken ?? "");
+      const keys = [...this.objects.keys()].filter((k) => k.startsWith(prefix) && k > after).sort();
+      const page = keys.slice(0, LIST_PAGE);
+      const Contents = page.map((Key) => ({ Key, Size: this.objects.get(Key)!.byteLength, LastModified: this.written.get(Key) }));
+      const truncated = keys.length > LIST_PAGE;
+      return { Contents, KeyCount: page.length, IsTruncated: truncated, ...(truncated ? { NextContinuationToken: page.at(-1) } : {}) };
     }
     if (command instanceof CreateMultipartUploadCommand) {
       const id = randomUUID();
@@ -103,6 +126,7 @@ export class FakeS3 {
       }
       this.uploads.delete(String(input.UploadId));
       this.objects.set(key, whole);
+      this.written.set(key, new Date());
       return {};
     }
     if (command instanceof AbortMultipartUploadCommand) {

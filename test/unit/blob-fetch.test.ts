@@ -170,6 +170,14 @@ class MemoryStore implements BlobStore {
 
   async check() {}
 
+  async delete(digest: Digest) {
+    this.blobs.delete(digest);
+  }
+
+  async *list() {
+    for (const [digest, blob] of this.blobs) yield { digest, size: blob.length, modifiedAt: 0 };
+  }
+
   async freeSpace() {
     return this.free();
   }

@@ -2,9 +2,9 @@ import { mkdir, open, readdir, rename, rm, stat, writeFile } from "node:fs/promi
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import type { ByteRange } from "../../registry/range.ts";
-import { digestAlgorithm, digestHex, type Digest } from "../../registry/reference.ts";
+import { digestAlgorithm, digestHex, parseDigest, type Digest } from "../../registry/reference.ts";
 import { unzeroedBytes } from "../../util/buffers.ts";
-import type { BlobStore, BlobUpload, PartialReader } from "../blob-store.ts";
+import type { BlobStore, BlobUpload, PartialReader, StoredObject } from "../blob-store.ts";
 import { freeBytes, type StatFs, systemStatFs } from "../disk-space.ts";
 import { UploadFile, uploadFilePath } from "../local-file.ts";
 
@@ -78,6 +78,29 @@ export class FsBlobStore implements BlobStore {
   async begin(digest: Digest): Promise<BlobUpload> {
     const file = await UploadFile.create(this.uploads, digest);
     return new FsUpload(file, () => this.place(file.path, digest));
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    // An open read keeps its file: unlinking only removes the name.
+    await rm(this.pathOf(digest), { force: true });
+  }
+
+  async *list(): AsyncIterable<StoredObject> {
+    for (const alg of await readdirOrEmpty(this.root)) {
+      if (alg === "_uploads") continue;
+      for (const prefix of await readdirOrEmpty(join(this.root, alg))) {
+        for (const hex of await readdirOrEmpty(join(this.root, alg, prefix))) {
+          const digest = parseDigest(`${alg}:${hex}`);
+          if (!digest || !hex.startsWith(prefix)) continue;
+          try {
+            const s = await stat(join(this.root, alg, prefix, hex));
+            if (s.isFile()) yield { digest, size: s.size, modifiedAt: s.mtimeMs };
+          } catch (err) {
+            if (!isNotFound(err)) throw err; // deleted meanwhile
+          }
+        }
+      }
+    }
   }
 
   async check(): Promise<void> {
@@ -159,6 +182,17 @@ function fileStream(handle: FileHandle, start: number, end: number): ReadableStr
     },
     { highWaterMark: 2 },
   );
+}
+
+/** A directory's entries; none when it is gone (or is not a directory). */
+async function readdirOrEmpty(path: string): Promise<string[]> {
+  try {
+    return await readdir(path);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return [];
+    throw err;
+  }
 }
 
 function isNotFound(err: unknown): boolean {

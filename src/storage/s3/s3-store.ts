@@ -1,16 +1,18 @@
 import {
   AbortMultipartUploadCommand,
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
 } from "@aws-sdk/client-s3";
 import { mkdir, rm } from "node:fs/promises";
 import type { Logger } from "../../log.ts";
 import type { ByteRange } from "../../registry/range.ts";
-import { digestAlgorithm, digestHex, type Digest } from "../../registry/reference.ts";
-import type { BlobStore, BlobUpload } from "../blob-store.ts";
+import { digestAlgorithm, digestHex, parseDigest, type Digest } from "../../registry/reference.ts";
+import type { BlobStore, BlobUpload, StoredObject } from "../blob-store.ts";
 import { freeBytes, systemStatFs } from "../disk-space.ts";
 import { UploadFile } from "../local-file.ts";
 import { answeredInTime, createS3Client, isMissingObject, pulledStream, type S3Api, type S3ClientOptions } from "./client.ts";
@@ -121,6 +123,31 @@ export class S3BlobStore implements BlobStore {
     const multipart = new Multipart(this.client, this.bucket, this.keyOf(digest));
     if (this.opts.spoolDir === null) return new DisklessUpload(multipart);
     return new SpooledUpload(multipart, await UploadFile.create(this.opts.spoolDir, digest));
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    // S3 answers a delete of a missing key with success as well.
+    await answeredInTime("a DELETE", (abortSignal) =>
+      this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }), { abortSignal })
+    );
+  }
+
+  async *list(): AsyncIterable<StoredObject> {
+    let token: string | undefined;
+    for (;;) {
+      const page = await answeredInTime("a LIST", (abortSignal) =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root, ContinuationToken: token }), { abortSignal })
+      );
+      for (const o of page.Contents ?? []) {
+        const name = o.Key?.slice(this.root.length) ?? "";
+        const slash = name.indexOf("/");
+        const digest = slash > 0 ? parseDigest(`${name.slice(0, slash)}:${name.slice(slash + 1)}`) : null;
+        if (!digest) continue;
+        yield { digest, size: o.Size ?? 0, modifiedAt: o.LastModified?.getTime() ?? 0 };
+      }
+      if (!page.IsTruncated || !page.NextContinuationToken) return;
+      token = page.NextContinuationToken;
+    }
   }
 
   /** The spool's disk; with no spool, uploads take no disk (parts are held in memory). */
