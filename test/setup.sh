@@ -12,6 +12,8 @@ command -v containerd >/dev/null 2>&1 || need="$need containerd"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # Ceph RGW: the real S3 server the S3 store tests run against (test/harness/rgw.ts).
 command -v radosgw >/dev/null 2>&1 || need="$need radosgw ceph-mon ceph-osd"
+# Chromium: the headless browser the admin page's tests drive (through playwright-core).
+[ -x /usr/bin/chromium ] || need="$need chromium"
 if [ -n "$need" ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

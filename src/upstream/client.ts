@@ -37,6 +37,17 @@ type UpstreamRequest = { method: "GET" | "HEAD"; path: string; repo: string; hea
 /** A successful upstream response whose body is still to be read, and the way to cut it off. */
 export type UpstreamReply = { response: Response; abort(reason?: unknown): void };
 
+/**
+ * How an upstream has been answering, for the operator's page: the last answer it gave (a 404
+ * counts: it answered), the last failure and why, and requests (with their bodies) in flight.
+ */
+export type UpstreamStatus = {
+  lastSuccessAt: number | null;
+  lastFailureAt: number | null;
+  lastFailure: string | null;
+  inFlight: number;
+};
+
 export type UpstreamClientOptions = {
   tokens: UpstreamTokenCache;
   metrics: StowageMetrics;
@@ -60,6 +71,7 @@ export class UpstreamClient {
   private blockedUntil = 0;
 
   private readonly origin: string;
+  private readonly health: UpstreamStatus = { lastSuccessAt: null, lastFailureAt: null, lastFailure: null, inFlight: 0 };
 
   constructor(readonly upstream: Upstream, private readonly opts: UpstreamClientOptions) {
     this.fetch = opts.fetch ?? globalThis.fetch;
@@ -97,6 +109,10 @@ export class UpstreamClient {
     return within(this.opts.timeoutMs, expire, read);
   }
 
+  status(): UpstreamStatus {
+    return { ...this.health };
+  }
+
   private async send(req: UpstreamRequest): Promise<UpstreamReply> {
     // The one way out to the upstream (token requests go from here too): offline, nothing leaves.
     if (this.upstream.offline) throw offlineError(this.upstream.name);
@@ -108,14 +124,34 @@ export class UpstreamClient {
         { status: 429, retryAfterSeconds: waitSeconds },
       );
     }
-    const release = await this.slots.acquire();
+    const slot = await this.slots.acquire();
+    this.health.inFlight++;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.health.inFlight--;
+      slot();
+    };
     try {
       const reply = await this.exchange(req);
+      this.health.lastSuccessAt = Date.now();
       return { response: releasingWhenDone(reply.response, release), abort: reply.abort };
     } catch (err) {
       release();
+      this.noteFailure(err);
       throw err;
     }
+  }
+
+  /** A 404 is an answer, not a failure of the upstream; everything else is kept with its reason. */
+  private noteFailure(err: unknown): void {
+    if (err instanceof UpstreamError && err.failure === "not-found") {
+      this.health.lastSuccessAt = Date.now();
+      return;
+    }
+    this.health.lastFailureAt = Date.now();
+    this.health.lastFailure = err instanceof Error ? err.message : String(err);
   }
 
   private async exchange({ method, path, repo, headers: extraHeaders, log }: UpstreamRequest): Promise<UpstreamReply> {
