@@ -7,7 +7,7 @@ import { SERVE_HELP } from "./config/help.ts";
 import { loadConfig } from "./config/load.ts";
 import { ConfigError } from "./config/problems.ts";
 import type { Config } from "./config/types.ts";
-import { type ContentCommand, parseContentCommand } from "./commands/args.ts";
+import { type CollectCommand, type ContentCommand, parseCollectCommand, parseContentCommand } from "./commands/args.ts";
 
 export { SERVE_HELP };
 
@@ -19,7 +19,8 @@ export type CliCommand =
   | { kind: "token-revoke"; name: string; config: Config }
   | { kind: "user-hash" }
   | { kind: "keys-rotate"; config: Config }
-  | ContentCommand;
+  | ContentCommand
+  | CollectCommand;
 
 export const USAGE = `Stowage: a pull-through cache for container images (OCI distribution API)
 
@@ -45,12 +46,24 @@ Usage:
                             leaves out every blob of a previous bundle
   stowage import FILE|- [serve options]
                             verify a bundle and add its images to the store
+  stowage gc [--dry-run] [serve options]
+                            apply --cache-ttl and --max-size now (e.g. stowage gc
+                            --max-size 100GiB) and clear records and objects left
+                            without each other; print what is removed and the space freed
+  stowage purge REF...|--repository GLOB|--upstream NAME [--dry-run] [serve options]
+                            remove images: their tags, then the manifests and blobs no
+                            other image refers to; the next pull fetches them anew.
+                            GLOB matches UPSTREAM/REPO or HOST/REPO (* within a path
+                            component, ** across); --upstream NAME=URL (with "=") still
+                            configures an upstream
   stowage --version         print the version
 
 REF is written as a client pulls it through Stowage: [UPSTREAM/]REPO[:TAG|@DIGEST], where
 UPSTREAM is an upstream's name or registry host (docker.io/library/alpine:3.20, alpine,
 ghcr.io/owner/image@sha256:...). These commands read the same settings as serve (flags,
 STOWAGE_* environment, --config) and work on the store directly, with or without a server.
+gc and purge print a table on a terminal, else one JSON line per removal; they exit 1 when
+another instance is collecting (one collector runs at a time on a KV).
 
 Run "stowage serve --help" for every option of serve.
 `;
@@ -76,11 +89,15 @@ export function parseCommand(
     if (rest.some(isHelp)) return { kind: "help", text: USAGE };
     return parseContentCommand(command, rest, (argv) => loadConfig({ argv, env, readFile }));
   }
+  if (command === "gc" || command === "purge") {
+    if (rest.some(isHelp)) return { kind: "help", text: USAGE };
+    return parseCollectCommand(command, rest, (argv) => loadConfig({ argv, env, readFile }));
+  }
   if (command.startsWith("-")) {
     const flag = command.split("=")[0];
     throw new ConfigError(`unknown option ${flag} (options go after the command, e.g. stowage serve ${flag} ...; see stowage --help)`);
   }
-  throw new ConfigError(`unknown command ${JSON.stringify(command)} (commands: serve, prefill, export, import, token, user, keys, help)`);
+  throw new ConfigError(`unknown command ${JSON.stringify(command)} (commands: serve, prefill, export, import, gc, purge, token, user, keys, help)`);
 }
 
 function adminCommand(

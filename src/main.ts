@@ -66,6 +66,12 @@ try {
       runtime.exit(code);
       break;
     }
+    case "gc":
+    case "purge": {
+      const collect = await import("./commands/collect.ts");
+      runtime.exit(await collect.runCollect(command, runtime));
+      break;
+    }
     case "serve": {
       const log = createLogger(command.config.logLevel, (line) => console.error(line));
       const server = await startServer(command.config, runtime, log);

@@ -4,6 +4,7 @@ import { startPasswordChecks } from "./auth/password-checks.ts";
 import { redactedConfig } from "./config/redact.ts";
 import type { Config } from "./config/types.ts";
 import { createHandler } from "./http/handler.ts";
+import { CollectorSchedule } from "./gc/periodic.ts";
 import { describeKv } from "./kv/open.ts";
 import type { Logger } from "./log.ts";
 import type { Runtime } from "./runtime/runtime.ts";
@@ -13,7 +14,9 @@ export type RunningServer = { url: string; close(): Promise<void> };
 
 /** Assembles the app from the configuration and starts listening. */
 export async function startServer(config: Config, runtime: Runtime, log: Logger): Promise<RunningServer> {
-  const services = await openServices(config, runtime, log);
+  // A download served uncached for lack of disk space asks the collector for room (set once it exists).
+  let schedule: CollectorSchedule | null = null;
+  const services = await openServices(config, runtime, log, { onDiskShort: (needed) => schedule?.diskShort(needed) });
   const { kv, store, hashers, clients, metrics, manifests, blobs, kvLocation } = services;
   const access = config.access
     ? new AccessControl({
@@ -40,7 +43,13 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     log.warn("access control is on, but there are no users or robots and no rule lets anonymous clients pull: every pull will be refused; add users (--htpasswd or users: in the config file) or rules");
   }
   const app: App = {
-    settings: { upstreams: config.upstreams, defaultUpstream: config.defaultUpstream, separateMetricsListener: config.metricsListen !== null },
+    settings: {
+      upstreams: config.upstreams,
+      defaultUpstream: config.defaultUpstream,
+      separateMetricsListener: config.metricsListen !== null,
+      adminPage: config.adminPage,
+      maxSizeBytes: config.maxSizeBytes,
+    },
     clients,
     kv,
     store,
@@ -49,6 +58,8 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     manifests,
     blobs,
     referrers: services.referrers,
+    collector: services.collector,
+    usage: services.usage,
     ...(access ? { access } : {}),
   };
 
@@ -64,6 +75,18 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
   if (metricsListening) log.info("serving /metrics and /healthz on a separate listener", {
     url: `http://${metricsListening.hostname.includes(":") ? `[${metricsListening.hostname}]` : metricsListening.hostname}:${metricsListening.port}`,
   });
+  // The start-up sweep (what a crash left), then --cache-ttl and --max-size every --gc-interval.
+  schedule = new CollectorSchedule({
+    collector: services.collector,
+    log,
+    cacheTtlMs: config.cacheTtlSeconds === null ? null : config.cacheTtlSeconds * 1000,
+    maxBytes: config.maxSizeBytes,
+    intervalMs: config.gcIntervalSeconds * 1000,
+    ...(config.gcIntervalSeconds < 60 ? { firstDelayMs: config.gcIntervalSeconds * 1000 } : {}),
+    reserveBytes: config.diskReserveBytes,
+    freeSpace: () => store.freeSpace().catch(() => null),
+  });
+  schedule.start();
   log.info("stowage is serving", {
     url,
     runtime: runtime.name,
@@ -79,6 +102,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     async close() {
       await listening.close();
       await metricsListening?.close();
+      await schedule?.close();
       await access?.close();
       await services.close();
     },

@@ -117,7 +117,16 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
     },
     config.clientTimeoutSeconds * 1000,
   );
-  const collector = new Collector({ kv, store, metrics, log, owner, busy: (digest) => blobs.busy(digest), upstreams: config.upstreams });
+  const collector = new Collector({
+    kv,
+    store,
+    metrics,
+    log,
+    owner,
+    busy: (digest) => blobs.busy(digest),
+    upstreams: config.upstreams,
+    graceMs: config.gcGraceSeconds * 1000,
+  });
   return {
     kv,
     store,

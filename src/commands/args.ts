@@ -1,5 +1,5 @@
 /**
- * The command lines of prefill, export and import: each command's own options and its
+ * The command lines of prefill, export, import, gc and purge: each command's own options and its
  * positional arguments, with every other option handed to the serve settings (so these
  * commands take the same --config, --storage, --upstream... as serve). Every serve setting
  * takes a value (or, for a flag that may stand alone like --offline, an on/off word), which is
@@ -12,7 +12,9 @@ const ON_OFF = /^(on|off|true|false|yes|no|1|0)$/i;
 import { ConfigError, quote } from "../config/problems.ts";
 import { setting, SETTING_KEYS } from "../config/settings.ts";
 import type { Config } from "../config/types.ts";
+import type { PurgeSelector } from "../gc/collector.ts";
 import { parsePlatform, type Platform } from "../registry/manifest-refs.ts";
+import { resolveImageRef } from "../upstream/target.ts";
 
 type OptionSpec = { value: boolean; repeatable?: boolean; short?: string };
 
@@ -160,4 +162,68 @@ export function parseContentCommand(command: "prefill" | "export" | "import", ar
       return { kind: "import", config: load(a.serve), input: a.positionals[0]! };
     }
   }
+}
+
+/** `stowage gc`: the serve settings' --cache-ttl and --max-size, applied now. */
+export type GcCommand = { kind: "gc"; config: Config; dryRun: boolean };
+/** `stowage purge`: what to remove, resolved against the configured upstreams. */
+export type PurgeCommand = { kind: "purge"; config: Config; selectors: PurgeSelector[]; dryRun: boolean };
+export type CollectCommand = GcCommand | PurgeCommand;
+
+// As rules: name (the file's globs): letters, digits, . _ - / and the * and ** wildcards.
+const REPOSITORY_GLOB = /^[A-Za-z0-9._\-/*?]{1,256}$/;
+
+/**
+ * The command line of gc or purge. For purge, `--upstream NAME` (no "=") selects an upstream to
+ * purge, while `--upstream NAME=URL` stays the serve setting that configures one.
+ */
+export function parseCollectCommand(command: "gc" | "purge", args: string[], load: (argv: string[]) => Config): CollectCommand {
+  if (command === "gc") {
+    const a = splitArgs(command, args, { "dry-run": { value: false } });
+    if (a.positionals.length > 0) {
+      throw new ConfigError(`stowage gc takes no images (${quote(a.positionals[0]!)}); to remove particular images, use stowage purge REF...`);
+    }
+    return { kind: "gc", config: load(a.serve), dryRun: a.own.has("dry-run") };
+  }
+  const upstreamNames: string[] = [];
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === "--") {
+      rest.push(...args.slice(i));
+      break;
+    }
+    const inline = arg.startsWith("--upstream=") ? arg.slice("--upstream=".length) : null;
+    const next = args[i + 1];
+    if (inline !== null && !inline.includes("=")) upstreamNames.push(inline);
+    else if (arg === "--upstream" && next !== undefined && !next.startsWith("-") && !next.includes("=")) {
+      upstreamNames.push(next);
+      i++;
+    } else rest.push(arg);
+  }
+  const a = splitArgs(command, rest, { repository: { value: true, repeatable: true }, "dry-run": { value: false } });
+  const globs = a.own.get("repository") ?? [];
+  if (a.positionals.length === 0 && globs.length === 0 && upstreamNames.length === 0) {
+    throw new ConfigError(
+      "stowage purge needs what to remove: REF... (as a client pulls it, e.g. alpine:3.20 or ghcr.io/owner/image:tag), --repository GLOB (e.g. 'docker.io/library/*') or --upstream NAME",
+    );
+  }
+  for (const glob of globs) {
+    if (!REPOSITORY_GLOB.test(glob)) throw new ConfigError(`--repository ${quote(glob)}: expected a repository name or a pattern with * or ** wildcards, e.g. 'docker.io/library/*'`);
+  }
+  const config = load(a.serve);
+  for (const name of upstreamNames) {
+    if (!config.upstreams.some((u) => u.name === name)) {
+      throw new ConfigError(`--upstream ${quote(name)} is not a configured upstream (upstreams: ${config.upstreams.map((u) => u.name).join(", ")})`);
+    }
+  }
+  const selectors: PurgeSelector[] = [
+    ...a.positionals.map((ref): PurgeSelector => {
+      const target = resolveImageRef(config.upstreams, config.defaultUpstream, ref);
+      return { kind: "image", upstream: target.upstream.name, repo: target.repo, tag: target.tag, digest: target.digest };
+    }),
+    ...globs.map((glob): PurgeSelector => ({ kind: "repository", glob })),
+    ...upstreamNames.map((name): PurgeSelector => ({ kind: "upstream", name })),
+  ];
+  return { kind: "purge", config, selectors, dryRun: a.own.has("dry-run") };
 }

@@ -211,6 +211,16 @@ const EXPIRY = {
     ],
     shown: "`1h`", example: "--gc-interval 15m",
   },
+  gcGrace: {
+    // Protects a pull in progress: its manifest may be stored before its tag, its blobs after both.
+    flag: "--gc-grace", env: "STOWAGE_GC_GRACE", file: "gcGrace", metavar: "DURATION",
+    parse: duration(0, MAX_GC_INTERVAL_SECONDS), field: "gcGraceSeconds", default: 600,
+    about: [
+      "Content stored more recently than this is never collected (only purged), so",
+      "the parts of a pull in progress stay together.",
+    ],
+    shown: "`10m`", example: "--gc-grace 30m",
+  },
 } as const satisfies Record<string, Setting>;
 
 const UPSTREAMS = {

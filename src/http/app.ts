@@ -1,5 +1,7 @@
 import type { AccessControl } from "../auth/access.ts";
 import type { BlobCache } from "../cache/blob-cache.ts";
+import type { UsageRecorder } from "../cache/usage.ts";
+import type { Collector } from "../gc/collector.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { ReferrersCache } from "../cache/referrers-cache.ts";
 import type { TypedKv } from "../kv/kv.ts";
@@ -16,6 +18,10 @@ export type HttpSettings = {
   defaultUpstream: string;
   /** /metrics and /healthz have a listener of their own (--metrics-listen): the public one answers 404 there. */
   separateMetricsListener: boolean;
+  /** Who may open the operator page /-/ when access control is off (--admin-page); with it on, only admins. */
+  adminPage: "off" | "loopback" | "open";
+  /** --max-size, which the page shows the store against; null: no limit. */
+  maxSizeBytes: number | null;
 };
 
 /** Everything a request handler needs, assembled once at start-up (src/server.ts). */
@@ -29,6 +35,10 @@ export type App = {
   store: BlobStore;
   log: Logger;
   metrics: StowageMetrics;
+  /** Expiry, size limits and purges (the operator page runs purges through it). */
+  collector: Collector;
+  /** When content was last pulled, and how often. */
+  usage: UsageRecorder;
   /** Present when access control is on. */
   access?: AccessControl;
 };

@@ -26,7 +26,7 @@ t.test("cli: commands", async (t) => {
     t.equal(serve.config.logLevel, "debug");
   }
 
-  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, prefill, export, import, token, user, keys, help)');
+  t.equal(errorOf(() => parse(["x"])).message, 'unknown command "x" (commands: serve, prefill, export, import, gc, purge, token, user, keys, help)');
   t.match(errorOf(() => parse([`--listen=${SECRET}`])).message, /^unknown option --listen \(/);
   t.notOk(errorOf(() => parse([`--upstream-credentials=a=b:${SECRET}`])).message.includes(SECRET));
   t.match(errorOf(() => parse(["serve", "--bogus"])).message, "unknown option --bogus");
@@ -51,12 +51,12 @@ t.test("the command line as parseArgs reads it, in the operator's words", async 
 // Pinned here so that a row lost from the table fails, not only a row lost from the help.
 const FLAGS = ["--listen", "--public-url", "--metrics-listen", "--client-timeout", "--log-level", "--config",
   "--data-dir", "--storage", "--kv", "--hash-workers", "--max-blob-size", "--disk-reserve",
-  "--cache-ttl", "--max-size", "--gc-interval",
+  "--cache-ttl", "--max-size", "--gc-interval", "--gc-grace",
   "--upstream", "--upstream-credentials", "--default-upstream", "--tag-ttl", "--upstream-timeout", "--upstream-concurrency", "--offline", "--resolve",
   "--access-control", "--htpasswd", "--token-ttl", "--admin-page"];
 const ENVS = ["STOWAGE_LISTEN", "STOWAGE_PUBLIC_URL", "STOWAGE_METRICS_LISTEN", "STOWAGE_CLIENT_TIMEOUT", "STOWAGE_LOG_LEVEL", "STOWAGE_CONFIG",
   "STOWAGE_DATA_DIR", "STOWAGE_STORAGE", "STOWAGE_KV", "STOWAGE_HASH_WORKERS", "STOWAGE_MAX_BLOB_SIZE", "STOWAGE_DISK_RESERVE",
-  "STOWAGE_CACHE_TTL", "STOWAGE_MAX_SIZE", "STOWAGE_GC_INTERVAL",
+  "STOWAGE_CACHE_TTL", "STOWAGE_MAX_SIZE", "STOWAGE_GC_INTERVAL", "STOWAGE_GC_GRACE",
   "STOWAGE_UPSTREAMS", "STOWAGE_UPSTREAM_CREDENTIALS", "STOWAGE_DEFAULT_UPSTREAM", "STOWAGE_TAG_TTL", "STOWAGE_UPSTREAM_TIMEOUT",
   "STOWAGE_UPSTREAM_CONCURRENCY", "STOWAGE_OFFLINE", "STOWAGE_RESOLVE", "STOWAGE_ACCESS_CONTROL", "STOWAGE_HTPASSWD", "STOWAGE_TOKEN_TTL", "STOWAGE_ADMIN_PAGE"];
 

@@ -37,6 +37,7 @@ t.test("defaults", async (t) => {
     cacheTtlSeconds: null,
     maxSizeBytes: null,
     gcIntervalSeconds: 3600,
+    gcGraceSeconds: 600,
     adminPage: "loopback",
   });
 });
@@ -203,6 +204,7 @@ t.test("config file: YAML and JSON", async (t) => {
     cacheTtlSeconds: null,
     maxSizeBytes: null,
     gcIntervalSeconds: 3600,
+    gcGraceSeconds: 600,
     adminPage: "loopback",
   });
 
@@ -521,6 +523,7 @@ t.test("expiry, size limit, collector period and the operator page", async (t) =
   t.equal(load([], { STOWAGE_MAX_SIZE: "2TB" }).maxSizeBytes, 2e12, "from the environment");
   t.equal(load(["--max-size=off"]).maxSizeBytes, null);
   t.equal(load(["--gc-interval", "15m"]).gcIntervalSeconds, 900);
+  t.equal(load(["--gc-grace", "0"]).gcGraceSeconds, 0, "no grace");
   t.equal(load(["--admin-page", "open"]).adminPage, "open");
   const f = load(["--config", "s.yaml"], {}, { "s.yaml": "cacheTtl: 30d\nmaxSize: 100GiB\ngcInterval: 600\nadminPage: \"off\"\n" });
   t.same([f.cacheTtlSeconds, f.maxSizeBytes, f.gcIntervalSeconds, f.adminPage], [30 * 86_400, 100 * 1024 ** 3, 600, "off"], "from the file");
