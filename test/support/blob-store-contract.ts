@@ -161,6 +161,72 @@ export function blobStoreContract(t: Test, name: string, open: () => Promise<Sto
       tt.same(await leftovers(), [], "no upload files or open multipart uploads left");
     });
 
+    await withStore("list() shows every stored object with its size and time, and no upload in progress", async (tt, { store }) => {
+      const started = Date.now();
+      const small = new TextEncoder().encode(`{"a manifest":${Math.random()}}`);
+      const blobs = [randomBytes(10), randomBytes(70_000), randomBytes(1), randomBytes(4096)];
+      await store.put(digestOf(small), small);
+      for (const b of blobs) {
+        const upload = await store.begin(digestOf(b));
+        await upload.write(b);
+        await upload.commit();
+      }
+      const pending = randomBytes(5000);
+      const open = await store.begin(digestOf(pending));
+      await open.write(pending);
+      const listed = new Map<string, { size: number; modifiedAt: number }>();
+      for await (const o of store.list()) listed.set(o.digest, o);
+      const want = [small, ...blobs];
+      tt.same([...listed.keys()].sort(), want.map(digestOf).sort(), "exactly the committed objects (not the upload in progress)");
+      for (const b of want) tt.equal(listed.get(digestOf(b))?.size, b.byteLength, `size of a ${b.byteLength}-byte object`);
+      for (const o of listed.values()) {
+        // Clocks of a remote store may differ from ours by a little.
+        tt.ok(o.modifiedAt > started - 120_000 && o.modifiedAt < Date.now() + 120_000, `written just now (${new Date(o.modifiedAt).toISOString()})`);
+      }
+      await open.abort();
+    });
+
+    await withStore("delete() removes an object, and a missing one quietly", async (tt, { store }) => {
+      const keep = randomBytes(3000);
+      const gone = randomBytes(2000);
+      for (const b of [keep, gone]) await store.put(digestOf(b), b);
+      await store.delete(digestOf(gone));
+      tt.equal(await store.stat(digestOf(gone)), null, "stat: gone");
+      tt.equal(await store.open(digestOf(gone)), null, "open: gone");
+      await store.delete(digestOf(gone));
+      await store.delete(digestOf(randomBytes(8)));
+      tt.pass("deleting an absent object does not throw");
+      const listed: string[] = [];
+      for await (const o of store.list()) listed.push(o.digest);
+      tt.same(listed, [digestOf(keep)], "the other object is still listed");
+      sameBytes(tt, await readAll(await store.open(digestOf(keep))), keep, "and still readable");
+    });
+
+    await withStore("a reader that opened a blob before it was deleted gets its bytes or an error, never other bytes", async (tt, { store }) => {
+      const bytes = randomBytes(LARGE);
+      const digest = digestOf(bytes);
+      const upload = await store.begin(digest);
+      await writeInChunks(upload, bytes, 1_000_003);
+      await upload.commit();
+      const stream = await store.open(digest);
+      if (!stream) return void tt.fail("no stream");
+      const reader = stream.getReader();
+      const first = await reader.read();
+      await store.delete(digest);
+      const parts: Uint8Array[] = first.value ? [first.value] : [];
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          parts.push(value);
+        }
+        sameBytes(tt, new Uint8Array(Buffer.concat(parts)), bytes, "the whole blob, as it was");
+      } catch (err) {
+        tt.ok(err instanceof Error, `a clean error: ${String(err)}`);
+      }
+      tt.equal(await store.stat(digest), null, "gone for the next reader");
+    });
+
     await withStore("check() passes on a working store and fails on a broken one", async (tt, s) => {
       await s.store.check();
       tt.pass("check() passes");
