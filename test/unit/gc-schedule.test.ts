@@ -2,9 +2,20 @@
 // limit is set, never two runs at once, failures logged and survived, and a pass that makes
 // room when a download found the disk short.
 import t, { type Test } from "tap";
-import type { CollectOptions, CollectReport } from "../../src/gc/collector.ts";
+import { openKv } from "@deno/kv";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Collector, type CollectOptions, type CollectReport } from "../../src/gc/collector.ts";
+import { GcLease } from "../../src/gc/gc-lease.ts";
 import { CollectorSchedule, type CollectorScheduleDeps } from "../../src/gc/periodic.ts";
+import { type Kv, TypedKv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
+import { createStowageMetrics } from "../../src/metrics/stowage-metrics.ts";
+import type { Digest } from "../../src/registry/reference.ts";
+import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
+import { sha256 } from "../support/oci.ts";
 import { sleep, waitFor } from "../support/wait.ts";
 
 const MiB = 1024 * 1024;
@@ -117,4 +128,46 @@ t.test("a full disk: a size pass down to what frees the needed bytes plus the re
   tight.s.diskShort(500 * MiB);
   await waitFor("the pass", () => small.runs.length === 2, 5_000);
   t.equal(small.runs[1]?.maxBytes, 0, "never below zero");
+});
+
+t.test("the periodic run with the real collector honours the lease another instance holds", async (t) => {
+  const root = await mkdtemp(join(tmpdir(), "stowage-gc-schedule-"));
+  t.teardown(() => rm(root, { recursive: true, force: true }));
+  const store = await FsBlobStore.open(root);
+  const raw = (await openKv(":memory:")) as unknown as Kv;
+  t.teardown(() => raw.close());
+  const kv = new TypedKv(raw);
+  const logs: string[] = [];
+  const log = createLogger("debug", (line) => logs.push(line));
+  // An object no record names: the first run that is allowed to removes it.
+  const bytes = randomBytes(4096);
+  const digest = sha256(bytes) as Digest;
+  const upload = await store.begin(digest);
+  await upload.write(bytes);
+  await upload.commit();
+  const other = new GcLease(kv, "other-instance", Date.now, log);
+  t.ok(await other.acquire(), "another instance holds the collector lease");
+
+  const collector = new Collector({ kv, store, metrics: createStowageMetrics(), log, owner: "this-instance", graceMs: 0 });
+  const runs: CollectReport[] = [];
+  const s = new CollectorSchedule({
+    collector: { run: async (o) => (runs.push(await collector.run(o)), runs.at(-1)!) },
+    log,
+    cacheTtlMs: 60_000,
+    maxBytes: null,
+    intervalMs: 50,
+    firstDelayMs: 50,
+    reserveBytes: 0,
+    freeSpace: async () => null,
+  });
+  t.teardown(() => s.close());
+  s.start();
+  await waitFor("the start-up sweep and two periodic runs", () => runs.length >= 3, 5_000);
+  t.ok(runs.every((r) => !r.ran), "none ran while the lease was held");
+  t.not(await store.stat(digest), null, "the orphan is still there");
+  await other.release();
+  await waitFor("a run that ran", () => runs.some((r) => r.ran), 5_000);
+  const ran = runs.find((r) => r.ran)!;
+  t.same(ran.removed.map((r) => [r.kind, r.name, r.reason]), [["blob", digest, "orphan"]], "once released, the next periodic run collects");
+  t.equal(await store.stat(digest), null, "the orphan is gone");
 });
