@@ -216,8 +216,9 @@ const EXPIRY = {
     flag: "--gc-grace", env: "STOWAGE_GC_GRACE", file: "gcGrace", metavar: "DURATION",
     parse: duration(0, MAX_GC_INTERVAL_SECONDS), field: "gcGraceSeconds", default: 600,
     about: [
-      "Content stored more recently than this is never collected (only purged), so",
-      "the parts of a pull in progress stay together.",
+      "Blobs and manifests stored more recently than this are kept by every",
+      "collection, so the parts of a pull in progress stay together. A purge still",
+      "removes the tags and manifests it names at once; their bytes go once older.",
     ],
     shown: "`10m`", example: "--gc-grace 30m",
   },
