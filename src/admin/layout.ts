@@ -10,7 +10,11 @@ export function newNonce(): string {
   return base64url(crypto.getRandomValues(new Uint8Array(16)));
 }
 
-/** Headers of every /-/ response: no framing, no caching, no resources from anywhere else. */
+/**
+ * Headers of every /-/ response: no framing, no caching, no resources from anywhere else. The
+ * referrer policy is same-origin, not no-referrer: with no-referrer a browser sends `Origin: null`
+ * on the page's own form posts, which the CSRF check must refuse.
+ */
 export function securityHeaders(nonce: string | null): Record<string, string> {
   const csp = nonce === null
     ? "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -20,7 +24,7 @@ export function securityHeaders(nonce: string | null): Record<string, string> {
     "x-frame-options": "DENY",
     "cache-control": "no-store",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
   };
 }
 
@@ -80,7 +84,7 @@ export function page(title: string, nonce: string, identity: string | null, cont
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>${title}</title>
 <style nonce="${nonce}">${new Html(STYLE)}</style>
 </head>

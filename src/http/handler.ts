@@ -1,4 +1,5 @@
 import type { App } from "./app.ts";
+import { AdminPage } from "../admin/admin-page.ts";
 import { handleJwks, handleTokenRequest } from "../auth/token-service.ts";
 import { ANONYMOUS } from "../auth/rules.ts";
 import type { Logger } from "../log.ts";
@@ -21,10 +22,11 @@ const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 
 /**
  * The whole server as one fetch handler (Request -> Response), so it runs
- * unchanged under Deno.serve and @hono/node-server. Every failure becomes an
- * OCI JSON error; nothing ever answers HTML.
+ * unchanged under Deno.serve and @hono/node-server. Every failure of the registry
+ * API becomes an OCI JSON error; only the operator's page under /-/ answers HTML.
  */
 export function createHandler(app: App, listener: Listener = "public"): FetchHandler {
+  const admin = listener === "public" ? new AdminPage(app) : null;
   return async (request, peer) => {
     const given = request.headers.get("x-request-id");
     const requestId = given && REQUEST_ID.test(given) ? given : crypto.randomUUID();
@@ -37,7 +39,7 @@ export function createHandler(app: App, listener: Listener = "public"): FetchHan
     try {
       response = listener === "metrics"
         ? await dispatchMetricsListener(app, route, request.method, url)
-        : await dispatch(app, route, request, url, log, who, requestId, peer?.remoteAddress ?? null);
+        : await dispatch(app, route, request, url, log, who, requestId, peer?.remoteAddress ?? null, admin);
     } catch (err) {
       response = errorResponse(clientFacingError(err, requestId, log, { method: request.method, path: url.pathname }), request.method);
     }
@@ -56,7 +58,17 @@ export function createHandler(app: App, listener: Listener = "public"): FetchHan
 }
 
 /** `client`: the peer's address, which failed sign-ins are throttled by (null: unknown). */
-async function dispatch(app: App, route: Route, request: Request, url: URL, log: App["log"], who: { user?: string }, requestId: string, client: string | null): Promise<Response> {
+async function dispatch(
+  app: App,
+  route: Route,
+  request: Request,
+  url: URL,
+  log: App["log"],
+  who: { user?: string },
+  requestId: string,
+  client: string | null,
+  admin: AdminPage | null,
+): Promise<Response> {
   const method = request.method;
   const readable = method === "GET" || method === "HEAD";
   // Access control (when on) comes before anything else, so a refused client learns nothing about the content.
@@ -100,6 +112,13 @@ async function dispatch(app: App, route: Route, request: Request, url: URL, log:
       if (!app.access) throw tokensOff(url);
       if (!readable) throw readOnly(method);
       return handleJwks(app.access);
+    case "admin": {
+      // The page decides its own access (admins, loopback, --admin-page) and answers its failures in HTML.
+      if (!admin) throw noSuchEndpoint(url);
+      const answer = await admin.handle(request, url, client, log, requestId);
+      if (answer.identity !== null) who.user = answer.identity;
+      return answer.response;
+    }
     case "not-found":
       throw noSuchEndpoint(url);
   }

@@ -16,6 +16,8 @@ export type Route =
   | { kind: "metrics" }
   | { kind: "token" }
   | { kind: "jwks" }
+  /** The operator's page and everything under /-/ (src/admin/). */
+  | { kind: "admin" }
   | { kind: "not-found" };
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
@@ -32,6 +34,7 @@ export function matchRoute(pathname: string): Route {
   if (pathname === "/v2/_catalog") return { kind: "catalog" };
   if (pathname === "/token") return { kind: "token" };
   if (pathname === "/token/jwks.json") return { kind: "jwks" };
+  if (pathname === "/-" || pathname.startsWith("/-/")) return { kind: "admin" };
   let m = BLOB_UPLOAD.exec(pathname);
   if (m) return { kind: "blob-upload", name: m[1]! };
   m = MANIFEST.exec(pathname);

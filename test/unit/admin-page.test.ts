@@ -10,6 +10,7 @@ import type { AdminPageMode } from "../../src/admin/admin-access.ts";
 import type { AdminDeps } from "../../src/admin/deps.ts";
 import { RecentErrors } from "../../src/admin/recent-errors.ts";
 import type { CollectOptions, CollectReport } from "../../src/gc/collector.ts";
+import { matchRoute } from "../../src/http/routes.ts";
 import { kvKeys } from "../../src/kv/keys.ts";
 import { type Kv, TypedKv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
@@ -18,6 +19,7 @@ import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import type { Digest } from "../../src/registry/reference.ts";
 import type { BlobStore } from "../../src/storage/blob-store.ts";
 import type { Upstream } from "../../src/upstream/upstream.ts";
+import { startInProcessStowage } from "../support/in-process-stowage.ts";
 import { sha256 } from "../support/oci.ts";
 
 const LOCAL: Upstream = { name: "local", url: "http://127.0.0.1:1", host: "127.0.0.1:1", aliases: ["127.0.0.1:1"], dockerHub: false, allowPrivateNetwork: false };
@@ -166,6 +168,7 @@ t.test("purge forms: CSRF token, session cookie, Origin and Sec-Fetch-Site; POST
     ["no session cookie", form, { ...same, cookie: "" }],
     ["another session's cookie", form, { ...same, cookie: "stowage_admin_session=bbbbbbbbbbbbbbbbbbbbbbbb" }],
     ["from another site (Origin)", form, { ...same, origin: "http://evil.example" }],
+    ["from an opaque origin (Origin: null, a sandboxed frame)", form, { ...same, origin: "null" }],
     ["from another site (Sec-Fetch-Site)", form, { ...same, "sec-fetch-site": "cross-site" }],
     ["from a sibling site (Sec-Fetch-Site)", form, { ...same, "sec-fetch-site": "same-site" }],
   ];
@@ -291,4 +294,66 @@ t.test("30,000 tags: paged and searched on the server, with timings", async (t) 
       `search ${search.ms} ms, empty search ${none.ms} ms`,
   );
   t.ok(second.ms < 1000 && search.ms < 1000, "paging and searching a built listing stay well under a second");
+});
+
+t.test("routing: /-/ is the page's, in HTML; the registry API keeps its JSON errors", async (t) => {
+  t.same(matchRoute("/-/"), { kind: "admin" });
+  t.same(matchRoute("/-"), { kind: "admin" });
+  t.same(matchRoute("/-/downloads.json"), { kind: "admin" });
+  t.same(matchRoute("/-x"), { kind: "not-found" }, "only /- and what is under /-/");
+  const server = await startInProcessStowage(t, ["--upstream", "local=http://127.0.0.1:1"], { logLevel: "error" });
+  const page = await fetch(`${server.url}/-/`);
+  t.equal(page.status, 200, "the page, from loopback");
+  t.match(page.headers.get("content-type"), /^text\/html/);
+  t.match(page.headers.get("x-request-id"), /./, "with a request id like every answer");
+  const missing = await fetch(`${server.url}/-/nothing-here`);
+  t.equal(missing.status, 404);
+  t.match(missing.headers.get("content-type"), /^text\/html/, "a browser gets an HTML 404 under /-/");
+  t.match(await missing.text(), /no such page: \/-\/nothing-here/);
+  const redirect = await fetch(`${server.url}/-`, { redirect: "manual" });
+  t.equal(redirect.status, 308);
+  t.equal(redirect.headers.get("location"), "/-/");
+  const api = await fetch(`${server.url}/v2/nothing/here`);
+  t.equal(api.status, 404);
+  t.match(api.headers.get("content-type"), /^application\/json/, "the registry API still answers JSON");
+  t.match((await api.json()) as object, { errors: [{ code: "UNSUPPORTED" }] });
+  const feed = await fetch(`${server.url}/-/downloads.json`);
+  t.equal(feed.status, 200);
+  t.match(feed.headers.get("content-type"), /^application\/json/);
+  t.equal(feed.headers.get("cache-control"), "no-store");
+  t.same(((await feed.json()) as { downloads: unknown[] }).downloads, [], "no downloads in progress");
+});
+
+t.test("downloads.json lists what BlobCache reports, for the page's live table", async (t) => {
+  const f = await fixture(t, "loopback", false);
+  const d = { digest: sha256("big"), upstream: "local", repo: "team/app", bytes: 1024, size: 4096, startedAt: 1000 };
+  f.deps.blobs = { downloads: () => [d] };
+  const page = new AdminPage(f.deps);
+  const url = new URL("/-/downloads.json", ORIGIN);
+  const answer = await page.handle(new Request(url), url, "127.0.0.1", createLogger("error", () => {}), "r");
+  const body = (await answer.response.json()) as { now: number; downloads: unknown[] };
+  t.same(body.downloads, [d]);
+  t.type(body.now, "number", "with the server's clock, for the rate");
+  const html = await get({ ...f, page }, "/-/");
+  t.match(html.text, /<progress max="4096" value="1024">/, "the first paint has it too, before any script runs");
+  t.match(html.text, /1\.0 KiB of 4\.0 KiB \(25%\)/);
+});
+
+t.test("the listing is rebuilt behind the page: an old one is served at once while a new one is built", async (t) => {
+  const f = await fixture(t, "loopback", false);
+  const clock = { now: 1_000_000 };
+  const page = new AdminPage(f.deps, { now: () => clock.now });
+  const view = async () => (await get({ ...f, page }, "/-/")).text;
+  const record = { digest: sha256("m"), mediaType: OCI_MANIFEST, size: 1, checkedAt: 1 };
+  await f.kv.write(kvKeys.tag("local", "team/one", "v1"), record);
+  t.match(await view(), /Tags 1–1 of 1/);
+  await f.kv.write(kvKeys.tag("local", "team/two", "v1"), record);
+  t.match(await view(), /Tags 1–1 of 1/, "within 5 s the same listing");
+  clock.now += 6_000;
+  t.match(await view(), /Tags 1–1 of 1/, "after 5 s the old listing is served at once");
+  await new Promise((r) => setTimeout(r, 200));
+  t.match(await view(), /Tags 1–2 of 2/, "and the next request has the new one");
+  clock.now += 10 * 60_000;
+  await f.kv.write(kvKeys.tag("local", "team/three", "v1"), record);
+  t.match(await view(), /Tags 1–3 of 3/, "a listing older than 5 minutes is not served: the request waits for a new one");
 });

@@ -1,0 +1,192 @@
+// The admin page in a real headless browser (Debian's chromium driven by playwright-core) against
+// a real Stowage process and a real upstream (distribution): the page lists the images skopeo
+// pulled, the search box narrows them, a download in progress moves on its own, a purge (after
+// its confirmation) removes an image and the next pull fetches it from upstream again, and on a
+// phone-sized screen nothing scrolls sideways. On failure, screenshots go to test/artifacts/.
+import t, { type Test } from "tap";
+import { existsSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { createConnection, createServer, type Socket } from "node:net";
+import { join } from "node:path";
+import type { Browser, Page } from "playwright-core";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { makeTempDir, PROJECT_ROOT } from "../harness/processes.ts";
+import { startRecordingProxy } from "../harness/recording-proxy.ts";
+import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
+import { startStowage } from "../harness/stowage.ts";
+
+const CHROMIUM = "/usr/bin/chromium";
+const ARTIFACTS = join(PROJECT_ROOT, "test", "artifacts");
+
+type Stowage = Awaited<ReturnType<typeof startStowage>>;
+
+const hostOf = (url: string) => new URL(url).host;
+
+async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
+  const resource = await start;
+  tt.teardown(() => resource.stop());
+  return resource;
+}
+
+/** skopeo copy --all through Stowage into a fresh dir; throws with skopeo's stderr. */
+async function pull(stowage: Stowage, ref: string, scratch: string): Promise<void> {
+  const out = join(scratch, `pull-${Math.random().toString(36).slice(2, 8)}`);
+  const r = await skopeo(["--insecure-policy", "copy", "--quiet", "--all", "--preserve-digests", "--src-tls-verify=false", `docker://${hostOf(stowage.url)}/${ref}`, `dir:${out}`]);
+  if (r.code !== 0) throw new Error(`skopeo copy ${ref} failed (${r.code}): ${r.stderr}`);
+}
+
+/**
+ * A TCP pass-through that sends the upstream's bytes on at about `bytesPerSecond`, so a large
+ * blob stays "in progress" long enough for the page to show it moving.
+ */
+async function startThrottle(target: URL, bytesPerSecond: number): Promise<{ url: string; stop(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.on("data", (chunk: Buffer) => {
+      client.write(chunk);
+      upstream.pause();
+      setTimeout(() => upstream.resume(), (chunk.length / bytesPerSecond) * 1000);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Screenshots of every open page into test/artifacts/, named in the test output. */
+async function screenshots(tt: Test, pages: Array<[string, Page]>): Promise<void> {
+  await mkdir(ARTIFACTS, { recursive: true });
+  for (const [name, page] of pages) {
+    const path = join(ARTIFACTS, `admin-page-${name}-${Date.now()}.png`);
+    try {
+      await page.screenshot({ path, fullPage: true });
+      tt.comment(`screenshot of the ${name} page: ${path}`);
+    } catch (err) {
+      tt.comment(`no screenshot of the ${name} page: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+}
+
+const chromiumMissing = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium, or run test/setup.sh) to run the browser tests`;
+
+t.test("the admin page in chromium: listing, search, live downloads, purge and re-pull, phone screen", { skip: chromiumMissing }, async (tt) => {
+  const { chromium } = await import("playwright-core");
+  const scratch = await makeTempDir("admin-page");
+  const images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
+  const small = images.filter((i) => ["oci-single", "oci-index", "docker-single", "docker-list"].some((n) => i.repo.endsWith(`/${n}`)));
+  const big = images.find((i) => i.repo.endsWith("/big-layer"))!;
+  const registry = await using(tt, startRegistry());
+  await pushTestImages(registry.url, [...small, big]);
+  const upstream = await using(tt, startRecordingProxy(registry.url));
+  // 48 MiB/s: the 256 MiB layer takes about five seconds, a few of the page's polls.
+  const slow = await using(tt, startThrottle(new URL(registry.url), 48 * 1024 * 1024));
+  // --gc-grace 0s: blobs stored a moment ago may go too (by default a purge leaves blobs younger than 10 minutes).
+  const stowage = await using(
+    tt,
+    startStowage(["--upstream", `local=${upstream.url}`, "--upstream", `slow=${slow.url}`, "--default-upstream", "local", "--gc-grace", "0s", "--log-level", "warn"]),
+  );
+
+  for (const img of small) await pull(stowage, `local/${img.repo}:${img.tag}`, scratch);
+
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  tt.teardown(() => browser.close());
+  const desktop = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const cspViolations: string[] = [];
+  desktop.on("console", (m) => {
+    if (/Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
+  });
+  const open: Array<[string, Page]> = [["desktop", desktop]];
+  try {
+    const response = await desktop.goto(`${stowage.url}/-/`);
+    tt.equal(response?.status(), 200, "GET /-/ from loopback");
+    tt.equal(response?.headers()["x-frame-options"], "DENY");
+    const refs = await desktop.locator("tr.tag").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-ref")));
+    tt.same(refs.sort(), small.map((i) => `local/${i.repo}:${i.tag}`).sort(), "the page lists every image pulled, by upstream, repository and tag");
+    tt.match(await desktop.locator('tr[data-upstream="local"]').innerText(), /answering/, "the upstream is shown answering");
+    const index = small.find((i) => i.repo.endsWith("/oci-index"))!;
+    const indexSize = index.blobs.reduce((n, b) => n + b.size, 0);
+    tt.match(await desktop.locator(`tr.tag[data-ref="local/${index.repo}:v1"]`).innerText(), /2 platforms/, "an index's size counts its cached platforms");
+    tt.ok(indexSize > 0);
+
+    // The search box narrows the listing, on the server.
+    await desktop.fill('input[name="q"]', "docker-");
+    await Promise.all([desktop.waitForURL(/\?q=docker-/), desktop.press('input[name="q"]', "Enter")]);
+    const narrowed = await desktop.locator("tr.tag").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-ref")));
+    tt.same(narrowed.sort(), ["local/stowage-test/docker-list:v1", "local/stowage-test/docker-single:v1"], "the search keeps only the matching images");
+    tt.match(await desktop.locator("#pager").first().innerText(), /of 2 matching “docker-” \(4 in all\)/);
+
+    // A download in progress shows up, and moves without a reload (the page polls /-/downloads.json).
+    await desktop.goto(`${stowage.url}/-/`);
+    const bigPull = pull(stowage, `slow/${big.repo}:${big.tag}`, scratch);
+    const row = desktop.locator("#downloads-body tr").filter({ hasText: "slow/stowage-test/big-layer" });
+    await row.first().waitFor({ timeout: 20_000 });
+    const progressOf = () => row.first().locator("progress").evaluate((p) => (p as HTMLProgressElement).value);
+    const before = await progressOf();
+    await desktop.waitForTimeout(2200);
+    const after = await progressOf();
+    tt.ok(after > before, `the download's progress moved on its own (${before} -> ${after} bytes)`);
+    tt.equal(await desktop.locator("#downloads-status").innerText(), "live", "the script runs under the page's CSP");
+    await bigPull;
+    await desktop.waitForTimeout(1500);
+    tt.equal(await desktop.locator("#downloads-body tr").count(), 0, "finished downloads leave the list");
+
+    // Purge one image through its button and the confirmation page.
+    const victim = small.find((i) => i.repo.endsWith("/oci-single"))!;
+    await desktop.goto(`${stowage.url}/-/`);
+    await desktop.locator(`tr.tag[data-ref="local/${victim.repo}:v1"] button`).click();
+    await desktop.waitForSelector("#confirm-purge");
+    tt.match(await desktop.locator("main").innerText(), /Purge tag local\/stowage-test\/oci-single:v1\?/, "a confirmation first");
+    tt.equal(await desktop.locator(`tr.tag`).count(), 0, "the confirmation page is not the listing");
+    await desktop.locator("#confirm-purge button").click();
+    await desktop.waitForSelector("#purge-result");
+    const result = await desktop.locator("main").innerText();
+    tt.match(result, /Purged tag local\/stowage-test\/oci-single:v1/, "the result says what was purged");
+    for (const b of victim.blobs) tt.match(result, new RegExp(b.digest.slice(0, 20)), `it removed blob ${b.digest.slice(7, 19)}`);
+    await desktop.goto(`${stowage.url}/-/`);
+    const left = await desktop.locator("tr.tag").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-ref")));
+    tt.notOk(left.includes(`local/${victim.repo}:v1`), "the purged image is gone from the listing");
+    tt.ok(left.includes(`local/stowage-test/oci-index:v1`), "the others stay");
+
+    // The next pull fetches it from upstream again.
+    upstream.reset();
+    await pull(stowage, `local/${victim.repo}:v1`, scratch);
+    const fetched = upstream.requests.filter((r) => r.method === "GET" && r.path.includes("/blobs/")).map((r) => r.path.slice(r.path.lastIndexOf("/") + 1));
+    tt.same(fetched.sort(), victim.blobs.map((b) => b.digest).sort(), "the pull after the purge fetched every blob of the image from upstream");
+    tt.ok(upstream.requests.some((r) => r.path === `/v2/${victim.repo}/manifests/v1`), "and asked upstream for the tag again");
+    const headers = (await fetch(`${stowage.url}/v2/local/${victim.repo}/manifests/v1`, { method: "HEAD", headers: { accept: victim.mediaType } })).headers;
+    tt.equal(headers.get("x-stowage-cache"), "cache", "after which it is cached again");
+    tt.same(cspViolations, [], "no CSP violation in the browser console");
+
+    // A phone: 390x844, nothing wider than the screen.
+    const phoneContext = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 3, isMobile: true, hasTouch: true });
+    const phone = await phoneContext.newPage();
+    open.push(["phone", phone]);
+    await phone.goto(`${stowage.url}/-/`);
+    const widths = await phone.evaluate(() => ({ scroll: document.documentElement.scrollWidth, body: document.body.scrollWidth, view: window.innerWidth }));
+    tt.ok(widths.scroll <= widths.view && widths.body <= widths.view, `no horizontal scroll on a phone (page ${widths.scroll}px, body ${widths.body}px, screen ${widths.view}px)`);
+    tt.ok(await phone.locator(`tr.tag[data-ref="local/stowage-test/oci-index:v1"] button`).isVisible(), "the purge buttons are there on a phone");
+  } catch (err) {
+    tt.fail(err instanceof Error ? err.message : String(err));
+  } finally {
+    // STOWAGE_E2E_SCREENSHOTS=1 keeps them on success too, to look at the page.
+    if (!tt.passing() || process.env.STOWAGE_E2E_SCREENSHOTS) await screenshots(tt, open);
+  }
+});
