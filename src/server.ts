@@ -1,4 +1,5 @@
 import type { App } from "./http/app.ts";
+import { keepingRecentErrors, RecentErrors } from "./admin/recent-errors.ts";
 import { AccessControl } from "./auth/access.ts";
 import { startPasswordChecks } from "./auth/password-checks.ts";
 import { redactedConfig } from "./config/redact.ts";
@@ -13,7 +14,10 @@ import { openServices } from "./services.ts";
 export type RunningServer = { url: string; close(): Promise<void> };
 
 /** Assembles the app from the configuration and starts listening. */
-export async function startServer(config: Config, runtime: Runtime, log: Logger): Promise<RunningServer> {
+export async function startServer(config: Config, runtime: Runtime, baseLog: Logger): Promise<RunningServer> {
+  // Every warning and error is also kept (the last 100) for the admin page's "recent errors".
+  const recentErrors = new RecentErrors();
+  const log = keepingRecentErrors(baseLog, recentErrors);
   // A download served uncached for lack of disk space asks the collector for room (set once it exists).
   let schedule: CollectorSchedule | null = null;
   const services = await openServices(config, runtime, log, { onDiskShort: (needed) => schedule?.diskShort(needed) });
@@ -60,6 +64,7 @@ export async function startServer(config: Config, runtime: Runtime, log: Logger)
     referrers: services.referrers,
     collector: services.collector,
     usage: services.usage,
+    recentErrors,
     ...(access ? { access } : {}),
   };
 

@@ -1,3 +1,4 @@
+import type { RecentErrors } from "../admin/recent-errors.ts";
 import type { AccessControl } from "../auth/access.ts";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import type { UsageRecorder } from "../cache/usage.ts";
@@ -39,6 +40,8 @@ export type App = {
   collector: Collector;
   /** When content was last pulled, and how often. */
   usage: UsageRecorder;
+  /** The last warnings and errors logged, for the admin page (absent: not collected). */
+  recentErrors?: RecentErrors;
   /** Present when access control is on. */
   access?: AccessControl;
 };

@@ -8,7 +8,7 @@ import type { AccessConfig } from "../../src/auth/access-config.ts";
 import { AdminPage } from "../../src/admin/admin-page.ts";
 import type { AdminPageMode } from "../../src/admin/admin-access.ts";
 import type { AdminDeps } from "../../src/admin/deps.ts";
-import { RecentErrors } from "../../src/admin/recent-errors.ts";
+import { keepingRecentErrors, RecentErrors } from "../../src/admin/recent-errors.ts";
 import type { CollectOptions, CollectReport } from "../../src/gc/collector.ts";
 import { matchRoute } from "../../src/http/routes.ts";
 import { kvKeys } from "../../src/kv/keys.ts";
@@ -322,6 +322,13 @@ t.test("routing: /-/ is the page's, in HTML; the registry API keeps its JSON err
   t.match(feed.headers.get("content-type"), /^application\/json/);
   t.equal(feed.headers.get("cache-control"), "no-store");
   t.same(((await feed.json()) as { downloads: unknown[] }).downloads, [], "no downloads in progress");
+
+  // The upstream is unreachable: the pull fails, and the page shows both the failing upstream and the error.
+  const pull = await fetch(`${server.url}/v2/local/team/app/manifests/v1`);
+  t.ok(pull.status >= 500, "a pull from an unreachable upstream fails");
+  const after = await (await fetch(`${server.url}/-/`)).text();
+  t.match(after, /<tr data-upstream="local">[\s\S]*?<span class="bad">failing<\/span>[\s\S]*?is unreachable/, "the upstream is shown failing, and why");
+  t.match(after, /<ol class="errors" id="errors">[\s\S]*?<b>request failed<\/b>/, "the failed request is among the recent errors");
 });
 
 t.test("downloads.json lists what BlobCache reports, for the page's live table", async (t) => {
@@ -356,4 +363,20 @@ t.test("the listing is rebuilt behind the page: an old one is served at once whi
   clock.now += 10 * 60_000;
   await f.kv.write(kvKeys.tag("local", "team/three", "v1"), record);
   t.match(await view(), /Tags 1–3 of 3/, "a listing older than 5 minutes is not served: the request waits for a new one");
+});
+
+t.test("recent errors: the last 100 warnings and errors, newest first, with their child loggers' fields", async (t) => {
+  const ring = new RecentErrors(100, () => 42);
+  const lines: string[] = [];
+  const log = keepingRecentErrors(createLogger("info", (l) => lines.push(l)), ring);
+  log.info("not kept");
+  log.debug("not kept either");
+  for (let i = 0; i < 150; i++) log.child({ requestId: `r${i}` }).warn(`warning ${i}`, { i });
+  log.error("the last", { why: new Error("boom") });
+  const kept = ring.list();
+  t.equal(kept.length, 100, "a fixed ring");
+  t.match(kept[0], { level: "error", msg: "the last", time: 42 });
+  t.match(kept[1], { level: "warn", msg: "warning 149", fields: { requestId: "r149", i: 149 } }, "newest first, with the request id of the child logger");
+  t.equal(kept[99]!.msg, "warning 51", "the oldest ones went");
+  t.equal(lines.length, 152, "every line still goes to the log, info included");
 });
