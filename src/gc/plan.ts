@@ -56,11 +56,13 @@ export function plan(snap: Snapshot, opts: PlanOptions): Plan {
     manifest: (m: ManifestEntry) => Math.max(snap.usage.manifests.get(m.id)?.lastPulledAt ?? 0, m.record.storedAt),
     blob: (d: Digest) => Math.max(snap.usage.blobs.get(d)?.lastPulledAt ?? 0, snap.blobs.get(d)?.storedAt ?? 0),
   };
-  /** A blob that must stay whatever the policy: being fetched or read, leased by another instance, or just stored. */
+  /** A blob being fetched or read here, or leased by another instance's fetch: it stays, even when purged. */
+  const fetching = (d: Digest) => opts.busy(d) || snap.leased.has(d);
+  /** A blob that stays whatever the TTL or size limit: fetching, or just stored (a pull may not have recorded its manifest yet). */
   const protectedBlob = (d: Digest) => {
     const o = snap.objects.get(d);
     const rec = snap.blobs.get(d);
-    return opts.busy(d) || snap.leased.has(d) || (rec !== undefined && young(rec.storedAt)) || (o !== undefined && young(o.modifiedAt));
+    return fetching(d) || (rec !== undefined && young(rec.storedAt)) || (o !== undefined && young(o.modifiedAt));
   };
 
   // 0. Records whose object is gone from the store (a crash, or an operator deleting files).
@@ -156,13 +158,15 @@ export function plan(snap: Snapshot, opts: PlanOptions): Plan {
   for (const id of keptManifests) manifests.get(id)!.blobs.forEach((b) => referenced.add(b));
   const keptBlobs = new Set<Digest>();
   for (const d of blobs) {
-    if (referenced.has(d) || protectedBlob(d) || (!purgeBlobs.has(d) && lastPulled.blob(d) >= cutoff)) keptBlobs.add(d);
+    // What a purge reaches goes unless it is being fetched; the grace period is for pulls, not for an operator's purge.
+    const keep = purgeBlobs.has(d) ? fetching(d) : protectedBlob(d) || lastPulled.blob(d) >= cutoff;
+    if (referenced.has(d) || keep) keptBlobs.add(d);
     else out.blobs.set(d, { size: snap.objects.get(d)!.size, reason: purgeBlobs.has(d) ? "purge" : "ttl" });
   }
 
   // 3. The size limit: whole images, least recently pulled first, until under the low-water mark.
   if (opts.maxBytes !== null) {
-    const total = out.storeBytesBefore - sumSizes(unnamedObjects(snap, out, opts, protectedBlob));
+    const total = out.storeBytesBefore - sumSizes(unnamedObjects(snap, out, young, fetching));
     if (total > opts.maxBytes) {
       evict(snap, out, { manifests, keptTags, keptManifests, keptReferrers, keptBlobs, walk, manifestOfTag, lastPulled, protectedBlob, young }, total, opts.lowWater * opts.maxBytes);
     }
@@ -178,18 +182,23 @@ export function plan(snap: Snapshot, opts: PlanOptions): Plan {
   }
   for (const { entry } of out.tags.values()) touchedRepos.add(idOf(entry.upstream, entry.repo, ""));
   for (const l of snap.links.values()) {
-    if (linkedByKept.has(l.id) || young(l.linkedAt)) continue;
+    if (linkedByKept.has(l.id)) continue;
+    const purged = purgedRepos.has(idOf(l.upstream, l.repo, "")) || out.blobs.get(l.digest)?.reason === "purge";
+    if (young(l.linkedAt) && !purged) continue;
     const blobGone = !keptBlobs.has(l.digest) && !protectedBlob(l.digest);
-    if (blobGone || touchedRepos.has(idOf(l.upstream, l.repo, "")) || l.linkedAt < cutoff) out.links.set(l.id, l);
+    if (purged || blobGone || touchedRepos.has(idOf(l.upstream, l.repo, "")) || l.linkedAt < cutoff) out.links.set(l.id, l);
   }
 
   // 5. Store objects no remaining record names.
-  out.objects = unnamedObjects(snap, out, opts, protectedBlob);
+  out.objects = unnamedObjects(snap, out, young, fetching);
   return out;
 }
 
-/** The store objects no record left by `p` names, and not protected; with why they go. */
-function unnamedObjects(snap: Snapshot, p: Plan, opts: PlanOptions, protectedBlob: (d: Digest) => boolean): Plan["objects"] {
+/**
+ * The store objects no record left by `p` names; with why they go. Objects being fetched stay;
+ * so do young ones (a pull may be about to record them) unless a purge removed their record.
+ */
+function unnamedObjects(snap: Snapshot, p: Plan, young: (at: number) => boolean, fetching: (d: Digest) => boolean): Plan["objects"] {
   const named = new Set<Digest>();
   for (const m of snap.manifests.values()) if (!p.manifests.has(m.id)) named.add(m.digest);
   for (const d of snap.blobs.keys()) if (!p.blobs.has(d)) named.add(d);
@@ -200,8 +209,9 @@ function unnamedObjects(snap: Snapshot, p: Plan, opts: PlanOptions, protectedBlo
   for (const [d, { reason }] of p.blobs) why.set(d, reason);
   const out: Plan["objects"] = new Map();
   for (const o of snap.objects.values()) {
-    if (named.has(o.digest) || protectedBlob(o.digest) || o.modifiedAt > opts.now - opts.graceMs) continue;
     const reason = why.get(o.digest);
+    if (named.has(o.digest) || fetching(o.digest)) continue;
+    if (reason !== "purge" && (young(o.modifiedAt) || young(snap.blobs.get(o.digest)?.storedAt ?? 0))) continue;
     out.set(o.digest, { size: o.size, reason: reason === undefined || reason === "missing" ? "orphan" : reason });
   }
   return out;

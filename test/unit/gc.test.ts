@@ -209,6 +209,9 @@ for (const [label, open] of [["filesystem", fsEnv], ["S3 (in-memory)", s3Env]] a
     const goneIndex = await cache(e, { repo: "multi", tag: "old" }, { at: now - 20 * DAY, children });
     const byDigest = await cache(e, { repo: "pinned", tag: null }, { at: now - 20 * DAY });
     const recent = await cache(e, { repo: "fresh", tag: "new" }, { at: now - 1 * DAY });
+    // Signatures nobody pulls: each stays while its subject stays.
+    const keptSig = await cache(e, { repo: "app", tag: null }, { at: now - 20 * DAY, subject: keptImg });
+    const goneSig = await cache(e, { repo: "app", tag: null }, { at: now - 20 * DAY, subject: goneImg });
     await pulledTag(e, keptImg, now - 2 * DAY);
     await pulled(e, now - 3 * DAY, [{ kind: "manifest", upstream: "local", repo: "pinned", digest: byDigest.digest }]);
     await pulledTag(e, goneImg, now - 8 * DAY); // pulled, but not within the TTL
@@ -221,6 +224,8 @@ for (const [label, open] of [["filesystem", fsEnv], ["S3 (in-memory)", s3Env]] a
     t.equal(await imageState(e, recent), "kept", "the image cached within the TTL stays");
     t.equal(await imageState(e, byDigest), "kept", "a manifest pulled by digest within the TTL stays, though no tag names it");
     t.same(await imageState(e, goneIndex), "removed", "the unpulled index goes with its children and their blobs");
+    t.equal(await imageState(e, keptSig), "kept", "the kept image's signature stays");
+    t.equal(await imageState(e, goneSig), "removed", "the removed image's signature goes");
     t.notOk(await e.kv.read(kvKeys.tag("local", "app", "gone"), TagRecord), "the unpulled tag goes");
     t.notOk(await e.kv.read(kvKeys.manifest("local", "app", goneImg.digest), ManifestRecord), "its manifest record goes");
     const listing = await storeListing(e.store);
@@ -335,10 +340,11 @@ t.test("blobs being fetched, leased by another instance, or just stored are neve
   const img = await cache(e, { repo: "app", tag: "old" }, { at: now - 30 * DAY, layers: [busy, leased, young, plain] });
   await e.kv.write(kvKeys.lease(leased.digest), { owner: "another-instance", expiresAt: now + 10_000 });
   await e.kv.write(kvKeys.blob(young.digest), { size: 300, storedAt: now - 2 * MINUTE });
-  // A manifest stored a minute ago whose tag is not recorded yet: a pull in progress.
-  const inProgress = await cache(e, { repo: "app", tag: null }, { at: now - 1 * MINUTE });
+  // A manifest stored minutes ago whose tag is not recorded yet: a pull in progress.
+  const inProgress = await cache(e, { repo: "app", tag: null }, { at: now - 3 * MINUTE });
 
-  const report = await e.collector({ busy: (d) => d === busy.digest }).run(opts({ cacheTtlMs: 7 * DAY }));
+  // A TTL shorter than the grace period: only the grace period keeps what was just stored.
+  const report = await e.collector({ busy: (d) => d === busy.digest }).run(opts({ cacheTtlMs: 1 * MINUTE }));
 
   const listing = await storeListing(e.store);
   for (const [what, b] of [["being fetched", busy], ["leased", leased], ["just stored", young]] as const) {
@@ -350,6 +356,11 @@ t.test("blobs being fetched, leased by another instance, or just stored are neve
   t.notOk(listing.has(img.digest), "and its manifest");
   t.equal(await imageState(e, inProgress), "kept", "the manifest of a pull in progress stays, with its blobs");
   t.notOk(names(report).includes(busy.digest));
+
+  const purged = await e.collector({ busy: (d) => d === busy.digest }).run(opts({ purge: [{ kind: "image", upstream: "local", repo: "app", tag: null, digest: inProgress.digest }] }));
+  t.ok(names(purged).includes(`local/app@${inProgress.digest}`), "a purge does not wait for the grace period");
+  t.equal(await imageState(e, inProgress), "removed", "the purged image goes whole, however recently stored");
+  t.ok((await storeListing(e.store)).has(busy.digest), "but a blob being fetched stays even then");
 });
 
 t.test("purge: by image, by repository glob, by upstream; then whatever became unreferenced", async (t) => {
