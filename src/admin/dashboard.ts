@@ -49,14 +49,14 @@ function summary(v: DashboardView): Html {
     ? html`<span class="muted">no limit (--max-size)</span>`
     : html`of ${formatBytes(maxBytes)} (--max-size), ${((blobBytes / maxBytes) * 100).toFixed(1)}%<meter min="0" max="${maxBytes}" high="${maxBytes * 0.9}" value="${Math.min(blobBytes, maxBytes)}"></meter>`;
   const gc = lastReport === null
-    ? html`<span class="muted">not since start</span>`
-    : html`${when(lastReport.startedAt + lastReport.durationMs, v.now)}${lastReport.dryRun ? " (dry run)" : ""}: freed ${formatBytes(lastReport.bytesFreed)}, ${formatCount(lastReport.removed.length)} removed, took ${(lastReport.durationMs / 1000).toFixed(1)} s`;
+    ? html`<b>–</b><span class="muted">none since start</span>`
+    : html`<b>${when(lastReport.startedAt + lastReport.durationMs, v.now)}</b>${lastReport.dryRun ? "a dry run: would free " : "freed "}${formatBytes(lastReport.bytesFreed)} (${formatCount(lastReport.removed.length)} removed), took ${(lastReport.durationMs / 1000).toFixed(1)} s; store ${formatBytes(lastReport.storeBytesAfter)} after`;
   return html`<h2>Store and traffic</h2>
 <div class="cards">
 <div class="card" id="store-size">Store <b>${formatBytes(blobBytes)}</b>${formatCount(blobs)} blobs ${limit}</div>
 <div class="card" id="hit-ratio">Hit ratio <b>${ratio}</b>${formatCount(hits)} hits, ${formatCount(misses)} misses, ${formatCount(coalesced)} joined a download (since start)</div>
 <div class="card" id="bytes-saved">Upstream bytes saved <b>${formatBytes(fromCache)}</b>served from the store; ${formatBytes(fromUpstream)} streamed while fetched (since start)</div>
-<div class="card" id="last-gc">Last collection <b>${lastReport === null ? "–" : formatBytes(lastReport.storeBytesAfter)}</b>${gc}</div>
+<div class="card" id="last-gc">Last collection ${gc}</div>
 </div>`;
 }
 

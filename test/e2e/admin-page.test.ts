@@ -5,7 +5,7 @@
 // phone-sized screen nothing scrolls sideways. On failure, screenshots go to test/artifacts/.
 import t, { type Test } from "tap";
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { createConnection, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
@@ -187,6 +187,66 @@ t.test("the admin page in chromium: listing, search, live downloads, purge and r
     tt.fail(err instanceof Error ? err.message : String(err));
   } finally {
     // STOWAGE_E2E_SCREENSHOTS=1 keeps them on success too, to look at the page.
+    if (!tt.passing() || process.env.STOWAGE_E2E_SCREENSHOTS) await screenshots(tt, open);
+  }
+});
+
+t.test("with access control on: the browser signs in with Basic, only admins get the page, and an admin's purge works", { skip: chromiumMissing }, async (tt) => {
+  const { chromium } = await import("playwright-core");
+  const bcrypt = (await import("bcryptjs")).default;
+  const scratch = await makeTempDir("admin-page-auth");
+  const images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
+  const img = images.find((i) => i.repo.endsWith("/docker-single"))!;
+  const registry = await using(tt, startRegistry());
+  await pushTestImages(registry.url, [img]);
+  const config = join(scratch, "stowage.yaml");
+  await writeFile(
+    config,
+    [
+      "users:",
+      `  - { name: alice, passwordHash: "${bcrypt.hashSync("alice-pw", 4)}" }`,
+      `  - { name: bob, passwordHash: "${bcrypt.hashSync("bob-pw", 4)}" }`,
+      "admins: [alice]",
+      "accessControl: true",
+      "",
+    ].join("\n"),
+  );
+  const stowage = await using(tt, startStowage(["--config", config, "--upstream", `local=${registry.url}`, "--gc-grace", "0s", "--log-level", "info"]));
+  const copied = await skopeo(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--src-creds", "bob:bob-pw", `docker://${hostOf(stowage.url)}/local/${img.repo}:v1`, `dir:${join(scratch, "pulled")}`]);
+  tt.equal(copied.code, 0, "bob (a user, not an admin) pulls through Stowage", { stderr: copied.stderr });
+
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  tt.teardown(() => browser.close());
+  const open: Array<[string, Page]> = [];
+  try {
+    // (A headless browser given no credentials abandons the navigation at the challenge, so this one is asked directly.)
+    const challenge = await fetch(`${stowage.url}/-/`);
+    tt.equal(challenge.status, 401, "no credentials: 401");
+    tt.match(challenge.headers.get("www-authenticate"), /^Basic realm="Stowage admin"/, "with a Basic challenge, so a browser asks for a name and password");
+    tt.match(await challenge.text(), /sign in as one of the admins/, "and a page saying why, for whoever cancels the prompt");
+
+    const bob = await (await browser.newContext({ httpCredentials: { username: "bob", password: "bob-pw" } })).newPage();
+    open.push(["bob", bob]);
+    const refused = await bob.goto(`${stowage.url}/-/`);
+    tt.equal(refused?.status(), 403, "a user who may pull but is not an admin: 403");
+    tt.match(await bob.locator("#error").innerText(), /bob is not an admin/);
+
+    const alice = await (await browser.newContext({ httpCredentials: { username: "alice", password: "alice-pw" } })).newPage();
+    open.push(["alice", alice]);
+    const ok = await alice.goto(`${stowage.url}/-/`);
+    tt.equal(ok?.status(), 200, "an admin gets the page");
+    tt.match(await alice.locator("header").innerText(), /signed in as alice/);
+    await alice.locator(`tr.tag[data-ref="local/${img.repo}:v1"] button`).click();
+    await alice.waitForSelector("#confirm-purge");
+    await alice.locator("#confirm-purge button").click();
+    await alice.waitForSelector("#purge-result");
+    tt.match(await alice.locator("#purge-result").innerText(), /Purged tag local\/stowage-test\/docker-single:v1.*done by alice/s, "the purge ran as alice");
+    await alice.goto(`${stowage.url}/-/`);
+    tt.equal(await alice.locator("tr.tag").count(), 0, "and the image is gone");
+    tt.match(stowage.logs(), /"msg":"admin purge done"[^\n]*"by":"alice"/, "the log says who purged what");
+  } catch (err) {
+    tt.fail(err instanceof Error ? err.message : String(err));
+  } finally {
     if (!tt.passing() || process.env.STOWAGE_E2E_SCREENSHOTS) await screenshots(tt, open);
   }
 });
