@@ -98,11 +98,8 @@ t.test("the admin page in chromium: listing, search, live downloads, purge and r
   const upstream = await using(tt, startRecordingProxy(registry.url));
   // 48 MiB/s: the 256 MiB layer takes about five seconds, a few of the page's polls.
   const slow = await using(tt, startThrottle(new URL(registry.url), 48 * 1024 * 1024));
-  // --gc-grace 0s: blobs stored a moment ago may go too (by default a purge leaves blobs younger than 10 minutes).
-  const stowage = await using(
-    tt,
-    startStowage(["--upstream", `local=${upstream.url}`, "--upstream", `slow=${slow.url}`, "--default-upstream", "local", "--gc-grace", "0s", "--log-level", "warn"]),
-  );
+  // Default --gc-grace (10m): a purge still removes what was stored a moment ago.
+  const stowage = await using(tt, startStowage(["--upstream", `local=${upstream.url}`, "--upstream", `slow=${slow.url}`, "--default-upstream", "local", "--log-level", "warn"]));
 
   for (const img of small) await pull(stowage, `local/${img.repo}:${img.tag}`, scratch);
 
@@ -211,7 +208,7 @@ t.test("with access control on: the browser signs in with Basic, only admins get
       "",
     ].join("\n"),
   );
-  const stowage = await using(tt, startStowage(["--config", config, "--upstream", `local=${registry.url}`, "--gc-grace", "0s", "--log-level", "info"]));
+  const stowage = await using(tt, startStowage(["--config", config, "--upstream", `local=${registry.url}`, "--log-level", "info"]));
   const copied = await skopeo(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--src-creds", "bob:bob-pw", `docker://${hostOf(stowage.url)}/local/${img.repo}:v1`, `dir:${join(scratch, "pulled")}`]);
   tt.equal(copied.code, 0, "bob (a user, not an admin) pulls through Stowage", { stderr: copied.stderr });
 
