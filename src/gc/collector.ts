@@ -15,7 +15,7 @@ import type { BlobStore } from "../storage/blob-store.ts";
 import { GcLease } from "./gc-lease.ts";
 import { plan, type Plan } from "./plan.ts";
 import type { PurgeSelector } from "./selectors.ts";
-import { takeSnapshot } from "./snapshot.ts";
+import { RefsCache, takeSnapshot, type Snapshot } from "./snapshot.ts";
 
 export type { PurgeSelector } from "./selectors.ts";
 
@@ -70,6 +70,7 @@ export class Collector {
   private last: CollectReport | null = null;
   private running = false;
   private readonly now: () => number;
+  private readonly refs = new RefsCache();
 
   constructor(private readonly deps: CollectorDeps) {
     this.now = deps.now ?? Date.now;
@@ -108,7 +109,7 @@ export class Collector {
   private async collect(options: CollectOptions, startedAt: number, lease: GcLease): Promise<CollectReport> {
     const { kv, store } = this.deps;
     const hosts = new Map((this.deps.upstreams ?? []).map((u) => [u.name, u.host]));
-    const snap = await takeSnapshot(kv, store, startedAt);
+    const snap = await takeSnapshot(kv, store, startedAt, this.refs);
     const p = plan(snap, {
       now: startedAt,
       graceMs: this.deps.graceMs ?? DEFAULT_GRACE_MS,
@@ -119,7 +120,7 @@ export class Collector {
       busy: (d) => this.deps.busy?.(d) ?? false,
       hostOf: (u) => hosts.get(u),
     });
-    const done = options.dryRun ? everything(p) : await this.apply(p, lease);
+    const done = options.dryRun ? everything(p) : await this.apply(p, snap, lease);
     const removed = itemsOf(p, done);
     const bytesFreed = removed.reduce((n, r) => n + r.bytes, 0);
     const report: CollectReport = {
@@ -138,41 +139,34 @@ export class Collector {
   }
 
   /** Removes what the plan says, records first; returns what was removed (a check at the last moment may keep something). */
-  private async apply(p: Plan, lease: GcLease): Promise<Done> {
+  private async apply(p: Plan, snap: Snapshot, lease: GcLease): Promise<Done> {
     const { kv, store } = this.deps;
     const done: Done = { tags: new Set(), manifests: new Set(), blobs: new Set(), objects: new Set() };
-    for (const [id, { entry, reason }] of p.tags) {
-      if (!lease.held) return done;
+    // Usage records are removed with what they describe, where there is one (most content is never pulled twice).
+    await each(p.tags, lease, async ([id, { entry, reason }]) => {
+      const key = kvKeys.tag(entry.upstream, entry.repo, entry.tag);
       // Pulled and revalidated since the snapshot: it is in use after all (a purge removes it anyway).
-      const now = await kv.read(kvKeys.tag(entry.upstream, entry.repo, entry.tag), TagRecord);
-      if (reason !== "purge" && now && now.checkedAt !== entry.record.checkedAt) continue;
-      await kv.remove(kvKeys.tag(entry.upstream, entry.repo, entry.tag));
-      await kv.remove(kvKeys.usageTag(entry.upstream, entry.repo, entry.tag));
+      const now = await kv.read(key, TagRecord);
+      if (reason !== "purge" && now && now.checkedAt !== entry.record.checkedAt) return;
+      await kv.remove(key);
+      if (snap.usage.tags.has(id)) await kv.remove(kvKeys.usageTag(entry.upstream, entry.repo, entry.tag));
       done.tags.add(id);
-    }
-    for (const { entry } of p.referrers.values()) {
-      if (!lease.held) return done;
-      await kv.remove(kvKeys.referrers(entry.upstream, entry.repo, entry.subject));
-    }
-    for (const [id, { entry, reason }] of p.manifests) {
-      if (!lease.held) return done;
-      if (reason === "missing" && (await store.stat(entry.digest)) !== null) continue;
+    });
+    await each(p.referrers.values(), lease, ({ entry }) => kv.remove(kvKeys.referrers(entry.upstream, entry.repo, entry.subject)));
+    await each(p.manifests, lease, async ([id, { entry, reason }]) => {
+      if (reason === "missing" && (await store.stat(entry.digest)) !== null) return;
       await kv.remove(kvKeys.manifest(entry.upstream, entry.repo, entry.digest));
-      await kv.remove(kvKeys.usageManifest(entry.upstream, entry.repo, entry.digest));
+      if (snap.usage.manifests.has(id)) await kv.remove(kvKeys.usageManifest(entry.upstream, entry.repo, entry.digest));
       done.manifests.add(id);
-    }
-    for (const l of p.links.values()) {
-      if (!lease.held) return done;
-      await kv.remove(kvKeys.link(l.upstream, l.repo, l.digest));
-    }
-    for (const [digest, { reason }] of p.blobs) {
-      if (!lease.held) return done;
-      if (reason === "missing" ? (await store.stat(digest)) !== null : await this.inUse(digest)) continue;
+    });
+    await each(p.links.values(), lease, (l) => kv.remove(kvKeys.link(l.upstream, l.repo, l.digest)));
+    await each(p.blobs, lease, async ([digest, { reason }]) => {
+      if (reason === "missing" ? (await store.stat(digest)) !== null : await this.inUse(digest)) return;
       await kv.remove(kvKeys.blob(digest));
-      await kv.remove(kvKeys.usageBlob(digest));
+      if (snap.usage.blobs.has(digest)) await kv.remove(kvKeys.usageBlob(digest));
       done.blobs.add(digest);
-    }
-    if (p.objects.size === 0) return done;
+    });
+    if (p.objects.size === 0 || !lease.held) return done;
     // Named again since the snapshot (a pull stored the same manifest, or fetched the blob anew): keep.
     const named = new Set<Digest>();
     for await (const { key } of kv.list(["manifest"], ManifestRecord)) {
@@ -180,12 +174,11 @@ export class Collector {
       if (d) named.add(d);
     }
     for await (const { value } of kv.list(["referrers"], ReferrersRecord)) named.add(value.digest);
-    for (const digest of p.objects.keys()) {
-      if (!lease.held) return done;
-      if (named.has(digest) || (await kv.read(kvKeys.blob(digest), BlobRecord)) || (await this.inUse(digest))) continue;
+    await each(p.objects.keys(), lease, async (digest) => {
+      if (named.has(digest) || (await kv.read(kvKeys.blob(digest), BlobRecord)) || (await this.inUse(digest))) return;
       await store.delete(digest);
       done.objects.add(digest);
-    }
+    });
     return done;
   }
 
@@ -209,7 +202,7 @@ export class Collector {
       metrics.gcLastDuration.set({}, report.durationMs / 1000);
     }
     metrics.storeBytes.set({}, report.storeBytesAfter);
-    log.info(report.dryRun ? "collection (dry run): nothing removed" : "collection done", {
+    log.info(report.dryRun ? "collection dry run done: nothing was changed" : "collection done", {
       by,
       removed: report.removed.length,
       bytesFreed: report.bytesFreed,
@@ -218,6 +211,18 @@ export class Collector {
       ms: report.durationMs,
     });
   }
+}
+
+/** Removals in flight at once: a remote KV or S3 answers in milliseconds each, one by one would take hours on a large cache. */
+const REMOVAL_CONCURRENCY = 16;
+
+/** Runs `fn` on every item, a few at a time, stopping once the lease is lost. */
+async function each<T>(items: Iterable<T>, lease: GcLease, fn: (item: T) => Promise<unknown>): Promise<void> {
+  const it = items[Symbol.iterator]();
+  const worker = async () => {
+    for (let next = it.next(); !next.done && lease.held; next = it.next()) await fn(next.value);
+  };
+  await Promise.all(Array.from({ length: REMOVAL_CONCURRENCY }, worker));
 }
 
 type Done = { tags: Set<string>; manifests: Set<string>; blobs: Set<Digest>; objects: Set<Digest> };

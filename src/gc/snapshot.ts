@@ -50,7 +50,7 @@ export const idOf = (upstream: string, repo: string, name: string): string => `$
  * record read here names something already written, and an object listed afterwards
  * but recorded too late to be seen is young (kept by the grace period).
  */
-export async function takeSnapshot(kv: TypedKv, store: BlobStore, now: number): Promise<Snapshot> {
+export async function takeSnapshot(kv: TypedKv, store: BlobStore, now: number, known: RefsCache = new RefsCache()): Promise<Snapshot> {
   const tags = new Map<string, TagEntry>();
   for await (const { key, value } of kv.list(["tag"], TagRecord)) {
     const [upstream, repo, tag] = strings(key, 3);
@@ -101,14 +101,14 @@ export async function takeSnapshot(kv: TypedKv, store: BlobStore, now: number): 
   const objects = new Map<Digest, StoredObject>();
   for await (const o of store.list()) objects.set(o.digest, o);
 
-  // What each manifest points at, read once per digest (the same manifest is often in several repositories).
-  const refs = new Map<Digest, Pick<ManifestEntry, "children" | "blobs" | "subject">>();
+  // What each manifest points at, read once per digest (the same manifest is often in several
+  // repositories) and remembered across runs: a digest's bytes never change.
   const manifests = new Map<string, ManifestEntry>();
   for (const m of manifestRecords) {
-    let r = refs.get(m.digest);
+    let r = known.get(m.digest);
     if (!r && objects.has(m.digest)) {
       r = await readRefs(store, m.digest, m.record.size, m.record.mediaType);
-      refs.set(m.digest, r);
+      if (r) known.set(m.digest, r);
     }
     const id = idOf(m.upstream, m.repo, m.digest);
     manifests.set(id, { id, ...m, ...(r ?? { children: [], blobs: [], subject: null }) });
@@ -116,12 +116,30 @@ export async function takeSnapshot(kv: TypedKv, store: BlobStore, now: number): 
   return { tags, manifests, referrers, links, blobs, usage, leased, objects };
 }
 
-/** A manifest's references; none when its bytes cannot be read or parsed (it is then a leaf). */
-async function readRefs(store: BlobStore, digest: Digest, size: number, mediaType: ManifestMediaType): Promise<Pick<ManifestEntry, "children" | "blobs" | "subject">> {
+type Refs = Pick<ManifestEntry, "children" | "blobs" | "subject">;
+
+/** What manifests point at, by digest, kept between runs (bounded: the oldest entries go first). */
+export class RefsCache {
+  private readonly map = new Map<Digest, Refs>();
+  constructor(private readonly max = 200_000) {}
+  get(digest: Digest): Refs | undefined {
+    return this.map.get(digest);
+  }
+  set(digest: Digest, refs: Refs): void {
+    this.map.set(digest, refs);
+    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+  }
+}
+
+/**
+ * A manifest's references: none when its bytes cannot be parsed (it is then a leaf); undefined
+ * when they could not be read (gone meanwhile; not remembered).
+ */
+async function readRefs(store: BlobStore, digest: Digest, size: number, mediaType: ManifestMediaType): Promise<Refs | undefined> {
   const none = { children: [], blobs: [], subject: null };
   if (size > MAX_MANIFEST_BYTES) return none;
   const stream = await store.open(digest);
-  if (!stream) return none;
+  if (!stream) return undefined;
   const bytes = new Uint8Array(await new Response(stream).arrayBuffer());
   try {
     const r = manifestRefs(bytes, mediaType);
