@@ -166,6 +166,11 @@ export class Collector {
       if (snap.usage.blobs.has(digest)) await kv.remove(kvKeys.usageBlob(digest));
       done.blobs.add(digest);
     });
+    await each(p.usage, lease, (u) => {
+      if (u.kind === "blob") return kv.remove(kvKeys.usageBlob(u.digest));
+      const [upstream, repo, name] = u.id.split("\n") as [string, string, string];
+      return kv.remove(u.kind === "tag" ? kvKeys.usageTag(upstream, repo, name) : kvKeys.usageManifest(upstream, repo, name as Digest));
+    });
     if (p.objects.size === 0 || !lease.held) return done;
     // Named again since the snapshot (a pull stored the same manifest, or fetched the blob anew): keep.
     const named = new Set<Digest>();

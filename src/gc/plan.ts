@@ -26,6 +26,8 @@ export type Plan = {
   manifests: Map<string, { entry: ManifestEntry; reason: RemovalReason }>;
   links: Map<string, LinkEntry>;
   blobs: Map<Digest, { size: number; reason: RemovalReason }>;
+  /** Usage records of tags, manifests and blobs no longer cached (not reported: they hold no content). */
+  usage: Array<{ kind: "tag" | "manifest"; id: string } | { kind: "blob"; digest: Digest }>;
   /** Store objects to delete, with the reason of the record removal that left them unnamed ("orphan": none named them). */
   objects: Map<Digest, { size: number; reason: RemovalReason }>;
   storeBytesBefore: number;
@@ -45,6 +47,7 @@ export function plan(snap: Snapshot, opts: PlanOptions): Plan {
     manifests: new Map(),
     links: new Map(),
     blobs: new Map(),
+    usage: [],
     objects: new Map(),
     storeBytesBefore: 0,
     storeObjectsBefore: snap.objects.size,
@@ -189,7 +192,12 @@ export function plan(snap: Snapshot, opts: PlanOptions): Plan {
     if (purged || blobGone || touchedRepos.has(idOf(l.upstream, l.repo, "")) || l.linkedAt < cutoff) out.links.set(l.id, l);
   }
 
-  // 5. Store objects no remaining record names.
+  // 5. Usage of what is no longer cached at all (served uncached, or removed by an older version).
+  for (const [id, u] of snap.usage.tags) if (!snap.tags.has(id) && !young(u.lastPulledAt)) out.usage.push({ kind: "tag", id });
+  for (const [id, u] of snap.usage.manifests) if (!snap.manifests.has(id) && !young(u.lastPulledAt)) out.usage.push({ kind: "manifest", id });
+  for (const [d, u] of snap.usage.blobs) if (!snap.blobs.has(d) && !young(u.lastPulledAt)) out.usage.push({ kind: "blob", digest: d });
+
+  // 6. Store objects no remaining record names.
   out.objects = unnamedObjects(snap, out, young, fetching);
   return out;
 }

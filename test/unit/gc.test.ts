@@ -296,6 +296,10 @@ for (const [label, open] of [["filesystem", fsEnv], ["S3 (in-memory)", s3Env]] a
     await e.store.delete(lost.digest);
     const ghost = blob(10);
     await e.kv.write(kvKeys.blob(ghost.digest), { size: 10, storedAt: now - DAY });
+    // Pulls of content never cached (served uncached while the store failed): a day ago, and just now.
+    await pulled(e, now - DAY, [{ kind: "tag", upstream: "local", repo: "app", tag: "uncached" }, { kind: "blob", digest: orphan.digest }]);
+    await pulled(e, now - MINUTE, [{ kind: "tag", upstream: "local", repo: "app", tag: "pulling" }]);
+    await pulledTag(e, img, now - DAY);
 
     const report = await e.collector().run(opts({}));
 
@@ -316,6 +320,11 @@ for (const [label, open] of [["filesystem", fsEnv], ["S3 (in-memory)", s3Env]] a
       "reported as missing",
     );
     t.equal(await imageState(e, img), "kept", "intact content is untouched (no TTL, no limit)");
+    t.same(
+      (await kvKeysNow(e.raw)).filter((k) => k.startsWith("usage")),
+      ["usage tag local app pulling", "usage tag local app v1"],
+      "usage of content no longer cached is dropped once past the grace period; the rest stays",
+    );
     await consistent(t, e);
   });
 }
