@@ -25,12 +25,18 @@ export type CollectorScheduleDeps = {
   reserveBytes: number;
   /** Free bytes on the store's disk; null when they cannot be told. */
   freeSpace: () => Promise<number | null>;
+  /** When the start-up sweep found the lease held, how long until it tries again; default 30 s. */
+  sweepRetryMs?: number;
 };
 
 const FIRST_RUN_DELAY_MS = 60_000;
+// A collector killed in the middle holds its lease until it expires (a minute): the sweep that
+// clears what it left must come after that, even with no periodic runs.
+const SWEEP_RETRY_MS = 30_000;
 
 export class CollectorSchedule {
   private timer: ReturnType<typeof setTimeout> | null = null;
+  private sweepTimer: ReturnType<typeof setTimeout> | null = null;
   private running: Promise<unknown> | null = null;
   private closed = false;
 
@@ -43,8 +49,17 @@ export class CollectorSchedule {
 
   /** The start-up sweep now (in the background), then the periodic runs if limits are set. */
   start(): void {
-    void this.runOnce("start-up", { cacheTtlMs: null, maxBytes: null });
+    this.sweep();
     if (this.periodic) this.schedule(this.deps.firstDelayMs ?? FIRST_RUN_DELAY_MS);
+  }
+
+  /** The start-up sweep, tried again while another instance (or a dead one's lease) holds the collector. */
+  private sweep(): void {
+    void this.runOnce("start-up", { cacheTtlMs: null, maxBytes: null }).then((report) => {
+      if (report?.ran || this.closed) return;
+      this.sweepTimer = setTimeout(() => this.sweep(), this.deps.sweepRetryMs ?? SWEEP_RETRY_MS);
+      (this.sweepTimer as { unref?: () => void }).unref?.();
+    });
   }
 
   /**
@@ -63,7 +78,9 @@ export class CollectorSchedule {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.sweepTimer) clearTimeout(this.sweepTimer);
     this.timer = null;
+    this.sweepTimer = null;
     await this.running?.catch(() => {});
   }
 

@@ -92,6 +92,16 @@ t.test("with --cache-ttl and --max-size: a run every interval with them, never t
   t.equal(c.runs.length, after, "no run after close");
 });
 
+t.test("no limit set, the lease held (a collector killed in the middle): the start-up sweep is tried again until it runs", async (t) => {
+  const c = fakeCollector({ answer: (_o, n) => (n <= 2 ? { ran: false } : {}) });
+  const { s } = schedule(t, c, { sweepRetryMs: 50 });
+  s.start();
+  await waitFor("a sweep that ran", () => c.runs.length >= 3, 5_000);
+  await sleep(300);
+  t.equal(c.runs.length, 3, "tried until it ran, then no more");
+  t.ok(c.runs.every((r) => r.by === "start-up" && r.cacheTtlMs === null && r.maxBytes === null), "each time the sweep without limits");
+});
+
 t.test("a failing run is logged and the next one still comes", async (t) => {
   const c = fakeCollector({ answer: (_o, n) => (n === 2 ? new Error("KV unreachable") : {}) });
   const { s, logs } = schedule(t, c, { maxBytes: MiB });
