@@ -490,10 +490,29 @@ t.test("pulled through the cache, collected, pulled again: the next pull fetches
   t.equal(layerGets(), 1);
 
   const services = await openServices(cfgFor, nodeRuntime, log);
-  const collector = new Collector({ kv: services.kv, store: services.store, metrics: services.metrics, log, owner: "t", now: () => Date.now() + 30 * DAY });
+  const collector = new Collector({
+    kv: services.kv,
+    store: services.store,
+    metrics: services.metrics,
+    log,
+    owner: "t",
+    now: () => Date.now() + 30 * DAY,
+    busy: (d) => services.blobs.busy(d),
+  });
+  // A client streaming the layer from the store while the image expires: the layer waits for it.
+  const reading = await services.blobs.get({ client: services.clients.get("local")!, repo: "app" }, ld, "GET", null, log);
+  t.equal(reading.source, "cache");
+  const reader = reading.body!.getReader();
+  const first = await reader.read();
+  const during = await collector.run(opts({ cacheTtlMs: 7 * DAY }));
+  t.notOk(names(during).includes(ld), "a blob a client is reading from the store is not collected");
+  t.ok(names(during).includes(cd), "the rest of the expired image is");
+  const rest: Uint8Array[] = [first.value!];
+  for (let r = await reader.read(); !r.done; r = await reader.read()) rest.push(r.value);
+  t.ok(Buffer.concat(rest).equals(layer), "the client gets the whole layer");
   const report = await collector.run(opts({ cacheTtlMs: 7 * DAY }));
   await services.close();
-  t.ok(names(report).includes(ld), "the layer was collected");
+  t.ok(names(report).includes(ld), "once read, the layer is collected by the next run");
   await pull();
   t.equal(layerGets(), 2, "the next pull fetched the layer from upstream again");
 });
