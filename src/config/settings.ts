@@ -206,8 +206,9 @@ const EXPIRY = {
     parse: duration(1, MAX_GC_INTERVAL_SECONDS), field: "gcIntervalSeconds", default: 3600,
     about: [
       "How often the server applies --cache-ttl and --max-size (the first time a",
-      "minute after start). Without either, it only runs at start-up, to clear",
-      "records and objects a crash left without each other.",
+      "minute after start, or one interval if that is shorter). Without either, it",
+      "only runs at start-up, to clear records and objects a crash left without",
+      "each other.",
     ],
     shown: "`1h`", example: "--gc-interval 15m",
   },
