@@ -191,7 +191,7 @@ async function ttlScenario(tt: Test, args: string[], env: Record<string, string>
 
   const gcArgs = ["gc", ...args, "--cache-ttl", "18s", "--gc-grace", "0"];
   const dry = await runStowage([...gcArgs, "--dry-run"], { env });
-  tt.equal(dry.code, 0, `gc --dry-run: ${dry.output.slice(-600)}`);
+  tt.equal(dry.code, 0, `gc --dry-run${dry.code === 0 ? "" : `: ${dry.output.slice(-600)}`}`);
   tt.match(dry.output, /dry run: would remove \d+ items, freeing/, "the dry run says what it would free");
   tt.same(await objects(), before, "a dry run removes nothing");
   const listed = removals(dry.stdout);
@@ -199,7 +199,7 @@ async function ttlScenario(tt: Test, args: string[], env: Record<string, string>
 
   tt.comment(`real gc starts ${Date.now() - repulled} ms after the pull`);
   const real = await runStowage(gcArgs, { env });
-  tt.equal(real.code, 0, `gc: ${real.output.slice(-600)}`);
+  tt.equal(real.code, 0, `gc${real.code === 0 ? "" : `: ${real.output.slice(-600)}`}`);
   const removed = removals(real.stdout);
   tt.same(removed.map(itemKey).sort(), listed.map(itemKey).sort(), "what the dry run listed is what goes");
   tt.match(real.output, /removed \d+ items, freed /, "and it says how much it freed");
@@ -233,7 +233,7 @@ t.test("gc without limits says so and only sweeps", async (tt) => {
   const dataDir = await makeTempDir("gc-nolimit");
   const args = ["--data-dir", dataDir, "--upstream", `local=${registry.url}`];
   const filled = await runStowage(["prefill", "local/stowage-test/oci-single:v1", ...args]);
-  tt.equal(filled.code, 0, `prefill: ${filled.output.slice(-400)}`);
+  tt.equal(filled.code, 0, `prefill${filled.code === 0 ? "" : `: ${filled.output.slice(-400)}`}`);
   const before = await fsObjects(dataDir);
   const r = await runStowage(["gc", ...args, "--gc-grace", "0"]);
   tt.equal(r.code, 0);
@@ -253,10 +253,10 @@ t.test("purge one image: the next pull fetches it anew from upstream, digest-exa
   await pullAndCheck(tt, stowage, `local/${other.repo}:${other.tag}`, other);
 
   const dry = await runStowage(["purge", `local/${img.repo}:${img.tag}`, "--dry-run", ...args, "--gc-grace", "0"]);
-  tt.equal(dry.code, 0, dry.output.slice(-400));
+  tt.equal(dry.code, 0, `purge --dry-run${dry.code === 0 ? "" : `: ${dry.output.slice(-400)}`}`);
   const listed = removals(dry.stdout);
   const purged = await runStowage(["purge", `local/${img.repo}:${img.tag}`, ...args, "--gc-grace", "0"]);
-  tt.equal(purged.code, 0, `purge: ${purged.output.slice(-400)}`);
+  tt.equal(purged.code, 0, `purge${purged.code === 0 ? "" : `: ${purged.output.slice(-400)}`}`);
   const removed = removals(purged.stdout);
   tt.same(removed.map(itemKey).sort(), listed.map(itemKey).sort(), "the dry run listed what the purge removed");
   tt.ok(removed.every((r) => r.reason === "purge"), "every removal is for the purge");
