@@ -18,9 +18,12 @@ export async function startServer(config: Config, runtime: Runtime, baseLog: Log
   // Every warning and error is also kept (the last 100) for the admin page's "recent errors".
   const recentErrors = new RecentErrors();
   const log = keepingRecentErrors(baseLog, recentErrors);
-  // A download served uncached for lack of disk space asks the collector for room (set once it exists).
+  // A download served uncached for lack of disk space asks the collector for room (set once it
+  // exists). Only where the store is that disk: with S3 the disk is a spool, which removing
+  // objects from the bucket would not free.
   let schedule: CollectorSchedule | null = null;
-  const services = await openServices(config, runtime, log, { onDiskShort: (needed) => schedule?.diskShort(needed) });
+  const hooks = config.storage.kind === "fs" ? { onDiskShort: (needed: number) => schedule?.diskShort(needed) } : {};
+  const services = await openServices(config, runtime, log, hooks);
   const { kv, store, hashers, clients, metrics, manifests, blobs, kvLocation } = services;
   const access = config.access
     ? new AccessControl({
