@@ -194,7 +194,7 @@ t.test("config: off by default, one setting turns it on, --htpasswd implies on",
   t.same(fromFile?.identities.map((i) => [i.name, i.kind]), [["alice", "user"], ["ci", "robot"]]);
 
   await writeFile(file, ["rules:", "  - { repository: 'team/**', pull: [alice] }"].join("\n"));
-  t.throws(() => load(["--config", file]), /has users, robots, rules or oidc, but access control is off/, "rules without access control are an error");
+  t.throws(() => load(["--config", file]), /has users, robots, rules, oidc or admins, but access control is off/, "rules without access control are an error");
   t.equal(load(["--config", file, "--access-control", "off"]).access, undefined, "unless turned off on purpose");
   await writeFile(file, ["accessControl: true", "users:", `  - { name: alice, passwordHash: "${hash("pw")}", password: pw }`].join("\n"));
   t.throws(() => load(["--config", file]), /users\[0\]: unknown key "password" \(allowed: name, passwordHash\)/);
