@@ -217,9 +217,9 @@ const EXPIRY = {
     flag: "--gc-grace", env: "STOWAGE_GC_GRACE", file: "gcGrace", metavar: "DURATION",
     parse: duration(0, MAX_GC_INTERVAL_SECONDS), field: "gcGraceSeconds", default: 600,
     about: [
-      "Blobs and manifests stored more recently than this are kept by every",
-      "collection, so the parts of a pull in progress stay together. A purge still",
-      "removes the tags and manifests it names at once; their bytes go once older.",
+      "Blobs and manifests stored more recently than this are kept by expiry, the",
+      "size limit and the orphan sweep, so the parts of a pull in progress stay",
+      "together. A purge removes what it names however recently it was stored.",
     ],
     shown: "`10m`", example: "--gc-grace 30m",
   },
