@@ -1,6 +1,6 @@
 /** The admin page itself (GET /-/): every section, from a view the request handler gathered. */
 import type { CollectReport } from "../gc/collector.ts";
-import type { UpstreamStatus } from "../upstream/client.ts";
+import type { UpstreamStatus } from "../upstream/upstream-health.ts";
 import type { DownloadInfo } from "./deps.ts";
 import { Html, html } from "./html.ts";
 import type { ImageSize } from "./image-size.ts";

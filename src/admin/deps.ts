@@ -4,7 +4,7 @@ import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import type { Digest } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
-import type { UpstreamStatus } from "../upstream/client.ts";
+import type { UpstreamStatus } from "../upstream/upstream-health.ts";
 import type { Upstream } from "../upstream/upstream.ts";
 import type { CollectOptions, CollectReport } from "../gc/collector.ts";
 import type { AdminPageMode } from "./admin-access.ts";

@@ -4,6 +4,7 @@ import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { base64 } from "../util/encoding.ts";
 import { within } from "../util/deadline.ts";
+import { retryAfterSeconds } from "../util/http-headers.ts";
 import { observedBody, readLimited } from "../util/streams.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT, OCI_INDEX } from "../registry/media-types.ts";
@@ -14,6 +15,8 @@ import { redirectRefusal } from "./redirect-policy.ts";
 import type { UpstreamTokenCache } from "./token-cache.ts";
 import { Semaphore } from "./semaphore.ts";
 import { offlineError, UpstreamError } from "./upstream-error.ts";
+import { UpstreamHealth, type UpstreamStatus } from "./upstream-health.ts";
+
 
 /** Backoff after a 429 without a usable Retry-After, and the most we honour. */
 const DEFAULT_BACKOFF_SECONDS = 60;
@@ -36,17 +39,6 @@ type UpstreamRequest = { method: "GET" | "HEAD"; path: string; repo: string; hea
 
 /** A successful upstream response whose body is still to be read, and the way to cut it off. */
 export type UpstreamReply = { response: Response; abort(reason?: unknown): void };
-
-/**
- * How an upstream has been answering, for the operator's page: the last answer it gave (a 404
- * counts: it answered), the last failure and why, and requests (with their bodies) in flight.
- */
-export type UpstreamStatus = {
-  lastSuccessAt: number | null;
-  lastFailureAt: number | null;
-  lastFailure: string | null;
-  inFlight: number;
-};
 
 export type UpstreamClientOptions = {
   tokens: UpstreamTokenCache;
@@ -71,7 +63,7 @@ export class UpstreamClient {
   private blockedUntil = 0;
 
   private readonly origin: string;
-  private readonly health: UpstreamStatus = { lastSuccessAt: null, lastFailureAt: null, lastFailure: null, inFlight: 0 };
+  private readonly health = new UpstreamHealth();
 
   constructor(readonly upstream: Upstream, private readonly opts: UpstreamClientOptions) {
     this.fetch = opts.fetch ?? globalThis.fetch;
@@ -110,7 +102,7 @@ export class UpstreamClient {
   }
 
   status(): UpstreamStatus {
-    return { ...this.health };
+    return this.health.status();
   }
 
   private async send(req: UpstreamRequest): Promise<UpstreamReply> {
@@ -125,33 +117,23 @@ export class UpstreamClient {
       );
     }
     const slot = await this.slots.acquire();
-    this.health.inFlight++;
+    const over = this.health.started();
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
-      this.health.inFlight--;
+      over();
       slot();
     };
     try {
       const reply = await this.exchange(req);
-      this.health.lastSuccessAt = Date.now();
+      this.health.answered();
       return { response: releasingWhenDone(reply.response, release), abort: reply.abort };
     } catch (err) {
       release();
-      this.noteFailure(err);
+      this.health.failed(err);
       throw err;
     }
-  }
-
-  /** A 404 is an answer, not a failure of the upstream; everything else is kept with its reason. */
-  private noteFailure(err: unknown): void {
-    if (err instanceof UpstreamError && err.failure === "not-found") {
-      this.health.lastSuccessAt = Date.now();
-      return;
-    }
-    this.health.lastFailureAt = Date.now();
-    this.health.lastFailure = err instanceof Error ? err.message : String(err);
   }
 
   private async exchange({ method, path, repo, headers: extraHeaders, log }: UpstreamRequest): Promise<UpstreamReply> {
@@ -367,7 +349,7 @@ export class UpstreamClient {
     const status = response.status;
     if (status === 404) return new UpstreamError("not-found", what, { status });
     if (status === 429) {
-      const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
+      const retryAfter = retryAfterSeconds(response.headers.get("retry-after"));
       // Honour it for every later request too, not just this one.
       this.blockedUntil = Date.now() + Math.min(retryAfter ?? DEFAULT_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS) * 1000;
       return new UpstreamError("rate-limited", what, { status, ...(retryAfter === undefined ? {} : { retryAfterSeconds: retryAfter }) });
@@ -395,14 +377,6 @@ function releasingWhenDone(response: Response, release: () => void): Response {
 
 function basicAuth(creds: { username: string; password: string }): string {
   return `Basic ${base64(new TextEncoder().encode(`${creds.username}:${creds.password}`))}`;
-}
-
-function parseRetryAfter(value: string | null): number | undefined {
-  if (!value) return undefined;
-  const seconds = Number(value);
-  if (Number.isFinite(seconds) && seconds >= 0) return Math.ceil(seconds);
-  const date = Date.parse(value);
-  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
 }
 
 /** The address policy's refusal, wherever the fetch implementation wrapped it. */
