@@ -18,7 +18,6 @@ import { createStowageMetrics } from "../../src/metrics/stowage-metrics.ts";
 import type { Digest } from "../../src/registry/reference.ts";
 import type { StatFs } from "../../src/storage/disk-space.ts";
 import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
-import type { UpstreamClient } from "../../src/upstream/client.ts";
 import { UpstreamTokenCache } from "../../src/upstream/token-cache.ts";
 import { FakeRegistry, inPieces } from "../support/fake-registry.ts";
 import { startInProcessStowage } from "../support/in-process-stowage.ts";
@@ -26,6 +25,7 @@ import { attempt, expectOciError, sha256 } from "../support/oci.ts";
 import { blobPath, exists, metric, noUploadsLeft } from "../support/store-state.ts";
 import { sleep, waitFor } from "../support/wait.ts";
 import { kvKeys } from "../../src/kv/keys.ts";
+import { blobOnlyClient } from "../support/blob-client.ts";
 
 const MiB = 1024 * 1024;
 
@@ -147,19 +147,7 @@ async function cacheWithDisk(t: Test, upstreamUrl: string, statfs: StatFs, opts:
     diskReserveBytes: opts.reserve,
     ...(opts.checkEvery ? { diskCheckBytes: opts.checkEvery } : {}),
   });
-  // Only what a blob fetch uses of the upstream client.
-  const client = {
-    upstream: { name: "local" },
-    async blob(repo: string, digest: string, method: "GET" | "HEAD", _log: unknown, fromByte = 0) {
-      const aborter = new AbortController();
-      const response = await fetch(`${upstreamUrl}/v2/${repo}/blobs/${digest}`, {
-        method,
-        headers: fromByte > 0 ? { range: `bytes=${fromByte}-` } : {},
-        signal: aborter.signal,
-      });
-      return { response, abort: (reason?: unknown) => aborter.abort(reason) };
-    },
-  } as unknown as UpstreamClient;
+  const client = blobOnlyClient(upstreamUrl);
   const get = async (digest: Digest) => {
     const answer = await blobs.get({ client, repo: "app" }, digest, "GET", null, log);
     const parts: Buffer[] = [];

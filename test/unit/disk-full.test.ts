@@ -21,11 +21,11 @@ import { createStowageMetrics } from "../../src/metrics/stowage-metrics.ts";
 import type { Digest } from "../../src/registry/reference.ts";
 import type { StatFs } from "../../src/storage/disk-space.ts";
 import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
-import type { UpstreamClient } from "../../src/upstream/client.ts";
 import { FakeRegistry, inPieces } from "../support/fake-registry.ts";
 import { sha256 } from "../support/oci.ts";
 import { blobPath, exists } from "../support/store-state.ts";
 import { waitFor } from "../support/wait.ts";
+import { blobOnlyClient } from "../support/blob-client.ts";
 
 const MiB = 1024 * 1024;
 
@@ -81,18 +81,7 @@ async function cacheOnDisk(t: Test, upstreamUrl: string, opts: { capacity: numbe
     });
     t.teardown(() => schedule?.close());
   }
-  const client = {
-    upstream: { name: "local" },
-    async blob(repo: string, digest: string, method: "GET" | "HEAD", _log: unknown, fromByte = 0) {
-      const aborter = new AbortController();
-      const response = await fetch(`${upstreamUrl}/v2/${repo}/blobs/${digest}`, {
-        method,
-        headers: fromByte > 0 ? { range: `bytes=${fromByte}-` } : {},
-        signal: aborter.signal,
-      });
-      return { response, abort: (reason?: unknown) => aborter.abort(reason) };
-    },
-  } as unknown as UpstreamClient;
+  const client = blobOnlyClient(upstreamUrl);
   const get = async (digest: Digest) => {
     const answer = await blobs.get({ client, repo: "app" }, digest, "GET", null, log);
     const parts: Buffer[] = [];
