@@ -9,12 +9,11 @@ import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import { isIndexMediaType, type ManifestMediaType } from "../registry/media-types.ts";
 import { manifestRefs } from "../registry/manifest-refs.ts";
+import { MAX_MANIFEST_BYTES } from "../registry/manifest-shape.ts";
 import type { Digest } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
 import { readLimited } from "../util/streams.ts";
 
-/** Manifests are small; a stored one bigger than this is not read for a size. */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const REMEMBERED = 20_000;
 
 export type ImageSize = { bytes: number; platforms: number } | null;

@@ -1,13 +1,9 @@
-// What export and import share: reading small objects back from the store, hashing them, the
+// What export and import share: checking small objects against their digest, the
 // annotation that says which index children a bundle leaves out on purpose, and how the walks
 // name the parts of an image in what they report.
 import { formatPlatform, type Descriptor } from "../registry/manifest-refs.ts";
-import { digestAlgorithm, parseDigest, type Digest } from "../registry/reference.ts";
-import type { BlobStore } from "../storage/blob-store.ts";
-import { hex } from "../util/encoding.ts";
-
-/** Registries refuse manifests above 4 MiB; a bundle's manifests are held to the same. */
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+import { digestOfBytes } from "../digest/digest-bytes.ts";
+import { digestAlgorithm, type Digest } from "../registry/reference.ts";
 
 /**
  * On an image's index.json entry: the digests of index children (platforms) the exporting
@@ -16,25 +12,9 @@ export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
  */
 export const ABSENT_ANNOTATION = "dev.stowage.bundle.absent-manifests";
 
-/** The bytes of a small stored object when it has exactly `size` bytes; null when absent or of another size. */
-export async function readStoredBytes(store: BlobStore, digest: Digest, size: number): Promise<Uint8Array | null> {
-  if (size > MAX_MANIFEST_BYTES) return null;
-  const stream = await store.open(digest);
-  if (!stream) return null;
-  const bytes = new Uint8Array(await new Response(stream).arrayBuffer());
-  return bytes.byteLength === size ? bytes : null;
-}
-
 /** Whether `bytes` hash to `digest` (with the digest's own algorithm). */
 export async function bytesMatch(bytes: Uint8Array, digest: Digest): Promise<boolean> {
   return (await digestOfBytes(bytes, digestAlgorithm(digest))) === digest;
-}
-
-export async function digestOfBytes(bytes: Uint8Array, algorithm: "sha256" | "sha512"): Promise<Digest> {
-  const hash = await crypto.subtle.digest(algorithm === "sha256" ? "SHA-256" : "SHA-512", bytes as Uint8Array<ArrayBuffer>);
-  const digest = parseDigest(`${algorithm}:${hex(new Uint8Array(hash))}`);
-  if (!digest) throw new Error("computed digest failed to parse");
-  return digest;
 }
 
 export function errorText(err: unknown): string {

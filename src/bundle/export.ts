@@ -17,7 +17,8 @@ import type { BlobStore } from "../storage/blob-store.ts";
 import { fullImageRef, resolveImageRef } from "../upstream/target.ts";
 import type { Upstream } from "../upstream/upstream.ts";
 import { observedBody } from "../util/streams.ts";
-import { ABSENT_ANNOTATION, bytesMatch, describeBlob, describeChild, errorText, readStoredBytes } from "./common.ts";
+import { readStoredBytes } from "../storage/stored-bytes.ts";
+import { ABSENT_ANNOTATION, bytesMatch, describeBlob, describeChild, errorText } from "./common.ts";
 import { blobPath, digestOfBlobPath, indexJsonBytes, INDEX_FILE, OCI_LAYOUT_FILE, ociLayoutBytes, type LayoutImage } from "./layout.ts";
 import { readTar, tarWriter, type TarWriteEntry } from "./tar.ts";
 

@@ -9,7 +9,8 @@ import type { BlobStore, BlobUpload } from "../storage/blob-store.ts";
 import { BATCH_BYTES, BufferFiller, BufferPool } from "../util/buffers.ts";
 import { parseJsonBytes } from "../util/encoding.ts";
 import { observedBody } from "../util/streams.ts";
-import { errorText, MAX_MANIFEST_BYTES } from "./common.ts";
+import { MAX_MANIFEST_BYTES } from "../registry/manifest-shape.ts";
+import { errorText } from "./common.ts";
 import { digestOfBlobPath, INDEX_FILE, normalizeEntryName, OCI_LAYOUT_FILE } from "./layout.ts";
 import { readTar } from "./tar.ts";
 

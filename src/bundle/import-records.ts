@@ -18,7 +18,9 @@ import type { BlobStore } from "../storage/blob-store.ts";
 import { resolveImageRef } from "../upstream/target.ts";
 import type { Upstream } from "../upstream/upstream.ts";
 import { parseJsonBytes } from "../util/encoding.ts";
-import { ABSENT_ANNOTATION, bytesMatch, describeBlob, describeChild, errorText, MAX_MANIFEST_BYTES, readStoredBytes } from "./common.ts";
+import { MAX_MANIFEST_BYTES } from "../registry/manifest-shape.ts";
+import { readStoredBytes } from "../storage/stored-bytes.ts";
+import { ABSENT_ANNOTATION, bytesMatch, describeBlob, describeChild, errorText } from "./common.ts";
 import type { BundleContents } from "./import-blobs.ts";
 import { LayoutError, parseIndexJson, type LayoutImage } from "./layout.ts";
 

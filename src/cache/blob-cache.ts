@@ -30,15 +30,16 @@ export type BlobAnswer = {
   stored: Promise<boolean> | null;
 };
 
+/** A download from upstream in progress, as the operator page lists it. */
+export type BlobDownload = { digest: Digest; upstream: string; repo: string; bytes: number; size: number | null; startedAt: number };
+
 /**
  * Blobs: served from the store when cached, otherwise fetched from upstream
  * once (single flight per digest) and streamed to every client asking.
  */
-export type BlobDownload = { digest: Digest; upstream: string; repo: string; bytes: number; size: number | null; startedAt: number };
 
 export class BlobCache {
   private readonly inflight = new Map<Digest, BlobFetch>();
-  private readonly started = new Map<BlobFetch, number>();
   /** Clients streaming a blob from the store now, by digest (the collector leaves these alone). */
   private readonly reading = new Map<Digest, number>();
 
@@ -56,7 +57,7 @@ export class BlobCache {
       repo: f.source.repo,
       bytes: f.received,
       size: f.size,
-      startedAt: this.started.get(f) ?? 0,
+      startedAt: f.startedAt,
     })).sort((a, b) => a.startedAt - b.startedAt);
   }
 
@@ -181,10 +182,8 @@ export class BlobCache {
   private startFetch(source: FetchSource, digest: Digest, opts: { evenIfStored: boolean }, log: Logger): BlobFetch {
     const fetch = new BlobFetch(digest, source, this.deps, log, opts);
     this.inflight.set(digest, fetch);
-    this.started.set(fetch, Date.now());
     this.deps.metrics.inflight.set({}, this.inflight.size);
     fetch.settled.then(() => {
-      this.started.delete(fetch);
       if (this.inflight.get(digest) === fetch) this.inflight.delete(digest);
       this.deps.metrics.inflight.set({}, this.inflight.size);
     });

@@ -91,6 +91,8 @@ export class BlobFetch {
   size: number | null = null;
   /** Bytes received from upstream and offered to followers (from memory while recent). */
   received = 0;
+  /** When the fetch began, ms since epoch (its log line's duration; the operator page's list). */
+  readonly startedAt = Date.now();
   /** Bytes through the store stage, in order: in the store upload, or passed over once spooling stopped. */
   written = 0;
   /** What the fetch failed with; null unless it failed. */
@@ -192,7 +194,6 @@ export class BlobFetch {
   }
 
   private async run(): Promise<void> {
-    const started = Date.now();
     try {
       const { leases, kv, metrics } = this.deps;
       const claim = await leases.acquireUnlessStored(
@@ -215,7 +216,7 @@ export class BlobFetch {
       await this.connect();
       await this.download();
       await this.verify();
-      await this.keep(started);
+      await this.keep();
     } catch (err) {
       await this.fail(err);
     } finally {
@@ -312,7 +313,7 @@ export class BlobFetch {
   }
 
   /** verified -> committed (in the store, recorded in KV), or uncached when the store could not keep it. */
-  private async keep(started: number): Promise<void> {
+  private async keep(): Promise<void> {
     const { client, repo } = this.source;
     const about = { digest: this.digest, upstream: client.upstream.name, repo, bytes: this.size };
     if (this.room.stoppedAt !== null || !this.upload) {
@@ -343,7 +344,7 @@ export class BlobFetch {
     this.state = "committed";
     this.deps.metrics.blobsCommitted.inc();
     this.window.clear();
-    this.log.info("blob cached", { ...about, ms: Date.now() - started });
+    this.log.info("blob cached", { ...about, ms: Date.now() - this.startedAt });
   }
 
   /** -> failed: every follower's response breaks, nothing is kept. */

@@ -2,13 +2,14 @@ import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
-import { bytesPreview, manifestShapeProblem } from "../registry/manifest-shape.ts";
+import { digestOfBytes } from "../digest/digest-bytes.ts";
+import { bytesPreview, MAX_MANIFEST_BYTES, manifestShapeProblem } from "../registry/manifest-shape.ts";
 import { detectManifestMediaType, type ManifestMediaType } from "../registry/media-types.ts";
 import { digestAlgorithm, parseDigest, type Digest, type Reference } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
+import { readStoredBytes } from "../storage/stored-bytes.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import { waitAtMost } from "../util/deadline.ts";
-import { hex } from "../util/encoding.ts";
 import { readLimited } from "../util/streams.ts";
 import type { FetchSource } from "./fetch-source.ts";
 import { ManifestBytesLru } from "./manifest-bytes.ts";
@@ -18,8 +19,6 @@ import { SingleFlight } from "./single-flight.ts";
 import { storeFailed } from "./store-failure.ts";
 import type { UsageRecorder } from "./usage.ts";
 
-/** Registries refuse manifests above 4 MiB; so do we, rather than buffer without bound. */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 /** How long a client's manifest waits for the store to keep it (a healthy store takes milliseconds). */
 const STORE_WAIT_MS = 2_000;
 
@@ -165,7 +164,7 @@ export class ManifestCache {
       throw new UnusableUpstreamReply(mediaType ? `${problem} (a manifest sent as ${mediaType})` : `${problem} (content type ${shownType})`);
     }
     const requested = parseDigest(reference);
-    const digest = await digestOf(bytes, requested ? digestAlgorithm(requested) : "sha256");
+    const digest = await digestOfBytes(bytes, requested ? digestAlgorithm(requested) : "sha256");
     if (requested && digest !== requested) {
       throw new UnusableUpstreamReply(`the manifest sent for ${requested} hashes to ${digest}`);
     }
@@ -226,14 +225,14 @@ export class ManifestCache {
     let bytes = this.lru.get(digest);
     if (!bytes) {
       try {
-        const stream = await store.open(digest);
-        if (!stream) return null; // record without bytes: the store lost them; fetch again
-        bytes = new Uint8Array(await new Response(stream).arrayBuffer());
+        // Null: the store lost them, or holds something of another size; fetch again.
+        const stored = await readStoredBytes(store, digest, record.size);
+        if (!stored) return null;
+        bytes = stored;
       } catch (err) {
         storeFailed(this.deps.metrics, log, "read", "the store failed to read a cached manifest; asking upstream", { digest, error: err });
         return null;
       }
-      if (bytes.byteLength !== record.size) return null;
       // Kept by a version that did not check shapes: fetch it again rather than serve an HTML page as a manifest.
       const problem = manifestShapeProblem(bytes, record.mediaType);
       if (problem) {
@@ -262,9 +261,3 @@ function answerOf(c: Cached): Omit<ManifestAnswer, "source"> {
   return { digest: c.digest, mediaType: c.record.mediaType, size: c.record.size, bytes: c.bytes };
 }
 
-async function digestOf(bytes: Uint8Array<ArrayBuffer>, algorithm: "sha256" | "sha512"): Promise<Digest> {
-  const hash = await crypto.subtle.digest(algorithm === "sha256" ? "SHA-256" : "SHA-512", bytes);
-  const digest = parseDigest(`${algorithm}:${hex(new Uint8Array(hash))}`);
-  if (!digest) throw new Error("computed digest failed to parse");
-  return digest;
-}

@@ -12,11 +12,12 @@ import {
   referrersOf,
   referrersTagFor,
 } from "../registry/referrers.ts";
+import { digestOfBytes } from "../digest/digest-bytes.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
+import { readStoredBytes } from "../storage/stored-bytes.ts";
 import type { UpstreamClient, UpstreamReply } from "../upstream/client.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import { waitAtMost } from "../util/deadline.ts";
-import { hex } from "../util/encoding.ts";
 import { readLimited } from "../util/streams.ts";
 import type { FetchSource } from "./fetch-source.ts";
 import { ReferrersRecord } from "./records.ts";
@@ -191,10 +192,8 @@ export async function recordReferrers(
 async function readStored(deps: { kv: TypedKv; store: BlobStore }, key: KvKey): Promise<Stored | null> {
   const record = await deps.kv.read(key, ReferrersRecord);
   if (!record) return null;
-  const stream = await deps.store.open(record.digest);
-  if (!stream) return null;
-  const bytes = new Uint8Array(await new Response(stream).arrayBuffer());
-  if (bytes.byteLength !== record.size) return null;
+  const bytes = await readStoredBytes(deps.store, record.digest, record.size);
+  if (!bytes) return null;
   const list = referrersOf(bytes);
   return list ? { record, list } : null;
 }
@@ -206,8 +205,7 @@ async function writeStored(deps: { kv: TypedKv; store: BlobStore }, key: KvKey, 
 /** Puts the list's index bytes in the store under their sha256; the record that names them. */
 async function storeList(store: BlobStore, list: readonly ReferrerDescriptor[], now: number): Promise<ReferrersRecord> {
   const bytes = referrersIndex(list);
-  const digest = parseDigest(`sha256:${hex(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)))}`);
-  if (!digest) throw new Error("computed digest failed to parse");
+  const digest = await digestOfBytes(bytes);
   await store.put(digest, bytes);
   return { digest, size: bytes.byteLength, checkedAt: now };
 }

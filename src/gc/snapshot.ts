@@ -5,12 +5,12 @@ import { BlobRecord, LeaseRecord, LinkRecord, ManifestRecord, ReferrersRecord, T
 import { kvKeys } from "../kv/keys.ts";
 import type { KvKey, TypedKv } from "../kv/kv.ts";
 import { manifestRefs } from "../registry/manifest-refs.ts";
+import { MAX_MANIFEST_BYTES } from "../registry/manifest-shape.ts";
 import type { ManifestMediaType } from "../registry/media-types.ts";
 import { parseDigest, type Digest } from "../registry/reference.ts";
 import type { BlobStore, StoredObject } from "../storage/blob-store.ts";
 
 /** Manifests larger than this are not read for their references (registries refuse them anyway). */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 export type TagEntry = { id: string; upstream: string; repo: string; tag: string; record: TagRecord };
 export type ManifestEntry = {

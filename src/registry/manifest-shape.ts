@@ -7,6 +7,9 @@ import { isIndexMediaType, type ManifestMediaType } from "./media-types.ts";
 import { parseDigest } from "./reference.ts";
 import { parseJsonBytes } from "../util/encoding.ts";
 
+/** Registries refuse manifests above 4 MiB; so does Stowage, wherever it reads one into memory. */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
 // OCI image spec, "Digests": algorithm components joined by + . _ -, then the encoded part.
 const DIGEST_GRAMMAR = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
