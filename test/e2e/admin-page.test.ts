@@ -10,7 +10,7 @@ import { createConnection, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
-import { makeTempDir, PROJECT_ROOT } from "../harness/processes.ts";
+import { makeTempDir, PROJECT_ROOT, using } from "../harness/processes.ts";
 import { startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { startStowage } from "../harness/stowage.ts";
@@ -21,12 +21,6 @@ const ARTIFACTS = join(PROJECT_ROOT, "test", "artifacts");
 type Stowage = Awaited<ReturnType<typeof startStowage>>;
 
 const hostOf = (url: string) => new URL(url).host;
-
-async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
-  const resource = await start;
-  tt.teardown(() => resource.stop());
-  return resource;
-}
 
 /** skopeo copy --all through Stowage into a fresh dir; throws with skopeo's stderr. */
 async function pull(stowage: Stowage, ref: string, scratch: string): Promise<void> {

@@ -9,9 +9,9 @@ import { execFile } from "node:child_process";
 import { createServer, type Socket } from "node:net";
 import { copyFile, readdir, readFile, stat, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage, testImage } from "../harness/images.ts";
 import { startContainerd } from "../harness/containerd.ts";
-import { makeTempDir } from "../harness/processes.ts";
+import { makeTempDir, using } from "../harness/processes.ts";
 import { startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "../harness/rgw.ts";
@@ -24,19 +24,8 @@ let images: TestImage[] = [];
 let registry: Awaited<ReturnType<typeof startRegistry>>;
 let scratch = "";
 
-const image = (name: string): TestImage => {
-  const found = images.find((i) => i.repo === `stowage-test/${name}`);
-  if (!found) throw new Error(`no test image ${name}`);
-  return found;
-};
+const image = (name: string): TestImage => testImage(images, name);
 const hostOf = (url: string) => new URL(url).host;
-
-/** Starts a resource and registers its stop at once, so a later failure in the test cannot leak it. */
-async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
-  const resource = await start;
-  tt.teardown(() => resource.stop());
-  return resource;
-}
 
 /** Listens where the upstream was and counts every connection attempt (and refuses it). */
 async function connectionCounter(port: number): Promise<{ count(): number; stop(): Promise<void> }> {

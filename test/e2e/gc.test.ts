@@ -9,8 +9,8 @@ import { ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { createHash, randomBytes } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
-import { makeTempDir, PROJECT_ROOT, spawnTracked } from "../harness/processes.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage, testImage } from "../harness/images.ts";
+import { makeTempDir, PROJECT_ROOT, spawnTracked, using } from "../harness/processes.ts";
 import { startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "../harness/rgw.ts";
@@ -24,19 +24,9 @@ let images: TestImage[] = [];
 let registry: Awaited<ReturnType<typeof startRegistry>>;
 let scratch = "";
 
-const image = (name: string): TestImage => {
-  const found = images.find((i) => i.repo === `stowage-test/${name}`);
-  if (!found) throw new Error(`no test image ${name}`);
-  return found;
-};
+const image = (name: string): TestImage => testImage(images, name);
 const hostOf = (url: string) => new URL(url).host;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
-  const resource = await start;
-  tt.teardown(() => resource.stop());
-  return resource;
-}
 
 /** skopeo copy --all through Stowage into a dir: layout, checked digest by digest; true when all is exact. */
 async function pullAndCheck(tt: Test, stowage: { url: string }, ref: string, img: TestImage, quiet = false): Promise<boolean> {

@@ -4,9 +4,9 @@
 import t, { type Test } from "tap";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../harness/images.ts";
+import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage, testImage } from "../harness/images.ts";
 import { startContainerd } from "../harness/containerd.ts";
-import { makeTempDir } from "../harness/processes.ts";
+import { makeTempDir, using } from "../harness/processes.ts";
 import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { startStowage } from "../harness/stowage.ts";
@@ -19,14 +19,9 @@ let images: TestImage[] = [];
 let registry: Registry;
 let scratch = "";
 
-const image = (name: string): TestImage => {
-  const found = images.find((i) => i.repo === `stowage-test/${name}`);
-  if (!found) throw new Error(`no test image ${name}`);
-  return found;
-};
+const image = (name: string): TestImage => testImage(images, name);
 const hostOf = (url: string) => new URL(url).host;
 const blobGets = (requests: RecordedRequest[]) => requests.filter((r) => r.method === "GET" && r.path.includes("/blobs/"));
-
 
 /** skopeo copy --all through Stowage into a dir: layout; returns the dir. Throws with skopeo's stderr. */
 async function copyThrough(stowage: Stowage, ref: string, label: string): Promise<string> {
@@ -71,13 +66,6 @@ async function storeIsVerified(tt: Test, dataDir: string): Promise<string[]> {
     }
   }
   return found;
-}
-
-/** Starts a resource and registers its stop at once, so a later failure in the test cannot leak it. */
-async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
-  const resource = await start;
-  tt.teardown(() => resource.stop());
-  return resource;
 }
 
 t.before(async () => {

@@ -3,10 +3,10 @@
 // pushed as a client pushes to such a registry (the artifact, then the referrers index under
 // the tag sha256-<hex>). Stowage finds the artifact through the tag schema; then, with the
 // upstream stopped and --offline, the same Stowage data serves the cached answer.
-import t, { type Test } from "tap";
+import t from "tap";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { makeTempDir } from "../harness/processes.ts";
+import { makeTempDir, using } from "../harness/processes.ts";
 import { startRegistry } from "../harness/registry.ts";
 import { runStowage, startStowage } from "../harness/stowage.ts";
 
@@ -35,12 +35,6 @@ async function pushManifest(registry: string, reference: string, bytes: Buffer, 
   const res = await fetch(`${registry}/v2/${REPO}/manifests/${reference}`, { method: "PUT", body: new Uint8Array(bytes), headers: { "content-type": mediaType } });
   if (res.status !== 201) throw new Error(`manifest push of ${reference} answered ${res.status}: ${await res.text()}`);
   return { mediaType, digest: sha256(bytes), size: bytes.length };
-}
-
-async function using<T extends { stop(opts?: { keepData?: boolean }): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
-  const resource = await start;
-  tt.teardown(() => resource.stop());
-  return resource;
 }
 
 /** An image with two artifacts attached (a signature and an SBOM), as a pushing client leaves them on distribution 2.8. */

@@ -12,7 +12,7 @@ import { startHttpFaultProxy } from "./http-fault-proxy.ts";
 import { startTcpGate } from "./tcp-gate.ts";
 import { blobStoreContract } from "../support/blob-store-contract.ts";
 import { startContainerd } from "../harness/containerd.ts";
-import { makeTempDir } from "../harness/processes.ts";
+import { makeTempDir, using } from "../harness/processes.ts";
 import { type RecordedRequest, startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { startStowage } from "../harness/stowage.ts";
@@ -54,11 +54,6 @@ async function main(): Promise<void> {
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
     return keys;
-  }
-  async function using<T extends { stop(): Promise<void> }>(tt: Test, start: Promise<T>): Promise<T> {
-    const r = await start;
-    tt.teardown(() => r.stop());
-    return r;
   }
   /** Commits finish after the client has its last byte, so bucket contents are polled (10 s at most). */
   async function eventually<T>(probe: () => Promise<T>, done: (v: T) => boolean): Promise<T> {

@@ -372,6 +372,13 @@ export async function buildTestImages(cacheDir: string): Promise<TestImage[]> {
   return images;
 }
 
+/** The test image stowage-test/NAME among `images`. */
+export function testImage(images: readonly TestImage[], name: string): TestImage {
+  const found = images.find((i) => i.repo === `${REPO_PREFIX}/${name}`);
+  if (!found) throw new Error(`no test image ${name}`);
+  return found;
+}
+
 async function buildBigImage(cacheDir: string): Promise<TestImage> {
   const name = "big-layer";
   const dir = join(cacheDir, name);

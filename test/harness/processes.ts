@@ -245,3 +245,10 @@ export async function freePort(): Promise<number> {
     });
   });
 }
+
+/** Starts a resource and registers its stop at once, so a later failure in the test cannot leak it. */
+export async function using<T extends { stop(): Promise<void> }>(t: { teardown(fn: () => unknown): void }, start: Promise<T>): Promise<T> {
+  const resource = await start;
+  t.teardown(() => resource.stop());
+  return resource;
+}
