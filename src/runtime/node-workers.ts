@@ -1,0 +1,94 @@
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import type { WorkerPort } from "./runtime.ts";
+
+/** The part of esbuild's API used here. */
+type Esbuild = {
+  transform(input: string, options: { loader: "ts"; format: "esm"; target: string; sourcefile: string }): Promise<{ code: string }>;
+  stop(): Promise<void>;
+};
+
+/** Each worker module as plain JavaScript in a data: URL (the workers import only node: builtins). */
+const workerModules = new Map<string, Promise<URL>>();
+
+/**
+ * Put before each worker module: gives it the scope of a Web Worker (as on Deno), postMessage
+ * and onmessage on globalThis, over node:worker_threads. One line, so line numbers stay right.
+ */
+const WEB_WORKER_SCOPE =
+  `import { parentPort as stowageParentPort } from "node:worker_threads";` +
+  `globalThis.postMessage = (message, transfer) => stowageParentPort.postMessage(message, transfer ?? []);` +
+  `stowageParentPort.on("message", (data) => globalThis.onmessage?.({ data }));`;
+
+/**
+ * Node 20 cannot strip TypeScript types itself. Instead of registering tsx in every worker (a
+ * module-hooks thread, tsx and esbuild per worker: ≈20 MiB each), strip the types of the worker
+ * module once, here, with the esbuild that tsx depends on, and stop esbuild's helper process again.
+ * The async API: the sync one would leave a thread behind, and a defunct process once stopped.
+ */
+function workerModule(script: URL): Promise<URL> {
+  let url = workerModules.get(script.href);
+  if (!url) {
+    url = (async () => {
+      // Resolved through tsx, whose dependency it is, so that it is found whatever the node_modules layout.
+      const esbuild = createRequire(createRequire(import.meta.url).resolve("tsx/package.json"))("esbuild") as Esbuild;
+      try {
+        const { code } = await esbuild.transform(await readFile(script, "utf8"), {
+          loader: "ts",
+          format: "esm",
+          target: `node${process.versions.node}`,
+          sourcefile: fileURLToPath(script),
+        });
+        return new URL(`data:text/javascript,${encodeURIComponent(`${WEB_WORKER_SCOPE}${code}//# sourceURL=${script.href}\n`)}`);
+      } finally {
+        await esbuild.stop();
+      }
+    })();
+    workerModules.set(script.href, url);
+  }
+  return url;
+}
+
+/**
+ * Starts the worker as soon as its JavaScript is ready; messages posted before then wait, in order
+ * (transferred buffers stay ours until they are actually posted).
+ */
+export function spawnTsWorker(script: URL): WorkerPort {
+  let worker: Worker | null = null;
+  let terminated = false;
+  const queued: Array<[unknown, ArrayBuffer[] | undefined]> = [];
+  const onMessage: Array<(data: unknown) => void> = [];
+  const onFailure: Array<(err: Error) => void> = [];
+  const fail = (err: Error) => onFailure.forEach((fn) => fn(err));
+  workerModule(script).then(
+    (url) => {
+      if (terminated) return;
+      const w = new Worker(url, {
+        // None of this process's flags: `--import tsx` (how the tests and `npm start` run Stowage)
+        // would register tsx again in the worker, and V8 flags are refused in a worker's execArgv.
+        execArgv: [],
+        // The digest worker keeps next to nothing on its heap (blob bytes arrive in transferred buffers).
+        resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 32 },
+      });
+      w.on("message", (data) => onMessage.forEach((fn) => fn(data)));
+      w.on("error", (err) => fail(err instanceof Error ? err : new Error(String(err))));
+      w.on("exit", (code) => fail(new Error(`worker exited with code ${code}`)));
+      worker = w;
+      for (const [message, transfer] of queued.splice(0)) w.postMessage(message, transfer);
+    },
+    (err) => fail(new Error(`cannot prepare worker ${script.href}: ${err instanceof Error ? err.message : String(err)}`)),
+  );
+  return {
+    post: (message, transfer) => (worker ? worker.postMessage(message, transfer) : void queued.push([message, transfer])),
+    onMessage: (fn) => void onMessage.push(fn),
+    onFailure: (fn) => void onFailure.push(fn),
+    terminate: async () => {
+      terminated = true;
+      queued.length = 0;
+      if (worker) await worker.terminate();
+    },
+  };
+}
+
