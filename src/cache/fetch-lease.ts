@@ -1,9 +1,9 @@
-import { kvKeys, type LeaseKey } from "../kv/keys.ts";
+import { kvKeys } from "../kv/keys.ts";
 import type { TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { Digest } from "../registry/reference.ts";
 import { sleep } from "../util/deadline.ts";
-import { LeaseRecord } from "./records.ts";
+import { KvLease } from "./kv-lease.ts";
 
 /** How long a lease lasts without renewal: a crashed holder delays the others at most this long. */
 export const LEASE_TTL_MS = 15_000;
@@ -49,65 +49,17 @@ export class FetchLeases {
   }
 
   /** Takes the lease on `digest`, or returns null while another instance holds a live one. */
-  async tryAcquire(digest: Digest, log: Logger): Promise<HeldLease | null> {
-    const key = kvKeys.lease(digest);
-    const current = await this.kv.readVersioned(key, LeaseRecord);
-    if (current.value && current.value.owner !== this.owner && current.value.expiresAt > Date.now()) return null;
-    const versionstamp = await this.put(key, current.versionstamp);
-    // Another instance took it between our read and write.
-    if (versionstamp === null) return null;
-    return new HeldLease(this, digest, versionstamp, log);
-  }
-
-  /** Compare-and-set of the lease record; the new versionstamp, or null if the record changed meanwhile. */
-  async put(key: LeaseKey, expected: string | null): Promise<string | null> {
-    const expiresAt = Date.now() + this.ttlMs;
-    return this.kv.writeIfUnchanged(key, expected, { owner: this.owner, expiresAt } satisfies LeaseRecord, this.ttlMs * 4);
-  }
-
-  async remove(key: LeaseKey, expected: string): Promise<void> {
-    await this.kv.removeIfUnchanged(key, expected);
-  }
-
-  get renewEveryMs(): number {
-    return Math.floor(this.ttlMs / 3);
+  tryAcquire(digest: Digest, log: Logger): Promise<HeldLease | null> {
+    return KvLease.take(this.kv, kvKeys.lease(digest), this.owner, {
+      ttlMs: this.ttlMs,
+      log,
+      // Our renewals were late (a stalled process): another instance may now fetch too.
+      // Both copies are verified and identical, so the store still ends with one good object.
+      lostMessage: "lost the fetch lease to another instance; both may download this blob",
+      context: { digest },
+    });
   }
 }
 
 /** A lease this instance holds; renews itself until released. */
-export class HeldLease {
-  private readonly timer: ReturnType<typeof setInterval>;
-  private released = false;
-
-  constructor(
-    private readonly leases: FetchLeases,
-    private readonly digest: Digest,
-    private versionstamp: string,
-    log: Logger,
-  ) {
-    this.timer = setInterval(() => {
-      leases.put(kvKeys.lease(digest), this.versionstamp).then(
-        (next) => {
-          if (next !== null) this.versionstamp = next;
-          else if (!this.released) {
-            // Our renewals were late (a stalled process): another instance may now fetch too.
-            // Both copies are verified and identical, so the store still ends with one good object.
-            log.warn("lost the fetch lease to another instance; both may download this blob", { digest });
-            clearInterval(this.timer);
-          }
-        },
-        (err) => log.warn("could not renew the fetch lease in KV", { digest, error: err }),
-      );
-    }, leases.renewEveryMs);
-    // A lease must not keep a stopping process alive.
-    (this.timer as { unref?: () => void }).unref?.();
-  }
-
-  /** Ends the lease so that waiting instances look at the store at once. */
-  async release(): Promise<void> {
-    if (this.released) return;
-    this.released = true;
-    clearInterval(this.timer);
-    await this.leases.remove(kvKeys.lease(this.digest), this.versionstamp).catch(() => {});
-  }
-}
+export type HeldLease = KvLease;

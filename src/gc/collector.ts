@@ -7,12 +7,12 @@
  */
 import { BlobRecord, LeaseRecord, ManifestRecord, ReferrersRecord, TagRecord } from "../cache/records.ts";
 import { kvKeys } from "../kv/keys.ts";
-import type { TypedKv } from "../kv/kv.ts";
+import type { KvKey, TypedKv } from "../kv/kv.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { parseDigest, type Digest } from "../registry/reference.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
-import { GcLease } from "./gc-lease.ts";
+import { GcLease, GcLeaseLost } from "./gc-lease.ts";
 import { plan, type Plan } from "./plan.ts";
 import type { PurgeSelector } from "./selectors.ts";
 import { RefsCache, takeSnapshot, type Snapshot } from "./snapshot.ts";
@@ -60,6 +60,10 @@ export type CollectorDeps = {
   upstreams?: ReadonlyArray<{ name: string; host: string }>;
   /** Content written more recently than this is never collected; default DEFAULT_GRACE_MS. */
   graceMs?: number;
+  /** The collector lease's TTL (tests); default GC_LEASE_TTL_MS. */
+  leaseTtlMs?: number;
+  /** The clock of this process's lease deadline (tests simulate a stall with it); default performance.now. */
+  monotonic?: () => number;
 };
 
 /** Long enough for a pull that has stored a manifest to store its tag and start its blobs. */
@@ -88,7 +92,7 @@ export class Collector {
     // One collection per process at a time (the schedule and a full disk may ask together).
     if (this.running) return notRun;
     this.running = true;
-    const lease = new GcLease(this.deps.kv, this.deps.owner, this.now, this.deps.log);
+    const lease = new GcLease(this.deps.kv, this.deps.owner, this.now, this.deps.log, this.deps.leaseTtlMs, this.deps.monotonic);
     try {
       // A dry run changes nothing, so it needs no lease (and may look while another instance collects).
       if (!options.dryRun && !(await lease.acquire())) {
@@ -142,34 +146,37 @@ export class Collector {
   private async apply(p: Plan, snap: Snapshot, lease: GcLease): Promise<Done> {
     const { kv, store } = this.deps;
     const done: Done = { tags: new Set(), manifests: new Set(), blobs: new Set(), objects: new Set() };
+    // The lease is checked right before each removal is sent: a collector that stalled or could
+    // not renew stops there, before another instance may take over.
+    const remove = (key: KvKey) => (lease.check(), kv.remove(key));
     // Usage records are removed with what they describe, where there is one (most content is never pulled twice).
     await each(p.tags, lease, async ([id, { entry, reason }]) => {
       const key = kvKeys.tag(entry.upstream, entry.repo, entry.tag);
       // Pulled and revalidated since the snapshot: it is in use after all (a purge removes it anyway).
       const now = await kv.read(key, TagRecord);
       if (reason !== "purge" && now && now.checkedAt !== entry.record.checkedAt) return;
-      await kv.remove(key);
-      if (snap.usage.tags.has(id)) await kv.remove(kvKeys.usageTag(entry.upstream, entry.repo, entry.tag));
+      await remove(key);
       done.tags.add(id);
+      if (snap.usage.tags.has(id)) await remove(kvKeys.usageTag(entry.upstream, entry.repo, entry.tag));
     });
-    await each(p.referrers.values(), lease, ({ entry }) => kv.remove(kvKeys.referrers(entry.upstream, entry.repo, entry.subject)));
+    await each(p.referrers.values(), lease, ({ entry }) => remove(kvKeys.referrers(entry.upstream, entry.repo, entry.subject)));
     await each(p.manifests, lease, async ([id, { entry, reason }]) => {
       if (reason === "missing" && (await store.stat(entry.digest)) !== null) return;
-      await kv.remove(kvKeys.manifest(entry.upstream, entry.repo, entry.digest));
-      if (snap.usage.manifests.has(id)) await kv.remove(kvKeys.usageManifest(entry.upstream, entry.repo, entry.digest));
+      await remove(kvKeys.manifest(entry.upstream, entry.repo, entry.digest));
       done.manifests.add(id);
+      if (snap.usage.manifests.has(id)) await remove(kvKeys.usageManifest(entry.upstream, entry.repo, entry.digest));
     });
-    await each(p.links.values(), lease, (l) => kv.remove(kvKeys.link(l.upstream, l.repo, l.digest)));
+    await each(p.links.values(), lease, (l) => remove(kvKeys.link(l.upstream, l.repo, l.digest)));
     await each(p.blobs, lease, async ([digest, { reason }]) => {
       if (reason === "missing" ? (await store.stat(digest)) !== null : await this.inUse(digest)) return;
-      await kv.remove(kvKeys.blob(digest));
-      if (snap.usage.blobs.has(digest)) await kv.remove(kvKeys.usageBlob(digest));
+      await remove(kvKeys.blob(digest));
       done.blobs.add(digest);
+      if (snap.usage.blobs.has(digest)) await remove(kvKeys.usageBlob(digest));
     });
     await each(p.usage, lease, (u) => {
-      if (u.kind === "blob") return kv.remove(kvKeys.usageBlob(u.digest));
+      if (u.kind === "blob") return remove(kvKeys.usageBlob(u.digest));
       const [upstream, repo, name] = u.id.split("\n") as [string, string, string];
-      return kv.remove(u.kind === "tag" ? kvKeys.usageTag(upstream, repo, name) : kvKeys.usageManifest(upstream, repo, name as Digest));
+      return remove(u.kind === "tag" ? kvKeys.usageTag(upstream, repo, name) : kvKeys.usageManifest(upstream, repo, name as Digest));
     });
     if (p.objects.size === 0 || !lease.held) return done;
     // Named again since the snapshot (a pull stored the same manifest, or fetched the blob anew): keep.
@@ -181,6 +188,7 @@ export class Collector {
     for await (const { value } of kv.list(["referrers"], ReferrersRecord)) named.add(value.digest);
     await each(p.objects.keys(), lease, async (digest) => {
       if (named.has(digest) || (await kv.read(kvKeys.blob(digest), BlobRecord)) || (await this.inUse(digest))) return;
+      lease.check();
       await store.delete(digest);
       done.objects.add(digest);
     });
@@ -221,11 +229,15 @@ export class Collector {
 /** Removals in flight at once: a remote KV or S3 answers in milliseconds each, one by one would take hours on a large cache. */
 const REMOVAL_CONCURRENCY = 16;
 
-/** Runs `fn` on every item, a few at a time, stopping once the lease is lost. */
+/** Runs `fn` on every item, a few at a time, stopping once the lease is lost (what was done stays in the report). */
 async function each<T>(items: Iterable<T>, lease: GcLease, fn: (item: T) => Promise<unknown>): Promise<void> {
   const it = items[Symbol.iterator]();
   const worker = async () => {
-    for (let next = it.next(); !next.done && lease.held; next = it.next()) await fn(next.value);
+    try {
+      for (let next = it.next(); !next.done && lease.held; next = it.next()) await fn(next.value);
+    } catch (err) {
+      if (!(err instanceof GcLeaseLost)) throw err;
+    }
   };
   await Promise.all(Array.from({ length: REMOVAL_CONCURRENCY }, worker));
 }

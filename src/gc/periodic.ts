@@ -9,6 +9,7 @@
 import { formatBytes } from "../cache/blob-bounds.ts";
 import type { Logger } from "../log.ts";
 import type { CollectOptions, CollectReport } from "./collector.ts";
+import { GC_LEASE_TTL_MS } from "./gc-lease.ts";
 
 export type CollectorScheduleDeps = {
   collector: { run(options: CollectOptions): Promise<CollectReport> };
@@ -25,14 +26,14 @@ export type CollectorScheduleDeps = {
   reserveBytes: number;
   /** Free bytes on the store's disk; null when they cannot be told. */
   freeSpace: () => Promise<number | null>;
-  /** When the start-up sweep found the lease held, how long until it tries again; default 30 s. */
+  /** When the start-up sweep found the lease held, how long until it tries again; default SWEEP_RETRY_MS. */
   sweepRetryMs?: number;
 };
 
 const FIRST_RUN_DELAY_MS = 60_000;
-// A collector killed in the middle holds its lease until it expires (a minute): the sweep that
-// clears what it left must come after that, even with no periodic runs.
-const SWEEP_RETRY_MS = 30_000;
+// A collector killed in the middle holds its lease until it expires (GC_LEASE_TTL_MS): the sweep
+// that clears what it left must come soon after that, even with no periodic runs.
+const SWEEP_RETRY_MS = Math.ceil(GC_LEASE_TTL_MS / 3);
 
 export class CollectorSchedule {
   private timer: ReturnType<typeof setTimeout> | null = null;
