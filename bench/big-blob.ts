@@ -71,7 +71,7 @@ export async function ensureBigBlob(cacheDir: string): Promise<BigBlob> {
 
 /** Monolithic blob upload: POST for an upload URL, then one PUT ?digest= with the whole body. */
 async function pushBlob(registryUrl: string, repo: string, digest: string, size: number, body: () => NodeJS.ReadableStream): Promise<void> {
-  const start = await fetch(`${registryUrl}/v2/${repo}/blobs/uploads/`, { method: "POST" });
+  const start = await fetch(`${registryUrl}/v2/${repo}/blobs/uploads/`, { method: "POST", signal: AbortSignal.timeout(30_000) });
   await start.body?.cancel();
   const location = start.headers.get("location");
   if (start.status !== 202 || !location) throw new Error(`POST blob upload to ${repo}: ${start.status}`);
@@ -82,6 +82,8 @@ async function pushBlob(registryUrl: string, repo: string, digest: string, size:
       res.resume();
       res.on("end", () => resolve(res.statusCode ?? 0));
     });
+    // No progress for a minute means the upstream is stuck: fail rather than wait forever.
+    req.setTimeout(60_000, () => req.destroy(new Error(`PUT blob ${digest}: no progress for 60 s`)));
     req.on("error", reject);
     body().pipe(req);
   });
@@ -109,6 +111,7 @@ export async function pushBigBlobImage(registryUrl: string, blob: BigBlob): Prom
     method: "PUT",
     headers: { "content-type": MEDIA_TYPES.ociManifest },
     body: manifest,
+    signal: AbortSignal.timeout(30_000),
   });
   await res.body?.cancel();
   if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${tag}: ${res.status}`);

@@ -63,6 +63,8 @@ export async function startFaultProxy(targetUrl: string, cut: { path: string; cu
       upRes.on("end", () => res.end());
       upRes.on("error", () => res.destroy());
     });
+    // A stuck upstream must not hold the bench: no bytes for 5 minutes ends the request.
+    upReq.setTimeout(300_000, () => upReq.destroy(new Error("no answer from the upstream for 300 s")));
     upReq.on("error", (err) => {
       if (res.headersSent) return void res.destroy();
       res.writeHead(502, { "content-type": "text/plain" }).end(`fault proxy: upstream unreachable: ${err.message}`);

@@ -2,8 +2,9 @@
 // measurement of the peer process (peak RSS, CPU) around the timed part.
 import type { TestImage } from "../test/harness/images.ts";
 import { startCounter, type CounterKind, type Traffic, type UpstreamCounter } from "./counters.ts";
-import { PEER_NAMES, startPeer, type Peer, type PeerKind, type S3Target } from "./peers.ts";
-import { cpuSeconds, PeakRss } from "./proc.ts";
+import { CALL_TIMEOUT_MS, type Scope } from "./deadline.ts";
+import { PEER_NAMES, startPeer, type NodeRuntime, type Peer, type PeerKind, type S3Target } from "./peers.ts";
+import { cpuSeconds, PeakRss, rssBytes } from "./proc.ts";
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -21,6 +22,11 @@ export type Setup = {
   s3?: S3Target;
   /** Extra environment for the peer process (profiling hooks). */
   env?: Record<string, string>;
+  nodeRuntime: NodeRuntime;
+  /** The scenario's scope: what withPeer starts is stopped when the scenario's deadline passes. */
+  scope: Scope;
+  /** Receives each start's figures (start-up ms, idle RSS after warm-up) and the command that ran. */
+  onStart?(kind: PeerKind, figures: { startupMs: number; idleRss: number }, command: string): void;
 };
 
 export type Blob = { repo: string; digest: string; size: number };
@@ -37,11 +43,11 @@ export async function trafficOf(counter: UpstreamCounter, paths: string[]): Prom
  * Pulls every blob of a small image through the peer: the request path, the upstream client and
  * the store all run (and get compiled) before anything is timed. Same for every peer.
  */
-async function warmUp(peer: Peer, img: TestImage): Promise<void> {
+async function warmUp(peer: Peer, img: TestImage, scope: Scope): Promise<void> {
   for (let i = 0; i < img.blobs.length; i += 5) {
     await Promise.all(
       img.blobs.slice(i, i + 5).map(async (b) => {
-        const res = await fetch(peer.url + blobPath({ repo: img.repo, digest: b.digest }));
+        const res = await fetch(peer.url + blobPath({ repo: img.repo, digest: b.digest }), { signal: scope.deadline(CALL_TIMEOUT_MS.small) });
         const body = new Uint8Array(await res.arrayBuffer());
         if (res.status !== 200 || body.byteLength !== b.size) throw new Error(`warm-up GET ${b.digest} from ${peer.kind}: ${res.status}, ${body.byteLength} bytes`);
       }),
@@ -51,20 +57,30 @@ async function warmUp(peer: Peer, img: TestImage): Promise<void> {
   await sleep(500);
 }
 
-/** A fresh counter and an empty peer behind it, warmed up; both stopped after `fn`. */
+/**
+ * A fresh counter and an empty peer behind it, warmed up; both stopped after `fn`, or by the
+ * scope when the scenario's deadline passes first.
+ */
 export async function withPeer<T>(kind: PeerKind, setup: Setup, fn: (peer: Peer, counter: UpstreamCounter) => Promise<T>): Promise<T> {
+  const { scope } = setup;
+  scope.check();
   const counter = await startCounter(setup.counter, setup.upstreamUrl);
+  const stopCounter = scope.defer("upstream counter", () => counter.stop());
   try {
-    const peer = await startPeer(kind, counter.url, { s3: setup.s3, env: setup.env });
+    scope.check();
+    const peer = await startPeer(kind, counter.url, { s3: setup.s3, env: setup.env, nodeRuntime: setup.nodeRuntime });
+    const stopPeer = scope.defer(PEER_NAMES[kind], () => peer.stop());
     try {
-      await warmUp(peer, setup.warmImg);
+      await warmUp(peer, setup.warmImg, scope);
+      setup.onStart?.(kind, { startupMs: peer.startupMs, idleRss: await rssBytes(peer.pid) }, peer.command);
       await counter.reset();
+      scope.check();
       return await fn(peer, counter);
     } finally {
-      await peer.stop();
+      await stopPeer();
     }
   } finally {
-    await counter.stop();
+    await stopCounter();
   }
 }
 
@@ -83,9 +99,10 @@ export async function measure<T>(peer: Peer, fn: () => Promise<T>): Promise<Meas
 }
 
 /** Polls until the peer has committed the blob; resolves to the seconds that took. */
-export async function untilCached(peer: Peer, blob: Blob, timeoutMs = 120_000): Promise<number> {
+export async function untilCached(peer: Peer, blob: Blob, timeoutMs = 120_000, signal?: AbortSignal): Promise<number> {
   const t0 = performance.now();
   while (!(await peer.hasBlob(blob.digest, blob.size))) {
+    signal?.throwIfAborted();
     if (performance.now() - t0 > timeoutMs) throw new Error(`${PEER_NAMES[peer.kind]} had not stored ${blob.digest} ${timeoutMs} ms after serving it`);
     await sleep(20);
   }

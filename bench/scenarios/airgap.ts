@@ -24,16 +24,18 @@ export type AirgapResults = {
   rows: Array<{ step: "prefill" | "export" | "import"; stowage: Transfer; skopeo: Transfer }>;
 };
 
-const STOWAGE = [process.execPath, "--max-semi-space-size=2", "--initial-old-space-size=64", "--import", "tsx", "src/main.ts"];
+// The built JavaScript as the `stowage` bin runs it, or (when there is no build) the TypeScript through tsx.
+const NODE_FLAGS = [process.execPath, "--max-semi-space-size=2", "--initial-old-space-size=64"];
+const STOWAGE = { built: [...NODE_FLAGS, "bin/stowage.js"], tsx: [...NODE_FLAGS, "--import", "tsx", "src/main.ts"] };
 const COMMAND_TIMEOUT_MS = 15 * 60_000;
 
 /** One command under GNU time: wall seconds and peak RSS from its last stderr line. */
-function timed(cmd: string[]): Promise<Transfer> {
+function timed(cmd: string[], signal?: AbortSignal): Promise<Transfer> {
   return new Promise((resolve) => {
     execFile(
       "/usr/bin/time",
       ["-f", "TIMED %e %M", ...cmd],
-      { cwd: PROJECT_ROOT, timeout: COMMAND_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024 },
+      { cwd: PROJECT_ROOT, timeout: COMMAND_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024, signal, killSignal: "SIGKILL" },
       (err, _stdout, stderr) => {
         const m = /TIMED ([\d.]+) (\d+)\s*$/.exec(stderr);
         const result: Transfer = { seconds: m ? Number(m[1]) : NaN, peakRss: m ? Number(m[2]) * 1024 : NaN, ok: !err };
@@ -45,12 +47,12 @@ function timed(cmd: string[]): Promise<Transfer> {
 }
 
 /** Several commands, `parallel` at a time: the whole wall time, the largest peak RSS of any. */
-async function timedAll(cmds: string[][], parallel: number): Promise<Transfer> {
+async function timedAll(cmds: string[][], parallel: number, signal?: AbortSignal): Promise<Transfer> {
   const started = Date.now();
   const results: Transfer[] = [];
   const queue = [...cmds];
   await Promise.all(Array.from({ length: parallel }, async () => {
-    for (let cmd = queue.shift(); cmd; cmd = queue.shift()) results.push(await timed(cmd));
+    for (let cmd = queue.shift(); cmd && !signal?.aborted; cmd = queue.shift()) results.push(await timed(cmd, signal));
   }));
   const failed = results.find((r) => !r.ok);
   const out: Transfer = { seconds: (Date.now() - started) / 1000, peakRss: Math.max(...results.map((r) => r.peakRss)), ok: !failed };
@@ -62,7 +64,13 @@ async function timedAll(cmds: string[][], parallel: number): Promise<Transfer> {
  * `refs` are repository:tag on the upstream (`stowage-test/oci-index:v1`); `bytes` their unique
  * blob bytes. The upstream is plain HTTP on loopback.
  */
-export async function airgapTransfers(upstreamUrl: string, refs: string[], bytes: number): Promise<AirgapResults> {
+export async function airgapTransfers(
+  upstreamUrl: string,
+  refs: string[],
+  bytes: number,
+  opts: { built?: boolean; signal?: AbortSignal } = {},
+): Promise<AirgapResults> {
+  const { signal } = opts;
   const host = new URL(upstreamUrl).host;
   const dir = await mkdtemp(join(tmpdir(), "stowage-bench-airgap-"));
   const full = refs.map((r) => `${host}/${r}`);
@@ -71,22 +79,22 @@ export async function airgapTransfers(upstreamUrl: string, refs: string[], bytes
   // skopeo converts Docker-format images to OCI on the way into a layout (it cannot keep their
   // digests there); Stowage keeps every manifest byte for byte.
   const skopeo = (src: string, dst: string) => ["skopeo", "--insecure-policy", "copy", "--quiet", "--all", "--src-tls-verify=false", src, dst];
-  const stowage = (dataDir: string, ...args: string[]) => [...STOWAGE, ...args, "--data-dir", dataDir, "--upstream", `local=${upstreamUrl}`, "--log-level", "warn"];
+  const stowage = (dataDir: string, ...args: string[]) => [...(opts.built ? STOWAGE.built : STOWAGE.tsx), ...args, "--data-dir", dataDir, "--upstream", `local=${upstreamUrl}`, "--log-level", "warn"];
   try {
     progress("air gap: prefill (Stowage) and copy to OCI layouts (skopeo)");
     const prefill = {
-      stowage: await timed(stowage(join(dir, "connected"), "prefill", ...full, "--jobs", "4")),
-      skopeo: await timedAll(full.map((ref, i) => skopeo(`docker://${ref}`, `oci:${layout(i)}:${ref}`)), 4),
+      stowage: await timed(stowage(join(dir, "connected"), "prefill", ...full, "--jobs", "4"), signal),
+      skopeo: await timedAll(full.map((ref, i) => skopeo(`docker://${ref}`, `oci:${layout(i)}:${ref}`)), 4, signal),
     };
     progress("air gap: export (Stowage) and copy to oci-archives (skopeo)");
     const exported = {
-      stowage: await timed(stowage(join(dir, "connected"), "export", ...full, "-o", join(dir, "bundle.tar"))),
-      skopeo: await timedAll(full.map((ref, i) => skopeo(`oci:${layout(i)}:${ref}`, `oci-archive:${archive(i)}:${ref}`)), 1),
+      stowage: await timed(stowage(join(dir, "connected"), "export", ...full, "-o", join(dir, "bundle.tar")), signal),
+      skopeo: await timedAll(full.map((ref, i) => skopeo(`oci:${layout(i)}:${ref}`, `oci-archive:${archive(i)}:${ref}`)), 1, signal),
     };
     progress("air gap: import (Stowage) and copy from oci-archives (skopeo)");
     const imported = {
-      stowage: await timed(stowage(join(dir, "dark"), "import", join(dir, "bundle.tar"), "--offline")),
-      skopeo: await timedAll(full.map((ref, i) => skopeo(`oci-archive:${archive(i)}:${ref}`, `oci:${join(dir, `imported-${i}`)}:${ref}`)), 1),
+      stowage: await timed(stowage(join(dir, "dark"), "import", join(dir, "bundle.tar"), "--offline"), signal),
+      skopeo: await timedAll(full.map((ref, i) => skopeo(`oci-archive:${archive(i)}:${ref}`, `oci:${join(dir, `imported-${i}`)}:${ref}`)), 1, signal),
     };
     return {
       bytes,

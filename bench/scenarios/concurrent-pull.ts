@@ -6,6 +6,7 @@
 // handing out CLIENTS copies at all (which on 2 cores takes far longer than one pull, cached or not).
 import { curlBlob } from "../curl.ts";
 import type { UpstreamCounter } from "../counters.ts";
+import { CALL_TIMEOUT_MS } from "../deadline.ts";
 import { blobPath, measure, sleep, trafficOf, untilCached, type Metrics } from "../measure.ts";
 import type { Peer } from "../peers.ts";
 
@@ -17,7 +18,7 @@ export const imageBytes = (img: PullableImage) => img.blobs.reduce((s, b) => s +
 
 /** One client's pull; resolves to the blob bytes it received. */
 async function pullImage(peerUrl: string, img: PullableImage): Promise<number> {
-  const res = await fetch(`${peerUrl}/v2/${img.repo}/manifests/${img.tag}`, { headers: { accept: img.mediaType } });
+  const res = await fetch(`${peerUrl}/v2/${img.repo}/manifests/${img.tag}`, { headers: { accept: img.mediaType }, signal: AbortSignal.timeout(CALL_TIMEOUT_MS.small) });
   await res.arrayBuffer();
   if (res.status !== 200) throw new Error(`GET manifest ${img.repo}:${img.tag}: ${res.status}`);
   const got = await Promise.all(img.blobs.map((b) => curlBlob(peerUrl + blobPath({ repo: img.repo, digest: b.digest }), b.size)));

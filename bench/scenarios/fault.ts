@@ -12,14 +12,16 @@ import type { PeerKind } from "../peers.ts";
 export type FaultResult = { metrics: Metrics; faulty: HashedDownload; upstreamRequests: ProxiedRequest[] };
 
 async function coldThrough(kind: PeerKind, setup: Setup, blob: Blob, cut: boolean) {
+  setup.scope.check();
   const proxy = await startFaultProxy(setup.upstreamUrl, cut ? { path: blobPath(blob), cutAt: Math.floor(blob.size / 2) } : null);
+  const stopProxy = setup.scope.defer("fault proxy", () => proxy.stop());
   try {
     const run = await withPeer(kind, { ...setup, upstreamUrl: proxy.url }, (peer) =>
       measure(peer, () => curlHashed(peer.url + blobPath(blob), blob.size, blob.digest, 120)),
     );
     return { run, requests: proxy.requests.filter((r) => r.path === blobPath(blob)) };
   } finally {
-    await proxy.stop();
+    await stopProxy();
   }
 }
 

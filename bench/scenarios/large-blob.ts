@@ -11,7 +11,6 @@ import { diskWriteSpeed } from "../disk.ts";
 import type { UpstreamCounter } from "../counters.ts";
 import { blobPath, measure, untilCached, type Blob, type Metrics } from "../measure.ts";
 import type { Peer } from "../peers.ts";
-import { rssBytes } from "../proc.ts";
 
 export const WARM_REPEATS = 3;
 
@@ -27,7 +26,6 @@ const best = (ds: Download[]) => Math.max(...ds.map((d) => d.speed));
 
 export async function largeBlob(peer: Peer, counter: UpstreamCounter, blob: Blob, refs: References): Promise<Metrics> {
   const url = peer.url + blobPath(blob);
-  const idleRss = await rssBytes(peer.pid);
 
   const direct = await curlBlob(refs.upstreamUrl + blobPath(blob), blob.size);
   const diskWrite = await diskWriteSpeed(blob.size);
@@ -54,7 +52,6 @@ export async function largeBlob(peer: Peer, counter: UpstreamCounter, blob: Blob
   });
   const warmUp = await counter.traffic(blobPath(blob));
   return {
-    "idle.rss": idleRss,
     "ref.direct": direct.speed,
     "ref.diskWrite": diskWrite,
     "ref.viaCounter": viaCounter.speed,

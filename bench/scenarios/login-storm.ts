@@ -17,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import bcrypt from "bcryptjs";
 import { freePort } from "../../test/harness/processes.ts";
 import { startStowage } from "../../test/harness/stowage.ts";
+import { CALL_TIMEOUT_MS, type Scope } from "../deadline.ts";
 import { progress, sleep, type Metrics } from "../measure.ts";
 import { cpuSeconds, pidListeningOn } from "../proc.ts";
 import { runWrk, wrkInstalled, type WrkResult } from "../wrk.ts";
@@ -75,6 +76,7 @@ function attack(base: string, count: number, addresses: number, stop: { now: boo
           agent: agents[i % addresses],
           localAddress: `127.0.2.${1 + (i % addresses)}`,
           headers: { authorization: `Basic ${Buffer.from(`${user}:wrong-${n}`).toString("base64")}` },
+          timeout: 30_000,
         },
         (res) => {
           const key = String(res.statusCode);
@@ -84,6 +86,7 @@ function attack(base: string, count: number, addresses: number, stop: { now: boo
           res.on("error", resolve);
         },
       );
+      req.on("timeout", () => req.destroy());
       req.on("error", () => {
         tally.byStatus.error = (tally.byStatus.error ?? 0) + 1;
         resolve();
@@ -98,7 +101,8 @@ function attack(base: string, count: number, addresses: number, stop: { now: boo
   return { done, tally };
 }
 
-export async function loginStorm(): Promise<{ metrics: Metrics; attack: Tally }> {
+/** `runtime`: how Stowage runs (the harness's choices); `scope` stops it if the bench's deadline passes. */
+export async function loginStorm(opts: { runtime?: string; scope?: Scope } = {}): Promise<{ metrics: Metrics; attack: Tally }> {
   const upstream = await tinyUpstream();
   const dir = await mkdtemp(join(tmpdir(), "stowage-bench-logins-"));
   try {
@@ -109,16 +113,18 @@ export async function loginStorm(): Promise<{ metrics: Metrics; attack: Tally }>
     const stowage = await startStowage([
       "--config", join(dir, "stowage.yaml"), "--listen", `127.0.0.1:${port}`, "--public-url", base,
       "--upstream", `local=${upstream.url}`, "--log-level", "error",
-    ]);
+    ], { runtime: opts.runtime as "node" | undefined });
+    const stopStowage = opts.scope?.defer("Stowage (login storm)", () => stowage.stop()) ?? (() => stowage.stop());
     try {
       const pid = await pidListeningOn(port);
       const tokenRes = await fetch(`${base}/token?scope=repository:app:pull&service=stowage`, {
         headers: { authorization: `Basic ${Buffer.from("alice:wonderland").toString("base64")}` },
+        signal: AbortSignal.timeout(CALL_TIMEOUT_MS.small),
       });
       const token = String(((await tokenRes.json()) as { token?: string }).token);
       const headers = { Authorization: `Bearer ${token}`, Accept: MEDIA_TYPE };
       const url = `${base}/v2/app/manifests/latest`;
-      const first = await fetch(url, { headers });
+      const first = await fetch(url, { headers, signal: AbortSignal.timeout(CALL_TIMEOUT_MS.small) });
       await first.arrayBuffer();
       if (first.status !== 200) throw new Error(`GET ${url} with alice's token: ${first.status}`);
 
@@ -136,6 +142,8 @@ export async function loginStorm(): Promise<{ metrics: Metrics; attack: Tally }>
 
         progress(`round ${round}/${STORM.rounds}: the same while ${STORM.attackers} clients send failed logins from ${STORM.addresses} addresses`);
         const stop = { now: false };
+        // After the bench's deadline Stowage is gone: the attackers must not spin on refused connections.
+        opts.scope?.signal.addEventListener("abort", () => (stop.now = true), { once: true });
         const storm = attack(base, STORM.attackers, STORM.addresses, stop);
         // Let the attack reach its steady state (queue full, throttles engaged) before measuring.
         await sleep(1000);
@@ -153,6 +161,7 @@ export async function loginStorm(): Promise<{ metrics: Metrics; attack: Tally }>
       // Did a login from a fresh address still work right after? (alice never failed.)
       const after = await fetch(`${base}/token?scope=repository:app:pull&service=stowage`, {
         headers: { authorization: `Basic ${Buffer.from("alice:wonderland").toString("base64")}` },
+        signal: AbortSignal.timeout(CALL_TIMEOUT_MS.small),
       });
       await after.arrayBuffer();
 
@@ -174,7 +183,7 @@ export async function loginStorm(): Promise<{ metrics: Metrics; attack: Tally }>
       attacked.forEach((r, i) => (metrics[`logins.attack.p99.${i + 1}`] = r.p99));
       return { metrics, attack: tally };
     } finally {
-      await stowage.stop();
+      await stopStowage();
     }
   } finally {
     await upstream.close();

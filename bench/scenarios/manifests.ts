@@ -1,6 +1,7 @@
 // Requirement 3: a cached manifest asked for by tag, as fast as wrk can ask, with the Accept
 // header a container runtime sends. Tags are revalidated with the upstream when their TTL runs
 // out, so this is the steady state of a busy cache, not a pure in-memory lookup.
+import { CALL_TIMEOUT_MS } from "../deadline.ts";
 import { measure, type Metrics } from "../measure.ts";
 import type { Peer } from "../peers.ts";
 import { runWrk } from "../wrk.ts";
@@ -17,7 +18,7 @@ const ACCEPT = [
 export async function manifestRate(peer: Peer, img: { repo: string; tag: string; manifestDigest: string }): Promise<Metrics> {
   const url = `${peer.url}/v2/${img.repo}/manifests/${img.tag}`;
   // The first GET puts it in the cache; wrk only sees the cached answer.
-  const first = await fetch(url, { headers: { accept: ACCEPT } });
+  const first = await fetch(url, { headers: { accept: ACCEPT }, signal: AbortSignal.timeout(CALL_TIMEOUT_MS.small) });
   await first.arrayBuffer();
   const served = first.headers.get("docker-content-digest");
   if (first.status !== 200 || served !== img.manifestDigest) throw new Error(`GET ${url}: ${first.status}, digest ${served}`);

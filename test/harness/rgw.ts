@@ -139,6 +139,8 @@ export async function startRgw(): Promise<Rgw> {
       credentials,
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
+      // Without deadlines a stuck RGW connection holds a test (or the bench) forever.
+      requestHandler: { connectionTimeout: 5_000, requestTimeout: 30_000 },
     });
     const bucket = "stowage-e2e";
     await client.send(new CreateBucketCommand({ Bucket: bucket }));
