@@ -17,10 +17,10 @@ export function nginxInstalled(): boolean {
 export type Nginx = { url: string; pid: number; dir: string; stop(): Promise<void> };
 
 /** Starts nginx with the given `http { }` body, made for the port it must listen on and its scratch dir. */
-export async function startNginx(httpBlock: (port: number, dir: string) => string): Promise<Nginx> {
+export async function startNginx(httpBlock: (port: number, dir: string) => string, opts: { port?: number } = {}): Promise<Nginx> {
   if (!nginxInstalled()) throw new Error(`${NGINX} is not installed (apt-get install nginx)`);
   const dir = await makeTempDir("bench-nginx");
-  const port = await freePort();
+  const port = opts.port ?? (await freePort());
   const temp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map((t) => `  ${t}_temp_path ${join(dir, t)};`).join("\n");
   const conf = `
 daemon off;
@@ -44,12 +44,17 @@ ${httpBlock(port, dir)}
   const killOnExit = () => child.kill("SIGKILL");
   process.once("exit", killOnExit);
   const url = `http://127.0.0.1:${port}`;
-  const stop = async () => {
-    process.removeListener("exit", killOnExit);
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-    await exited;
-    await removeTempDir(dir);
-  };
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      process.removeListener("exit", killOnExit);
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      // nginx finishes sending in-flight bodies on SIGTERM's fast shutdown; a stuck one is killed.
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+      await exited;
+      clearTimeout(timer);
+      await removeTempDir(dir);
+    })());
 
   const deadline = Date.now() + 10_000;
   for (;;) {
