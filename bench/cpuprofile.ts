@@ -23,7 +23,8 @@ function areaOf(url: string, name: string): string {
   if (url.startsWith("node:")) return "node internals";
   const dep = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url);
   if (dep) return `dep ${dep[1]}`;
-  if (/\/(src|workers)\//.test(url)) return "stowage src";
+  // tsx runs src/ and workers/; the build bundles them into dist/.
+  if (/\/(src|workers|dist)\//.test(url)) return "stowage src";
   return "other";
 }
 

@@ -16,6 +16,7 @@ const execFileP = promisify(execFile);
 const PERF = "/usr/bin/perf";
 const HOOK = pathToFileURL(join(import.meta.dirname, "cpu-profile-hook.mjs")).href;
 
+const GiB = 1024 * 1024 * 1024;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 async function waitForFile(path: string, timeoutMs: number, minBytes = 0): Promise<void> {
@@ -79,19 +80,24 @@ export async function removePerfMap(pid: number): Promise<void> {
   await rm(`/tmp/perf-${pid}.map`, { force: true });
 }
 
-export async function printProfile(run: ProfileRun<unknown>, indent = "  "): Promise<void> {
+/** The profile's summary as lines, main-thread CPU scaled to seconds per GiB of the `bytes` transferred. */
+export async function printProfile(run: ProfileRun<unknown>, bytes: number, indent = "  "): Promise<string[]> {
+  const out: string[] = [];
+  const perGiB = GiB / bytes;
+  const s = (ms: number) => `${((ms / 1000) * perGiB).toFixed(3)} s`;
   if (run.cpuProfile) {
-    const s = await summarizeProfile(run.cpuProfile, 15);
-    const busy = s.totalMs - (s.byArea.find(([a]) => a === "idle")?.[1] ?? 0);
-    console.log(`${indent}V8 profile, main thread: ${(busy / 1000).toFixed(2)} s busy of ${(s.totalMs / 1000).toFixed(2)} s`);
-    console.log(`${indent}  by area (s): ${s.byArea.map(([a, ms]) => `${a} ${(ms / 1000).toFixed(2)}`).join(", ")}`);
-    console.log(`${indent}  top self time:`);
-    for (const [fn, ms] of s.topSelf) console.log(`${indent}    ${(ms / 1000).toFixed(3).padStart(6)} s  ${fn}`);
+    const p = await summarizeProfile(run.cpuProfile, 20);
+    const idle = p.byArea.find(([a]) => a === "idle")?.[1] ?? 0;
+    out.push(`${indent}V8 profile, main thread: ${s(p.totalMs - idle)} busy per GiB (${((p.totalMs) / 1000).toFixed(2)} s profiled)`);
+    out.push(`${indent}  by area, per GiB: ${p.byArea.filter(([a]) => a !== "idle").map(([a, ms]) => `${a} ${s(ms)}`).join(", ")}`);
+    out.push(`${indent}  by function (self time), per GiB:`);
+    for (const [fn, ms] of p.topSelf) out.push(`${indent}    ${s(ms).padStart(9)}  ${fn}`);
   }
   if (run.perf) {
-    console.log(`${indent}perf, all threads (share of samples; [k] kernel, [.] user space):`);
-    for (const row of run.perf.slice(0, 20)) console.log(`${indent}  ${row.trim().slice(0, 140)}`);
+    out.push(`${indent}perf, all threads (share of samples; [k] kernel, [.] user space):`);
+    for (const row of run.perf.slice(0, 20)) out.push(`${indent}  ${row.trim().slice(0, 140)}`);
   } else {
-    console.log(`${indent}(perf not available: no native/kernel view)`);
+    out.push(`${indent}(perf not available: no native/kernel view)`);
   }
+  return out;
 }

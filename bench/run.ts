@@ -1,36 +1,51 @@
-// `npm run bench [-- --rounds N] [--counter nginx|harness] [--profile]`
+// `npm run bench [-- FLAGS]`: Stowage on Node (the built JavaScript) and on Deno against CNCF
+// distribution in proxy mode and nginx as a pull-through cache (proxy_cache, proxy_cache_lock),
+// all pulling from the same local upstream registry, each through its own counting proxy.
 //
-// Stowage against CNCF distribution in proxy mode, both pulling from the same local upstream
-// registry, each through its own counting proxy. Scenarios (bench/scenarios/*): a 1 GiB blob cold
-// and warm with the cached manifest rate on the same peer, one and 20 clients pulling a cold
-// image, a connection drop at 50% of the 1 GiB blob, the 1 GiB blob on Stowage's S3 store, and
-// the p99 of cached manifest GETs during 200 clients' failed logins (access control on), and
-// prefill, export and import of the test images next to skopeo doing the same (air gap).
-// The report (bench/report.ts) goes to stdout; progress to stderr. With --rounds N every
-// scenario runs N times, peer order alternating, and the table shows medians.
+// Scenarios (bench/scenarios/*, run in this order; names for --only):
+//   startup      each peer started 3 times: spawn to first answered GET /v2/, idle RSS after warm-up
+//                (every other scenario's starts count too)
+//   large-blob   a 1 GiB blob cold and warm, then the cached manifest rate (wrk), on one peer
+//   pull         one client, then 20 clients at once, pull a cold image; the 20 again once cached
+//   fault        the 1 GiB blob cold, without and with the upstream connection dropped at 50%
+//   s3           large-blob on Stowage's S3 store (Ceph RGW started by the bench), Node and Deno
+//   login-storm  p99 of cached manifest GETs during 200 clients' failed logins (Stowage only)
+//   airgap       prefill, export and import of the test images next to skopeo doing the same
+//   profile      main-thread CPU per GiB of one Stowage (Node) cold GET, by function (V8 profile,
+//                and perf when installed); off unless named in --only or --profile is given
+//
+// Flags:
+//   --only a,b,...        run only these scenarios (default: all but profile)
+//   --peers a,b,...       stowage, deno, distribution, nginx (default: all four; the S3 scenario
+//                         runs the Stowage ones among them)
+//   --profile             add the profile scenario
+//   --rounds N            every peer scenario N times, peer order alternating; medians shown
+//   --counter nginx|harness  the upstream counting proxy (default nginx when installed)
+//   --scenario-timeout S  every scenario's deadline in seconds (default: per scenario, 3-40 min)
+//   --s3-endpoint URL     an S3 endpoint with a bucket "stowage-bench" instead of starting RGW
+//   --no-build            do not run `npm run build` first (use the dist/ there is)
+//   e.g. `npx tsx bench/run.ts --only large-blob,profile --peers stowage,nginx`
+//
+// Never hangs: every HTTP and S3 call the bench makes has a deadline, every scenario has one
+// (bench/deadline.ts); a scenario that fails or times out is reported as such with its processes
+// stopped, and the rest goes on. All results so far are written to bench/results/bench-<time>.json
+// after each scenario (path printed at the start and under the report). The report goes to stdout
+// (bench/report.ts); progress to stderr.
 import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { parseArgs } from "node:util";
+import { join } from "node:path";
 import { buildTestImages, DEFAULT_IMAGE_CACHE_DIR, type TestImage } from "../test/harness/images.ts";
-import { rgwUnavailable, startRgw } from "../test/harness/rgw.ts";
 import { pushTestImages, startRegistry } from "../test/harness/registry.ts";
 import { ensureBigBlob, pushBigBlobImage } from "./big-blob.ts";
-import type { CounterKind } from "./counters.ts";
-import { curlBlob } from "./curl.ts";
-import { blobPath, progress, withPeer, type Blob, type Metrics, type Setup } from "./measure.ts";
+import { prepareNodeRuntime } from "./build.ts";
+import { progress } from "./measure.ts";
 import { nginxInstalled, startFileServer } from "./nginx.ts";
-import { PEER_NAMES, type PeerKind } from "./peers.ts";
-import { printProfile, profiled, profilingEnv, removePerfMap } from "./profile.ts";
-import { printReport, type Results } from "./report.ts";
-import { CLIENTS, concurrentPull, imageBytes, singlePull } from "./scenarios/concurrent-pull.ts";
-import { airgapTransfers, printAirgap } from "./scenarios/airgap.ts";
-import { faultRun } from "./scenarios/fault.ts";
-import { largeBlob, type References } from "./scenarios/large-blob.ts";
-import { loginStorm, printLoginStorm } from "./scenarios/login-storm.ts";
-import { manifestRate } from "./scenarios/manifests.ts";
+import { parseOptions } from "./options.ts";
+import { runPlan } from "./plan.ts";
+import { printReport } from "./report.ts";
+import { resultsPath, saveResults, type Results } from "./results.ts";
+import { imageBytes } from "./scenarios/concurrent-pull.ts";
 import { wrkInstalled } from "./wrk.ts";
-
-const PEERS: PeerKind[] = ["stowage", "distribution"];
 
 function imageNamed(images: TestImage[], name: string): TestImage {
   const img = images.find((i) => i.repo === `stowage-test/${name}`);
@@ -42,163 +57,88 @@ async function loadAverage(): Promise<string> {
   return (await readFile("/proc/loadavg", "utf8")).split(" ")[0] ?? "?";
 }
 
-const message = (err: unknown) => (err instanceof Error ? err.message : String(err)).split("\n").slice(0, 6).join(" / ");
-
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      // nginx when installed: test/e2e's recording proxy costs ~2 CPU s per 268 MB here and caps
-      // every cold fetch at 100–170 MB/s, which would measure the harness more than the peers.
-      counter: { type: "string", default: nginxInstalled() ? "nginx" : "harness" },
-      rounds: { type: "string", default: "1" },
-      profile: { type: "boolean", default: false },
-    },
-  });
-  if (values.counter !== "harness" && values.counter !== "nginx") throw new Error(`--counter must be harness or nginx, not ${values.counter}`);
-  const counter: CounterKind = values.counter;
-  const roundCount = Number(values.rounds);
-  if (!Number.isInteger(roundCount) || roundCount < 1) throw new Error(`--rounds must be a positive integer, not ${values.rounds}`);
-  if (!nginxInstalled()) throw new Error("nginx is needed for the warm-read ceiling (apt-get install nginx)");
+  const opts = parseOptions(process.argv.slice(2));
+  if (!nginxInstalled()) throw new Error("nginx is needed for the nginx peer and the warm-read ceiling (apt-get install nginx)");
   if (!wrkInstalled()) throw new Error("wrk is needed for the manifest rate (apt-get install wrk)");
-  const loadBefore = await loadAverage();
+  const startedAt = new Date().toISOString();
+  const path = resultsPath(join(import.meta.dirname, "results"), startedAt);
+  progress(`results so far are written after each scenario to ${path}`);
+  const results: Results = {
+    startedAt,
+    args: process.argv.slice(2),
+    rounds: opts.rounds,
+    blobBytes: 0,
+    burstImage: { name: "", bytes: 0 },
+    counter: opts.counter === "nginx" ? "nginx, one process" : "test/e2e's recording proxy, in the bench process",
+    nodeRuntime: "node",
+    notes: [],
+    peers: {},
+    samples: {},
+    commands: {},
+    scenarios: [],
+    faults: [],
+    s3Skipped: null,
+    errors: [],
+    storm: null,
+    airgap: null,
+    profile: null,
+    load: { before: await loadAverage(), cpus: availableParallelism() },
+  };
 
-  progress("building test images and the 1 GiB blob");
-  const images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
-  const burstImg = imageNamed(images, "big-layer");
-  const warmImg = imageNamed(images, "many-layers");
-  const bigBlob = await ensureBigBlob(DEFAULT_IMAGE_CACHE_DIR);
-
-  progress("starting the upstream registry and pushing the images");
-  const upstream = await startRegistry();
-  // Serves the blob's file for the warm-read ceiling, measured next to each peer's warm GETs.
-  const files = await startFileServer(bigBlob.path);
   try {
-    // Only the images the scenarios read: pushing the others costs time and measures nothing.
-    await pushTestImages(upstream.url, [burstImg, warmImg]);
-    const bigImg = await pushBigBlobImage(upstream.url, bigBlob);
-    const big: Blob = { repo: bigImg.repo, digest: bigBlob.digest, size: bigBlob.size };
-
-    const refs: References = { fileUrl: files.fileUrl, upstreamUrl: upstream.url };
-
-    const setup: Setup = { counter, upstreamUrl: upstream.url, warmImg };
-    const peers: Record<PeerKind, Metrics[]> = { stowage: [], distribution: [], "stowage-s3": [] };
-    const faults: Results["faults"] = [];
-    const errors: string[] = [];
-    /** A scenario that fails for one peer is reported as such; the rest of the bench goes on. */
-    const attempt = async (kind: PeerKind, round: number, what: string, fn: () => Promise<Metrics>) => {
-      const tag = roundCount > 1 ? ` (round ${round + 1}/${roundCount})` : "";
-      progress(`${PEER_NAMES[kind]}: ${what}${tag}`);
-      try {
-        Object.assign(peers[kind][round]!, await fn());
-      } catch (err) {
-        errors.push(`${PEER_NAMES[kind]}, ${what}${tag}: ${message(err)}`);
-        progress(`  failed: ${message(err)}`);
-      }
-    };
-
-    for (let round = 0; round < roundCount; round++) {
-      for (const kind of Object.keys(peers) as PeerKind[]) peers[kind].push({});
-      // Alternating who goes first spreads slow drift on the machine over both peers.
-      const order = round % 2 === 0 ? PEERS : [...PEERS].reverse();
-      for (const kind of order) {
-        await attempt(kind, round, "1 GiB blob cold and warm, then the cached manifest rate", () =>
-          withPeer(kind, setup, async (peer, cnt) => ({ ...(await largeBlob(peer, cnt, big, refs)), ...(await manifestRate(peer, bigImg)) })),
-        );
-      }
-      for (const kind of order) {
-        await attempt(kind, round, `one client pulls ${burstImg.repo}, cold`, () => withPeer(kind, setup, (peer, cnt) => singlePull(peer, cnt, burstImg)));
-        await attempt(kind, round, `${CLIENTS} clients pull ${burstImg.repo} at once, cold then cached`, () =>
-          withPeer(kind, setup, (peer, cnt) => concurrentPull(peer, cnt, burstImg)),
-        );
-      }
-      for (const kind of order) {
-        await attempt(kind, round, "1 GiB blob cold, without and with a connection drop at 50%", async () => {
-          const f = await faultRun(kind, setup, big);
-          faults.push({ kind, faulty: f.faulty, upstreamRequests: f.upstreamRequests });
-          return f.metrics;
-        });
-      }
+    progress(opts.build ? "npm run build (Stowage on Node runs the built JavaScript)" : "using the dist/ there is (--no-build)");
+    const node = await prepareNodeRuntime(opts.build);
+    results.nodeRuntime = node.runtime;
+    if (node.note) {
+      results.notes.push(node.note);
+      progress(node.note);
     }
 
-    let s3Skipped = rgwUnavailable();
-    if (s3Skipped === null) {
-      progress("starting Ceph RGW for the S3 store");
-      // The SDK in this process (the bench's own bucket client) would warn about node 20 on stderr.
-      process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
-      const rgw = await startRgw().catch((err: unknown) => {
-        s3Skipped = `Ceph RGW did not start: ${message(err)}`;
-        return null;
+    progress("building test images and the 1 GiB blob");
+    const images = await buildTestImages(DEFAULT_IMAGE_CACHE_DIR);
+    const burstImg = imageNamed(images, "big-layer");
+    const warmImg = imageNamed(images, "many-layers");
+    const bigBlob = await ensureBigBlob(DEFAULT_IMAGE_CACHE_DIR);
+    results.blobBytes = bigBlob.size;
+    results.burstImage = { name: `${burstImg.repo}:${burstImg.tag}`, bytes: imageBytes(burstImg) };
+
+    progress("starting the upstream registry and pushing the images");
+    const upstream = await startRegistry();
+    // Serves the blob's file for the warm-read ceiling, measured next to each peer's warm GETs.
+    const files = await startFileServer(bigBlob.path);
+    try {
+      // Only the images the scenarios read: pushing the others costs time and measures nothing.
+      await pushTestImages(upstream.url, [burstImg, warmImg]);
+      const bigImg = await pushBigBlobImage(upstream.url, bigBlob);
+      await runPlan({
+        opts,
+        results,
+        path,
+        setup: { counter: opts.counter, upstreamUrl: upstream.url, warmImg, nodeRuntime: node.runtime },
+        images,
+        burstImg,
+        warmImg,
+        bigImg,
+        big: { repo: bigImg.repo, digest: bigBlob.digest, size: bigBlob.size },
+        refs: { fileUrl: files.fileUrl, upstreamUrl: upstream.url },
+        upstreamUrl: upstream.url,
       });
-      if (rgw) {
-        try {
-          for (let round = 0; round < roundCount; round++) {
-            await attempt("stowage-s3", round, "1 GiB blob cold and warm, then the cached manifest rate", () =>
-              withPeer("stowage-s3", { ...setup, s3: rgw }, async (peer, cnt) => ({ ...(await largeBlob(peer, cnt, big, refs)), ...(await manifestRate(peer, bigImg)) })),
-            );
-          }
-        } finally {
-          await rgw.stop();
-        }
-      }
+    } finally {
+      await files.stop();
+      await upstream.stop();
     }
-
-    progress("failed logins: cached manifest latency without and during a login storm");
-    const storm = await loginStorm().catch((err: unknown) => {
-      errors.push(`login storm: ${message(err)}`);
-      return null;
-    });
-
-    progress("air gap: prefill, export and import of the test images and the 1 GiB image, and skopeo doing the same");
-    const others = images.filter((i) => i !== burstImg && i !== warmImg);
-    const airgap = await pushTestImages(upstream.url, others)
-      .then(() => {
-        const all = [...images.map((i) => ({ ref: `${i.repo}:${i.tag}`, blobs: i.blobs })), { ref: `${bigImg.repo}:${bigImg.tag}`, blobs: bigImg.blobs }];
-        const unique = new Map(all.flatMap((i) => i.blobs.map((b) => [b.digest, b.size] as const)));
-        return airgapTransfers(upstream.url, all.map((i) => i.ref), [...unique.values()].reduce((a, b) => a + b, 0));
-      })
-      .catch((err: unknown) => {
-        errors.push(`air gap: ${message(err)}`);
-        return null;
-      });
-
-    printReport({
-      rounds: roundCount,
-      blobBytes: big.size,
-      burstImage: { name: `${burstImg.repo}:${burstImg.tag}`, bytes: imageBytes(burstImg) },
-      counter: counter === "nginx" ? "nginx, one process" : "test/e2e's recording proxy, in the bench process",
-      peers,
-      faults,
-      s3Skipped,
-      errors,
-      load: { before: loadBefore, after: await loadAverage(), cpus: availableParallelism() },
-    });
-    if (storm) {
-      console.log("");
-      printLoginStorm(storm);
-    }
-    if (airgap) {
-      console.log("");
-      printAirgap(airgap);
-    }
-
-    if (values.profile) {
-      progress("profiling Stowage's cold path");
-      const { env, profilePath } = await profilingEnv();
-      await withPeer("stowage", { ...setup, env }, async (peer) => {
-        try {
-          const run = await profiled(peer.pid, profilePath, () => curlBlob(peer.url + blobPath(big), big.size));
-          console.log(`\nProfile of one Stowage cold GET of the 1 GiB blob (${(run.value.speed / 1e6).toFixed(1)} MB/s with the profilers on):`);
-          await printProfile(run);
-        } finally {
-          await removePerfMap(peer.pid);
-        }
-      });
-    }
+  } catch (err) {
+    // Whatever was measured before this still gets reported.
+    const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    results.errors.push(`the bench stopped early: ${msg.split("\n").slice(0, 4).join(" / ")}`);
+    progress(`stopped early: ${msg}`);
   } finally {
-    await files.stop();
-    await upstream.stop();
+    results.load.after = await loadAverage();
+    await saveResults(path, results).catch((err: unknown) => progress(`could not write ${path}: ${String(err)}`));
+    printReport(results, path);
+    progress("done");
   }
-  progress("done");
 }
 
 main().then(
