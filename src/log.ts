@@ -14,18 +14,41 @@ export interface Logger {
 export type LogSink = (line: string) => void;
 
 export function createLogger(level: LogLevel, sink: LogSink, base: Record<string, unknown> = {}): Logger {
-  const min = RANK[level];
-  const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
-    if (RANK[lvl] < min) return;
-    sink(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...base, ...fields }, errorReplacer));
-  };
-  return {
-    debug: (m, f) => emit("debug", m, f),
-    info: (m, f) => emit("info", m, f),
-    warn: (m, f) => emit("warn", m, f),
-    error: (m, f) => emit("error", m, f),
-    child: (fields) => createLogger(level, sink, { ...base, ...fields }),
-  };
+  return new JsonLogger(RANK[level], sink, base, null);
+}
+
+/**
+ * A child costs one small object (the server makes one per request): its fields are merged
+ * into a line only when a line is written, which at the usual levels most requests never do.
+ */
+class JsonLogger implements Logger {
+  constructor(
+    private readonly min: number,
+    private readonly sink: LogSink,
+    private readonly base: Record<string, unknown>,
+    private readonly own: Record<string, unknown> | null,
+  ) {}
+
+  debug(msg: string, fields?: Record<string, unknown>): void {
+    if (RANK.debug >= this.min) this.emit("debug", msg, fields);
+  }
+  info(msg: string, fields?: Record<string, unknown>): void {
+    if (RANK.info >= this.min) this.emit("info", msg, fields);
+  }
+  warn(msg: string, fields?: Record<string, unknown>): void {
+    if (RANK.warn >= this.min) this.emit("warn", msg, fields);
+  }
+  error(msg: string, fields?: Record<string, unknown>): void {
+    if (RANK.error >= this.min) this.emit("error", msg, fields);
+  }
+
+  child(fields: Record<string, unknown>): Logger {
+    return new JsonLogger(this.min, this.sink, this.own ? { ...this.base, ...this.own } : this.base, fields);
+  }
+
+  private emit(level: LogLevel, msg: string, fields: Record<string, unknown> | undefined): void {
+    this.sink(JSON.stringify({ time: new Date().toISOString(), level, msg, ...this.base, ...this.own, ...fields }, errorReplacer));
+  }
 }
 
 /** Errors do not serialize with JSON.stringify; keep their message (and cause) only. */

@@ -38,17 +38,33 @@ export class RecentErrors {
  * uses it, so every part of the server feeds the page.
  */
 export function keepingRecentErrors(log: Logger, recent: RecentErrors, base: Record<string, unknown> = {}): Logger {
-  return {
-    debug: (m, f) => log.debug(m, f),
-    info: (m, f) => log.info(m, f),
-    warn: (m, f) => {
-      recent.add("warn", m, { ...base, ...f });
-      log.warn(m, f);
-    },
-    error: (m, f) => {
-      recent.add("error", m, { ...base, ...f });
-      log.error(m, f);
-    },
-    child: (fields) => keepingRecentErrors(log.child(fields), recent, { ...base, ...fields }),
-  };
+  return new KeepingLogger(log, recent, base, null);
+}
+
+/** One small object per child (one per request): the fields are merged only for a warning or error kept. */
+class KeepingLogger implements Logger {
+  constructor(
+    private readonly log: Logger,
+    private readonly recent: RecentErrors,
+    private readonly base: Record<string, unknown>,
+    private readonly own: Record<string, unknown> | null,
+  ) {}
+
+  debug(msg: string, fields?: Record<string, unknown>): void {
+    this.log.debug(msg, fields);
+  }
+  info(msg: string, fields?: Record<string, unknown>): void {
+    this.log.info(msg, fields);
+  }
+  warn(msg: string, fields?: Record<string, unknown>): void {
+    this.recent.add("warn", msg, { ...this.base, ...this.own, ...fields });
+    this.log.warn(msg, fields);
+  }
+  error(msg: string, fields?: Record<string, unknown>): void {
+    this.recent.add("error", msg, { ...this.base, ...this.own, ...fields });
+    this.log.error(msg, fields);
+  }
+  child(fields: Record<string, unknown>): Logger {
+    return new KeepingLogger(this.log.child(fields), this.recent, this.own ? { ...this.base, ...this.own } : this.base, fields);
+  }
 }

@@ -11,7 +11,7 @@ export type UsageTarget =
 
 export const DEFAULT_USAGE_FLUSH_MS = 5_000;
 
-type Pending = { key: KvKey; lastPulledAt: number; pulls: number };
+type Pending = { id: string; key: KvKey; lastPulledAt: number; pulls: number };
 
 /**
  * Records when content was last pulled and how often, for expiry and size
@@ -34,16 +34,16 @@ export class UsageRecorder {
     this.now = opts.now ?? Date.now;
   }
 
+  /** Counts a pull: called on every manifest and blob GET, so it allocates nothing for a target already pending but its id. */
   pulled(target: UsageTarget): void {
-    const key = keyOf(target);
-    const id = JSON.stringify(key);
+    const id = idOf(target);
     const at = this.now();
     const entry = this.pending.get(id);
     if (entry) {
       entry.pulls += 1;
-      entry.lastPulledAt = Math.max(entry.lastPulledAt, at);
+      if (at > entry.lastPulledAt) entry.lastPulledAt = at;
     } else {
-      this.pending.set(id, { key, lastPulledAt: at, pulls: 1 });
+      this.pending.set(id, { id, key: keyOf(target), lastPulledAt: at, pulls: 1 });
     }
     this.schedule();
   }
@@ -93,16 +93,27 @@ export class UsageRecorder {
     if (failed.length > 0) {
       // Put back what could not be written, merged with what came in meanwhile.
       for (const entry of failed) {
-        const id = JSON.stringify(entry.key);
-        const now = this.pending.get(id);
+        const now = this.pending.get(entry.id);
         if (now) {
           now.pulls += entry.pulls;
           now.lastPulledAt = Math.max(now.lastPulledAt, entry.lastPulledAt);
-        } else this.pending.set(id, entry);
+        } else this.pending.set(entry.id, entry);
       }
       this.schedule();
       throw new Error(`could not write ${failed.length} usage record(s) to the KV`);
     }
+  }
+}
+
+/** The pending map's key: one string, no KV key or JSON built (names and digests never hold NUL). */
+function idOf(t: UsageTarget): string {
+  switch (t.kind) {
+    case "tag":
+      return `t\0${t.upstream}\0${t.repo}\0${t.tag}`;
+    case "manifest":
+      return `m\0${t.upstream}\0${t.repo}\0${t.digest}`;
+    case "blob":
+      return `b\0${t.digest}`;
   }
 }
 
