@@ -4,7 +4,7 @@ import { RegistryError } from "../registry/errors.ts";
 import { parseRange, unsatisfiedRange, type ByteRange } from "../registry/range.ts";
 import type { Digest } from "../registry/reference.ts";
 import { contentLength } from "../util/http-headers.ts";
-import { observedBody } from "../util/streams.ts";
+import { observed } from "../storage/direct-body.ts";
 import { DEFAULT_MAX_BLOB_BYTES, refuseDeclaredSize } from "./blob-bounds.ts";
 import { BlobFetch, type BlobFetchDeps } from "./blob-fetch.ts";
 import { isLinked, linkAfterHead } from "./blob-links.ts";
@@ -92,7 +92,7 @@ export class BlobCache {
       const seconds = this.clientTimeoutMs / 1000;
       const fromStore = answer.source === "cache";
       if (fromStore) this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
-      answer.body = observedBody(answer.body, {
+      answer.body = observed(answer.body, {
         onChunk: (n) => counter.inc({}, n),
         onEnd: () => {
           if (!fromStore) return;

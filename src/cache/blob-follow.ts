@@ -4,6 +4,7 @@
  * spool, and waiting when it has caught up. A follower never gets the last
  * byte before the digest is verified, so a failed fetch breaks its response.
  */
+import { directStream, type DirectSource } from "../storage/direct-body.ts";
 import type { SharedReader } from "./blob-plumbing.ts";
 
 /** Bytes a follower reads from the spool at a time. */
@@ -33,6 +34,12 @@ export interface Followed {
 
 /** Bytes [start, end) of the followed blob (end null: to the end), fed as they arrive; `reader` is the spool (null: none). */
 export function followFetch(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): ReadableStream<Uint8Array> {
+  // A direct source: Node writes it to the socket itself (see storage/direct-body.ts), Deno reads the stream.
+  return directStream(followSource(fetch, reader, start, end));
+}
+
+/** The follower's reads; memory chunks are the fetch's shared batches, so none is ever recycled. */
+export function followSource(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): DirectSource {
   reader?.acquire();
   let position = start;
   let released = false;
@@ -45,53 +52,46 @@ export function followFetch(fetch: Followed, reader: SharedReader | null, start:
     }
     rest?.cancel().catch(() => {});
   };
-  return new ReadableStream<Uint8Array>(
-    {
-      pull: async (controller) => {
-        try {
-          for (;;) {
-            if (rest) {
-              const next = await rest.read();
-              if (next.done) {
-                release();
-                controller.close();
-              } else controller.enqueue(next.value);
-              return;
-            }
-            const stop = end ?? (fetch.complete ? fetch.received : Infinity);
-            if (position >= stop) {
-              release();
-              controller.close();
-              return;
-            }
-            if (fetch.error) throw fetch.error;
-            const limit = Math.min(stop, fetch.releasable());
-            if (position < limit) {
-              const spooled = fetch.spooled;
-              const chunk = fetch.inMemory(position, limit) ??
-                (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
-              if (chunk) {
-                if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
-                position += chunk.byteLength;
-                controller.enqueue(chunk);
-                return;
-              }
-              // Unwritten bytes are always in the window, so these were written and dropped from it:
-              // with no spool, or past where spooling stopped, they come from elsewhere.
-              if (!reader || position < fetch.written) {
-                rest = (await fetch.restFrom(position, end)).getReader();
-                continue;
-              }
-            }
-            await fetch.nextChange();
+  return {
+    async read() {
+      try {
+        for (;;) {
+          if (rest) {
+            const next = await rest.read();
+            if (!next.done) return next.value;
+            release();
+            return null;
           }
-        } catch (err) {
-          release();
-          controller.error(err);
+          const stop = end ?? (fetch.complete ? fetch.received : Infinity);
+          if (position >= stop) {
+            release();
+            return null;
+          }
+          if (fetch.error) throw fetch.error;
+          const limit = Math.min(stop, fetch.releasable());
+          if (position < limit) {
+            const spooled = fetch.spooled;
+            const chunk = fetch.inMemory(position, limit) ??
+              (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
+            if (chunk) {
+              if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
+              position += chunk.byteLength;
+              return chunk;
+            }
+            // Unwritten bytes are always in the window, so these were written and dropped from it:
+            // with no spool, or past where spooling stopped, they come from elsewhere.
+            if (!reader || position < fetch.written) {
+              rest = (await fetch.restFrom(position, end)).getReader();
+              continue;
+            }
+          }
+          await fetch.nextChange();
         }
-      },
-      cancel: release,
+      } catch (err) {
+        release();
+        throw err;
+      }
     },
-    { highWaterMark: 1 },
-  );
+    cancel: release,
+  };
 }

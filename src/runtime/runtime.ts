@@ -28,6 +28,9 @@ export interface Runtime {
    * (a client that stopped reading a blob, or went quiet) is closed, where the
    * platform allows it (Node; Deno.serve offers no such control, and there
    * the blob bodies' own stall watchdog does the job).
+   * Responses whose body is a direct body (storage/direct-body.ts: a stored file, a follower of
+   * a download) may be sent from its source instead of the stream, calling its hooks as the
+   * stream would (Node writes it to the socket itself, with reused buffers for a file; Deno sends the stream).
    */
   serve(handler: ServeHandler, listen: Listen, opts: { clientTimeoutMs: number; onClientTimeout?: () => void }): Promise<Listening>;
   /** Opens the KV store: a file path, ":memory:", a KV Connect URL, or undefined for the platform default (Deno Deploy). */

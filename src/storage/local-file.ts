@@ -2,6 +2,7 @@ import { open, unlink } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { digestHex, type Digest } from "../registry/reference.ts";
+import { unzeroedBytes } from "../util/buffers.ts";
 import type { PartialReader } from "./blob-store.ts";
 
 /**
@@ -80,7 +81,7 @@ async function openFileReader(path: string): Promise<PartialReader> {
   const reader = await open(path, "r");
   return {
     async read(offset, length) {
-      const buf = new Uint8Array(length);
+      const buf = unzeroedBytes(length); // filled by the read; only what it read is passed on
       const { bytesRead } = await reader.read(buf, 0, length, offset);
       return bytesRead === length ? buf : buf.subarray(0, bytesRead);
     },

@@ -7,9 +7,12 @@ import { unzeroedBytes } from "../../util/buffers.ts";
 import type { BlobStore, BlobUpload, PartialReader, StoredObject } from "../blob-store.ts";
 import { freeBytes, type StatFs, systemStatFs } from "../disk-space.ts";
 import { UploadFile, uploadFilePath } from "../local-file.ts";
+import { directStream, type DirectSource } from "../direct-body.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
 const READ_CHUNK = 1024 * 1024;
+/** Reads of a blob file in flight ahead of its consumer. */
+const READ_AHEAD = 2;
 
 /**
  * The embedded default store: one file per digest under `<root>/<alg>/<2 hex>/<hex>`.
@@ -61,7 +64,7 @@ export class FsBlobStore implements BlobStore {
     }
     const start = range?.start ?? 0;
     const end = range ? range.end + 1 : (await handle.stat()).size;
-    return fileStream(handle, start, end);
+    return directStream(fileSource(handle, start, end));
   }
 
   async put(digest: Digest, bytes: Uint8Array): Promise<void> {
@@ -154,34 +157,69 @@ class FsUpload implements BlobUpload {
   }
 }
 
-function fileStream(handle: FileHandle, start: number, end: number): ReadableStream<Uint8Array> {
+/**
+ * The file's bytes [start, end) in READ_CHUNK reads, READ_AHEAD of them ahead of the consumer. A runtime
+ * that sends the source itself hands its chunks back (recycle), so a long blob goes out
+ * through the same few buffers; the web stream gets fresh ones. The handle is closed at the
+ * end, on an error or on cancel.
+ */
+export function fileSource(handle: FileHandle, start: number, end: number, chunkBytes = READ_CHUNK): DirectSource {
   let position = start;
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        try {
-          const want = Math.min(READ_CHUNK, end - position);
-          if (want <= 0) {
-            await handle.close();
-            controller.close();
-            return;
-          }
-          const buf = unzeroedBytes(want);
-          const { bytesRead } = await handle.read(buf, 0, want, position);
-          if (bytesRead === 0) throw new Error("blob file shorter than expected");
-          position += bytesRead;
-          controller.enqueue(bytesRead === want ? buf : buf.subarray(0, bytesRead));
-        } catch (err) {
-          await handle.close().catch(() => {});
-          controller.error(err);
-        }
-      },
-      async cancel() {
-        await handle.close().catch(() => {});
-      },
+  let closed = false;
+  const spare: Uint8Array[] = [];
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    // A read still in flight finishes first: FileHandle.close waits for it.
+    handle.close().catch(() => {});
+  };
+  const readNext = async (): Promise<Uint8Array | null> => {
+    const want = Math.min(chunkBytes, end - position);
+    if (want <= 0) {
+      close();
+      return null;
+    }
+    const at = position;
+    position += want;
+    const buf = spare.pop() ?? unzeroedBytes(want === end - start ? want : chunkBytes);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await handle.read(buf, got, want - got, at + got);
+      if (bytesRead === 0) throw new Error("blob file shorter than expected");
+      got += bytesRead;
+    }
+    return want === buf.byteLength ? buf : buf.subarray(0, want);
+  };
+  // Reads queued ahead of the consumer, in file order: the disk is never what a socket waits on.
+  const ahead: Array<Promise<Uint8Array | null>> = [];
+  const fill = () => {
+    while (!closed && ahead.length < READ_AHEAD && position < end) {
+      const next = readNext();
+      next.catch(() => {}); // surfaces when the consumer gets to it
+      ahead.push(next);
+    }
+  };
+  return {
+    async read() {
+      if (closed) throw new Error("blob file read after it was closed");
+      const next = ahead.shift() ?? readNext();
+      try {
+        const chunk = await next;
+        fill();
+        return chunk;
+      } catch (err) {
+        close();
+        throw err;
+      }
     },
-    { highWaterMark: 2 },
-  );
+    recycle(chunk) {
+      // Whole read buffers only (not a short last chunk's smaller one), at most READ_AHEAD + 1 kept.
+      if (!closed && chunk.byteOffset === 0 && chunk.buffer.byteLength === chunkBytes && spare.length < READ_AHEAD + 1) {
+        spare.push(new Uint8Array(chunk.buffer, 0, chunkBytes));
+      }
+    },
+    cancel: close,
+  };
 }
 
 /** A directory's entries; none when it is gone (or is not a directory). */

@@ -1,0 +1,157 @@
+// Blob bodies sent from their source (src/storage/direct-body.ts): a stored file read into a few
+// reused buffers (fs-store fileSource), Node writing it to the socket itself (runtime/node-send.ts)
+// with the same hooks a web stream body has (bytes counted, the end reported once, a client that
+// takes nothing cut off), and the same bytes whether the source is taken or read as a stream.
+import t, { type Test } from "tap";
+import { randomBytes } from "node:crypto";
+import { open, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { nodeRuntime } from "../../src/runtime/node.ts";
+import { directStream, observed, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
+import { fileSource } from "../../src/storage/fs/fs-store.ts";
+
+const MiB = 1024 * 1024;
+
+async function fileOf(t: Tap, bytes: Uint8Array): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "direct-body-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, "blob");
+  await writeFile(path, bytes);
+  return path;
+}
+type Tap = Test;
+
+async function readAll(stream: ReadableStream<Uint8Array>): Promise<Buffer> {
+  const parts: Uint8Array[] = [];
+  for await (const chunk of stream) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+t.test("a file source gives exactly the range asked for, as a stream and when taken", async (t) => {
+  const bytes = randomBytes(3 * MiB + 12345);
+  const path = await fileOf(t, bytes);
+  const whole = await readAll(directStream(fileSource(await open(path, "r"), 0, bytes.length)));
+  t.ok(whole.equals(bytes), "the whole file");
+  const part = await readAll(directStream(fileSource(await open(path, "r"), 1000, 2 * MiB + 77)));
+  t.ok(part.equals(bytes.subarray(1000, 2 * MiB + 77)), "a range across chunk boundaries");
+
+  const taken = takeDirect(directStream(fileSource(await open(path, "r"), 5, bytes.length)));
+  t.ok(taken, "a file body can be taken by the runtime");
+  const parts: Buffer[] = [];
+  for (let c = await taken!.source.read(); c; c = await taken!.source.read()) parts.push(Buffer.from(c));
+  t.ok(Buffer.concat(parts).equals(bytes.subarray(5)), "the taken source reads the same bytes");
+});
+
+t.test("a sent file goes out through a few reused buffers, not a fresh one per chunk", async (t) => {
+  const bytes = randomBytes(16 * MiB);
+  const path = await fileOf(t, bytes);
+  const source = fileSource(await open(path, "r"), 0, bytes.length);
+  const buffers = new Set<ArrayBufferLike>();
+  const out: Buffer[] = [];
+  for (let c = await source.read(); c; c = await source.read()) {
+    buffers.add(c.buffer);
+    out.push(Buffer.from(c)); // copied, as the socket would, before handing it back
+    source.recycle?.(c);
+  }
+  t.ok(Buffer.concat(out).equals(bytes), "the bytes");
+  t.ok(buffers.size <= 4, `16 MiB in ${buffers.size} buffers`);
+});
+
+t.test("a body read as a stream is not taken from under its reader", async (t) => {
+  const stream = directStream({ read: async () => null, cancel: () => {} });
+  const reader = stream.getReader();
+  t.equal(takeDirect(stream), null);
+  reader.releaseLock();
+});
+
+/** A server on 127.0.0.1 answering every request with `body()` and the given length. */
+async function serving(t: Tap, body: () => ReadableStream<Uint8Array>, length: number, clientTimeoutMs = 60_000) {
+  const listening = await nodeRuntime.serve(
+    async () => new Response(body(), { headers: { "content-type": "application/octet-stream", "content-length": String(length) } }),
+    { hostname: "127.0.0.1", port: 0 },
+    { clientTimeoutMs },
+  );
+  t.teardown(() => listening.close());
+  return `http://127.0.0.1:${listening.port}/`;
+}
+
+t.test("Node sends a file body whole and calls its hooks as a stream body would", async (t) => {
+  const bytes = randomBytes(5 * MiB + 3);
+  const path = await fileOf(t, bytes);
+  let counted = 0;
+  let ends = 0;
+  const hooks: BodyHooks = { onChunk: (n) => (counted += n), onEnd: () => ends++ };
+  const url = await serving(t, () => observed(directStream(fileSourceAt(path, bytes.length)), hooks), bytes.length);
+  for (let i = 0; i < 3; i++) {
+    const res = await fetch(url);
+    t.equal(res.status, 200);
+    t.ok(Buffer.from(await res.arrayBuffer()).equals(bytes), `response ${i + 1}: the bytes`);
+  }
+  await waitFor(() => ends === 3);
+  t.equal(counted, 3 * bytes.length, "every byte counted");
+  t.equal(ends, 3, "the end reported once per response");
+});
+
+t.test("a client that leaves in the middle ends the body: the file is released and the end reported", async (t) => {
+  const bytes = randomBytes(64 * MiB);
+  const path = await fileOf(t, bytes);
+  let ends = 0;
+  let cancelled = 0;
+  const url = await serving(t, () => {
+    const source = fileSourceAt(path, bytes.length);
+    const cancel = source.cancel;
+    source.cancel = (reason) => (cancelled++, cancel(reason));
+    return observed(directStream(source), { onEnd: () => ends++ });
+  }, bytes.length);
+  const res = await fetch(url);
+  const reader = res.body!.getReader();
+  await reader.read();
+  await reader.cancel();
+  await waitFor(() => ends === 1 && cancelled === 1);
+  t.equal(ends, 1, "end reported");
+  t.equal(cancelled, 1, "source cancelled once");
+});
+
+t.test("a client that takes nothing is cut off after the stall time, with the stall reported", async (t) => {
+  const bytes = randomBytes(64 * MiB);
+  const path = await fileOf(t, bytes);
+  let stalls = 0;
+  let ends = 0;
+  const url = new URL(await serving(t, () => observed(directStream(fileSourceAt(path, bytes.length)), {
+    onEnd: () => ends++,
+    stall: { ms: 300, onStall: () => stalls++ },
+  }), bytes.length));
+  // A raw client that sends a request and never reads the answer.
+  const socket = connect(Number(url.port), "127.0.0.1");
+  socket.pause();
+  socket.write(`GET / HTTP/1.1\r\nhost: ${url.host}\r\n\r\n`);
+  const closed = new Promise<void>((r) => socket.once("close", () => r()));
+  socket.on("error", () => {});
+  t.teardown(() => socket.destroy());
+  await waitFor(() => stalls === 1 && ends === 1, 5_000);
+  t.equal(stalls, 1, "the stall was reported");
+  socket.resume(); // drain what was buffered: the server has closed its side
+  await closed;
+  t.pass("the connection was closed");
+});
+
+function fileSourceAt(path: string, size: number) {
+  // The handle opens on the first read, as fs-store's open would have it by then.
+  let real: ReturnType<typeof fileSource> | null = null;
+  const opening = open(path, "r").then((h) => (real = fileSource(h, 0, size)));
+  return {
+    read: async () => (await opening, real!.read()),
+    recycle: (c: Uint8Array) => real?.recycle?.(c),
+    cancel: (reason?: unknown) => void opening.then(() => real!.cancel(reason)),
+  };
+}
+
+async function waitFor(ok: () => boolean, ms = 5_000): Promise<void> {
+  const t0 = Date.now();
+  while (!ok()) {
+    if (Date.now() - t0 > ms) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
