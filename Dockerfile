@@ -1,11 +1,22 @@
 # Stowage on Node 20. Build: docker build -t stowage .
-FROM node:20-bookworm-slim
+# First stage: the TypeScript built into dist/ (bin/build.mjs), with the dev dependencies that takes.
+FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund
+RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY bin ./bin
 COPY src ./src
 COPY workers ./workers
+RUN npm run build
+
+# The image: the built JavaScript and the runtime dependencies only (no TypeScript, no tsx).
+FROM node:20-bookworm-slim
+WORKDIR /app
+COPY package.json package-lock.json ./
+# --ignore-scripts: `prepare` would build again, and the build tools are not installed here.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+COPY bin/stowage.js ./bin/
+COPY --from=build /app/dist ./dist
 ENV STOWAGE_LISTEN=:5000 \
     STOWAGE_DATA_DIR=/data
 RUN mkdir -p /data && chown node:node /data

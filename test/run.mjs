@@ -26,6 +26,12 @@ if (!pluginsReady()) {
   for (let waited = 0; !pluginsReady() && waited < 60_000; waited += 250) await new Promise((r) => setTimeout(r, 250));
 }
 
+// The end-to-end tests start Stowage as `npm start` does, from dist/: build it from the source as it is now.
+if ((await run([fileURLToPath(new URL("../bin/build.mjs", import.meta.url))], "inherit")) !== 0) {
+  console.log("0 passed, 1 failed (npm run build failed: see above)");
+  process.exit(1);
+}
+
 let output = "";
 const code = await run([tapBin, "--reporter=tap", ...args], "pipe", (chunk) => {
   process.stdout.write(chunk);

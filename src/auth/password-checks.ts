@@ -5,10 +5,10 @@
  */
 import bcrypt from "bcryptjs";
 import type { Logger } from "../log.ts";
-import type { WorkerPort } from "../runtime/runtime.ts";
+import type { WorkerName, WorkerPort } from "../runtime/runtime.ts";
 import { rejectAfter, sleep } from "../util/deadline.ts";
 
-export type SpawnWorker = (script: URL) => WorkerPort;
+export type SpawnWorker = (name: WorkerName) => WorkerPort;
 
 /** The queue of password checks is full: answer 429 now rather than wait without end. */
 export class PasswordChecksBusy extends Error {
@@ -133,7 +133,7 @@ class PasswordWorker {
   private constructor(private readonly port: WorkerPort) {}
 
   static async start(spawn: SpawnWorker): Promise<PasswordWorker> {
-    const port = spawn(new URL("../../workers/password-worker.ts", import.meta.url));
+    const port = spawn("password-worker");
     const worker = new PasswordWorker(port);
     try {
       await rejectAfter(

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { WorkerPort } from "../runtime/runtime.ts";
+import type { WorkerName, WorkerPort } from "../runtime/runtime.ts";
 import type { DigestAlgorithm } from "../registry/reference.ts";
 import type { Hasher, HasherFactory } from "./hasher.ts";
 import { BATCH_BYTES, BufferFiller, BufferPool } from "../util/buffers.ts";
@@ -96,9 +96,8 @@ export class WorkerHasherFactory implements HasherFactory {
   private constructor(private readonly workers: DigestWorker[]) {}
 
   /** Starts `count` workers and checks that one answers; throws if workers cannot run here. */
-  static async start(count: number, spawn: (script: URL) => WorkerPort): Promise<WorkerHasherFactory> {
-    const url = new URL("../../workers/digest-worker.ts", import.meta.url);
-    const workers = Array.from({ length: count }, () => new DigestWorker(spawn(url)));
+  static async start(count: number, spawn: (name: WorkerName) => WorkerPort): Promise<WorkerHasherFactory> {
+    const workers = Array.from({ length: count }, () => new DigestWorker(spawn("digest-worker")));
     const factory = new WorkerHasherFactory(workers);
     // Prove the worker actually loads (its TypeScript is type-stripped when the runtime spawns it).
     const probe = factory.create("sha256");

@@ -1,5 +1,5 @@
 import type { Kv } from "../kv/kv.ts";
-import type { Runtime, WorkerPort } from "./runtime.ts";
+import type { Runtime, WorkerName, WorkerPort } from "./runtime.ts";
 
 // Only the Deno globals this adapter touches, so the file type-checks under Node's tsc too.
 type DenoApi = {
@@ -28,8 +28,9 @@ function workersAvailable(): boolean {
  * Deno's own Web Workers: transferring buffers to them is fast, while its
  * node:worker_threads emulation copies slowly (15 MB/s measured here).
  */
-function spawnWebWorker(script: URL): WorkerPort {
-  const worker = new Worker(script.href, { type: "module" });
+function spawnWebWorker(name: WorkerName): WorkerPort {
+  // Deno runs the TypeScript source (src/runtime/ -> workers/).
+  const worker = new Worker(new URL(`../../workers/${name}.ts`, import.meta.url).href, { type: "module" });
   return {
     post: (message, transfer) => worker.postMessage(message, transfer ?? []),
     onMessage: (fn) => worker.addEventListener("message", (e) => fn((e as MessageEvent).data)),

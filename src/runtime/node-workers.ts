@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
-import type { WorkerPort } from "./runtime.ts";
+import type { WorkerName, WorkerPort } from "./runtime.ts";
 
 /** The part of esbuild's API used here. */
 type Esbuild = {
@@ -11,7 +11,7 @@ type Esbuild = {
 };
 
 /** Each worker module as plain JavaScript in a data: URL (the workers import only node: builtins). */
-const workerModules = new Map<string, Promise<URL>>();
+const workerModules = new Map<WorkerName, Promise<URL>>();
 
 /**
  * Put before each worker module: gives it the scope of a Web Worker (as on Deno), postMessage
@@ -23,30 +23,43 @@ const WEB_WORKER_SCOPE =
   `stowageParentPort.on("message", (data) => globalThis.onmessage?.({ data }));`;
 
 /**
- * Node 20 cannot strip TypeScript types itself. Instead of registering tsx in every worker (a
- * module-hooks thread, tsx and esbuild per worker: ≈20 MiB each), strip the types of the worker
- * module once, here, with the esbuild that tsx depends on, and stop esbuild's helper process again.
- * The async API: the sync one would leave a thread behind, and a defunct process once stopped.
+ * Whether this adapter runs as TypeScript (the tests, `npm run stowage`) or from the build in
+ * dist/ (`npm start`, the `stowage` bin, the image), where the workers are built JavaScript too.
  */
-function workerModule(script: URL): Promise<URL> {
-  let url = workerModules.get(script.href);
+const FROM_SOURCE = import.meta.url.endsWith(".ts");
+
+/** A worker's JavaScript and where it came from (for stack traces). */
+async function workerCode(name: WorkerName): Promise<{ code: string; href: string }> {
+  if (!FROM_SOURCE) {
+    // bin/build.mjs writes dist/workers/NAME.js next to the chunk this code is bundled into.
+    const built = new URL(`./workers/${name}.js`, import.meta.url);
+    return { code: await readFile(built, "utf8"), href: built.href };
+  }
+  // Node 20 cannot strip TypeScript types itself. Instead of registering tsx in every worker (a
+  // module-hooks thread, tsx and esbuild per worker: ≈20 MiB each), strip the types of the worker
+  // module once, here, with the esbuild that tsx depends on, and stop esbuild's helper process again.
+  // The async API: the sync one would leave a thread behind, and a defunct process once stopped.
+  const source = new URL(`../../workers/${name}.ts`, import.meta.url);
+  // Resolved through tsx, whose dependency it is, so that it is found whatever the node_modules layout.
+  const esbuild = createRequire(createRequire(import.meta.url).resolve("tsx/package.json"))("esbuild") as Esbuild;
+  try {
+    const { code } = await esbuild.transform(await readFile(source, "utf8"), {
+      loader: "ts",
+      format: "esm",
+      target: `node${process.versions.node}`,
+      sourcefile: fileURLToPath(source),
+    });
+    return { code, href: source.href };
+  } finally {
+    await esbuild.stop();
+  }
+}
+
+function workerModule(name: WorkerName): Promise<URL> {
+  let url = workerModules.get(name);
   if (!url) {
-    url = (async () => {
-      // Resolved through tsx, whose dependency it is, so that it is found whatever the node_modules layout.
-      const esbuild = createRequire(createRequire(import.meta.url).resolve("tsx/package.json"))("esbuild") as Esbuild;
-      try {
-        const { code } = await esbuild.transform(await readFile(script, "utf8"), {
-          loader: "ts",
-          format: "esm",
-          target: `node${process.versions.node}`,
-          sourcefile: fileURLToPath(script),
-        });
-        return new URL(`data:text/javascript,${encodeURIComponent(`${WEB_WORKER_SCOPE}${code}//# sourceURL=${script.href}\n`)}`);
-      } finally {
-        await esbuild.stop();
-      }
-    })();
-    workerModules.set(script.href, url);
+    url = workerCode(name).then(({ code, href }) => new URL(`data:text/javascript,${encodeURIComponent(`${WEB_WORKER_SCOPE}${code}//# sourceURL=${href}\n`)}`));
+    workerModules.set(name, url);
   }
   return url;
 }
@@ -55,14 +68,14 @@ function workerModule(script: URL): Promise<URL> {
  * Starts the worker as soon as its JavaScript is ready; messages posted before then wait, in order
  * (transferred buffers stay ours until they are actually posted).
  */
-export function spawnTsWorker(script: URL): WorkerPort {
+export function spawnNodeWorker(name: WorkerName): WorkerPort {
   let worker: Worker | null = null;
   let terminated = false;
   const queued: Array<[unknown, ArrayBuffer[] | undefined]> = [];
   const onMessage: Array<(data: unknown) => void> = [];
   const onFailure: Array<(err: Error) => void> = [];
   const fail = (err: Error) => onFailure.forEach((fn) => fn(err));
-  workerModule(script).then(
+  workerModule(name).then(
     (url) => {
       if (terminated) return;
       const w = new Worker(url, {
@@ -78,7 +91,7 @@ export function spawnTsWorker(script: URL): WorkerPort {
       worker = w;
       for (const [message, transfer] of queued.splice(0)) w.postMessage(message, transfer);
     },
-    (err) => fail(new Error(`cannot prepare worker ${script.href}: ${err instanceof Error ? err.message : String(err)}`)),
+    (err) => fail(new Error(`cannot prepare worker ${name}: ${err instanceof Error ? err.message : String(err)}`)),
   );
   return {
     post: (message, transfer) => (worker ? worker.postMessage(message, transfer) : void queued.push([message, transfer])),

@@ -8,6 +8,9 @@ export type Listen = { hostname: string; port: number };
 
 export type Listening = { hostname: string; port: number; close(): Promise<void> };
 
+/** The worker modules in workers/: each runtime knows where its form of them lives (TypeScript source, or the build in dist/). */
+export type WorkerName = "digest-worker" | "password-worker";
+
 /** A worker thread as the digest pool sees it, whatever kind of worker the runtime makes. */
 export interface WorkerPort {
   post(message: unknown, transfer?: ArrayBuffer[]): void;
@@ -38,11 +41,11 @@ export interface Runtime {
   /** Whether there is a platform default KV (Deno's own; Node has none). */
   readonly hasPlatformKv: boolean;
   /**
-   * Starts a worker thread running a TypeScript module, or null where threads are unavailable.
+   * Starts a worker thread running workers/NAME, or null where threads are unavailable.
    * The module sees a Web Worker's scope on every runtime: it answers with `postMessage` and
    * receives through `onmessage` on globalThis.
    */
-  readonly spawnWorker: ((script: URL) => WorkerPort) | null;
+  readonly spawnWorker: ((name: WorkerName) => WorkerPort) | null;
   /** Whether the local disk may be written (false under `deno run --deny-write` or on Deno Deploy). */
   canWrite(path: string): Promise<boolean>;
   onSignal(signal: "SIGINT" | "SIGTERM", fn: () => void): void;

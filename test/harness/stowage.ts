@@ -1,5 +1,24 @@
-// Stowage as a real process (Node with tsx, or Deno), as operators start it.
+// Stowage as a real process (Node with tsx, Node running the build in dist/, or Deno), as operators start it.
 import { denoBinary, freePort, madeByHarness, makeTempDir, procFor, type Proc, PROJECT_ROOT, spawnTracked, answers, waitUntil } from "./processes.ts";
+
+/**
+ * How Stowage runs: the build (`npm run build`; test/run.mjs makes it first) as `npm start` runs
+ * it, the default; its TypeScript on Node through tsx; or Deno. STOWAGE_E2E_RUNTIME picks another default.
+ */
+export type StowageRuntime = "node" | "node-built" | "deno";
+
+const NODE_FLAGS = ["--max-semi-space-size=2", "--initial-old-space-size=64"]; // as npm start and the image
+
+async function commandFor(runtime: StowageRuntime, denoPermissions?: string[]): Promise<[string, string[]]> {
+  if (runtime === "deno") return [await denoBinary(), ["run", ...(denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]];
+  if (runtime === "node-built") return [process.execPath, [...NODE_FLAGS, "bin/stowage.js"]];
+  return [process.execPath, [...NODE_FLAGS, "--import", "tsx", "src/main.ts"]];
+}
+
+const runtimeFromEnv = (): StowageRuntime => {
+  const r = process.env.STOWAGE_E2E_RUNTIME;
+  return r === "deno" || r === "node" ? r : "node-built";
+};
 
 function flagValue(args: string[], name: string): string | undefined {
   for (let i = 0; i < args.length; i++) {
@@ -11,19 +30,19 @@ function flagValue(args: string[], name: string): string | undefined {
 }
 
 /**
- * Stowage itself: `node --max-semi-space-size=2 --initial-old-space-size=64 --import tsx src/main.ts serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
+ * Stowage itself: `node --max-semi-space-size=2 --initial-old-space-size=64 bin/stowage.js serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
  * from the project root; a port and a fresh data dir are chosen unless args name them.
  */
 export async function startStowage(
   args: string[],
   opts: {
     env?: Record<string, string>;
-    runtime?: "node" | "deno";
+    runtime?: StowageRuntime;
     /** Deno permissions instead of the usual ones (which allow writing), e.g. to run with --deny-write. */
     denoPermissions?: string[];
   } = {},
 ): Promise<Proc & { url: string; port: number; dataDir: string }> {
-  const runtime = opts.runtime ?? (process.env.STOWAGE_E2E_RUNTIME === "deno" ? "deno" : "node");
+  const runtime = opts.runtime ?? runtimeFromEnv();
   const extra: string[] = [];
   let listen = flagValue(args, "--listen");
   if (listen === undefined) {
@@ -42,9 +61,7 @@ export async function startStowage(
   const host = ["", "0.0.0.0", "[::]", "::"].includes(m[1] ?? "") ? "127.0.0.1" : (m[1] ?? "127.0.0.1");
   const url = `http://${host}:${port}`;
 
-  const [cmd, prefix] = runtime === "deno"
-    ? [await denoBinary(), ["run", ...(opts.denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]]
-    : [process.execPath, ["--max-semi-space-size=2", "--initial-old-space-size=64", "--import", "tsx", "src/main.ts"]]; // as npm start
+  const [cmd, prefix] = await commandFor(runtime, opts.denoPermissions);
   const s = spawnTracked(cmd, [...prefix, "serve", ...extra, ...args], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, ...opts.env },
@@ -67,12 +84,9 @@ export async function startStowage(
  */
 export async function runStowage(
   args: string[],
-  opts: { runtime?: "node" | "deno"; timeoutMs?: number; stdin?: string; env?: Record<string, string> } = {},
+  opts: { runtime?: StowageRuntime; timeoutMs?: number; stdin?: string; env?: Record<string, string> } = {},
 ): Promise<{ code: number; stdout: string; output: string }> {
-  const runtime = opts.runtime ?? (process.env.STOWAGE_E2E_RUNTIME === "deno" ? "deno" : "node");
-  const [cmd, prefix] = runtime === "deno"
-    ? [await denoBinary(), ["run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "src/main.ts"]]
-    : [process.execPath, ["--max-semi-space-size=2", "--initial-old-space-size=64", "--import", "tsx", "src/main.ts"]];
+  const [cmd, prefix] = await commandFor(opts.runtime ?? runtimeFromEnv());
   const s = spawnTracked(cmd, [...prefix, ...args], { cwd: PROJECT_ROOT, env: { ...process.env, ...opts.env }, stdin: opts.stdin !== undefined });
   s.child.stdin?.end(opts.stdin);
   const out: Buffer[] = [];

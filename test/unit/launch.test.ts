@@ -22,7 +22,7 @@ t.test("npm start, npm run stowage, the Docker image and the tests start Node wi
   t.ok(entrypoint, "the Dockerfile has an exec-form ENTRYPOINT");
   t.same(v8Flags(JSON.parse(entrypoint ?? "[]")), expected, "Dockerfile ENTRYPOINT");
 
-  const spawned = /\[process\.execPath, (\[[^\]]*\])\]/.exec(read("test/harness/stowage.ts"))?.[1];
-  t.ok(spawned, "test/harness/stowage.ts starts Stowage with process.execPath");
+  const spawned = /const NODE_FLAGS = (\[[^\]]*\])/.exec(read("test/harness/stowage.ts"))?.[1];
+  t.ok(spawned, "test/harness/stowage.ts starts Node Stowage with NODE_FLAGS");
   t.same(v8Flags(JSON.parse(spawned ?? "[]")), expected, "the end-to-end tests and the bench");
 });

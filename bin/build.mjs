@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+// `npm run build` (and `npm ci`, through `prepare`): Stowage for Node as plain JavaScript in dist/,
+// so that nothing compiles TypeScript at run time (tsx cost ~45 MiB and about a second per start).
+//
+//   dist/main.js                  the command (bin/stowage.js runs it), with its chunks beside it
+//   dist/workers/NAME.js          the worker threads (src/runtime/node-workers.ts looks there)
+//
+// Bundled, because Node 20 loads many small ES modules slowly (zod alone is ~80 files and takes
+// twice as long to load as its bundle). Split, so that what only some commands need (prefill,
+// export, import, gc, the S3 store) is loaded only by them. Identifiers are kept, so stack
+// traces in the log stay readable. Deno runs the TypeScript in src/ directly and needs none of this.
+import { build } from "esbuild";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const outdir = process.argv[2] ?? `${root}dist`;
+
+const common = {
+  absWorkingDir: root,
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  minifyWhitespace: true,
+  minifySyntax: true,
+  legalComments: "linked",
+  logLevel: "warning",
+};
+
+/**
+ * zod re-exports all its ~40 locales (350 KiB, a third of what start-up loads) as `z.locales`,
+ * which Stowage never uses: its messages are English, zod's default, which zod imports itself.
+ */
+const zodEnglishOnly = {
+  name: "zod-english-only",
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]node_modules[\\/]zod[\\/]/.test(args.importer) ? { path: "zod-locales", namespace: "stowage" } : undefined,
+    );
+    b.onLoad({ filter: /^zod-locales$/, namespace: "stowage" }, () => ({ contents: "export {};", loader: "js" }));
+  },
+};
+
+// Written over in place, never emptied first: a Stowage started from dist/ (a test run next to
+// this build) may still load one of its chunks later. Chunk names carry a hash of their content.
+await build({
+  ...common,
+  entryPoints: { main: "src/main.ts" },
+  outdir,
+  splitting: true,
+  plugins: [zodEnglishOnly],
+  // Some bundled packages are CommonJS and `require` node's built-ins, which an ES module lacks.
+  banner: { js: `import { createRequire as __stowageRequire } from "node:module"; const require = __stowageRequire(import.meta.url);` },
+  chunkNames: "[name]-[hash]",
+  external: [
+    // A native addon, loaded from node_modules as is.
+    "@deno/kv",
+    // Large and loaded only with an S3 store or at the first upstream request; undici also reads
+    // its own WebAssembly files from its package directory.
+    "@aws-sdk/*",
+    "undici",
+    // Only the TypeScript (source) side of src/runtime/node-workers.ts uses these.
+    "tsx",
+    "esbuild",
+  ],
+});
+await build({
+  ...common,
+  entryPoints: { "workers/digest-worker": "workers/digest-worker.ts", "workers/password-worker": "workers/password-worker.ts" },
+  outdir,
+  // Run from a data: URL (src/runtime/node-workers.ts), so they may import node's built-ins only.
+  external: ["node:*"],
+});
