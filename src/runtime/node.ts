@@ -2,9 +2,11 @@ import { serve } from "@hono/node-server";
 import { openKv } from "@deno/kv";
 import { access, constants, mkdir } from "node:fs/promises";
 import { readFileSync } from "node:fs";
-import type { Server as HttpServer } from "node:http";
+import { type Server as HttpServer, ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { Kv } from "../kv/kv.ts";
+import { takeDirect } from "../storage/direct-body.ts";
+import { sendDirect } from "./node-send.ts";
 import { nodeUpstreamFetch } from "./node-upstream.ts";
 import { spawnNodeWorker } from "./node-workers.ts";
 import type { Runtime } from "./runtime.ts";
@@ -17,8 +19,15 @@ export const nodeRuntime: Runtime = {
     return new Promise((resolve, reject) => {
       const server = serve({
         // @hono/node-server passes { incoming, outgoing } as the second argument: the peer address is the socket's.
-        fetch: (request: Request, env: { incoming?: { socket?: { remoteAddress?: string } } }) =>
-          handler(request, { remoteAddress: env?.incoming?.socket?.remoteAddress ?? null }),
+        fetch: async (request: Request, env: { incoming?: { socket?: { remoteAddress?: string } }; outgoing?: unknown }) => {
+          const response = await handler(request, { remoteAddress: env?.incoming?.socket?.remoteAddress ?? null });
+          // A blob body goes to the socket from its source (node-send.ts); @hono/node-server is told it was sent.
+          const outgoing = env?.outgoing instanceof ServerResponse ? env.outgoing : null;
+          const direct = outgoing ? takeDirect(response.body) : null;
+          if (!outgoing || !direct) return response;
+          sendDirect(outgoing, response, direct).catch((err) => outgoing.destroy(err));
+          return new Response(null, { headers: { "x-hono-already-sent": "1" } });
+        },
         hostname: listen.hostname,
         port: listen.port,
         overrideGlobalObjects: false,
