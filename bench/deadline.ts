@@ -80,7 +80,7 @@ export async function runScenario<T>(what: string, ms: number, fn: (scope: Scope
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   try {
-    const value = await withTimeout(fn(scope), ms, what);
+    const value = await withTimeout(fn(scope), ms, "the scenario");
     return { status: "ok", value, seconds: seconds() };
   } catch (err) {
     const timedOut = err instanceof TimeoutError;
