@@ -55,7 +55,7 @@ export class FetchLeases {
       log,
       // Our renewals were late (a stalled process): another instance may now fetch too.
       // Both copies are verified and identical, so the store still ends with one good object.
-      lostMessage: "lost the fetch lease to another instance; both may download this blob",
+      lostMessage: "lost the fetch lease; another instance may download this blob too",
       context: { digest },
     });
   }

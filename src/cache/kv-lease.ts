@@ -14,6 +14,12 @@ export type KvLeaseOptions = {
   lostMessage: string;
   /** Added to the log lines. */
   context?: Record<string, unknown>;
+  /**
+   * Once the deadline has passed, the lease is lost for good and no renewal is sent (the
+   * collector: whatever it was doing stops). Otherwise renewals go on, and one that succeeds
+   * makes the lease held again (a fetch lease keeps protecting its download).
+   */
+  lostAtDeadline?: boolean;
 };
 
 /**
@@ -25,13 +31,17 @@ export type KvLeaseOptions = {
  * *sent* its last successful renewal: a holder that cannot renew (KV unreachable, or the
  * process stalled and its timers did not run) finds `held` false a quarter of the TTL before
  * anyone else can take over. That quarter covers an action begun just before the deadline and
- * modest clock differences between hosts. Once lost, a lease stays lost.
+ * modest clock differences between hosts. Unless `lostAtDeadline`, renewals go on after the
+ * deadline: one that succeeds proves nobody took the lease meanwhile (any taker changes the
+ * record), so `held` is true again. Once another owner has it, the lease is lost for good.
  */
 export class KvLease {
   private readonly timer: ReturnType<typeof setInterval>;
   private validUntil: number;
   private lost = false;
   private released = false;
+  private late = false;
+  private renewing: Promise<void> | null = null;
 
   private constructor(
     private readonly kv: TypedKv,
@@ -42,7 +52,10 @@ export class KvLease {
     sentAt: number,
   ) {
     this.validUntil = sentAt + this.heldFor();
-    this.timer = setInterval(() => void this.renew(), Math.max(1, Math.floor(o.ttlMs / 4)));
+    this.timer = setInterval(() => {
+      if (this.renewing) return;
+      this.renewing = this.renew().finally(() => (this.renewing = null));
+    }, Math.max(1, Math.floor(o.ttlMs / 4)));
     // A lease must not keep a stopping process alive.
     (this.timer as { unref?: () => void }).unref?.();
   }
@@ -60,13 +73,20 @@ export class KvLease {
   }
 
   /**
-   * Whether this process may still act under the lease. Checked right before each action:
-   * false once a renewal found another owner, or once the last successful renewal is too old.
+   * Whether this process may act under the lease now. Checked right before each action: false
+   * once another owner has it, and while the last successful renewal is too old.
    */
   get held(): boolean {
     if (this.lost || this.released) return false;
     if (this.clock() < this.validUntil) return true;
-    this.lose("could not renew in time");
+    if (this.o.lostAtDeadline) {
+      this.lose("it could not be renewed in time");
+      return false;
+    }
+    if (!this.late) {
+      this.late = true;
+      this.o.log.warn(this.o.lostMessage, { ...this.o.context, why: "it could not be renewed in time" });
+    }
     return false;
   }
 
@@ -75,21 +95,25 @@ export class KvLease {
     if (this.released) return;
     this.released = true;
     clearInterval(this.timer);
+    // A renewal in flight changes the versionstamp: remove the record only after it.
+    await this.renewing;
     await this.kv.removeIfUnchanged(this.key, this.versionstamp).catch(() => {});
   }
 
   private async renew(): Promise<void> {
-    // `held` also notices a deadline that passed while the process stalled.
-    if (!this.held) return;
+    // `held` notices a deadline that passed while the process stalled (and its timers did not run).
+    if (this.lost || this.released || (this.o.lostAtDeadline && !this.held)) return;
     const sentAt = this.clock();
     try {
       const next = await write(this.kv, this.key, this.owner, this.o, this.versionstamp);
+      // Kept even when released meanwhile: release() removes the record by this versionstamp.
+      if (next !== null) this.versionstamp = next;
       if (this.lost || this.released) return;
       if (next === null) return this.lose("another instance took it");
-      this.versionstamp = next;
       this.validUntil = Math.max(this.validUntil, sentAt + this.heldFor());
+      this.late = false;
     } catch (err) {
-      this.o.log.warn("could not renew a lease in KV; retrying", { ...this.o.context, error: err });
+      this.o.log.warn("could not renew a lease in KV; trying again", { ...this.o.context, error: err });
     }
   }
 

@@ -53,6 +53,7 @@ export class GcLease {
       monotonic: this.monotonic,
       log: this.log,
       lostMessage: "lost the collector lease; this collection stops removing",
+      lostAtDeadline: true,
     });
     return this.lease !== null;
   }
