@@ -9,6 +9,12 @@ import type { DigestAlgorithm } from "../registry/reference.ts";
  */
 export interface Hasher {
   update(chunk: Uint8Array): Promise<void>;
+  /**
+   * For a hasher created with a file: bytes [0, upTo) of it are written (and readable), hash
+   * them from there. Calls come in order, and all of them before any `update` (whose bytes
+   * follow the file's).
+   */
+  fileWritten?(upTo: number): void;
   /** The hex digest of everything passed to `update`. */
   finish(): Promise<string>;
   discard(): void;
@@ -17,13 +23,20 @@ export interface Hasher {
 export interface HasherFactory {
   /** "worker" or "inline", for the start-up log and /metrics. */
   readonly mode: "worker" | "inline";
-  create(algorithm: DigestAlgorithm): Hasher;
+  /**
+   * Whether `create` takes a file: the bytes are then read from it as `fileWritten` says they
+   * are there (by the digest worker, so they are never copied or posted on the calling thread).
+   */
+  readonly readsFiles: boolean;
+  /** A hasher; with `file` (only where `readsFiles`), one that reads the bytes from that file. */
+  create(algorithm: DigestAlgorithm, file?: string): Hasher;
   close(): Promise<void>;
 }
 
 /** Hashes on the calling thread; the fallback where worker threads are absent (Deno Deploy). */
 export class InlineHasherFactory implements HasherFactory {
   readonly mode = "inline" as const;
+  readonly readsFiles = false;
   create(algorithm: DigestAlgorithm): Hasher {
     let hash: ReturnType<typeof createHash> | null = createHash(algorithm);
     return {

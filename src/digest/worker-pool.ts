@@ -11,7 +11,7 @@ import { rejectAfter } from "../util/deadline.ts";
  */
 const BACKLOG_BYTES = 4 * 1024 * 1024;
 
-type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } | { op: "digest"; id: number; hex: string | null };
+type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } | { op: "digest"; id: number; hex: string | null; error?: string };
 
 /**
  * Batch buffers handed back by the workers, reused instead of allocating (and faulting in) fresh
@@ -65,7 +65,7 @@ class DigestWorker {
     } else {
       this.jobs.delete(msg.id);
       if (msg.hex) job.result?.resolve(msg.hex);
-      else job.result?.reject(new Error("digest worker lost the job"));
+      else job.result?.reject(new Error(msg.error ? `digest worker could not hash the blob: ${msg.error}` : "digest worker lost the job"));
     }
   }
 
@@ -91,6 +91,7 @@ class DigestWorker {
  */
 export class WorkerHasherFactory implements HasherFactory {
   readonly mode = "worker" as const;
+  readonly readsFiles = true;
   private nextId = 1;
 
   private constructor(private readonly workers: DigestWorker[]) {}
@@ -108,14 +109,14 @@ export class WorkerHasherFactory implements HasherFactory {
     return factory;
   }
 
-  create(algorithm: DigestAlgorithm): Hasher {
+  create(algorithm: DigestAlgorithm, file?: string): Hasher {
     const healthy = this.workers.filter((w) => w.healthy);
     const worker = healthy.sort((a, b) => a.load - b.load)[0];
     if (!worker) throw new Error("no digest worker is running");
     const id = this.nextId++;
     const job: Job = { backlog: 0, drained: [], result: null, failed: null };
     worker.jobs.set(id, job);
-    worker.post({ op: "start", id, algorithm });
+    worker.post({ op: "start", id, algorithm, ...(file === undefined ? {} : { file }) });
 
     const post = (data: Uint8Array) => {
       job.backlog += data.byteLength;
@@ -125,6 +126,10 @@ export class WorkerHasherFactory implements HasherFactory {
     const batches = new BufferFiller(BATCH_BYTES, () => spareBatches.take(), post);
 
     return {
+      // The worker reads these bytes from the file itself: a few bytes of message instead of the data.
+      fileWritten(upTo) {
+        if (file !== undefined && !job.failed && worker.healthy) worker.post({ op: "file", id, upTo });
+      },
       async update(chunk) {
         if (job.failed) throw job.failed;
         await batches.push(chunk);

@@ -58,6 +58,11 @@ export interface BlobUpload {
    * continue from the store after the commit.
    */
   openReader(): Promise<PartialReader | null>;
+  /**
+   * The local file the written bytes are in (each `write` resolves once its bytes can be read
+   * there), for a digest worker to hash them from; null where there is none (S3 without a spool).
+   */
+  readonly spoolPath: string | null;
   /** Makes the blob visible under its digest. Call only after verifying it. */
   commit(): Promise<void>;
   /** Discards everything written; safe to call more than once, and after a failed commit. */

@@ -3,6 +3,9 @@
 // batches), and the inline fallback must agree.
 import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
+import { mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { InlineHasherFactory, type HasherFactory } from "../../src/digest/hasher.ts";
 import { WorkerHasherFactory } from "../../src/digest/worker-pool.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
@@ -86,3 +89,31 @@ t.test("several blobs hashed at the same time do not mix", async (tt) => {
   digests.forEach((d, i) => tt.equal(d, createHash("sha256").update(blobs[i]!).digest("hex"), `blob ${i}`));
 });
 
+
+t.test("a worker hasher with a file reads the bytes from it as they are written, then takes the rest as updates", async (tt) => {
+  const factory = await WorkerHasherFactory.start(1, nodeRuntime.spawnWorker!);
+  tt.teardown(() => factory.close());
+  const dir = await mkdtemp(join(tmpdir(), "stowage-digest-"));
+  tt.teardown(() => rm(dir, { recursive: true, force: true }));
+  const data = pattern(3 * 1024 * 1024 + 11, 99);
+  const spooled = 2 * 1024 * 1024 + 5; // the file holds this much; the rest never reaches it
+  const path = join(dir, "spool");
+  const file = await open(path, "w");
+  const hasher = factory.create("sha256", path);
+  for (let at = 0; at < spooled; at += 300_000) {
+    const end = Math.min(spooled, at + 300_000);
+    await file.write(data.subarray(at, end), 0, end - at, at);
+    hasher.fileWritten!(end);
+  }
+  await file.close();
+  await hasher.update(data.subarray(spooled));
+  tt.equal(await hasher.finish(), createHash("sha256").update(data).digest("hex"), "the digest of every byte, in order");
+
+  const short = factory.create("sha256", path);
+  short.fileWritten!(spooled + 10);
+  await tt.rejects(short.finish(), /could not hash the blob: .* ends at/, "a file shorter than said fails the job, it is not hashed short");
+
+  const missing = factory.create("sha256", join(dir, "gone"));
+  missing.fileWritten!(1);
+  await tt.rejects(missing.finish(), /could not hash the blob/, "a file that cannot be opened fails the job");
+});

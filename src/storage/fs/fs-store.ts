@@ -137,6 +137,10 @@ class FsUpload implements BlobUpload {
     return this.file.openReader();
   }
 
+  get spoolPath(): string {
+    return this.file.path;
+  }
+
   async commit(): Promise<void> {
     if (this.settled) throw new Error("upload already committed or aborted");
     this.settled = true;

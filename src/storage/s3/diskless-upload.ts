@@ -38,6 +38,8 @@ export class DisklessUpload implements BlobUpload {
     this.multipart.add(async () => bytes);
   }
 
+  readonly spoolPath = null;
+
   openReader(): Promise<PartialReader | null> {
     return Promise.resolve(null);
   }

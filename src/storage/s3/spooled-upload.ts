@@ -36,6 +36,10 @@ export class SpooledUpload implements BlobUpload {
     return this.spool.openReader();
   }
 
+  get spoolPath(): string {
+    return this.spool.path;
+  }
+
   /** Bytes [0, n) are on disk. */
   private get onDisk(): number {
     let n = this.spool.size;
