@@ -114,6 +114,8 @@ export class BlobFetch {
   private body: ResumableBody | null = null;
   private upload: BlobUpload | null = null;
   private hasher: Hasher | null = null;
+  /** The hasher reads the upload's spool file (the digest worker), instead of being handed the bytes. */
+  private hashesSpool = false;
 
   constructor(
     readonly digest: Digest,
@@ -245,7 +247,11 @@ export class BlobFetch {
       this.reader = spool ? new SharedReader(spool) : null;
       this.room.enter();
     }
-    this.hasher = this.deps.hashers.create(digestAlgorithm(this.digest));
+    // With a spool, the digest worker reads the bytes back from it (the page cache): none of
+    // them is copied or posted to it from this thread.
+    const spool = this.upload?.spoolPath ?? null;
+    this.hashesSpool = spool !== null && this.deps.hashers.readsFiles;
+    this.hasher = this.deps.hashers.create(digestAlgorithm(this.digest), this.hashesSpool ? spool! : undefined);
     this.state = "streaming";
     this.markReady();
   }
@@ -253,8 +259,9 @@ export class BlobFetch {
   /** Reads the upstream body to the end (resuming a broken connection) through the store and the hasher. */
   private async download(): Promise<void> {
     const { client, repo } = this.source;
-    const { upload, hasher } = this;
-    const writer = new OrderedWriter((chunk) => {
+    const { upload, hashesSpool } = this;
+    const hasher = this.hasher!;
+    const writer: OrderedWriter = new OrderedWriter((chunk) => {
       this.window.append(this.received, chunk);
       this.received += chunk.byteLength;
       this.window.trim(this.written);
@@ -262,12 +269,18 @@ export class BlobFetch {
       // Both calls take their place synchronously (write position, hash order);
       // completion is awaited later, in order, by the writer. Once spooling
       // stopped, bytes only go to the hasher and the clients.
-      const stored = this.room.stoppedAt !== null || !upload ? Promise.resolve() : upload.write(chunk).catch((cause) => {
+      const spooling = this.room.stoppedAt === null && upload !== null;
+      const stored = !spooling ? Promise.resolve() : upload.write(chunk).catch((cause) => {
         throw new StoreError(`the blob store failed to write ${this.digest}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
       });
-      return Promise.all([stored, hasher!.update(chunk)]).then(() => {});
+      if (!hashesSpool) return Promise.all([stored, hasher.update(chunk)]).then(() => {});
+      // Spooled bytes are hashed from the spool once written (below). Bytes past where spooling
+      // stopped go to the hasher as they are, after every spooled byte before them.
+      return spooling ? stored : writer.previous.then(() => hasher.update(chunk));
     }, (chunk) => {
+      const at = this.written;
       this.written += chunk.byteLength;
+      if (hashesSpool && (this.room.stoppedAt === null || at < this.room.stoppedAt)) hasher.fileWritten!(this.written);
       this.window.trim(this.written);
       this.changed.notify();
       this.room.watch((short) => {
@@ -285,9 +298,9 @@ export class BlobFetch {
     });
     this.body = body;
     const blob = { upstream: client.upstream.name, repo, digest: this.digest };
-    await body.read(async (bytes) => {
+    await body.read((bytes) => {
       checkReceivedBytes(body.received, this.size, this.maxBytes, blob);
-      await sink.push(bytes);
+      return sink.push(bytes);
     });
     await sink.end();
     await writer.end();

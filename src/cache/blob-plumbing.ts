@@ -17,7 +17,7 @@ export class Batcher {
   private readonly filler: BufferFiller;
   private startedAt = 0;
 
-  constructor(private readonly emit: (batch: Uint8Array) => Promise<void>) {
+  constructor(private readonly emit: (batch: Uint8Array) => void | Promise<void>) {
     this.filler = new BufferFiller(BATCH_BYTES, () => {
       // Taken when the first byte of a batch arrives: its age counts from then.
       this.startedAt = Date.now();
@@ -25,18 +25,24 @@ export class Batcher {
     }, emit);
   }
 
-  async push(chunk: Uint8Array): Promise<void> {
-    await this.filler.push(chunk);
-    if (this.filler.filled > 0 && Date.now() - this.startedAt >= BATCH_MAX_AGE_MS) await this.flush();
+  /** Returns a promise only when the caller must wait before the next push (the batch's receiver is pacing). */
+  push(chunk: Uint8Array): void | Promise<void> {
+    const paced = this.filler.push(chunk);
+    if (paced) return paced.then(() => this.flushIfOld());
+    return this.flushIfOld();
   }
 
   async end(): Promise<void> {
     await this.flush();
   }
 
-  private async flush(): Promise<void> {
+  private flushIfOld(): void | Promise<void> {
+    if (this.filler.filled > 0 && Date.now() - this.startedAt >= BATCH_MAX_AGE_MS) return this.flush();
+  }
+
+  private flush(): void | Promise<void> {
     const partial = this.filler.takePartial();
-    if (partial) await this.emit(partial);
+    if (partial) return this.emit(partial);
   }
 }
 
@@ -59,12 +65,22 @@ export class OrderedWriter {
     private readonly done: (chunk: Uint8Array) => void,
   ) {}
 
-  async push(chunk: Uint8Array): Promise<void> {
+  /** Returns a promise only when the caller must wait (MAX_UNWRITTEN_BYTES in flight); a failure surfaces there or at `end`. */
+  push(chunk: Uint8Array): void | Promise<void> {
+    if (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) return this.drainThenPush(chunk);
+    this.startNow(chunk);
+  }
+
+  private async drainThenPush(chunk: Uint8Array): Promise<void> {
     while (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) {
       const oldest = this.inFlight.shift()!;
       await oldest.settled;
       this.unwritten -= oldest.bytes;
     }
+    this.startNow(chunk);
+  }
+
+  private startNow(chunk: Uint8Array): void {
     const started = this.start(chunk);
     // Completion is reported in order even if the store finishes out of order.
     this.tail = Promise.all([this.tail, started]).then(() => this.done(chunk));
@@ -72,6 +88,11 @@ export class OrderedWriter {
     this.tail.catch(() => {});
     this.inFlight.push({ bytes: chunk.byteLength, settled: this.tail });
     this.unwritten += chunk.byteLength;
+  }
+
+  /** Settles once every chunk pushed so far is done (read inside `start`: every chunk before this one). */
+  get previous(): Promise<void> {
+    return this.tail;
   }
 
   async end(): Promise<void> {

@@ -11,6 +11,7 @@ import type { Digest } from "../registry/reference.ts";
 import type { UpstreamReply } from "../upstream/client.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
 import { sleep } from "../util/deadline.ts";
+import { takePushed } from "../util/streams.ts";
 import type { FetchSource } from "./fetch-source.ts";
 import { IdleTimer } from "./idle-timer.ts";
 
@@ -55,14 +56,14 @@ export class ResumableBody {
   }
 
   /** Feeds every byte of the blob, in order, to `onBytes`; throws what ended the download otherwise. */
-  async read(onBytes: (bytes: Uint8Array) => Promise<void>): Promise<void> {
+  async read(onBytes: (bytes: Uint8Array) => void | Promise<void>): Promise<void> {
     const { client, repo } = this.source;
     const { metrics, log } = this.opts;
     const name = client.upstream.name;
     let skip = 0; // bytes to drop when a resumed response starts from 0 (the upstream ignored Range)
     for (let resumes = 0; ; ) {
       try {
-        await this.readBody(this.current.response, async (chunk) => {
+        await this.readBody(this.current.response, (chunk) => {
           let bytes = chunk;
           if (skip > 0) {
             const dropped = Math.min(skip, bytes.byteLength);
@@ -72,7 +73,7 @@ export class ResumableBody {
           }
           this.received += bytes.byteLength;
           metrics.upstreamBytes.inc({ upstream: name }, bytes.byteLength);
-          await onBytes(bytes);
+          return onBytes(bytes);
         });
         if (this.size === null || this.received >= this.size) return;
         throw new ConnectionLost(new UpstreamError("unreachable", `upstream ${name} ended ${this.digest} after ${this.received} of ${this.size} bytes`));
@@ -110,9 +111,36 @@ export class ResumableBody {
   }
 
   /** Feeds a response body to `onBytes`; a broken or stalled connection becomes ConnectionLost. */
-  private async readBody(response: Response, onBytes: (bytes: Uint8Array) => Promise<void>): Promise<void> {
+  private async readBody(response: Response, onBytes: (bytes: Uint8Array) => void | Promise<void>): Promise<void> {
     const name = this.source.client.upstream.name;
     if (!response.body) throw new UpstreamError("bad-response", `upstream ${name} sent no body for ${this.digest}`);
+    const pushed = takePushed(response.body);
+    if (pushed) {
+      // Chunks straight from the runtime's HTTP client (Node): no stream layers per chunk.
+      let refused: { err: unknown } | null = null; // onBytes threw: that, not a lost connection
+      try {
+        await pushed.pipe((chunk) => {
+          this.idle.touch();
+          let paced: void | Promise<void>;
+          try {
+            paced = onBytes(chunk);
+          } catch (err) {
+            refused = { err };
+            throw err;
+          }
+          return paced?.catch((err: unknown) => {
+            refused = { err };
+            throw err;
+          });
+        });
+      } catch (cause) {
+        if (refused) throw (refused as { err: unknown }).err;
+        throw new ConnectionLost(
+          this.stalled ?? new UpstreamError("unreachable", `upstream ${name} broke the connection in the middle of ${this.digest}`, { cause }),
+        );
+      }
+      return;
+    }
     const reader = response.body.getReader();
     for (;;) {
       let chunk: ReadableStreamReadResult<Uint8Array>;

@@ -5,7 +5,7 @@ import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { base64 } from "../util/encoding.ts";
 import { within } from "../util/deadline.ts";
 import { retryAfterSeconds } from "../util/http-headers.ts";
-import { observedBody, readLimited } from "../util/streams.ts";
+import { observedBody, type PushedBody, pushedStream, readLimited, takePushed } from "../util/streams.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT, OCI_INDEX } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
@@ -371,8 +371,20 @@ function releasingWhenDone(response: Response, release: () => void): Response {
     release();
     return response;
   }
-  const body = observedBody(response.body, { onEnd: release });
+  // A body the runtime pushes (Node) stays one a blob download can take whole (util/streams.ts).
+  const pushed = takePushed(response.body);
+  const body = pushed ? pushedStream(releasingPushed(pushed, release)) : observedBody(response.body, { onEnd: release });
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
+
+function releasingPushed(body: PushedBody, release: () => void): PushedBody {
+  return {
+    pipe: (onChunk) => body.pipe(onChunk).finally(release),
+    cancel(reason) {
+      body.cancel(reason);
+      release();
+    },
+  };
 }
 
 function basicAuth(creds: { username: string; password: string }): string {

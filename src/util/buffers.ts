@@ -66,11 +66,12 @@ export class BufferFiller {
 
   /**
    * Copies `chunk` in. Each time the buffer fills, `full` is called with it. When `full`
-   * returns a promise it is awaited (that paces the caller), and the caller must wait for
-   * each push before the next; a synchronous `full` never yields mid-chunk.
+   * returns a promise it is awaited (that paces the caller): then `push` returns a promise,
+   * and the caller must wait for it before the next push; otherwise it returns nothing (no
+   * promise per chunk where nothing waits).
    */
-  async push(chunk: Uint8Array): Promise<void> {
-    let offset = 0;
+  push(chunk: Uint8Array, from = 0): void | Promise<void> {
+    let offset = from;
     while (offset < chunk.byteLength) {
       const buffer = (this.buffer ??= this.take());
       const n = Math.min(this.size - this.used, chunk.byteLength - offset);
@@ -81,7 +82,7 @@ export class BufferFiller {
         this.buffer = null;
         this.used = 0;
         const paced = this.full(buffer);
-        if (paced) await paced;
+        if (paced) return offset < chunk.byteLength ? paced.then(() => this.push(chunk, offset)) : paced;
       }
     }
   }

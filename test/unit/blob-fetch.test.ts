@@ -6,12 +6,18 @@
 import t, { type Test } from "tap";
 import { openKv } from "@deno/kv";
 import { randomBytes } from "node:crypto";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { BlobTooLargeError } from "../../src/cache/blob-bounds.ts";
 import { BlobFetch, type BlobFetchDeps } from "../../src/cache/blob-fetch.ts";
 import { FetchLeases } from "../../src/cache/fetch-lease.ts";
 import { DigestMismatchError, StoreError } from "../../src/cache/fetch-errors.ts";
 import { BlobRecord, LinkRecord } from "../../src/cache/records.ts";
 import { type HasherFactory, InlineHasherFactory } from "../../src/digest/hasher.ts";
+import { WorkerHasherFactory } from "../../src/digest/worker-pool.ts";
+import { nodeRuntime } from "../../src/runtime/node.ts";
+import { FsBlobStore } from "../../src/storage/fs/fs-store.ts";
 import { kvKeys } from "../../src/kv/keys.ts";
 import { type Kv, TypedKv } from "../../src/kv/kv.ts";
 import { createLogger } from "../../src/log.ts";
@@ -142,6 +148,7 @@ class MemoryStore implements BlobStore {
     this.begun++;
     const parts: Buffer[] = [];
     return {
+      spoolPath: null,
       write: async (chunk) => {
         if (this.failWrites) throw new Error("the disk is on fire");
         parts.push(Buffer.from(chunk));
@@ -190,6 +197,7 @@ function heldHashers(): { factory: HasherFactory; release: () => void } {
   const released = new Promise<void>((resolve) => (release = resolve));
   const factory: HasherFactory = {
     mode: "inline",
+    readsFiles: false,
     create(algorithm) {
       const hasher = inline.create(algorithm);
       return {
@@ -684,5 +692,122 @@ t.test("another instance stored the blob: committed without a download", async (
     await fetch.ready;
     t.equal(fetch.state, "committed");
     t.same(upstream.calls, []);
+  });
+});
+
+// ------------------------------------------------------------- hashed from the spool
+
+t.test("with a spool, the digest worker hashes the bytes from it (filesystem store)", async (t) => {
+  const hashers = await WorkerHasherFactory.start(1, nodeRuntime.spawnWorker!);
+  t.teardown(() => hashers.close());
+  /** A filesystem store in a fresh directory; its free space is `free()` when given. */
+  const fsSetup = async (t: Test, deps: Partial<BlobFetchDeps> = {}, free?: () => number) => {
+    const root = await mkdtemp(join(tmpdir(), "stowage-blob-fetch-"));
+    t.teardown(() => rm(root, { recursive: true, force: true }));
+    const fs = await FsBlobStore.open(root, free ? { statfs: async () => ({ bavail: free(), bsize: 1 }) } : {});
+    const s = await setup(t, { store: fs, hashers, ...deps });
+    const uploadsLeft = async () => (await readdir(join(root, "_uploads"))).length;
+    return { ...s, fs, uploadsLeft };
+  };
+  t.ok(hashers.readsFiles, "the worker factory reads files");
+
+  await t.test("a good blob, broken mid-way and resumed: hashed right, committed", async (t) => {
+    const { upstream, fs, begin } = await fsSetup(t);
+    const bytes = randomBytes(5 * MiB + 77);
+    const { fetch, body: first } = await begin(bytes);
+    upstream.next((call) => upstream.rest(bytes, call.fromByte));
+    const client = readAll(fetch.follow(0, null));
+    await breakAt(first, bytes, 3 * MiB);
+    const got = await client;
+    t.ok(got.error === null && got.bytes.equals(bytes), "the client got the whole blob");
+    await fetch.settled;
+    t.equal(fetch.state, "committed");
+    const stored = await fs.open(sha256(bytes));
+    t.ok(stored && (await readAll(stored)).bytes.equals(bytes), "the store holds exactly the blob");
+  });
+
+  await t.test("a digest mismatch still fails every client and commits nothing", async (t) => {
+    const { upstream, start, fs, kv, uploadsLeft } = await fsSetup(t);
+    const bytes = randomBytes(3 * MiB + 5);
+    const digest = sha256(Buffer.from("not these bytes"));
+    const body = new FedBody();
+    upstream.next(() => upstream.reply(body, length(bytes)));
+    const fetch = start(digest);
+    await fetch.ready;
+    const clients = [readAll(fetch.follow(0, null)), readAll(fetch.follow(MiB, null))];
+    body.finish(bytes);
+    for (const got of await Promise.all(clients)) t.type(got.error, DigestMismatchError, "a client's response breaks with the mismatch");
+    await fetch.settled;
+    t.equal(fetch.state, "failed");
+    t.equal(await fs.stat(digest), null, "nothing is stored under the digest");
+    t.equal(await kv.read(kvKeys.blob(digest), BlobRecord), null, "nothing is recorded");
+    t.equal(await uploadsLeft(), 0, "the spool is removed");
+  });
+
+  await t.test("the verified bytes are the spool's: a store that writes other bytes than it got fails the digest", async (t) => {
+    const root = await mkdtemp(join(tmpdir(), "stowage-blob-fetch-"));
+    t.teardown(() => rm(root, { recursive: true, force: true }));
+    const fs = await FsBlobStore.open(root);
+    // Clients get the bytes from memory, the worker hashes the file: only the file is wrong.
+    const corrupting = Object.create(fs) as FsBlobStore;
+    corrupting.begin = async (digest) => {
+      const upload = await fs.begin(digest);
+      let first = true;
+      return {
+        spoolPath: upload.spoolPath,
+        write: (chunk) => {
+          if (!first) return upload.write(chunk);
+          first = false;
+          const bad = Buffer.from(chunk);
+          bad[0]! ^= 0xff;
+          return upload.write(bad);
+        },
+        openReader: () => upload.openReader(),
+        commit: () => upload.commit(),
+        abort: () => upload.abort(),
+      };
+    };
+    const { upstream, start } = await setup(t, { store: corrupting, hashers });
+    const bytes = randomBytes(2 * MiB);
+    const digest = sha256(bytes);
+    const body = new FedBody();
+    upstream.next(() => upstream.reply(body, length(bytes)));
+    const fetch = start(digest);
+    await fetch.ready;
+    const client = readAll(fetch.follow(0, null));
+    body.finish(bytes);
+    t.type((await client).error, DigestMismatchError, "the response breaks");
+    await fetch.settled;
+    t.equal(fetch.state, "failed");
+    t.equal(await fs.stat(digest), null, "nothing is committed");
+    t.equal((await readdir(join(root, "_uploads"))).length, 0, "the spool is removed");
+  });
+
+  await t.test("spooling stops for lack of disk space: the rest is hashed from memory, the blob still verified", async (t) => {
+    let checks = 0;
+    const { begin, fs } = await fsSetup(t, { diskReserveBytes: 100 * MiB, diskCheckBytes: MiB }, () => (checks++ === 0 ? 1000 * MiB : 50 * MiB));
+    const bytes = randomBytes(6 * MiB + 3);
+    const { fetch, body } = await begin(bytes);
+    await followWhole(t, fetch, body, bytes, "the client gets the whole blob");
+    await fetch.settled;
+    t.equal(fetch.state, "uncached", "verified, not cached");
+    t.equal(await fs.stat(sha256(bytes)), null);
+  });
+
+  await t.test("spooling stops, and the bytes are wrong: the mismatch is still caught", async (t) => {
+    let checks = 0;
+    const { upstream, start } = await fsSetup(t, { diskReserveBytes: 100 * MiB, diskCheckBytes: MiB }, () => (checks++ === 0 ? 1000 * MiB : 50 * MiB));
+    const bytes = randomBytes(6 * MiB);
+    const wrong = Buffer.from(bytes);
+    wrong[wrong.length - 2]! ^= 1; // past where spooling stops
+    const body = new FedBody();
+    upstream.next(() => upstream.reply(body, length(bytes)));
+    const fetch = start(sha256(bytes));
+    await fetch.ready;
+    const client = readAll(fetch.follow(0, null));
+    body.finish(wrong);
+    t.type((await client).error, DigestMismatchError);
+    await fetch.settled;
+    t.equal(fetch.state, "failed");
   });
 });

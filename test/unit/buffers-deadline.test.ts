@@ -26,7 +26,9 @@ t.test("BufferFiller: a full buffer handed on is never written again, and an asy
     return new Promise<void>((resolve) => (release = resolve));
   });
   let done = false;
-  const pushing = filler.push(bytes(6)).then(() => (done = true));
+  const paced = filler.push(bytes(6));
+  t.ok(paced instanceof Promise, "a push that fills a buffer whose `full` paces returns a promise");
+  const pushing = Promise.resolve(paced).then(() => (done = true));
   await new Promise((r) => setImmediate(r));
   t.notOk(done, "the push waits for `full`");
   release();
@@ -37,6 +39,13 @@ t.test("BufferFiller: a full buffer handed on is never written again, and an asy
   await second;
   t.same([...handed[0]!], [...bytes(4)], "the first buffer kept its bytes");
   t.not(handed[1], handed[0], "each full buffer is a different one");
+});
+
+t.test("BufferFiller: a push that fills nothing returns no promise (none per chunk)", async (t) => {
+  const filler = new BufferFiller(8, () => new Uint8Array(8), () => Promise.resolve());
+  t.equal(filler.push(bytes(3)), undefined, "nothing to wait for");
+  t.equal(filler.push(bytes(3, 3)), undefined, "still nothing");
+  t.ok(filler.push(bytes(3, 6)) instanceof Promise, "the push that fills the buffer waits for `full`");
 });
 
 t.test("BufferFiller: takePartial(true) copies out the rest and keeps the buffer for later bytes", async (t) => {
