@@ -2,7 +2,8 @@
 // Runs the whole suite with tap and ends with the one-line summary CI reads:
 // "N passed, N failed[, N skipped]". Extra arguments go to tap (e.g. a file).
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const tapBin = fileURLToPath(new URL("../node_modules/tap/dist/esm/run.mjs", import.meta.url));
@@ -32,24 +33,53 @@ if ((await run([fileURLToPath(new URL("../bin/build.mjs", import.meta.url))], "i
   process.exit(1);
 }
 
-let output = "";
-const code = await run([tapBin, "--reporter=tap", ...args], "pipe", (chunk) => {
-  process.stdout.write(chunk);
-  output += chunk;
-  if (output.length > 1_000_000) output = output.slice(-100_000);
-});
+// tap runs one file at a time on 2 cores. Files that mostly wait (for a TTL to pass, for a killed
+// collector's lease to expire) run in a second lane beside that sequence, so their waits overlap
+// with the other files' work; their output is printed after the first lane's. Only for the whole
+// suite; STOWAGE_TEST_LANES=1 runs it all in one lane.
+const ALONGSIDE = ["e2e/gc.test.ts"].map((f) => fileURLToPath(new URL(f, import.meta.url)));
+const lanes =
+  args.length === 0 && process.env.STOWAGE_TEST_LANES !== "1"
+    ? [testFiles(fileURLToPath(new URL(".", import.meta.url))).filter((f) => !ALONGSIDE.includes(f)), ALONGSIDE.filter((f) => existsSync(f))].filter((l) => l.length > 0)
+    : [args];
+const results = await Promise.all(
+  lanes.map((laneArgs, i) => {
+    let output = "";
+    const buffered = [];
+    const done = run([tapBin, "--reporter=tap", ...laneArgs], "pipe", (chunk) => {
+      if (i === 0) process.stdout.write(chunk);
+      else buffered.push(chunk);
+      output += chunk;
+      if (output.length > 1_000_000) output = output.slice(-100_000);
+    });
+    return done.then((code) => ({ code, output: () => output, buffered }));
+  }),
+);
+for (const r of results.slice(1)) process.stdout.write(r.buffered.join(""));
 
 // tap's final comment: "# { total: N, pass: N, fail: N, skip: N, todo: N }"
-const summary = /#\s*\{\s*total:\s*(\d+)([^}]*)\}/g;
-let last = null;
-for (const m of output.matchAll(summary)) last = m;
-const count = (name) => Number(new RegExp(`${name}:\\s*(\\d+)`).exec(last?.[2] ?? "")?.[1] ?? 0);
-const passed = count("pass");
-let failed = count("fail");
-const skipped = count("skip") + count("todo");
-if (!last || code !== 0) failed = Math.max(failed, 1);
+let [passed, failed, skipped] = [0, 0, 0];
+for (const { code, output } of results) {
+  let last = null;
+  for (const m of output().matchAll(/#\s*\{\s*total:\s*(\d+)([^}]*)\}/g)) last = m;
+  const count = (name) => Number(new RegExp(`${name}:\\s*(\\d+)`).exec(last?.[2] ?? "")?.[1] ?? 0);
+  passed += count("pass");
+  failed += !last || code !== 0 ? Math.max(count("fail"), 1) : count("fail");
+  skipped += count("skip") + count("todo");
+}
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
-process.exit(code === 0 && failed === 0 ? 0 : 1);
+process.exit(failed === 0 ? 0 : 1);
+
+/** The suite's files, as tap's `include` (test/**\/*.test.ts) finds them: absolute paths, sorted. */
+function testFiles(dir) {
+  const found = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) found.push(...testFiles(path));
+    else if (e.name.endsWith(".test.ts")) found.push(path);
+  }
+  return found.sort();
+}
 
 function run(argv, stdout, onData) {
   return new Promise((resolve) => {
