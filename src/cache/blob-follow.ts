@@ -4,7 +4,7 @@
  * spool, and waiting when it has caught up. A follower never gets the last
  * byte before the digest is verified, so a failed fetch breaks its response.
  */
-import { directStream, type DirectSource } from "../storage/direct-body.ts";
+import { directStream, readingAhead, type DirectSource } from "../storage/direct-body.ts";
 import type { SharedReader } from "./blob-plumbing.ts";
 
 /** Bytes a follower reads from the spool at a time. */
@@ -35,7 +35,8 @@ export interface Followed {
 /** Bytes [start, end) of the followed blob (end null: to the end), fed as they arrive; `reader` is the spool (null: none). */
 export function followFetch(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): ReadableStream<Uint8Array> {
   // A direct source: Node writes it to the socket itself (see storage/direct-body.ts), Deno reads the stream.
-  return directStream(followSource(fetch, reader, start, end));
+  // One read ahead: a spool read overlaps the write of the chunk before it, as a stream's queue would.
+  return directStream(readingAhead(followSource(fetch, reader, start, end)));
 }
 
 /** The follower's reads; memory chunks are the fetch's shared batches, so none is ever recycled. */
@@ -56,6 +57,7 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
     async read() {
       try {
         for (;;) {
+          if (released) return null; // cancelled with a read ahead still waiting
           if (rest) {
             const next = await rest.read();
             if (!next.done) return next.value;

@@ -54,6 +54,27 @@ export function directStream(source: DirectSource): ReadableStream<Uint8Array> {
   return stream;
 }
 
+/**
+ * `source` with its next read started as soon as the last one is done, so a slow read (a
+ * spool read behind the live edge) overlaps the socket write of the chunk before it.
+ */
+export function readingAhead(source: DirectSource): DirectSource {
+  let ahead: Promise<Uint8Array | null> | null = null;
+  return {
+    async read() {
+      const current = ahead ?? source.read();
+      ahead = null;
+      const chunk = await current;
+      if (chunk) {
+        ahead = source.read();
+        ahead.catch(() => {}); // surfaces at the next read
+      }
+      return chunk;
+    },
+    cancel: (reason) => source.cancel(reason),
+  };
+}
+
 /** `body` with `hooks` watching it, as observedBody does; a direct body stays direct, with the hooks kept for the runtime to call. */
 export function observed(body: ReadableStream<Uint8Array>, hooks: BodyHooks): ReadableStream<Uint8Array> {
   const direct = bodies.get(body);

@@ -9,7 +9,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { nodeRuntime } from "../../src/runtime/node.ts";
-import { directStream, observed, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
+import { directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
 import { fileSource } from "../../src/storage/fs/fs-store.ts";
 
 const MiB = 1024 * 1024;
@@ -57,6 +57,17 @@ t.test("a sent file goes out through a few reused buffers, not a fresh one per c
   }
   t.ok(Buffer.concat(out).equals(bytes), "the bytes");
   t.ok(buffers.size <= 4, `16 MiB in ${buffers.size} buffers`);
+});
+
+t.test("a follower reads one chunk ahead: the next read runs while the last chunk is being sent", async (t) => {
+  let started = 0;
+  const chunks = [new Uint8Array([1]), new Uint8Array([2]), new Uint8Array([3])];
+  const source = readingAhead({ read: async () => chunks[started++] ?? null, cancel: () => {} });
+  t.same(await source.read(), chunks[0]);
+  t.equal(started, 2, "the second read started when the first chunk was given");
+  t.same(await source.read(), chunks[1]);
+  t.same(await source.read(), chunks[2]);
+  t.equal(await source.read(), null);
 });
 
 t.test("a body read as a stream is not taken from under its reader", async (t) => {
