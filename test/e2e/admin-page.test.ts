@@ -131,13 +131,21 @@ t.test("the admin page in chromium: listing, search, live downloads, purge and r
     await row.first().waitFor({ timeout: 20_000 });
     const progressOf = () => row.first().locator("progress").evaluate((p) => (p as HTMLProgressElement).value);
     const before = await progressOf();
-    await desktop.waitForTimeout(2200);
-    const after = await progressOf();
+    // Polled until it moves (the page polls every second), not a fixed wait; 10 s at most.
+    let after = before;
+    for (let waited = 0; after <= before && waited < 10_000; waited += 100) {
+      await desktop.waitForTimeout(100);
+      after = await progressOf();
+    }
     tt.ok(after > before, `the download's progress moved on its own (${before} -> ${after} bytes)`);
     tt.equal(await desktop.locator("#downloads-status").innerText(), "live", "the script runs under the page's CSP");
     await bigPull;
-    await desktop.waitForTimeout(1500);
-    tt.equal(await desktop.locator("#downloads-body tr").count(), 0, "finished downloads leave the list");
+    let rows = await desktop.locator("#downloads-body tr").count();
+    for (let waited = 0; rows > 0 && waited < 10_000; waited += 100) {
+      await desktop.waitForTimeout(100);
+      rows = await desktop.locator("#downloads-body tr").count();
+    }
+    tt.equal(rows, 0, "finished downloads leave the list");
 
     // Purge one image through its button and the confirmation page.
     const victim = small.find((i) => i.repo.endsWith("/oci-single"))!;

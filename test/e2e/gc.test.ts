@@ -15,6 +15,8 @@ import { startRecordingProxy } from "../harness/recording-proxy.ts";
 import { pushTestImages, skopeo, startRegistry } from "../harness/registry.ts";
 import { type Rgw, rgwUnavailable, startRgw } from "../harness/rgw.ts";
 import { runStowage, startStowage } from "../harness/stowage.ts";
+import { GC_LEASE_TTL_MS } from "../../src/gc/gc-lease.ts";
+import { kvKeys } from "../../src/kv/keys.ts";
 import { fileSha256 } from "../support/oci.ts";
 
 type Stowage = Awaited<ReturnType<typeof startStowage>>;
@@ -100,6 +102,17 @@ async function recordDigests(dataDir: string): Promise<{ blobs: Set<string>; man
   }
 }
 
+/** When the collector lease in a data dir's KV expires (ms since epoch); null: nobody holds it. */
+async function gcLeaseExpiry(dataDir: string): Promise<number | null> {
+  const kv = await openKv(join(dataDir, "kv.sqlite3"));
+  try {
+    const entry = await kv.get<{ expiresAt: number }>([...kvKeys.gcLease()]);
+    return entry.value?.expiresAt ?? null;
+  } finally {
+    kv.close();
+  }
+}
+
 /** Records and objects agree: no record without its object, no object without a record. */
 async function consistent(tt: Test, dataDir: string, objects: () => Promise<Set<string>>, what: string, orphansAllowed = false): Promise<void> {
   const stored = await objects();
@@ -163,6 +176,16 @@ t.teardown(async () => {
 });
 
 const SMALL = ["oci-single", "oci-index", "docker-list", "docker-single"];
+/**
+ * How much older the expired images are than the kept ones in the expiry and kill scenarios.
+ * The --cache-ttl is set when the first gc is launched to the age of the expired ones, so the
+ * kept ones stay younger than it as long as the gc runs start within this much more (a dry run
+ * and a gc: 3-4 s in CI, each stowage command taking seconds to start; one gc in the kill
+ * scenario). The old fixed TTLs (18 s, 20 s) left about as much.
+ */
+const AGE_GAP_MS = { expiry: 15_000, kill: 12_000 };
+/** A --cache-ttl (whole seconds) that content last pulled at `pulledAt` has already outlived. */
+const ttlOutlivedBy = (pulledAt: number) => `${Math.floor((Date.now() - pulledAt) / 1000)}s`;
 
 /**
  * Pulls the four small images, waits, pulls one of them again, stops the server (its usage
@@ -171,15 +194,16 @@ const SMALL = ["oci-single", "oci-index", "docker-list", "docker-single"];
 async function ttlScenario(tt: Test, args: string[], env: Record<string, string>, objects: () => Promise<Set<string>>): Promise<void> {
   const stowage = await startStowage([...args, "--log-level", "warn"], { env });
   for (const name of SMALL) await pullAndCheck(tt, stowage, `local/stowage-test/${name}:v1`, image(name));
-  // Each stowage command takes seconds to start: the TTL leaves room for two of them after the second pull.
-  await sleep(22_000);
+  const pulled = Date.now();
+  await sleep(AGE_GAP_MS.expiry);
   const kept = image("oci-index");
   await pullAndCheck(tt, stowage, `local/${kept.repo}:${kept.tag}`, kept);
   const repulled = Date.now();
   await stowage.stop({ keepData: true });
   const before = await objects();
 
-  const gcArgs = ["gc", ...args, "--cache-ttl", "18s", "--gc-grace", "0"];
+  const gcArgs = ["gc", ...args, "--cache-ttl", ttlOutlivedBy(pulled), "--gc-grace", "0"];
+  tt.comment(`gc --cache-ttl ${gcArgs[gcArgs.indexOf("--cache-ttl") + 1]}`);
   const dry = await runStowage([...gcArgs, "--dry-run"], { env });
   tt.equal(dry.code, 0, `gc --dry-run${dry.code === 0 ? "" : `: ${dry.output.slice(-600)}`}`);
   tt.match(dry.output, /dry run: would remove \d+ items, freeing/, "the dry run says what it would free");
@@ -305,9 +329,16 @@ t.test("collections while 10 clients pull cold and warm images: every pull is di
   tt.ok(stowage.logs().includes("collector removed"), "and removed content while clients pulled");
 });
 
-/** Tag records in a data dir's KV. */
+/** Tag records in a data dir's KV (polled every 10 ms: lists the tags only). */
 async function tagCount(dataDir: string): Promise<number> {
-  return (await recordDigests(dataDir)).tags;
+  const kv = await openKv(join(dataDir, "kv.sqlite3"));
+  try {
+    let tags = 0;
+    for await (const _ of kv.list({ prefix: ["tag"] })) tags++;
+    return tags;
+  } finally {
+    kv.close();
+  }
 }
 
 /**
@@ -315,10 +346,12 @@ async function tagCount(dataDir: string): Promise<number> {
  * removing; started again while a killed one's lease keeps it from running. The count seen then.
  */
 async function killMidway(tt: Test, command: string[], env: Record<string, string>, progress: () => Promise<number>, what: string): Promise<number> {
+  const dataDir = command[command.indexOf("--data-dir") + 1]!;
   const initial = await progress();
   const deadline = Date.now() + 180_000;
   let seen = -1;
   let last = "";
+  let killedAt = 0;
   while (seen < 0 && Date.now() < deadline) {
     const run = spawnTracked(process.execPath, ["--import", "tsx", "src/main.ts", ...command], { cwd: PROJECT_ROOT, env: { ...process.env, ...env } });
     while (Date.now() < deadline && run.child.exitCode === null) {
@@ -334,14 +367,18 @@ async function killMidway(tt: Test, command: string[], env: Record<string, strin
     last = run.logs();
     if (seen >= 0) {
       tt.equal(exit.signal, "SIGKILL", `stowage ${command[0]} was killed while removing ${what} (${seen} of ${initial} left)`);
+      killedAt = Date.now();
     } else if (exit.code === 1 && /holds the collector lease/.test(last)) {
-      await sleep(2_000); // a killed collector's lease: it expires within a minute
+      // A killed collector's lease: nobody renews it, so it expires within GC_LEASE_TTL_MS.
+      const expiresAt = (await gcLeaseExpiry(dataDir)) ?? 0;
+      tt.ok(expiresAt - Date.now() <= GC_LEASE_TTL_MS, `the killed collector's lease expires within ${GC_LEASE_TTL_MS} ms (${expiresAt - Date.now()} ms left)`);
+      while (Date.now() < deadline && ((await gcLeaseExpiry(dataDir)) ?? 0) > Date.now()) await sleep(100);
     } else {
       break;
     }
   }
   tt.ok(seen > 0, `killed with ${what} left to remove${seen > 0 ? "" : `: ${last.slice(-400)}`}`);
-  return seen;
+  return killedAt;
 }
 
 /**
@@ -351,10 +388,15 @@ async function killMidway(tt: Test, command: string[], env: Record<string, strin
  * images keep their records, and pulls work.
  */
 async function killScenario(tt: Test, args: string[], env: Record<string, string>, objects: () => Promise<Set<string>>, count: number): Promise<void> {
+  const began = Date.now();
+  const phase = (what: string) => tt.comment(`${what}: ${((Date.now() - began) / 1000).toFixed(1)} s in`);
   const refs = await pushSmallImages(registry.url, count);
+  phase("pushed");
   const filled = await runStowage(["prefill", ...refs, "--jobs", "8", ...args], { env, timeoutMs: 600_000 });
   tt.equal(filled.code, 0, `prefill of ${refs.length} images${filled.code === 0 ? "" : `: ${filled.output.slice(-600)}`}`);
-  await sleep(25_000);
+  phase("prefilled");
+  const pulled = Date.now();
+  await sleep(AGE_GAP_MS.kill);
   const recent = [image("oci-index"), image("oci-single")];
   const fresh = await runStowage(["prefill", ...recent.map((i) => `local/${i.repo}:${i.tag}`), ...args], { env });
   tt.equal(fresh.code, 0, "prefill of two more images, now");
@@ -362,9 +404,11 @@ async function killScenario(tt: Test, args: string[], env: Record<string, string
   const before = await objects();
   tt.ok(before.size >= count * 3, `${before.size} objects stored`);
 
-  await killMidway(tt, ["gc", ...args, "--cache-ttl", "20s", "--gc-grace", "0"], env, () => tagCount(dataDir), "tag records");
+  await killMidway(tt, ["gc", ...args, "--cache-ttl", ttlOutlivedBy(pulled), "--gc-grace", "0"], env, () => tagCount(dataDir), "tag records");
+  phase("gc killed");
   await consistent(tt, dataDir, objects, "after a kill among the records", true);
-  await killMidway(tt, ["purge", "--repository", "local/bulk/*", ...args, "--gc-grace", "0"], env, async () => (await objects()).size, "objects");
+  const purgeKilledAt = await killMidway(tt, ["purge", "--repository", "local/bulk/*", ...args, "--gc-grace", "0"], env, async () => (await objects()).size, "objects");
+  phase("purge killed");
   // Records go before their objects, so even now no record names a missing object.
   await consistent(tt, dataDir, objects, "after a kill among the objects", true);
   const named = (await recordDigests(dataDir)).named;
@@ -373,10 +417,13 @@ async function killScenario(tt: Test, args: string[], env: Record<string, string
 
   const stowage = await startStowage([...args, "--gc-grace", "0", "--log-level", "info"], { env });
   tt.teardown(() => stowage.stop({ keepData: true }));
-  // The killed purge's lease outlives it by up to a minute; the sweep is tried again until it runs.
-  const sweptBy = Date.now() + 150_000;
+  // The killed purge's lease outlives it by up to GC_LEASE_TTL_MS; the sweep is tried again until it runs.
+  const sweptBy = Date.now() + 60_000;
   while (Date.now() < sweptBy && !/"collection done".*"by":"start-up"/.test(stowage.logs())) await sleep(200);
   tt.match(stowage.logs(), /"collection done".*"by":"start-up"/, "the start-up sweep ran");
+  phase("swept");
+  const sweptAfter = Date.now() - purgeKilledAt;
+  tt.ok(sweptAfter < GC_LEASE_TTL_MS + 15_000, `it ran ${sweptAfter} ms after the purge was killed: the killed collector's lease held it up for seconds, not a minute`);
   await consistent(tt, dataDir, objects, "after the restart's sweep");
   const kept = await recordDigests(dataDir);
   tt.ok(recent.every((i) => kept.manifests.has(i.digest)), "the two recent images keep their records");
