@@ -31,6 +31,13 @@ export async function sendDirect(outgoing: ServerResponse, response: Response, b
   const headers: Record<string, string> = {};
   response.headers.forEach((value, name) => (headers[name] = value));
   outgoing.writeHead(response.status, headers);
+  if (source.whole) {
+    // In memory already (a manifest): head and body go out in one write.
+    for (const h of hooks) h.onChunk?.(source.whole.byteLength);
+    finished = true;
+    outgoing.end(source.whole);
+    return;
+  }
   try {
     for (;;) {
       const chunk = await source.read();

@@ -9,7 +9,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { nodeRuntime } from "../../src/runtime/node.ts";
-import { directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
+import { bytesBody, directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
 import { fileSource } from "../../src/storage/fs/fs-store.ts";
 
 const MiB = 1024 * 1024;
@@ -103,6 +103,16 @@ t.test("Node sends a file body whole and calls its hooks as a stream body would"
   await waitFor(() => ends === 3);
   t.equal(counted, 3 * bytes.length, "every byte counted");
   t.equal(ends, 3, "the end reported once per response");
+});
+
+t.test("bytes in memory (a manifest) are sent whole, and read whole as a stream too", async (t) => {
+  const bytes = new TextEncoder().encode(JSON.stringify({ schemaVersion: 2, layers: [] }));
+  t.same(new Uint8Array(await readAll(bytesBody(bytes))), bytes, "as a stream (Deno, in-process callers)");
+  const url = await serving(t, () => bytesBody(bytes), bytes.length);
+  for (let i = 0; i < 3; i++) {
+    const res = await fetch(url);
+    t.same(new Uint8Array(await res.arrayBuffer()), bytes, `from Node, response ${i + 1} on one connection`);
+  }
 });
 
 t.test("a client that leaves in the middle ends the body: the file is released and the end reported", async (t) => {
