@@ -18,6 +18,8 @@ import { IdleTimer } from "./idle-timer.ts";
 /** Times a broken upstream connection is resumed with a Range request before the fetch fails. */
 const MAX_RESUMES = 3;
 const RESUME_BACKOFF_MS = 200;
+/** Received bytes are added to the upstream byte counter in steps of this many. */
+const COUNT_BYTES = 4 * 1024 * 1024;
 
 /** A read from the upstream body failed: the connection broke or stalled. */
 class ConnectionLost extends Error {
@@ -61,6 +63,12 @@ export class ResumableBody {
     const { metrics, log } = this.opts;
     const name = client.upstream.name;
     let skip = 0; // bytes to drop when a resumed response starts from 0 (the upstream ignored Range)
+    // Received bytes are counted in the metrics a few MiB at a time, not per chunk.
+    let uncounted = 0;
+    const count = () => {
+      if (uncounted > 0) metrics.upstreamBytes.inc({ upstream: name }, uncounted);
+      uncounted = 0;
+    };
     for (let resumes = 0; ; ) {
       try {
         await this.readBody(this.current.response, (chunk) => {
@@ -72,12 +80,15 @@ export class ResumableBody {
             if (bytes.byteLength === 0) return;
           }
           this.received += bytes.byteLength;
-          metrics.upstreamBytes.inc({ upstream: name }, bytes.byteLength);
+          uncounted += bytes.byteLength;
+          if (uncounted >= COUNT_BYTES) count();
           return onBytes(bytes);
         });
+        count();
         if (this.size === null || this.received >= this.size) return;
         throw new ConnectionLost(new UpstreamError("unreachable", `upstream ${name} ended ${this.digest} after ${this.received} of ${this.size} bytes`));
       } catch (err) {
+        count();
         // Only a broken or stalled connection is worth resuming; a store failure or a lying upstream is not.
         const resumable = err instanceof ConnectionLost && this.size !== null && resumes < MAX_RESUMES;
         const failure = err instanceof ConnectionLost ? err.failure : err;

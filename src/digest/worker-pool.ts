@@ -11,6 +11,12 @@ import { rejectAfter } from "../util/deadline.ts";
  */
 const BACKLOG_BYTES = 4 * 1024 * 1024;
 
+/**
+ * A hasher reading a file tells its worker how far the file is written once this much more is
+ * (and at the end): a message per step rather than per write, and the worker reads big pieces.
+ */
+const FILE_NOTICE_BYTES = 4 * 1024 * 1024;
+
 type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } | { op: "digest"; id: number; hex: string | null; error?: string };
 
 /**
@@ -122,16 +128,27 @@ export class WorkerHasherFactory implements HasherFactory {
       job.backlog += data.byteLength;
       worker.post({ op: "update", id, data }, [data.buffer as ArrayBuffer]);
     };
+    // With a file: how far it is written, and how far the worker was told (it is told in steps).
+    let fileUpTo = 0;
+    let filePosted = 0;
+    const postFile = () => {
+      if (fileUpTo === filePosted || job.failed || !worker.healthy) return;
+      filePosted = fileUpTo;
+      worker.post({ op: "file", id, upTo: fileUpTo });
+    };
     // A full batch goes to the worker itself (no copy); the last, short one as a copy of its bytes.
     const batches = new BufferFiller(BATCH_BYTES, () => spareBatches.take(), post);
 
     return {
       // The worker reads these bytes from the file itself: a few bytes of message instead of the data.
       fileWritten(upTo) {
-        if (file !== undefined && !job.failed && worker.healthy) worker.post({ op: "file", id, upTo });
+        if (file === undefined) return;
+        fileUpTo = upTo;
+        if (fileUpTo - filePosted >= FILE_NOTICE_BYTES) postFile();
       },
       async update(chunk) {
         if (job.failed) throw job.failed;
+        postFile(); // the file's bytes come first
         await batches.push(chunk);
         if (job.backlog > BACKLOG_BYTES) {
           await new Promise<void>((resolve) => job.drained.push(resolve));
@@ -140,6 +157,7 @@ export class WorkerHasherFactory implements HasherFactory {
       },
       finish() {
         if (job.failed) return Promise.reject(job.failed);
+        postFile();
         const last = batches.takePartial(true);
         if (last) post(last);
         return new Promise<string>((resolve, reject) => {
