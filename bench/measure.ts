@@ -27,6 +27,8 @@ export type Setup = {
   scope: Scope;
   /** Receives each start's figures (start-up ms, idle RSS after warm-up) and the command that ran. */
   onStart?(kind: PeerKind, figures: { startupMs: number; idleRss: number }, command: string): void;
+  /** Told of trouble that costs no figures (a peer that would not stop cleanly). */
+  warn?(message: string): void;
 };
 
 export type Blob = { repo: string; digest: string; size: number };
@@ -77,10 +79,11 @@ export async function withPeer<T>(kind: PeerKind, setup: Setup, fn: (peer: Peer,
       scope.check();
       return await fn(peer, counter);
     } finally {
-      await stopPeer();
+      // A peer that will not stop cleanly (an S3 cleanup that times out) must not cost the figures measured.
+      await stopPeer().catch((err: unknown) => setup.warn?.(`stopping ${PEER_NAMES[kind]}: ${err instanceof Error ? err.message : String(err)}`));
     }
   } finally {
-    await stopCounter();
+    await stopCounter().catch((err: unknown) => setup.warn?.(`stopping the upstream counter: ${err instanceof Error ? err.message : String(err)}`));
   }
 }
 

@@ -64,6 +64,10 @@ export async function runPlan(p: Plan): Promise<void> {
       addSample(results, kind, "idle.rss", f.idleRss);
       results.commands[kind] ??= command;
     },
+    warn: (message) => {
+      results.notes.push(message);
+      progress(`  ${message}`);
+    },
     ...extra,
   });
   const bigRate = (s: Setup, kind: PeerKind) =>
