@@ -86,7 +86,7 @@ export async function openServices(config: Config, runtime: Runtime, log: Logger
   if (diskWritable && (await store.freeSpace()) === null) {
     log.warn("free disk space cannot be read on this runtime (node:fs statfs is missing or refused): --disk-reserve is not enforced", { dataDir });
   }
-  const hashers = await startHashers(runtime, config.hashWorkers, log);
+  const hashers = startHashers(runtime, config.hashWorkers, log);
 
   const tokens = new UpstreamTokenCache(kv);
   /** This process, as the owner of fetch and collector leases in a KV shared by several instances. */
@@ -191,7 +191,7 @@ async function openStore(config: Config, dataDir: string | null, runtime: Runtim
   }
 }
 
-async function startHashers(runtime: Runtime, workers: number, log: Logger): Promise<HasherFactory> {
+function startHashers(runtime: Runtime, workers: number, log: Logger): HasherFactory {
   if (workers === 0) {
     log.info("hashing blobs on the main thread, as --hash-workers is 0");
     return new InlineHasherFactory();
@@ -200,10 +200,9 @@ async function startHashers(runtime: Runtime, workers: number, log: Logger): Pro
     log.info("worker threads are not available on this platform (as on Deno Deploy); hashing blobs on the main thread");
     return new InlineHasherFactory();
   }
-  try {
-    return await WorkerHasherFactory.start(workers, runtime.spawnWorker);
-  } catch (err) {
-    log.warn("could not start digest worker threads; hashing blobs inline", { error: err });
-    return new InlineHasherFactory();
-  }
+  // Not waited for: the threads start with the first blob (the self-test's one meanwhile), and
+  // stop again when idle. Should they fail to run here, the pool hashes inline from then on.
+  return WorkerHasherFactory.open(workers, runtime.spawnWorker, (err) =>
+    log.warn("could not start digest worker threads; hashing blobs inline", { error: err }),
+  );
 }

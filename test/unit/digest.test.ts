@@ -117,3 +117,77 @@ t.test("a worker hasher with a file reads the bytes from it as they are written,
   missing.fileWritten!(1);
   await tt.rejects(missing.finish(), /could not hash the blob/, "a file that cannot be opened fails the job");
 });
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const sha = (data: Uint8Array) => createHash("sha256").update(data).digest("hex");
+
+t.test("threads run only while there is something to hash: stopped when idle, started again for the next blob", async (tt) => {
+  let spawned = 0;
+  const spawn: typeof nodeRuntime.spawnWorker = (name) => (spawned++, nodeRuntime.spawnWorker!(name));
+  const factory = await WorkerHasherFactory.start(2, spawn!, { idleStopMs: 300 });
+  tt.teardown(() => factory.close());
+  tt.equal(spawned, 1, "the self-test starts one thread, not every one the pool may run");
+  await sleep(800);
+  tt.equal(factory.running, 0, "no thread is left running once idle");
+
+  // Two blobs at once: both threads run; each blob's digest is right.
+  const blobs = [pattern(3 * 1024 * 1024, 5), pattern(2 * 1024 * 1024 + 9, 6)];
+  const hashers = blobs.map(() => factory.create("sha256"));
+  tt.equal(factory.running, 2, "two blobs at once run on two threads");
+  await Promise.all(hashers.map((h, i) => h.update(blobs[i]!)));
+  const digests = await Promise.all(hashers.map((h) => h.finish()));
+  digests.forEach((d, i) => tt.equal(d, sha(blobs[i]!), `blob ${i} hashed right after a restart`));
+
+  // A long job keeps its thread however long it takes; a discarded one lets it go.
+  const slow = factory.create("sha256");
+  await slow.update(blobs[0]!.subarray(0, 1000));
+  await sleep(800);
+  tt.ok(factory.running >= 1, "a thread with a job in progress is not stopped");
+  await slow.update(blobs[0]!.subarray(1000));
+  tt.equal(await slow.finish(), sha(blobs[0]!), "and the job completes with the right digest");
+  factory.create("sha256").discard();
+  await sleep(800);
+  tt.equal(factory.running, 0, "stopped again after the last job ended, a discarded one included");
+  tt.equal(spawned, 3, "threads were started only when blobs came");
+});
+
+t.test("a thread that dies fails its jobs only: the next blob gets a new thread", async (tt) => {
+  const ports: Array<ReturnType<NonNullable<typeof nodeRuntime.spawnWorker>>> = [];
+  const spawn: typeof nodeRuntime.spawnWorker = (name) => {
+    const port = nodeRuntime.spawnWorker!(name);
+    ports.push(port);
+    return port;
+  };
+  const factory = await WorkerHasherFactory.start(1, spawn!);
+  tt.teardown(() => factory.close());
+  const doomed = factory.create("sha256");
+  await doomed.update(pattern(1000, 1));
+  await ports.at(-1)!.terminate(); // as if the thread crashed
+  await tt.rejects(doomed.finish(), /digest worker failed/, "the job on the dead thread fails (so its blob is not committed)");
+  const data = pattern(1024 * 1024 + 3, 2);
+  const next = factory.create("sha256");
+  await next.update(data);
+  tt.equal(await next.finish(), sha(data), "the next blob hashes right on a new thread");
+  tt.equal(ports.length, 2, "one new thread was started");
+});
+
+t.test("where worker threads cannot run, the pool says why and hashes inline", async (tt) => {
+  const broken: typeof nodeRuntime.spawnWorker = () => {
+    let fail: ((err: Error) => void) | null = null;
+    setTimeout(() => fail?.(new Error("cannot load the worker module")), 10);
+    return { post: () => {}, onMessage: () => {}, onFailure: (fn) => void (fail = fn), terminate: async () => {} };
+  };
+  await tt.rejects(WorkerHasherFactory.start(1, broken!), /cannot load the worker module/, "start() throws with the cause");
+  let reason: Error | null = null;
+  const factory = WorkerHasherFactory.open(2, broken!, (err) => (reason = err));
+  tt.teardown(() => factory.close());
+  tt.equal(factory.mode, "worker", "open() answers at once, before the self-test ends");
+  for (let i = 0; i < 100 && !reason; i++) await sleep(20);
+  tt.match(String(reason), /cannot load the worker module/, "the reason is reported");
+  tt.equal(factory.mode, "inline", "then it hashes inline");
+  tt.equal(factory.readsFiles, false, "and no longer asks for files to read");
+  const data = pattern(70_000, 3);
+  const h = factory.create("sha256");
+  await h.update(data);
+  tt.equal(await h.finish(), sha(data), "with the right digest");
+});
