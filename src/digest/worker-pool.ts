@@ -202,7 +202,8 @@ export class WorkerHasherFactory implements HasherFactory {
 
   create(algorithm: DigestAlgorithm, file?: string): Hasher {
     if (this.fallback) return this.fallback.create(algorithm);
-    const worker = [...this.workers].sort((a, b) => a.load - b.load)[0];
+    // The least loaded; between equals, one whose thread already runs rather than start another.
+    const worker = [...this.workers].sort((a, b) => a.load - b.load || Number(b.running) - Number(a.running))[0];
     if (!worker) throw new Error("no digest worker is configured");
     const id = this.nextId++;
     const job: Job = { backlog: 0, drained: [], result: null, failed: null };

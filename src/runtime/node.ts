@@ -33,8 +33,10 @@ export const nodeRuntime: Runtime = {
         overrideGlobalObjects: false,
       });
       // Socket inactivity: a client that stops reading leaves its socket idle once the buffers fill.
+      // Closing ends every connection, which some Node versions report as a timeout: not one to log.
+      let closing = false;
       (server as HttpServer).setTimeout(opts.clientTimeoutMs, (socket: Socket) => {
-        opts.onClientTimeout?.();
+        if (!closing) opts.onClientTimeout?.();
         socket.destroy();
       });
       server.once("error", reject);
@@ -45,6 +47,7 @@ export const nodeRuntime: Runtime = {
           port: address.port,
           close: () =>
             new Promise<void>((done) => {
+              closing = true;
               server.close(() => done());
               (server as { closeAllConnections?: () => void }).closeAllConnections?.();
             }),
