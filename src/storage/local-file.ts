@@ -1,9 +1,30 @@
-import { open, unlink } from "node:fs/promises";
+import { mkdir, open, readdir, rm, stat, unlink } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { digestHex, type Digest } from "../registry/reference.ts";
 import { unzeroedBytes } from "../util/buffers.ts";
 import type { PartialReader } from "./blob-store.ts";
+
+/**
+ * How old (since its last write) an upload file must be to count as left by a crash. A live
+ * upload writes every few seconds at worst: a stalled upstream is given up after
+ * --upstream-timeout.
+ */
+export const STALE_UPLOAD_FILE_MS = 60 * 60 * 1000;
+
+/**
+ * Makes `dir` and removes the upload files in it that a crash left behind, but not the ones
+ * being written now: another process on the same data dir (a `stowage gc` or `import` next to
+ * the server, a second server) may be downloading into it at this moment.
+ */
+export async function sweepUploadDir(dir: string, now = Date.now()): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (const name of await readdir(dir)) {
+    const path = join(dir, name);
+    const s = await stat(path).catch(() => null);
+    if (s && now - s.mtimeMs > STALE_UPLOAD_FILE_MS) await rm(path, { recursive: true, force: true });
+  }
+}
 
 /**
  * The local file an upload writes (the filesystem store's temporary file, the S3 store's

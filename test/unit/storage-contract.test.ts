@@ -3,7 +3,7 @@
 // the S3 store does (part failures, one request for small blobs, the stale-upload sweep).
 import t from "tap";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Digest } from "../../src/registry/reference.ts";
@@ -94,3 +94,38 @@ t.test("S3: the start-up sweep aborts multipart uploads older than an hour under
   for (let i = 0; i < 100 && fake.uploads.has("stale"); i++) await new Promise((r) => setTimeout(r, 10));
   tt.same([...fake.uploads.keys()].sort(), ["others", "recent"], "only the stale one under the prefix is aborted");
 });
+
+// A `stowage gc`, `import` or `export` opens the store a running server uses: opening it must not
+// take the files of the server's downloads in progress away from under them (it once emptied
+// _uploads, and the server's download then failed mid-blob). Files a crash left (old) still go.
+for (const kind of ["filesystem", "S3 spool"] as const) {
+  t.test(`${kind}: opening the store again keeps another process's uploads in progress, and removes those a crash left`, async (tt) => {
+    const root = join(dir, `reopen-${Math.random().toString(36).slice(2)}`);
+    const fake = new FakeS3("bucket");
+    const spoolDir = join(root, "spool");
+    const openStore = () =>
+      kind === "filesystem"
+        ? FsBlobStore.open(root)
+        : S3BlobStore.open({ bucket: "bucket", prefix: "cache", endpoint: "http://127.0.0.1:9", region: "us-east-1", spoolDir, client: fake.client });
+    const uploadDir = kind === "filesystem" ? join(root, "_uploads") : spoolDir;
+    const first = await openStore();
+    const bytes = randomBytes(3 * MiB + 5);
+    const digest = digestOf(bytes);
+    const upload = await first.begin(digest);
+    await upload.write(bytes.subarray(0, MiB));
+    const crashed = join(uploadDir, "left-by-a-crash");
+    await writeFile(crashed, "partial");
+    const twoHoursAgo = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await utimes(crashed, twoHoursAgo, twoHoursAgo);
+
+    const second = await openStore(); // as `stowage gc` does next to the server
+    tt.same((await readdir(uploadDir)).includes("left-by-a-crash"), false, "an upload file untouched for two hours is removed");
+    await upload.write(bytes.subarray(MiB));
+    await upload.commit();
+    const read = await first.open(digest);
+    tt.ok(read, "the upload in progress committed");
+    tt.equal(digestOf(new Uint8Array(await new Response(read!).arrayBuffer())), digest, "with every byte");
+    await (second as { close?: () => Promise<void> }).close?.();
+    await (first as { close?: () => Promise<void> }).close?.();
+  });
+}

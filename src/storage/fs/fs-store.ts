@@ -6,7 +6,7 @@ import { digestAlgorithm, digestHex, parseDigest, type Digest } from "../../regi
 import { unzeroedBytes } from "../../util/buffers.ts";
 import type { BlobStore, BlobUpload, PartialReader, StoredObject } from "../blob-store.ts";
 import { freeBytes, type StatFs, systemStatFs } from "../disk-space.ts";
-import { UploadFile, uploadFilePath } from "../local-file.ts";
+import { sweepUploadDir, UploadFile, uploadFilePath } from "../local-file.ts";
 import { directStream, type DirectSource } from "../direct-body.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
@@ -31,11 +31,10 @@ export class FsBlobStore implements BlobStore {
     this.uploads = join(root, "_uploads");
   }
 
-  /** Opens the store, removing uploads a crash left behind. `statfs` is replaceable for tests. */
+  /** Opens the store, removing uploads a crash left behind (not others' live ones). `statfs` is replaceable for tests. */
   static async open(root: string, opts: { statfs?: StatFs | null } = {}): Promise<FsBlobStore> {
     const store = new FsBlobStore(root, opts.statfs === undefined ? systemStatFs : opts.statfs);
-    await rm(store.uploads, { recursive: true, force: true });
-    await mkdir(store.uploads, { recursive: true });
+    await sweepUploadDir(store.uploads);
     return store;
   }
 

@@ -8,13 +8,12 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
 } from "@aws-sdk/client-s3";
-import { mkdir, rm } from "node:fs/promises";
 import type { Logger } from "../../log.ts";
 import type { ByteRange } from "../../registry/range.ts";
 import { digestAlgorithm, digestHex, parseDigest, type Digest } from "../../registry/reference.ts";
 import type { BlobStore, BlobUpload, StoredObject } from "../blob-store.ts";
 import { freeBytes, systemStatFs } from "../disk-space.ts";
-import { UploadFile } from "../local-file.ts";
+import { sweepUploadDir, UploadFile } from "../local-file.ts";
 import { answeredInTime, createS3Client, isMissingObject, pulledStream, type S3Api, type S3ClientOptions } from "./client.ts";
 import { DisklessUpload } from "./diskless-upload.ts";
 import { Multipart } from "./multipart.ts";
@@ -58,14 +57,13 @@ export class S3BlobStore implements BlobStore {
   }
 
   /**
-   * Checks the bucket can be reached, clears the local spool, and (in the
+   * Checks the bucket can be reached, clears what a crash left in the local spool, and (in the
    * background) aborts multipart uploads a crash left behind.
    */
   static async open(opts: S3StoreOptions, log?: Logger): Promise<S3BlobStore> {
     const store = new S3BlobStore(opts);
     if (opts.spoolDir !== null) {
-      await rm(opts.spoolDir, { recursive: true, force: true });
-      await mkdir(opts.spoolDir, { recursive: true });
+      await sweepUploadDir(opts.spoolDir);
     }
     await store.check();
     void store.abortStaleUploads(Date.now() - STALE_UPLOAD_MS).then(
