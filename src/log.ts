@@ -9,12 +9,19 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
   /** A logger that adds `fields` (e.g. the request id) to every line. */
   child(fields: Record<string, unknown>): Logger;
+  /**
+   * This logger, and its children, also handing every warning and error (whatever the level
+   * written) with all its fields to `observer`: the operator page's recent errors.
+   */
+  observing(observer: ProblemObserver): Logger;
 }
+
+export type ProblemObserver = (level: "warn" | "error", msg: string, fields: Record<string, unknown>) => void;
 
 export type LogSink = (line: string) => void;
 
 export function createLogger(level: LogLevel, sink: LogSink, base: Record<string, unknown> = {}): Logger {
-  return new JsonLogger(RANK[level], sink, base, null);
+  return new JsonLogger(RANK[level], sink, base, null, null);
 }
 
 /**
@@ -27,6 +34,7 @@ class JsonLogger implements Logger {
     private readonly sink: LogSink,
     private readonly base: Record<string, unknown>,
     private readonly own: Record<string, unknown> | null,
+    private readonly observer: ProblemObserver | null,
   ) {}
 
   debug(msg: string, fields?: Record<string, unknown>): void {
@@ -36,18 +44,28 @@ class JsonLogger implements Logger {
     if (RANK.info >= this.min) this.emit("info", msg, fields);
   }
   warn(msg: string, fields?: Record<string, unknown>): void {
+    this.observer?.("warn", msg, this.allFields(fields));
     if (RANK.warn >= this.min) this.emit("warn", msg, fields);
   }
   error(msg: string, fields?: Record<string, unknown>): void {
+    this.observer?.("error", msg, this.allFields(fields));
     if (RANK.error >= this.min) this.emit("error", msg, fields);
   }
 
   child(fields: Record<string, unknown>): Logger {
-    return new JsonLogger(this.min, this.sink, this.own ? { ...this.base, ...this.own } : this.base, fields);
+    return new JsonLogger(this.min, this.sink, this.own ? { ...this.base, ...this.own } : this.base, fields, this.observer);
+  }
+
+  observing(observer: ProblemObserver): Logger {
+    return new JsonLogger(this.min, this.sink, this.base, this.own, observer);
+  }
+
+  private allFields(fields: Record<string, unknown> | undefined): Record<string, unknown> {
+    return { ...this.base, ...this.own, ...fields };
   }
 
   private emit(level: LogLevel, msg: string, fields: Record<string, unknown> | undefined): void {
-    this.sink(JSON.stringify({ time: new Date().toISOString(), level, msg, ...this.base, ...this.own, ...fields }, errorReplacer));
+    this.sink(JSON.stringify({ time: new Date().toISOString(), level, msg, ...this.allFields(fields) }, errorReplacer));
   }
 }
 

@@ -37,34 +37,6 @@ export class RecentErrors {
  * request id) also kept in `recent`. server.ts wraps its logger with this before anything else
  * uses it, so every part of the server feeds the page.
  */
-export function keepingRecentErrors(log: Logger, recent: RecentErrors, base: Record<string, unknown> = {}): Logger {
-  return new KeepingLogger(log, recent, base, null);
-}
-
-/** One small object per child (one per request): the fields are merged only for a warning or error kept. */
-class KeepingLogger implements Logger {
-  constructor(
-    private readonly log: Logger,
-    private readonly recent: RecentErrors,
-    private readonly base: Record<string, unknown>,
-    private readonly own: Record<string, unknown> | null,
-  ) {}
-
-  debug(msg: string, fields?: Record<string, unknown>): void {
-    this.log.debug(msg, fields);
-  }
-  info(msg: string, fields?: Record<string, unknown>): void {
-    this.log.info(msg, fields);
-  }
-  warn(msg: string, fields?: Record<string, unknown>): void {
-    this.recent.add("warn", msg, { ...this.base, ...this.own, ...fields });
-    this.log.warn(msg, fields);
-  }
-  error(msg: string, fields?: Record<string, unknown>): void {
-    this.recent.add("error", msg, { ...this.base, ...this.own, ...fields });
-    this.log.error(msg, fields);
-  }
-  child(fields: Record<string, unknown>): Logger {
-    return new KeepingLogger(this.log.child(fields), this.recent, this.own ? { ...this.base, ...this.own } : this.base, fields);
-  }
+export function keepingRecentErrors(log: Logger, recent: RecentErrors): Logger {
+  return log.observing((level, msg, fields) => recent.add(level, msg, fields));
 }
