@@ -234,10 +234,11 @@ async function setup(t: Test, deps: Partial<BlobFetchDeps> = {}) {
   };
   const start = (digest: Digest) => new BlobFetch(digest, { client: upstream.client, repo: "app" }, all, log);
   /** A fetch of `bytes` whose upstream answers with a body the test feeds (with their length by default), once ready. */
-  const begin = async (bytes: Uint8Array, headers: Record<string, string> = length(bytes)) => {
+  /** A fetch of `digest` (by default the bytes' own) started on an upstream reply whose body the test feeds. */
+  const begin = async (bytes: Uint8Array, headers: Record<string, string> = length(bytes), digest: Digest = sha256(bytes)) => {
     const body = new FedBody();
     upstream.next(() => upstream.reply(body, headers));
-    const fetch = start(sha256(bytes));
+    const fetch = start(digest);
     await fetch.ready;
     return { fetch, body };
   };
@@ -700,12 +701,15 @@ t.test("another instance stored the blob: committed without a download", async (
 t.test("with a spool, the digest worker hashes the bytes from it (filesystem store)", async (t) => {
   const hashers = await WorkerHasherFactory.start(1, nodeRuntime.spawnWorker!);
   t.teardown(() => hashers.close());
-  /** A filesystem store in a fresh directory; its free space is `free()` when given. */
-  const fsSetup = async (t: Test, deps: Partial<BlobFetchDeps> = {}, free?: () => number) => {
+  /**
+   * A filesystem store in a fresh directory; its free space is `free()` when given, and the
+   * fetch uses `wrap(fs)` instead when given.
+   */
+  const fsSetup = async (t: Test, deps: Partial<BlobFetchDeps> = {}, free?: () => number, wrap?: (fs: FsBlobStore) => BlobStore) => {
     const root = await mkdtemp(join(tmpdir(), "stowage-blob-fetch-"));
     t.teardown(() => rm(root, { recursive: true, force: true }));
     const fs = await FsBlobStore.open(root, free ? { statfs: async () => ({ bavail: free(), bsize: 1 }) } : {});
-    const s = await setup(t, { store: fs, hashers, ...deps });
+    const s = await setup(t, { store: wrap ? wrap(fs) : fs, hashers, ...deps });
     const uploadsLeft = async () => (await readdir(join(root, "_uploads"))).length;
     return { ...s, fs, uploadsLeft };
   };
@@ -727,13 +731,10 @@ t.test("with a spool, the digest worker hashes the bytes from it (filesystem sto
   });
 
   await t.test("a digest mismatch still fails every client and commits nothing", async (t) => {
-    const { upstream, start, fs, kv, uploadsLeft } = await fsSetup(t);
+    const { begin, fs, kv, uploadsLeft } = await fsSetup(t);
     const bytes = randomBytes(3 * MiB + 5);
     const digest = sha256(Buffer.from("not these bytes"));
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(digest);
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes, length(bytes), digest);
     const clients = [readAll(fetch.follow(0, null)), readAll(fetch.follow(MiB, null))];
     body.finish(bytes);
     for (const got of await Promise.all(clients)) t.type(got.error, DigestMismatchError, "a client's response breaks with the mismatch");
@@ -745,42 +746,39 @@ t.test("with a spool, the digest worker hashes the bytes from it (filesystem sto
   });
 
   await t.test("the verified bytes are the spool's: a store that writes other bytes than it got fails the digest", async (t) => {
-    const root = await mkdtemp(join(tmpdir(), "stowage-blob-fetch-"));
-    t.teardown(() => rm(root, { recursive: true, force: true }));
-    const fs = await FsBlobStore.open(root);
     // Clients get the bytes from memory, the worker hashes the file: only the file is wrong.
-    const corrupting = Object.create(fs) as FsBlobStore;
-    corrupting.begin = async (digest) => {
-      const upload = await fs.begin(digest);
-      let first = true;
-      return {
-        spoolPath: upload.spoolPath,
-        write: (chunk) => {
-          if (!first) return upload.write(chunk);
-          first = false;
-          const bad = Buffer.from(chunk);
-          bad[0]! ^= 0xff;
-          return upload.write(bad);
-        },
-        openReader: () => upload.openReader(),
-        commit: () => upload.commit(),
-        abort: () => upload.abort(),
+    const corrupting = (fs: FsBlobStore) => {
+      const store = Object.create(fs) as FsBlobStore;
+      store.begin = async (digest) => {
+        const upload = await fs.begin(digest);
+        let first = true;
+        return {
+          spoolPath: upload.spoolPath,
+          write: (chunk) => {
+            if (!first) return upload.write(chunk);
+            first = false;
+            const bad = Buffer.from(chunk);
+            bad[0]! ^= 0xff;
+            return upload.write(bad);
+          },
+          openReader: () => upload.openReader(),
+          commit: () => upload.commit(),
+          abort: () => upload.abort(),
+        };
       };
+      return store;
     };
-    const { upstream, start } = await setup(t, { store: corrupting, hashers });
+    const { begin, fs, uploadsLeft } = await fsSetup(t, {}, undefined, corrupting);
     const bytes = randomBytes(2 * MiB);
     const digest = sha256(bytes);
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(digest);
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     const client = readAll(fetch.follow(0, null));
     body.finish(bytes);
     t.type((await client).error, DigestMismatchError, "the response breaks");
     await fetch.settled;
     t.equal(fetch.state, "failed");
     t.equal(await fs.stat(digest), null, "nothing is committed");
-    t.equal((await readdir(join(root, "_uploads"))).length, 0, "the spool is removed");
+    t.equal(await uploadsLeft(), 0, "the spool is removed");
   });
 
   await t.test("spooling stops for lack of disk space: the rest is hashed from memory, the blob still verified", async (t) => {
@@ -796,14 +794,11 @@ t.test("with a spool, the digest worker hashes the bytes from it (filesystem sto
 
   await t.test("spooling stops, and the bytes are wrong: the mismatch is still caught", async (t) => {
     let checks = 0;
-    const { upstream, start } = await fsSetup(t, { diskReserveBytes: 100 * MiB, diskCheckBytes: MiB }, () => (checks++ === 0 ? 1000 * MiB : 50 * MiB));
+    const { begin } = await fsSetup(t, { diskReserveBytes: 100 * MiB, diskCheckBytes: MiB }, () => (checks++ === 0 ? 1000 * MiB : 50 * MiB));
     const bytes = randomBytes(6 * MiB);
     const wrong = Buffer.from(bytes);
     wrong[wrong.length - 2]! ^= 1; // past where spooling stops
-    const body = new FedBody();
-    upstream.next(() => upstream.reply(body, length(bytes)));
-    const fetch = start(sha256(bytes));
-    await fetch.ready;
+    const { fetch, body } = await begin(bytes);
     const client = readAll(fetch.follow(0, null));
     body.finish(wrong);
     t.type((await client).error, DigestMismatchError);
