@@ -17,7 +17,6 @@ import { Semaphore } from "./semaphore.ts";
 import { offlineError, UpstreamError } from "./upstream-error.ts";
 import { UpstreamHealth, type UpstreamStatus } from "./upstream-health.ts";
 
-
 /** Backoff after a 429 without a usable Retry-After, and the most we honour. */
 const DEFAULT_BACKOFF_SECONDS = 60;
 const MAX_BACKOFF_SECONDS = 3600;
