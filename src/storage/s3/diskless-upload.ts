@@ -5,7 +5,7 @@ import { type Multipart, PART_SIZE } from "./multipart.ts";
 /**
  * Upload with no local disk (Deno Deploy): bytes are gathered into one part in
  * memory and each full part is sent. Memory per upload is bounded at
- * (PARTS_IN_FLIGHT + 1) parts: a write that fills a part waits for a free
+ * (PARTS_IN_FLIGHT_IN_MEMORY + 1) parts: a write that fills a part waits for a free
  * upload slot, which paces the download to S3. After a part failed, bytes are
  * dropped: the blob will not be cached, and the clients are served anyway.
  * There is no reader: the fetch serves followers from its memory window, and

@@ -6,17 +6,43 @@ import {
   UploadPartCommand,
   type CompletedPart,
 } from "@aws-sdk/client-s3";
+import type { Readable } from "node:stream";
 import { BufferPool } from "../../util/buffers.ts";
 import type { S3Api } from "./client.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
 export const PART_SIZE = 8 * 1024 * 1024;
-/** Parts uploaded at once per blob; each holds one part in memory, so this bounds memory per upload. */
-const PARTS_IN_FLIGHT = 2;
+/** Parts uploaded at once per blob when each holds a whole part in memory (no spool): bounds memory per upload. */
+export const PARTS_IN_FLIGHT_IN_MEMORY = 2;
+/**
+ * Parts uploaded at once per blob when they stream from the spool (~1 MiB each in memory): S3
+ * (RGW here) takes a blob fastest with several parts going up, so the commit trails the
+ * download less.
+ */
+export const PARTS_IN_FLIGHT_STREAMED = 4;
+/** Tries per part. The SDK does not retry a part whose body is a stream (it cannot send it again), so parts are retried here. */
+const PART_ATTEMPTS = 3;
+const RETRY_DELAY_MS = 200;
+
+/**
+ * A part's body: its bytes, or a stream of them made anew for each try. A stream's payload is
+ * not hashed for the request signature (UNSIGNED-PAYLOAD): SHA-256 of every part cost the main
+ * thread ~1.5 s per GiB and the S3 server as much again to check it, which made the commit trail
+ * the download by ~10 s. The blob's own digest is checked on the bytes received from upstream.
+ */
+export type PartBody = Uint8Array | { size: number; open(): Readable };
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** A 4xx other than a timeout or throttling will fail again: not worth a retry. */
+function retryable(err: unknown): boolean {
+  const status = (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
+  return status === undefined || status >= 500 || status === 408 || status === 429;
+}
 
 /**
  * One multipart upload to a blob's final key. Parts go up as they are handed
- * over, at most PARTS_IN_FLIGHT at a time. A failed part does not fail the
+ * over, at most `inFlight` at a time. A failed part does not fail the
  * caller's writes (clients are still served from what was received): it
  * makes `complete()` throw, so the blob is simply not cached.
  */
@@ -31,17 +57,20 @@ export class Multipart {
     private readonly client: S3Api,
     private readonly bucket: string,
     readonly key: string,
-  ) {}
+    private readonly inFlight = PARTS_IN_FLIGHT_IN_MEMORY,
+  ) {
+    this.spare = new BufferPool(PART_SIZE, inFlight);
+  }
 
   get partCount(): number {
     return this.parts.length;
   }
 
   get busy(): boolean {
-    return this.running >= PARTS_IN_FLIGHT;
+    return this.running >= this.inFlight;
   }
 
-  /** Resolves when fewer than PARTS_IN_FLIGHT parts are uploading. */
+  /** Resolves when fewer than `inFlight` parts are uploading. */
   async untilSlot(): Promise<void> {
     while (this.busy) await new Promise<void>((resolve) => this.slotFreed.add(resolve));
   }
@@ -51,21 +80,21 @@ export class Multipart {
    * part of a large blob kept V8 holding dead ones (measured: ~40 MiB more RSS while uploading).
    * Only after success: a failed request may still have had its body in a socket write.
    */
-  private readonly spare = new BufferPool(PART_SIZE, PARTS_IN_FLIGHT);
+  private readonly spare: BufferPool;
 
   /** A PART_SIZE buffer to fill, recycled where possible. */
   partBuffer(): Uint8Array {
     return this.spare.take();
   }
 
-  /** Uploads the next part; `body` is read only when the part starts. */
-  add(body: () => Promise<Uint8Array>): void {
+  /** Uploads the next part; `body` is called only when the part starts. */
+  add(body: () => Promise<PartBody>): void {
     const number = this.parts.length + 1;
     this.running++;
-    let bytes: Uint8Array | null = null;
+    let bytes: PartBody | null = null;
     const part = this.uploadPart(number, async () => (bytes = await body())).then((done) => {
       // The SDK is done with the body once the request succeeded.
-      if (bytes) this.spare.give(bytes.buffer);
+      if (bytes instanceof Uint8Array) this.spare.give(bytes.buffer);
       return done;
     }).finally(() => {
       this.running--;
@@ -76,18 +105,34 @@ export class Multipart {
     this.parts.push(part);
   }
 
-  private async uploadPart(number: number, body: () => Promise<Uint8Array>): Promise<CompletedPart> {
+  private async uploadPart(number: number, body: () => Promise<PartBody>): Promise<CompletedPart> {
     if (this.failure !== null) throw this.failure; // one failure dooms the upload: send nothing more
     this.uploadId ??= this.client
       .send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: this.key }))
       .then((r) => r.UploadId ?? Promise.reject(new Error("S3 returned no UploadId")));
     const uploadId = await this.uploadId;
-    const bytes = await body();
-    const r = await this.client.send(
-      new UploadPartCommand({ Bucket: this.bucket, Key: this.key, UploadId: uploadId, PartNumber: number, Body: bytes, ContentLength: bytes.byteLength }),
-    );
-    if (!r.ETag) throw new Error(`S3 returned no ETag for part ${number} of ${this.key}`);
-    return { PartNumber: number, ETag: r.ETag };
+    const source = await body();
+    const size = source instanceof Uint8Array ? source.byteLength : source.size;
+    for (let attempt = 1; ; attempt++) {
+      const command = new UploadPartCommand({
+        Bucket: this.bucket,
+        Key: this.key,
+        UploadId: uploadId,
+        PartNumber: number,
+        Body: source instanceof Uint8Array ? source : source.open(),
+        ContentLength: size,
+      });
+      // Tries are counted here for every body, bytes or stream alike.
+      command.middlewareStack.remove("retryMiddleware");
+      try {
+        const r = await this.client.send(command);
+        if (!r.ETag) throw new Error(`S3 returned no ETag for part ${number} of ${this.key}`);
+        return { PartNumber: number, ETag: r.ETag };
+      } catch (err) {
+        if (attempt >= PART_ATTEMPTS || !retryable(err) || this.failure !== null) throw err;
+        await sleep(RETRY_DELAY_MS * attempt);
+      }
+    }
   }
 
   /** Waits for every part, then makes the object visible. */

@@ -16,7 +16,7 @@ import { freeBytes, systemStatFs } from "../disk-space.ts";
 import { sweepUploadDir, UploadFile } from "../local-file.ts";
 import { answeredInTime, createS3Client, isMissingObject, pulledStream, type S3Api, type S3ClientOptions } from "./client.ts";
 import { DisklessUpload } from "./diskless-upload.ts";
-import { Multipart } from "./multipart.ts";
+import { Multipart, PARTS_IN_FLIGHT_STREAMED } from "./multipart.ts";
 import { SpooledUpload } from "./spooled-upload.ts";
 
 /** Multipart uploads older than this at start-up were left by a crash (no fetch lasts that long). */
@@ -118,9 +118,9 @@ export class S3BlobStore implements BlobStore {
   }
 
   async begin(digest: Digest): Promise<BlobUpload> {
-    const multipart = new Multipart(this.client, this.bucket, this.keyOf(digest));
-    if (this.opts.spoolDir === null) return new DisklessUpload(multipart);
-    return new SpooledUpload(multipart, await UploadFile.create(this.opts.spoolDir, digest));
+    const key = this.keyOf(digest);
+    if (this.opts.spoolDir === null) return new DisklessUpload(new Multipart(this.client, this.bucket, key));
+    return new SpooledUpload(new Multipart(this.client, this.bucket, key, PARTS_IN_FLIGHT_STREAMED), await UploadFile.create(this.opts.spoolDir, digest));
   }
 
   async delete(digest: Digest): Promise<void> {
