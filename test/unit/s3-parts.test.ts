@@ -80,6 +80,19 @@ for (const spool of [true, false]) {
   });
 }
 
+t.test("S3 with a spool: no part goes up while the blob is still being received (the download keeps the cores)", async (tt) => {
+  const fake = new FakeS3("bucket");
+  const s = await open(fake, true);
+  tt.teardown(() => s.close());
+  const bytes = randomBytes(3 * 8 * MiB);
+  const upload = await s.begin(digestOf(bytes));
+  for (let o = 0; o < bytes.byteLength; o += MiB) await upload.write(bytes.subarray(o, o + MiB));
+  await new Promise((r) => setTimeout(r, 50));
+  tt.notOk(fake.sent.includes("UploadPartCommand"), "no part before the commit");
+  await upload.commit();
+  tt.equal(fake.sent.filter((c) => c === "UploadPartCommand").length, 3, "three parts at the commit");
+});
+
 t.test("S3 with a spool: four parts go up at once while S3 is slow", async (tt) => {
   let running = 0;
   let most = 0;

@@ -66,6 +66,11 @@ export class Multipart {
     return this.parts.length;
   }
 
+  /** Parts uploading now. */
+  get uploading(): number {
+    return this.running;
+  }
+
   get busy(): boolean {
     return this.running >= this.inFlight;
   }
