@@ -6,31 +6,40 @@ import {
   UploadPartCommand,
   type CompletedPart,
 } from "@aws-sdk/client-s3";
-import type { Readable } from "node:stream";
 import { BufferPool } from "../../util/buffers.ts";
 import type { S3Api } from "./client.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
 export const PART_SIZE = 8 * 1024 * 1024;
-/** Parts uploaded at once per blob when each holds a whole part in memory (no spool): bounds memory per upload. */
+/** Parts uploaded at once per blob without a spool, while the download waits for a free slot. */
 export const PARTS_IN_FLIGHT_IN_MEMORY = 2;
 /**
- * Parts uploaded at once per blob when they stream from the spool (~1 MiB each in memory): S3
- * (RGW here) takes a blob fastest with several parts going up, so the commit trails the
- * download less.
+ * Parts uploaded at once per blob from the spool (after the download: see spooled-upload.ts).
+ * RGW here took 1 GiB in ~8 s with four, ~9 s with two.
  */
-export const PARTS_IN_FLIGHT_STREAMED = 4;
-/** Tries per part. The SDK does not retry a part whose body is a stream (it cannot send it again), so parts are retried here. */
+export const PARTS_IN_FLIGHT_SPOOLED = 4;
+/** Tries per part, counted here (the SDK's own retries are off for parts, so that tries do not multiply). */
 const PART_ATTEMPTS = 3;
 const RETRY_DELAY_MS = 200;
 
 /**
- * A part's body: its bytes, or a stream of them made anew for each try. A stream's payload is
- * not hashed for the request signature (UNSIGNED-PAYLOAD): SHA-256 of every part cost the main
- * thread ~1.5 s per GiB and the S3 server as much again to check it, which made the commit trail
- * the download by ~10 s. The blob's own digest is checked on the bytes received from upstream.
+ * Parts are sent with an unsigned payload: signing one means SHA-256 over the whole part on the
+ * main thread (~1.5 s per GiB here) and the S3 server checking it (as much again, on the same
+ * cores when it is local), which made the commit trail the download by ~10 s. The request itself
+ * stays signed; the bytes are those whose digest was verified, and over https TLS guards them.
+ * (A stream body would be unsigned as well, but streaming a part from the spool file cost ~4x
+ * the CPU of reading it into a reused buffer.)
  */
-export type PartBody = Uint8Array | { size: number; open(): Readable };
+function unsignedPayload(command: UploadPartCommand): void {
+  command.middlewareStack.add(
+    (next) => (args) => {
+      const request = args.request as { headers?: Record<string, string> };
+      if (request.headers) request.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
+      return next(args);
+    },
+    { step: "build", name: "stowageUnsignedPayload" },
+  );
+}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -93,13 +102,13 @@ export class Multipart {
   }
 
   /** Uploads the next part; `body` is called only when the part starts. */
-  add(body: () => Promise<PartBody>): void {
+  add(body: () => Promise<Uint8Array>): void {
     const number = this.parts.length + 1;
     this.running++;
-    let bytes: PartBody | null = null;
+    let bytes: Uint8Array | null = null;
     const part = this.uploadPart(number, async () => (bytes = await body())).then((done) => {
       // The SDK is done with the body once the request succeeded.
-      if (bytes instanceof Uint8Array) this.spare.give(bytes.buffer);
+      if (bytes) this.spare.give(bytes.buffer);
       return done;
     }).finally(() => {
       this.running--;
@@ -110,25 +119,24 @@ export class Multipart {
     this.parts.push(part);
   }
 
-  private async uploadPart(number: number, body: () => Promise<PartBody>): Promise<CompletedPart> {
+  private async uploadPart(number: number, body: () => Promise<Uint8Array>): Promise<CompletedPart> {
     if (this.failure !== null) throw this.failure; // one failure dooms the upload: send nothing more
     this.uploadId ??= this.client
       .send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: this.key }))
       .then((r) => r.UploadId ?? Promise.reject(new Error("S3 returned no UploadId")));
     const uploadId = await this.uploadId;
-    const source = await body();
-    const size = source instanceof Uint8Array ? source.byteLength : source.size;
+    const bytes = await body();
     for (let attempt = 1; ; attempt++) {
       const command = new UploadPartCommand({
         Bucket: this.bucket,
         Key: this.key,
         UploadId: uploadId,
         PartNumber: number,
-        Body: source instanceof Uint8Array ? source : source.open(),
-        ContentLength: size,
+        Body: bytes,
+        ContentLength: bytes.byteLength,
       });
-      // Tries are counted here for every body, bytes or stream alike.
       command.middlewareStack.remove("retryMiddleware");
+      unsignedPayload(command);
       try {
         const r = await this.client.send(command);
         if (!r.ETag) throw new Error(`S3 returned no ETag for part ${number} of ${this.key}`);

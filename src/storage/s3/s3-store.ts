@@ -16,7 +16,7 @@ import { freeBytes, systemStatFs } from "../disk-space.ts";
 import { sweepUploadDir, UploadFile } from "../local-file.ts";
 import { answeredInTime, createS3Client, isMissingObject, pulledStream, type S3Api, type S3ClientOptions } from "./client.ts";
 import { DisklessUpload } from "./diskless-upload.ts";
-import { Multipart, PARTS_IN_FLIGHT_STREAMED } from "./multipart.ts";
+import { Multipart, PARTS_IN_FLIGHT_SPOOLED } from "./multipart.ts";
 import { SpooledUpload } from "./spooled-upload.ts";
 
 /** Multipart uploads older than this at start-up were left by a crash (no fetch lasts that long). */
@@ -120,7 +120,7 @@ export class S3BlobStore implements BlobStore {
   async begin(digest: Digest): Promise<BlobUpload> {
     const key = this.keyOf(digest);
     if (this.opts.spoolDir === null) return new DisklessUpload(new Multipart(this.client, this.bucket, key));
-    return new SpooledUpload(new Multipart(this.client, this.bucket, key, PARTS_IN_FLIGHT_STREAMED), await UploadFile.create(this.opts.spoolDir, digest));
+    return new SpooledUpload(new Multipart(this.client, this.bucket, key, PARTS_IN_FLIGHT_SPOOLED), await UploadFile.create(this.opts.spoolDir, digest));
   }
 
   async delete(digest: Digest): Promise<void> {

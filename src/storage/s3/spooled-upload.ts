@@ -1,11 +1,8 @@
-import { createReadStream } from "node:fs";
 import { unzeroedBytes } from "../../util/buffers.ts";
 import type { BlobUpload, PartialReader } from "../blob-store.ts";
 import type { UploadFile } from "../local-file.ts";
-import { type Multipart, PART_SIZE, type PartBody } from "./multipart.ts";
+import { type Multipart, PART_SIZE } from "./multipart.ts";
 
-/** Read size of a part streamed from the spool: few socket writes, little memory per part in flight. */
-const PART_READ_BYTES = 1024 * 1024;
 /**
  * Parts uploading at once while the blob is still being received: none. Taking parts costs S3
  * CPU, and a local S3 (RGW beside Stowage) takes it from the cores the download needs: in the
@@ -18,8 +15,8 @@ const PARTS_WHILE_RECEIVING = 0;
 
 /**
  * Upload with a local spool: bytes go to a file (followers of the fetch read
- * it back), and once the blob is received its parts are streamed from there, several
- * at once (none is held in memory). S3 being slow or
+ * it back), and once the blob is received its parts are read from there and sent,
+ * several at once. S3 being slow or
  * down never slows the download or the clients; it only decides whether the
  * blob is cached in the end.
  */
@@ -71,13 +68,12 @@ export class SpooledUpload implements BlobUpload {
       if (size < PART_SIZE && !(final && size > 0)) return;
       const start = this.nextPart;
       this.nextPart += size;
-      this.multipart.add(() => Promise.resolve(this.spoolPart(start, size)));
+      this.multipart.add(() => this.readSpool(start, size));
     }
   }
 
-  /** Bytes [start, start + size) of the spool, all on disk, as a stream opened anew for each try. */
-  private spoolPart(start: number, size: number): PartBody {
-    return { size, open: () => createReadStream(this.spool.path, { start, end: start + size - 1, highWaterMark: PART_READ_BYTES }) };
+  private readSpool(start: number, size: number): Promise<Uint8Array> {
+    return this.spool.readInto(size === PART_SIZE ? this.multipart.partBuffer() : unzeroedBytes(size), start);
   }
 
   async commit(): Promise<void> {
@@ -88,7 +84,7 @@ export class SpooledUpload implements BlobUpload {
       const size = this.spool.size;
       if (this.multipart.partCount === 0 && size < PART_SIZE) {
         // One part's worth or less: a single PutObject is as atomic and saves three requests.
-        await this.multipart.put(await this.spool.readInto(unzeroedBytes(size), 0));
+        await this.multipart.put(await this.readSpool(0, size));
       } else {
         // Parts not yet started go up as earlier ones finish.
         while (this.nextPart < size && this.multipart.failure === null) {
