@@ -50,12 +50,17 @@ export function answeredInTime<T>(what: string, send: (abortSignal: AbortSignal)
   return withAbortDeadline(ANSWER_TIMEOUT_MS, send, (cause) => new Error(`S3 did not answer ${what} within ${ANSWER_TIMEOUT_MS / 1000} s`, { cause }));
 }
 
+/** The HTTP status of an S3 error, if the server answered at all. */
+export function s3Status(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
+}
+
 /** A missing object (not a missing bucket, which is a configuration problem and must surface). */
 export function isMissingObject(err: unknown): boolean {
   if (typeof err !== "object" || err === null) return false;
-  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-  if (e.name === "NoSuchBucket") return false;
-  return e.name === "NoSuchKey" || e.name === "NotFound" || e.$metadata?.httpStatusCode === 404;
+  const name = (err as { name?: string }).name;
+  if (name === "NoSuchBucket") return false;
+  return name === "NoSuchKey" || name === "NotFound" || s3Status(err) === 404;
 }
 
 /**

@@ -7,7 +7,8 @@ import {
   type CompletedPart,
 } from "@aws-sdk/client-s3";
 import { BufferPool } from "../../util/buffers.ts";
-import type { S3Api } from "./client.ts";
+import { sleep } from "../../util/deadline.ts";
+import { s3Status, type S3Api } from "./client.ts";
 
 /** Part size of multipart uploads: the S3 minimum is 5 MiB, and 8 MiB keeps 10,000 parts above 78 GiB. */
 export const PART_SIZE = 8 * 1024 * 1024;
@@ -42,11 +43,9 @@ function unsignedPayload(command: UploadPartCommand): void {
   );
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
 /** A 4xx other than a timeout or throttling will fail again: not worth a retry. */
 function retryable(err: unknown): boolean {
-  const status = (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
+  const status = s3Status(err);
   return status === undefined || status >= 500 || status === 408 || status === 429;
 }
 
