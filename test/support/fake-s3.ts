@@ -29,12 +29,6 @@ function s3Error(name: string, status: number, message = name): Error {
   return Object.assign(new Error(message), { name, $metadata: { httpStatusCode: status } });
 }
 
-/** A request body as the SDK takes it: bytes, or a stream (a part streamed from the spool). */
-async function bodyBytes(body: unknown): Promise<Uint8Array> {
-  if (body instanceof Uint8Array) return new Uint8Array(body);
-  return new Uint8Array(Buffer.concat(await (body as Readable).toArray()));
-}
-
 export class FakeS3 {
   readonly objects = new Map<string, Uint8Array>();
   /** When each object was written. */
@@ -112,7 +106,7 @@ export class FakeS3 {
     if (command instanceof UploadPartCommand) {
       if (!upload || upload.key !== key) throw s3Error("NoSuchUpload", 404);
       const etag = `"${randomUUID()}"`;
-      upload.parts.set(Number(input.PartNumber), { etag, bytes: await bodyBytes(input.Body) });
+      upload.parts.set(Number(input.PartNumber), { etag, bytes: new Uint8Array(input.Body as Uint8Array) });
       return { ETag: etag };
     }
     if (command instanceof CompleteMultipartUploadCommand) {
