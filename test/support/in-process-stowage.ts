@@ -1,13 +1,13 @@
 // Stowage started inside the test process (startServer), on any free port, with a
 // fresh data dir, its log lines collected, and everything removed at teardown.
 import type { Test } from "tap";
-import { openKv } from "@deno/kv";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadConfig } from "../../src/config/load.ts";
 import type { Config } from "../../src/config/types.ts";
+import { openKvAt } from "../../src/kv/open.ts";
 import type { Kv } from "../../src/kv/kv.ts";
 import { createLogger, type LogLevel } from "../../src/log.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
@@ -49,6 +49,8 @@ export async function startInProcessStowage(t: Test, args: string[], opts: InPro
     await server.close();
     await rm(dir, { recursive: true, force: true });
   });
-  const kv = () => (reader ??= openKv(join(dataDir, "kv.sqlite3")) as unknown as Promise<Kv>);
+  // Opened as an instance opens a shared KV file, so it waits out the server's write locks
+  // ("database is locked") instead of failing on them.
+  const kv = () => (reader ??= openKvAt(nodeRuntime, { kind: "file", path: join(dataDir, "kv.sqlite3") }));
   return { url: server.url, dataDir, logs, kv };
 }

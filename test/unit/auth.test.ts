@@ -26,6 +26,7 @@ import { loadConfig } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/config/problems.ts";
 import type { Upstream } from "../../src/upstream/upstream.ts";
 import { type Kv, TypedKv } from "../../src/kv/kv.ts";
+import { openKvAt } from "../../src/kv/open.ts";
 import { createLogger } from "../../src/log.ts";
 import { parseWwwAuthenticate } from "../../src/registry/challenge.ts";
 import { RegistryError } from "../../src/registry/errors.ts";
@@ -542,9 +543,10 @@ t.test("token endpoint and registry routes of a started Stowage", async (t) => {
     t.same(accessOf(refreshed.body.token), [pullOf("local/team/app"), pullOf("local/public/base")]);
     t.equal((await manifest("local/team/app", refreshed.body.token)).status, 200);
 
-    const state = await openKv(join(dataDir, "kv.sqlite3"));
+    // As `stowage token revoke` opens it, beside the running server.
+    const state = await openKvAt(nodeRuntime, { kind: "file", path: join(dataDir, "kv.sqlite3") });
     t.teardown(() => state.close());
-    t.equal(await revokeRefreshTokens(new TypedKv(state as unknown as Kv), "ci"), 1, "stowage token revoke ci");
+    t.equal(await revokeRefreshTokens(new TypedKv(state), "ci"), 1, "stowage token revoke ci");
     const revoked = await post({ grant_type: "refresh_token", refresh_token: refresh, scope: "repository:local/team/app:pull" });
     t.same([revoked.status, revoked.body.error], [401, "invalid_grant"], "a revoked refresh token is refused");
     const aliceStill = await post({ grant_type: "refresh_token", refresh_token: String(viaGet.body.refresh_token) });
