@@ -41,6 +41,38 @@ const zodEnglishOnly = {
   },
 };
 
+/**
+ * @deno/kv is bundled like the rest (left external, Node loaded its ~40 small modules one by one:
+ * ~40 ms of every start), except its native addon. The package finds the addon through a
+ * CommonJS loader, `_napi_index.cjs`, which a split ES bundle cannot hand back as named exports
+ * and which asks `process.report` for the libc (~6 ms). It is replaced by this small one; the
+ * `@deno/kv-<platform>` package stays external and is loaded from node_modules as is.
+ */
+const denoKvAddon = {
+  name: "deno-kv-addon",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/_napi_index\.cjs$/ }, (args) =>
+      /[\\/]node_modules[\\/]@deno[\\/]kv[\\/]/.test(args.importer) ? { path: "deno-kv-addon", namespace: "stowage" } : undefined,
+    );
+    b.onLoad({ filter: /^deno-kv-addon$/, namespace: "stowage" }, () => ({
+      loader: "js",
+      contents: `
+        import { createRequire } from "node:module";
+        const { platform, arch } = process;
+        const name = "@deno/kv-" + platform + "-" + arch + (platform === "linux" ? "-gnu" : platform === "win32" ? "-msvc" : "");
+        let addon;
+        try {
+          addon = createRequire(import.meta.url)(name);
+        } catch (err) {
+          throw new Error("the KV's native addon " + name + " cannot be loaded (" + String(err?.message ?? err).split("\\n")[0] + "); " +
+            "@deno/kv ships it for glibc Linux, macOS and Windows on x64 and arm64 only: elsewhere give --kv a KV Connect URL, or run Stowage on Deno");
+        }
+        export const { open, close, snapshotRead, atomicWrite, dequeueNextMessage, finishMessage, startWatch, dequeueNextWatchMessage, endWatch } = addon;
+      `,
+    }));
+  },
+};
+
 // Written over in place, never emptied first: a Stowage started from dist/ (a test run next to
 // this build) may still load one of its chunks later. Chunk names carry a hash of their content.
 await build({
@@ -48,13 +80,13 @@ await build({
   entryPoints: { main: "src/main.ts" },
   outdir,
   splitting: true,
-  plugins: [zodEnglishOnly],
+  plugins: [zodEnglishOnly, denoKvAddon],
   // Some bundled packages are CommonJS and `require` node's built-ins, which an ES module lacks.
   banner: { js: `import { createRequire as __stowageRequire } from "node:module"; const require = __stowageRequire(import.meta.url);` },
   chunkNames: "[name]-[hash]",
   external: [
-    // A native addon, loaded from node_modules as is.
-    "@deno/kv",
+    // @deno/kv's native addon (see denoKvAddon), loaded from node_modules as is.
+    "@deno/kv-*",
     // Large and loaded only with an S3 store or at the first upstream request; undici also reads
     // its own WebAssembly files from its package directory.
     "@aws-sdk/*",
