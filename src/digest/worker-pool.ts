@@ -27,7 +27,8 @@ type Outbound = { op: "ack"; id: number; bytes: number; buffer?: ArrayBuffer } |
 
 /**
  * Batch buffers handed back by the workers, reused instead of allocating (and faulting in) fresh
- * ones. They stay resident for good: enough for about two blobs hashed at once, no more.
+ * ones: enough for about two blobs hashed at once, no more. Dropped whenever a thread stops for
+ * want of work, so that an idle process holds none (up to 8 MiB otherwise).
  */
 const spareBatches = new BufferPool(BATCH_BYTES, 8);
 
@@ -95,6 +96,7 @@ class DigestWorker {
         const port = this.port;
         this.port = null;
         void port.terminate();
+        spareBatches.clear();
       }, this.idleStopMs);
       // An idle pool never keeps the process alive.
       (this.idleTimer as { unref?: () => void }).unref?.();

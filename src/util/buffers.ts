@@ -40,6 +40,11 @@ export class BufferPool {
   give(buffer: ArrayBufferLike): void {
     if (buffer.byteLength === this.size && this.spare.length < this.max && buffer instanceof ArrayBuffer) this.spare.push(buffer);
   }
+
+  /** Lets the garbage collector have every spare buffer (when the work that used them is over). */
+  clear(): void {
+    this.spare.length = 0;
+  }
 }
 
 /**

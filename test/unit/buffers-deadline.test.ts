@@ -67,6 +67,9 @@ t.test("BufferPool: hands back buffers of its size, at most `max` of them", asyn
   pool.give(new ArrayBuffer(8)); // another size: dropped
   t.equal(pool.take().buffer, a.buffer, "a returned buffer is reused");
   t.not(pool.take().buffer, b.buffer, "only one was kept");
+  pool.give(a.buffer);
+  pool.clear();
+  t.not(pool.take().buffer, a.buffer, "after clear() no spare is held: a fresh buffer");
 });
 
 t.test("deadlines: each helper clears its timer and reports a timeout its own way", async (t) => {
