@@ -49,7 +49,7 @@ function summary(v: DashboardView): Html {
     ? html`<span class="muted">no limit (--max-size)</span>`
     : html`of ${formatBytes(maxBytes)} (--max-size), ${((blobBytes / maxBytes) * 100).toFixed(1)}%<meter min="0" max="${maxBytes}" high="${maxBytes * 0.9}" value="${Math.min(blobBytes, maxBytes)}"></meter>`;
   const gc = lastReport === null
-    ? html`<b>–</b><span class="muted">none since start</span>`
+    ? html`<b>&ndash;</b><span class="muted">none since start</span>`
     : html`<b>${when(lastReport.startedAt + lastReport.durationMs, v.now)}</b>${lastReport.dryRun ? "a dry run: would free " : "freed "}${formatBytes(lastReport.bytesFreed)} (${formatCount(lastReport.removed.length)} removed), took ${(lastReport.durationMs / 1000).toFixed(1)} s; store ${formatBytes(lastReport.storeBytesAfter)} after`;
   return html`<h2>Store and traffic</h2>
 <div class="cards">
@@ -115,14 +115,14 @@ function repositories(v: DashboardView): Html {
       current = key;
       const s = v.repos.get(key);
       rows.push(html`<tr class="repo" data-repo="${r.upstream}/${r.repo}"><th colspan="6">
-<code>${r.upstream}/${r.repo}</code> <span class="muted">· ${formatCount(s?.tags ?? 0)} tag${s?.tags === 1 ? "" : "s"} · ${formatCount(s?.pulls ?? 0)} pulls · last pulled ${s?.lastPulledAt == null ? "never" : ago(v.now - s.lastPulledAt)}</span>
+<code>${r.upstream}/${r.repo}</code> <span class="muted">&middot; ${formatCount(s?.tags ?? 0)} tag${s?.tags === 1 ? "" : "s"} &middot; ${formatCount(s?.pulls ?? 0)} pulls &middot; last pulled ${s?.lastPulledAt == null ? "never" : ago(v.now - s.lastPulledAt)}</span>
 ${purgeForm(v, { what: "repository", upstream: r.upstream, repo: r.repo }, "Purge repository", `${r.upstream}/${r.repo}`)}</th></tr>`);
     }
     const size = v.sizes.get(r);
     rows.push(html`<tr class="tag" data-ref="${r.upstream}/${r.repo}:${r.tag}">
 <td data-label="Tag"><b>${r.tag}</b></td>
 <td data-label="Digest"><code title="${r.digest}">${r.digest.slice(0, 19)}</code></td>
-<td data-label="Size" class="num">${size === undefined || size === null ? html`<span class="muted">–</span>` : html`${formatBytes(size.bytes)}${size.platforms > 1 ? html` <span class="muted">(${size.platforms} platforms)</span>` : ""}`}</td>
+<td data-label="Size" class="num">${size === undefined || size === null ? html`<span class="muted">&ndash;</span>` : html`${formatBytes(size.bytes)}${size.platforms > 1 ? html` <span class="muted">(${size.platforms} platforms)</span>` : ""}`}</td>
 <td data-label="Last pulled">${when(r.lastPulledAt, v.now)}</td>
 <td data-label="Pulls" class="num">${formatCount(r.pulls)}</td>
 <td>${purgeForm(v, { what: "tag", upstream: r.upstream, repo: r.repo, tag: r.tag }, "Purge", `${r.upstream}/${r.repo}:${r.tag}`)}</td>

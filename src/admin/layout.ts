@@ -89,7 +89,7 @@ export function page(title: string, nonce: string, identity: string | null, cont
 <style nonce="${nonce}">${new Html(STYLE)}</style>
 </head>
 <body>
-<header><h1><a href="/-/">Stowage</a> · ${title}</h1>${identity === null ? "" : html`<span class="muted">signed in as ${identity}</span>`}</header>
+<header><h1><a href="/-/">Stowage</a> &middot; ${title}</h1>${identity === null ? "" : html`<span class="muted">signed in as ${identity}</span>`}</header>
 <main>
 ${content}
 </main>
