@@ -6,6 +6,12 @@ import { CALL_TIMEOUT_MS, type Scope } from "./deadline.ts";
 import { PEER_NAMES, startPeer, type NodeRuntime, type Peer, type PeerKind, type S3Target } from "./peers.ts";
 import { cpuSeconds, PeakRss, rssBytes } from "./proc.ts";
 
+/**
+ * How long a peer is left alone before its settled idle RSS is read: at rest, not just after a
+ * burst. Stowage stops its hashing threads 10 s after their last blob (src/digest/worker-pool.ts).
+ */
+export const SETTLE_MS = 12_000;
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 const started = performance.now();

@@ -6,7 +6,8 @@ import { pushTestImages } from "../test/harness/registry.ts";
 import type { BigBlobImage } from "./big-blob.ts";
 import { curlBlob } from "./curl.ts";
 import { runScenario, type Scope } from "./deadline.ts";
-import { blobPath, progress, withPeer, type Blob, type Metrics, type Setup } from "./measure.ts";
+import { blobPath, progress, SETTLE_MS, sleep, withPeer, type Blob, type Metrics, type Setup } from "./measure.ts";
+import { rssBytes } from "./proc.ts";
 import { scenarioDeadlineMs, type Options, type ScenarioId } from "./options.ts";
 import { PEER_NAMES, S3_PEER, type PeerKind } from "./peers.ts";
 import { printProfile, profiled, profilingEnv, removePerfMap } from "./profile.ts";
@@ -78,8 +79,16 @@ export async function runPlan(p: Plan): Promise<void> {
     const order = round % 2 === 0 ? opts.peers : [...opts.peers].reverse();
     if (on("startup")) {
       for (const kind of order) {
-        await attempt("startup", kind, round, `start-up and idle memory, ${STARTS} starts`, async (scope) => {
-          for (let i = 0; i < STARTS; i++) await withPeer(kind, setupIn(scope), async () => {});
+        await attempt("startup", kind, round, `start-up and idle memory, ${STARTS} starts, the first left to settle`, async (scope) => {
+          let settled = 0;
+          for (let i = 0; i < STARTS; i++) {
+            await withPeer(kind, setupIn(scope), async (peer) => {
+              if (i > 0) return;
+              await sleep(SETTLE_MS);
+              settled = await rssBytes(peer.pid);
+            });
+          }
+          return { "idle.settledRss": settled };
         });
       }
     }

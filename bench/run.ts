@@ -3,7 +3,8 @@
 // all pulling from the same local upstream registry, each through its own counting proxy.
 //
 // Scenarios (bench/scenarios/*, run in this order; names for --only):
-//   startup      each peer started 3 times: spawn to first answered GET /v2/, idle RSS after warm-up
+//   startup      each peer started 3 times: spawn to first answered GET /v2/, RSS after warm-up,
+//                and idle RSS once settled (the first start, left alone for SETTLE_MS)
 //                (every other scenario's starts count too)
 //   large-blob   a 1 GiB blob cold and warm, then the cached manifest rate (wrk), on one peer
 //   pull         one client, then 20 clients at once, pull a cold image; the 20 again once cached

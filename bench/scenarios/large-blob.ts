@@ -1,6 +1,7 @@
 // Requirement 1 (and 6 on the S3 peer): one client GETs the 1 GiB blob from an empty cache (cold:
 // the peer fetches it from the upstream while serving it), then again three times (warm: from the
-// peer's own store). Cold includes the time until the peer has committed its copy, since a
+// peer's own store). The cold speed is the client's download rate alone; the time from its last
+// byte until the peer has committed its copy is a figure of its own ("cold.stored"), since a
 // cache that serves fast but stores slowly will go upstream again for the next client.
 //
 // The references the targets compare with are measured right next to the peer's own GETs, not
