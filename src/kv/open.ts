@@ -33,6 +33,8 @@ export function describeKv(location: KvLocation): string {
 
 export class KvOpenError extends Error {}
 
+const firstLine = (err: unknown) => (err instanceof Error ? err.message : String(err)).split("\n")[0];
+
 /** Opens the KV, or explains to the operator what to change. */
 export async function openKvAt(runtime: KvOpener, location: KvLocation): Promise<Kv> {
   if (location.kind === "platform" && !runtime.hasPlatformKv) {
@@ -46,8 +48,11 @@ export async function openKvAt(runtime: KvOpener, location: KvLocation): Promise
     // A file may be shared by instances on one machine, each locking it while it writes.
     return location.kind === "file" ? retryWhileBusy(kv) : kv;
   } catch (err) {
-    const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
-    const hint = location.kind === "platform"
+    // @deno/kv reports a native addon that would not load as the cause of a generic error; the
+    // cause says what to do (see bin/build.mjs), and a hint about the path would mislead.
+    const addon = err instanceof Error && err.cause instanceof Error ? err.cause : null;
+    const why = firstLine(addon ?? err);
+    const hint = addon ? "" : location.kind === "platform"
       ? "outside Deno Deploy, give --kv a file path on a writable disk, :memory:, or a KV Connect URL"
       : location.kind === "remote"
       ? "check the URL and that DENO_KV_ACCESS_TOKEN holds a valid access token"

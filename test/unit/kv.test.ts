@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isBusy, retryWhileBusy } from "../../src/kv/busy-retry.ts";
 import type { Kv, KvAtomic } from "../../src/kv/kv.ts";
+import { type KvOpener, KvOpenError, openKvAt } from "../../src/kv/open.ts";
 import { denoBinary, PROJECT_ROOT } from "../harness/processes.ts";
 
 t.test("which errors mean another process holds the lock", async (tt) => {
@@ -141,3 +142,18 @@ for (const runtime of ["node", "deno"] as const) {
     tt.equal((await contend(0)).counter, 2 * INCREMENTS, "every increment of both processes is there");
   });
 }
+
+t.test("opening the KV: the operator is told what went wrong and what to do", async (tt) => {
+  const failing = (err: Error): KvOpener => ({ hasPlatformKv: false, openKv: () => Promise.reject(err) });
+  const file = { kind: "file", path: "/data/kv.sqlite3" } as const;
+  await tt.rejects(openKvAt(failing(new Error("unable to open database file\n\nCaused by: ...")), file), {
+    constructor: KvOpenError,
+    message: "cannot open the KV store (file /data/kv.sqlite3): unable to open database file; check that the directory exists and is writable, or choose another path with --kv",
+  }, "a file that cannot be opened: its path and the hint about the directory");
+  // @deno/kv wraps a native addon that would not load (bin/build.mjs's loader) in a generic error.
+  const addon = new Error("the KV's native addon @deno/kv-linux-x64-gnu cannot be loaded (Cannot find module); elsewhere give --kv a KV Connect URL, or run Stowage on Deno");
+  await tt.rejects(openKvAt(failing(new Error("No default napi interface, provide one via the 'napi' option.", { cause: addon })), file), {
+    message: `cannot open the KV store (file /data/kv.sqlite3): ${addon.message}`,
+  }, "a missing native addon: its own message, without the misleading hint about the directory");
+  await tt.rejects(openKvAt(failing(new Error("x")), { kind: "platform" }), { message: /no platform KV on Node/ }, "no platform KV on Node");
+});
