@@ -6,6 +6,7 @@ import { type Server as HttpServer, ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { Kv } from "../kv/kv.ts";
 import { takeDirect } from "../storage/direct-body.ts";
+import { IdleCollector } from "./node-idle-gc.ts";
 import { sendDirect } from "./node-send.ts";
 import { nodeUpstreamFetch } from "./node-upstream.ts";
 import { spawnNodeWorker } from "./node-workers.ts";
@@ -32,6 +33,12 @@ export const nodeRuntime: Runtime = {
         port: listen.port,
         overrideGlobalObjects: false,
       });
+      // What a burst of requests left on the heap is collected once the server has been quiet a while.
+      const idle = new IdleCollector();
+      server.on("request", (_req: unknown, res: ServerResponse) => {
+        idle.begin();
+        res.once("close", () => idle.end());
+      });
       // Socket inactivity: a client that stops reading leaves its socket idle once the buffers fill.
       // Closing ends every connection, which some Node versions report as a timeout: not one to log.
       let closing = false;
@@ -48,6 +55,7 @@ export const nodeRuntime: Runtime = {
           close: () =>
             new Promise<void>((done) => {
               closing = true;
+              idle.stop();
               server.close(() => done());
               (server as { closeAllConnections?: () => void }).closeAllConnections?.();
             }),
