@@ -536,7 +536,11 @@ t.test("memory stays bounded: export and import of a 256 MiB blob", async (t) =>
   t.same(result.images, [{ ref: "127.0.0.1:5999/big:v1", status: "ok" }]);
   t.equal((await dst.store.stat(layerDigest))?.size, size, "the blob arrived (verified against its digest on the way in)");
   t.equal(result.blobsWritten, 3);
-  t.ok(growth < 64 * MiB, `RSS grew ${(growth / MiB).toFixed(1)} MiB, well under the blob's 256 MiB`);
+  // What this guards is that the blob never sits whole in memory: that would grow RSS by its
+  // 256 MiB. A tighter bound would test V8's collection timing in this test process instead (its
+  // default young generation alone holds up to 48 MiB of garbage; growth was 40-70 MiB here), so
+  // the footprint figures belong to `npm run bench` (the air-gap rows), not to this test.
+  t.ok(growth < size / 2, `RSS grew ${(growth / MiB).toFixed(1)} MiB, under half the blob's 256 MiB: it is never held whole`);
 });
 
 t.test("a bundle skopeo wrote (oci-archive) imports, named by a full reference", async (t) => {
