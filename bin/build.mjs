@@ -73,6 +73,31 @@ const denoKvAddon = {
   },
 };
 
+/**
+ * yaml (160 KiB, about a sixth of what `serve` loads) is needed only to read a config file, by
+ * `token create` and by prefill's image lists. src/ imports it as usual; the bundle gets a stand-in
+ * whose functions load it on their first call, from yaml.cjs beside main.js (built on its own
+ * below). The load is a synchronous require, as reading the config file is synchronous.
+ * A name src/ imports from yaml that is missing here fails the build.
+ */
+const lazyYaml = {
+  name: "lazy-yaml",
+  setup(b) {
+    b.onResolve({ filter: /^yaml$/ }, (args) => (/[\\/]src[\\/]/.test(args.importer) ? { path: "lazy-yaml", namespace: "stowage" } : undefined));
+    b.onLoad({ filter: /^lazy-yaml$/, namespace: "stowage" }, () => ({
+      loader: "js",
+      contents: `
+        import { createRequire } from "node:module";
+        let yaml;
+        const load = () => (yaml ??= createRequire(import.meta.url)("./yaml.cjs"));
+        export function parseDocument(...args) { return load().parseDocument(...args); }
+        export function parseAllDocuments(...args) { return load().parseAllDocuments(...args); }
+        export function stringify(...args) { return load().stringify(...args); }
+      `,
+    }));
+  },
+};
+
 // Written over in place, never emptied first: a Stowage started from dist/ (a test run next to
 // this build) may still load one of its chunks later. Chunk names carry a hash of their content.
 await build({
@@ -80,7 +105,7 @@ await build({
   entryPoints: { main: "src/main.ts" },
   outdir,
   splitting: true,
-  plugins: [zodEnglishOnly, denoKvAddon],
+  plugins: [zodEnglishOnly, denoKvAddon, lazyYaml],
   // Some bundled packages are CommonJS and `require` node's built-ins, which an ES module lacks.
   banner: { js: `import { createRequire as __stowageRequire } from "node:module"; const require = __stowageRequire(import.meta.url);` },
   chunkNames: "[name]-[hash]",
@@ -102,4 +127,11 @@ await build({
   outdir,
   // Run from a data: URL (src/runtime/node-workers.ts), so they may import node's built-ins only.
   external: ["node:*"],
+});
+// yaml on its own, for the stand-in above (lazyYaml).
+await build({
+  ...common,
+  stdin: { contents: `module.exports = require("yaml");`, resolveDir: root, sourcefile: "yaml-entry.cjs", loader: "js" },
+  format: "cjs",
+  outfile: `${outdir}/yaml.cjs`,
 });
