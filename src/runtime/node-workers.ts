@@ -39,6 +39,17 @@ async function workerCode(name: WorkerName): Promise<{ code: string; href: strin
   // module-hooks thread, tsx and esbuild per worker: ≈20 MiB each), strip the types of the worker
   // module once, here, with the esbuild that tsx depends on, and stop esbuild's helper process again.
   // The async API: the sync one would leave a thread behind, and a defunct process once stopped.
+  // One at a time: esbuild's service is one per process, and stopping it while another worker's
+  // transform is in flight fails that one ("The service was stopped").
+  const turn = stripping.then(() => stripTypes(name));
+  stripping = turn.then(() => undefined, () => undefined);
+  return turn;
+}
+
+/** Where the previous type stripping is; the next one starts after it. */
+let stripping: Promise<void> = Promise.resolve();
+
+async function stripTypes(name: WorkerName): Promise<{ code: string; href: string }> {
   const source = new URL(`../../workers/${name}.ts`, import.meta.url);
   // Resolved through tsx, whose dependency it is, so that it is found whatever the node_modules layout.
   const esbuild = createRequire(createRequire(import.meta.url).resolve("tsx/package.json"))("esbuild") as Esbuild;
@@ -60,6 +71,8 @@ function workerModule(name: WorkerName): Promise<URL> {
   if (!url) {
     url = workerCode(name).then(({ code, href }) => new URL(`data:text/javascript,${encodeURIComponent(`${WEB_WORKER_SCOPE}${code}//# sourceURL=${href}\n`)}`));
     workerModules.set(name, url);
+    // A failure is not kept: the next worker of that name tries again.
+    url.catch(() => workerModules.delete(name));
   }
   return url;
 }
