@@ -107,9 +107,19 @@ const QUEUED_BYTES = 4 * 1024 * 1024;
 
 /** Reads a chunk only when the consumer asks for one. */
 export function pulledFrom(readable: Readable): ReadableStream<Uint8Array> {
+  // Always listened to: an 'error' between two pulls with no listener on would be thrown at the process.
+  let failed: Error | null = null;
+  readable.on("error", (err) => (failed ??= err));
   return new ReadableStream<Uint8Array>(
     {
       pull(controller) {
+        // 'end' (or 'error') may have been emitted between two pulls, while no listener was on:
+        // after the read that took the last bytes, while the consumer was busy with them.
+        if (readable.readableEnded) {
+          controller.close();
+          return;
+        }
+        if (failed) return Promise.reject(failed);
         return new Promise<void>((resolve, reject) => {
           const cleanup = () => {
             readable.off("readable", tryRead);

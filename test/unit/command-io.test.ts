@@ -4,7 +4,7 @@ import t from "tap";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable, Writable } from "node:stream";
+import { PassThrough, Readable, Writable } from "node:stream";
 import { listSourceFiles, pulledFrom, pushedTo } from "../../src/commands/io.ts";
 
 const MiB = 1024 * 1024;
@@ -32,6 +32,26 @@ t.test("reading: every byte arrives, in order, then the end", async (t) => {
   const parts = Array.from({ length: 50 }, (_, i) => Buffer.alloc(1000 + i, i));
   const got = Buffer.from(await new Response(pulledFrom(Readable.from(parts))).arrayBuffer());
   t.ok(got.equals(Buffer.concat(parts)));
+});
+
+t.test("reading: a consumer busy with the last chunk still sees the end (and an error)", async (t) => {
+  // `stowage import` of a cut bundle hung for good in CI this way: the source emitted 'end'
+  // while the consumer was still writing the last bytes, and the next read waited for an 'end' that had passed.
+  const ended = new PassThrough();
+  ended.end(Buffer.from("last"));
+  const reader = pulledFrom(ended).getReader();
+  t.same(Buffer.from((await reader.read()).value!).toString(), "last");
+  await sleep(50); // the consumer is busy; meanwhile the source ends
+  const end = await Promise.race([reader.read(), sleep(2000).then(() => "hung" as const)]);
+  t.same(end, { done: true, value: undefined }, "the end, not a read that never returns");
+
+  const failing = new PassThrough();
+  failing.write(Buffer.from("some"));
+  const r2 = pulledFrom(failing).getReader();
+  await r2.read();
+  failing.destroy(new Error("disk read failed"));
+  await sleep(50);
+  await t.rejects(Promise.race([r2.read(), sleep(2000).then(() => "hung")]), { message: "disk read failed" }, "an error between reads surfaces at the next one");
 });
 
 t.test("writing: a slow destination holds the writer back", { timeout: 30_000 }, async (t) => {
