@@ -13,11 +13,14 @@
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const outdir = process.argv[2] ?? `${root}dist`;
+
+/** Whether an import is Stowage's own (src/), not a dependency's, wherever the checkout lives (even under a "src" directory). */
+const fromOurSource = (importer) => resolve(importer).startsWith(resolve(root, "src") + sep);
 
 const common = {
   absWorkingDir: root,
@@ -87,7 +90,7 @@ const denoKvAddon = {
 const lazyYaml = {
   name: "lazy-yaml",
   setup(b) {
-    b.onResolve({ filter: /^yaml$/ }, (args) => (/[\\/]src[\\/]/.test(args.importer) ? { path: "lazy-yaml", namespace: "stowage" } : undefined));
+    b.onResolve({ filter: /^yaml$/ }, (args) => (fromOurSource(args.importer) ? { path: "lazy-yaml", namespace: "stowage" } : undefined));
     b.onLoad({ filter: /^lazy-yaml$/, namespace: "stowage" }, () => ({
       loader: "js",
       contents: `
@@ -115,7 +118,7 @@ const ZOD_WRAP = ["(function (exports, require, module) {", "\n})"];
 const zodCached = {
   name: "zod-cached",
   setup(b) {
-    b.onResolve({ filter: /^zod$/ }, (args) => (/[\\/]src[\\/]/.test(args.importer) ? { path: "zod-cached", namespace: "stowage" } : undefined));
+    b.onResolve({ filter: /^zod$/ }, (args) => (fromOurSource(args.importer) ? { path: "zod-cached", namespace: "stowage" } : undefined));
     b.onLoad({ filter: /^zod-cached$/, namespace: "stowage" }, () => ({
       loader: "js",
       contents: `
