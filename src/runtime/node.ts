@@ -12,6 +12,9 @@ import { nodeUpstreamFetch } from "./node-upstream.ts";
 import { spawnNodeWorker } from "./node-workers.ts";
 import type { Runtime } from "./runtime.ts";
 
+/** Requests open on every listener of this process (the server's and the metrics listener's). */
+let processIdle: IdleCollector | undefined;
+
 /** The Node adapter; its worker threads (node-workers.ts) and upstream HTTP client (node-upstream.ts) are next to it. */
 
 export const nodeRuntime: Runtime = {
@@ -33,8 +36,9 @@ export const nodeRuntime: Runtime = {
         port: listen.port,
         overrideGlobalObjects: false,
       });
-      // What a burst of requests left on the heap is collected once the server has been quiet a while.
-      const idle = new IdleCollector();
+      // What a burst of requests left on the heap is collected once the process has been quiet a
+      // while: one collector for every listener (a metrics scrape must not count as quiet for blobs).
+      const idle = (processIdle ??= new IdleCollector());
       server.on("request", (_req: unknown, res: ServerResponse) => {
         idle.begin();
         res.once("close", () => idle.end());
