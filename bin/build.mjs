@@ -35,18 +35,24 @@ const common = {
 };
 
 /**
+ * A plugin that hands every import of `filter` made from a file `from` accepts a module of our
+ * own instead, with the JavaScript `contents`: how the build swaps out the parts below.
+ */
+function replaceImport(name, filter, from, contents) {
+  return {
+    name,
+    setup(b) {
+      b.onResolve({ filter }, (args) => (from(args.importer) ? { path: name, namespace: "stowage" } : undefined));
+      b.onLoad({ filter: new RegExp(`^${name}$`), namespace: "stowage" }, () => ({ loader: "js", contents }));
+    },
+  };
+}
+
+/**
  * zod re-exports all its ~40 locales (350 KiB, a third of what start-up loads) as `z.locales`,
  * which Stowage never uses: its messages are English, zod's default, which zod imports itself.
  */
-const zodEnglishOnly = {
-  name: "zod-english-only",
-  setup(b) {
-    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
-      /[\\/]node_modules[\\/]zod[\\/]/.test(args.importer) ? { path: "zod-locales", namespace: "stowage" } : undefined,
-    );
-    b.onLoad({ filter: /^zod-locales$/, namespace: "stowage" }, () => ({ contents: "export {};", loader: "js" }));
-  },
-};
+const zodEnglishOnly = replaceImport("zod-locales", /^\.\.\/locales\/index\.js$/, (importer) => /[\\/]node_modules[\\/]zod[\\/]/.test(importer), "export {};");
 
 /**
  * @deno/kv is bundled like the rest (left external, Node loaded its ~40 small modules one by one:
@@ -55,30 +61,19 @@ const zodEnglishOnly = {
  * and which asks `process.report` for the libc (~6 ms). It is replaced by this small one; the
  * `@deno/kv-<platform>` package stays external and is loaded from node_modules as is.
  */
-const denoKvAddon = {
-  name: "deno-kv-addon",
-  setup(b) {
-    b.onResolve({ filter: /^\.\/_napi_index\.cjs$/ }, (args) =>
-      /[\\/]node_modules[\\/]@deno[\\/]kv[\\/]/.test(args.importer) ? { path: "deno-kv-addon", namespace: "stowage" } : undefined,
-    );
-    b.onLoad({ filter: /^deno-kv-addon$/, namespace: "stowage" }, () => ({
-      loader: "js",
-      contents: `
-        import { createRequire } from "node:module";
-        const { platform, arch } = process;
-        const name = "@deno/kv-" + platform + "-" + arch + (platform === "linux" ? "-gnu" : platform === "win32" ? "-msvc" : "");
-        let addon;
-        try {
-          addon = createRequire(import.meta.url)(name);
-        } catch (err) {
-          throw new Error("the KV's native addon " + name + " cannot be loaded (" + String(err?.message ?? err).split("\\n")[0] + "); " +
-            "@deno/kv ships it for glibc Linux, macOS and Windows on x64 and arm64 only: elsewhere give --kv a KV Connect URL, or run Stowage on Deno");
-        }
-        export const { open, close, snapshotRead, atomicWrite, dequeueNextMessage, finishMessage, startWatch, dequeueNextWatchMessage, endWatch } = addon;
-      `,
-    }));
-  },
-};
+const denoKvAddon = replaceImport("deno-kv-addon", /^\.\/_napi_index\.cjs$/, (importer) => /[\\/]node_modules[\\/]@deno[\\/]kv[\\/]/.test(importer), `
+  import { createRequire } from "node:module";
+  const { platform, arch } = process;
+  const name = "@deno/kv-" + platform + "-" + arch + (platform === "linux" ? "-gnu" : platform === "win32" ? "-msvc" : "");
+  let addon;
+  try {
+    addon = createRequire(import.meta.url)(name);
+  } catch (err) {
+    throw new Error("the KV's native addon " + name + " cannot be loaded (" + String(err?.message ?? err).split("\\n")[0] + "); " +
+      "@deno/kv ships it for glibc Linux, macOS and Windows on x64 and arm64 only: elsewhere give --kv a KV Connect URL, or run Stowage on Deno");
+  }
+  export const { open, close, snapshotRead, atomicWrite, dequeueNextMessage, finishMessage, startWatch, dequeueNextWatchMessage, endWatch } = addon;
+`);
 
 /**
  * yaml (160 KiB, about a sixth of what `serve` loads) is needed only to read a config file, by
@@ -87,23 +82,14 @@ const denoKvAddon = {
  * below). The load is a synchronous require, as reading the config file is synchronous.
  * A name src/ imports from yaml that is missing here fails the build.
  */
-const lazyYaml = {
-  name: "lazy-yaml",
-  setup(b) {
-    b.onResolve({ filter: /^yaml$/ }, (args) => (fromOurSource(args.importer) ? { path: "lazy-yaml", namespace: "stowage" } : undefined));
-    b.onLoad({ filter: /^lazy-yaml$/, namespace: "stowage" }, () => ({
-      loader: "js",
-      contents: `
-        import { createRequire } from "node:module";
-        let yaml;
-        const load = () => (yaml ??= createRequire(import.meta.url)("./yaml.cjs"));
-        export function parseDocument(...args) { return load().parseDocument(...args); }
-        export function parseAllDocuments(...args) { return load().parseAllDocuments(...args); }
-        export function stringify(...args) { return load().stringify(...args); }
-      `,
-    }));
-  },
-};
+const lazyYaml = replaceImport("lazy-yaml", /^yaml$/, fromOurSource, `
+  import { createRequire } from "node:module";
+  let yaml;
+  const load = () => (yaml ??= createRequire(import.meta.url)("./yaml.cjs"));
+  export function parseDocument(...args) { return load().parseDocument(...args); }
+  export function parseAllDocuments(...args) { return load().parseAllDocuments(...args); }
+  export function stringify(...args) { return load().stringify(...args); }
+`);
 
 /**
  * zod is a third of what `serve` loads, and compiling it was a good part of every start (in a
@@ -114,31 +100,30 @@ const lazyYaml = {
  * launcher's, bin/stowage.js); otherwise it compiles as before (`cachedDataRejected`), slower
  * but the same. Identifiers are kept there too, so stack traces name zod's functions and zod.cjs.
  */
-const ZOD_WRAP = ["(function (exports, require, module) {", "\n})"];
-const zodCached = {
-  name: "zod-cached",
-  setup(b) {
-    b.onResolve({ filter: /^zod$/ }, (args) => (fromOurSource(args.importer) ? { path: "zod-cached", namespace: "stowage" } : undefined));
-    b.onLoad({ filter: /^zod-cached$/, namespace: "stowage" }, () => ({
-      loader: "js",
-      contents: `
-        import { readFileSync } from "node:fs";
-        import { createRequire } from "node:module";
-        import { fileURLToPath } from "node:url";
-        import { Script } from "node:vm";
-        const file = fileURLToPath(new URL("./zod.cjs", import.meta.url));
-        let cachedData;
-        try {
-          cachedData = readFileSync(file + ".cache");
-        } catch {}
-        const script = new Script(${JSON.stringify(ZOD_WRAP[0])} + readFileSync(file, "utf8") + ${JSON.stringify(ZOD_WRAP[1])}, { filename: file, cachedData });
-        const module = { exports: {} };
-        script.runInThisContext()(module.exports, createRequire(file), module);
-        export const z = module.exports.z;
-      `,
-    }));
-  },
-};
+/**
+ * How zod.cjs is run, both by the stand-in and by the build when it makes the cache: V8 takes a
+ * code cache only for the very same source, so the wrapping is written once, here. Expects `file`,
+ * `cachedData` and `requireZod` in scope; leaves `script` and `module`.
+ */
+const RUN_ZOD = `
+  const script = new Script("(function (exports, require, module) {" + readFileSync(file, "utf8") + "\\n})", { filename: file, cachedData });
+  const module = { exports: {} };
+  script.runInThisContext()(module.exports, requireZod, module);
+`;
+const zodCached = replaceImport("zod-cached", /^zod$/, fromOurSource, `
+  import { readFileSync } from "node:fs";
+  import { createRequire } from "node:module";
+  import { fileURLToPath } from "node:url";
+  import { Script } from "node:vm";
+  const file = fileURLToPath(new URL("./zod.cjs", import.meta.url));
+  let cachedData;
+  try {
+    cachedData = readFileSync(file + ".cache");
+  } catch {}
+  const requireZod = createRequire(file);
+  ${RUN_ZOD}
+  export const z = module.exports.z;
+`);
 
 // Written over in place, never emptied first: a Stowage started from dist/ (a test run next to
 // this build) may still load one of its chunks later. Chunk names carry a hash of their content.
@@ -191,8 +176,8 @@ execFileSync(process.execPath, [...launcherFlags, "-e", `
   const { readFileSync, writeFileSync } = require("node:fs");
   const { Script } = require("node:vm");
   const file = ${JSON.stringify(resolve(root, outdir, "zod.cjs"))};
-  const script = new Script(${JSON.stringify(ZOD_WRAP[0])} + readFileSync(file, "utf8") + ${JSON.stringify(ZOD_WRAP[1])}, { filename: file });
-  const module = { exports: {} };
-  script.runInThisContext()(module.exports, require, module);
+  const cachedData = undefined;
+  const requireZod = require;
+  ${RUN_ZOD}
   writeFileSync(file + ".cache", script.createCachedData());
 `], { stdio: "inherit" });
