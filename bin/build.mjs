@@ -12,7 +12,7 @@
 // traces in the log stay readable. Deno runs the TypeScript in src/ directly and needs none of this.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -32,6 +32,13 @@ const common = {
   minifySyntax: true,
   legalComments: "linked",
   logLevel: "warning",
+  metafile: true,
+};
+
+/** Every file this build wrote, by absolute path (what the prune at the end keeps). */
+const written = new Set();
+const record = (result) => {
+  for (const out of Object.keys(result.metafile.outputs)) written.add(resolve(root, out));
 };
 
 /**
@@ -111,7 +118,7 @@ const RUN_ZOD = `
   script.runInThisContext()(module.exports, requireZod, module);
 `;
 const zodCached = replaceImport("zod-cached", /^zod$/, fromOurSource, `
-  import { readFileSync } from "node:fs";
+  import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
   import { createRequire } from "node:module";
   import { fileURLToPath } from "node:url";
   import { Script } from "node:vm";
@@ -126,8 +133,9 @@ const zodCached = replaceImport("zod-cached", /^zod$/, fromOurSource, `
 `);
 
 // Written over in place, never emptied first: a Stowage started from dist/ (a test run next to
-// this build) may still load one of its chunks later. Chunk names carry a hash of their content.
-await build({
+// this build) may still load one of its chunks later. Chunk names carry a hash of their content;
+// the stale ones are pruned at the end.
+record(await build({
   ...common,
   entryPoints: { main: "src/main.ts" },
   outdir,
@@ -147,30 +155,30 @@ await build({
     "tsx",
     "esbuild",
   ],
-});
-await build({
+}));
+record(await build({
   ...common,
   entryPoints: { "workers/digest-worker": "workers/digest-worker.ts", "workers/password-worker": "workers/password-worker.ts" },
   outdir,
   // Run from a data: URL (src/runtime/node-workers.ts), so they may import node's built-ins only.
   external: ["node:*"],
-});
+}));
 // yaml on its own, for the stand-in above (lazyYaml).
-await build({
+record(await build({
   ...common,
   stdin: { contents: `module.exports = require("yaml");`, resolveDir: root, sourcefile: "yaml-entry.cjs", loader: "js" },
   format: "cjs",
   outfile: `${outdir}/yaml.cjs`,
-});
+}));
 // zod on its own, for the stand-in above (zodCached), and its code cache, made by a Node with the
 // launcher's V8 flags: running zod's start-up code first puts what it compiles in the cache too.
-await build({
+record(await build({
   ...common,
   stdin: { contents: `export { z } from "zod";`, resolveDir: root, sourcefile: "zod-entry.js", loader: "js" },
   format: "cjs",
   outfile: `${outdir}/zod.cjs`,
   plugins: [zodEnglishOnly],
-});
+}));
 const launcherFlags = readFileSync(`${root}bin/stowage.js`, "utf8").split("\n")[0].split(/\s+/).filter((w) => w.startsWith("--"));
 execFileSync(process.execPath, [...launcherFlags, "-e", `
   const { readFileSync, writeFileSync } = require("node:fs");
@@ -181,3 +189,15 @@ execFileSync(process.execPath, [...launcherFlags, "-e", `
   ${RUN_ZOD}
   writeFileSync(file + ".cache", script.createCachedData());
 `], { stdio: "inherit" });
+written.add(resolve(root, outdir, "zod.cjs.cache"));
+
+// What earlier builds left and this one did not write (chunk names change with their content) is
+// removed once a day old: a Stowage started from an earlier build may still load its chunks lazily.
+const STALE_MS = 24 * 60 * 60 * 1000;
+for (const dir of [resolve(root, outdir), resolve(root, outdir, "workers")]) {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = resolve(dir, entry.name);
+    if (!entry.isFile() || written.has(path)) continue;
+    if (Date.now() - statSync(path).mtimeMs > STALE_MS) rmSync(path, { force: true });
+  }
+}
