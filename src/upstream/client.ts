@@ -1,37 +1,28 @@
-import { z } from "zod";
 import type { Upstream } from "./upstream.ts";
 import type { Logger } from "../log.ts";
 import type { StowageMetrics } from "../metrics/stowage-metrics.ts";
 import { base64 } from "../util/encoding.ts";
 import { within } from "../util/deadline.ts";
 import { retryAfterSeconds } from "../util/http-headers.ts";
-import { observedBody, type PushedBody, pushedStream, readLimited, takePushed } from "../util/streams.ts";
+import { readLimited } from "../util/streams.ts";
 import { parseWwwAuthenticate, type Challenge } from "../registry/challenge.ts";
 import { MANIFEST_ACCEPT, OCI_INDEX } from "../registry/media-types.ts";
 import type { Digest } from "../registry/reference.ts";
+import { issuedToken } from "../registry/token-response.ts";
 import { credentialsMayGo } from "./credential-policy.ts";
-import { NetworkRefused } from "./network-guard.ts";
+import { networkRefusal } from "./network-guard.ts";
 import { redirectRefusal } from "./redirect-policy.ts";
 import type { UpstreamTokenCache } from "./token-cache.ts";
 import { Semaphore } from "./semaphore.ts";
-import { offlineError, UpstreamError } from "./upstream-error.ts";
+import { releasingWhenDone } from "./slot-release.ts";
+import { describeNetworkError, offlineError, UpstreamError } from "./upstream-error.ts";
 import { UpstreamHealth, type UpstreamStatus } from "./upstream-health.ts";
 
 /** Backoff after a 429 without a usable Retry-After, and the most we honour. */
 const DEFAULT_BACKOFF_SECONDS = 60;
 const MAX_BACKOFF_SECONDS = 3600;
-/** Token services that omit expires_in mean 60 s (Docker token spec). */
-const DEFAULT_TOKEN_SECONDS = 60;
-/** A token is reused at most this long, whatever the token service says. */
-const MAX_TOKEN_SECONDS = 86_400;
 /** Real token responses are a few KiB (Docker Hub's ~4); a bigger one is refused unread. */
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
-
-const TokenResponse = z.object({
-  token: z.string().min(1).optional(),
-  access_token: z.string().min(1).optional(),
-  expires_in: z.number().positive().optional(),
-});
 
 /** One registry API request to this upstream, on behalf of a client's pull of `repo`. */
 type UpstreamRequest = { method: "GET" | "HEAD"; path: string; repo: string; headers: Record<string, string>; log: Logger };
@@ -261,13 +252,9 @@ export class UpstreamClient {
       if (cause instanceof UpstreamError) throw cause;
       throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent invalid JSON`, { cause });
     }
-    const parsed = TokenResponse.safeParse(body);
-    const token = parsed.success ? (parsed.data.token ?? parsed.data.access_token) : undefined;
-    if (!parsed.success || !token) {
-      throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent no token`);
-    }
-    const seconds = Math.min(parsed.data.expires_in ?? DEFAULT_TOKEN_SECONDS, MAX_TOKEN_SECONDS);
-    await this.opts.tokens.put(this.upstream.name, scope, token, seconds);
+    const issued = issuedToken(body);
+    if (!issued) throw new UpstreamError("bad-response", `upstream ${this.upstream.name} token service sent no token`);
+    await this.opts.tokens.put(this.upstream.name, scope, issued.token, issued.seconds);
   }
 
   /**
@@ -364,45 +351,6 @@ export class UpstreamClient {
   }
 }
 
-/** Gives the concurrency slot back when the body has been read, failed or been cancelled (or at once if there is none). */
-function releasingWhenDone(response: Response, release: () => void): Response {
-  if (!response.body) {
-    release();
-    return response;
-  }
-  // A body the runtime pushes (Node) stays one a blob download can take whole (util/streams.ts).
-  const pushed = takePushed(response.body);
-  const body = pushed ? pushedStream(releasingPushed(pushed, release)) : observedBody(response.body, { onEnd: release });
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
-}
-
-function releasingPushed(body: PushedBody, release: () => void): PushedBody {
-  return {
-    pipe: (onChunk) => body.pipe(onChunk).finally(release),
-    cancel(reason) {
-      body.cancel(reason);
-      release();
-    },
-  };
-}
-
 function basicAuth(creds: { username: string; password: string }): string {
   return `Basic ${base64(new TextEncoder().encode(`${creds.username}:${creds.password}`))}`;
-}
-
-/** The address policy's refusal, wherever the fetch implementation wrapped it. */
-function networkRefusal(err: unknown): NetworkRefused | null {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
-    if (e instanceof NetworkRefused) return e;
-  }
-  return null;
-}
-
-function describeNetworkError(err: unknown): string {
-  if (err instanceof Error) {
-    const cause = err.cause as { code?: string; message?: string } | undefined;
-    if (cause?.code) return `${cause.code}${cause.message ? ` (${cause.message})` : ""}`;
-    return err.message;
-  }
-  return String(err);
 }

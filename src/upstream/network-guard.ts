@@ -27,6 +27,14 @@ export class NetworkRefused extends Error {
   override name = "NetworkRefused";
 }
 
+/** The address policy's refusal, wherever the fetch implementation wrapped it (as a cause). */
+export function networkRefusal(err: unknown): NetworkRefused | null {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
+    if (e instanceof NetworkRefused) return e;
+  }
+  return null;
+}
+
 /** The system resolver (getaddrinfo: /etc/hosts included), on Node and on Deno. */
 export const systemLookup: Lookup = async (host) => {
   const found = await dnsLookup(host, { all: true, verbatim: true });

@@ -32,3 +32,13 @@ export class UpstreamError extends Error {
 export function offlineError(upstream: string): UpstreamError {
   return new UpstreamError("offline", `upstream ${upstream} is offline (--offline)`);
 }
+
+/** A network failure in the operator's terms: the system error code (ECONNREFUSED...) where there is one. */
+export function describeNetworkError(err: unknown): string {
+  if (err instanceof Error) {
+    const cause = err.cause as { code?: string; message?: string } | undefined;
+    if (cause?.code) return `${cause.code}${cause.message ? ` (${cause.message})` : ""}`;
+    return err.message;
+  }
+  return String(err);
+}

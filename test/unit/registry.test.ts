@@ -26,6 +26,7 @@ import { bytesPreview, manifestShapeProblem } from "../../src/registry/manifest-
 import { nextPageLink, nextPageQuery } from "../../src/registry/pagination.ts";
 import { contentRange, parseRange, unsatisfiedRange, type RangeRequest } from "../../src/registry/range.ts";
 import { RegistryError, defaultStatus, errorBody, type ErrorCode } from "../../src/registry/errors.ts";
+import { DEFAULT_TOKEN_SECONDS, issuedToken, MAX_TOKEN_SECONDS, type IssuedToken } from "../../src/registry/token-response.ts";
 
 const HEX_A = "e02b040291a1f8a4b49ac9d6f0d0a8839dfb62442d8f560c82e6aef5f27901a2";
 const HEX_B = "5e37fde26bb93dd94c4ac179a34bd0e7a355c04c14abee03cca3e5d8824bf2c6";
@@ -713,4 +714,32 @@ t.test("error bodies", async (t) => {
   }
   const noDetail = JSON.parse(errorBody([{ code: "BLOB_UNKNOWN", message: "x" }])) as { errors: Array<Record<string, unknown>> };
   t.notOk("detail" in noDetail.errors[0]!, "detail key absent");
+});
+
+t.test("token service answers: which token, for how long", async (t) => {
+  const jwt = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJhY2Nlc3MiOltdfQ.c2ln";
+  const cases: Array<[string, unknown, IssuedToken | null]> = [
+    // Docker Hub sends the same JWT twice, with expires_in and issued_at.
+    ["Docker Hub", { token: jwt, access_token: jwt, expires_in: 300, issued_at: "2026-12-03T09:00:00.000Z" }, { token: jwt, seconds: 300 }],
+    ["ghcr.io: token only, no lifetime", { token: "djE6Z2hjcjp0b2tlbg==" }, { token: "djE6Z2hjcjp0b2tlbg==", seconds: DEFAULT_TOKEN_SECONDS }],
+    ["quay.io", { token: jwt }, { token: jwt, seconds: DEFAULT_TOKEN_SECONDS }],
+    ["GitLab", { token: jwt, expires_in: 900, issued_at: "2026-12-03T09:00:00Z" }, { token: jwt, seconds: 900 }],
+    ["an empty access_token next to a good token", { token: jwt, access_token: "", expires_in: 1800 }, { token: jwt, seconds: 1800 }],
+    ["an empty token next to a good access_token", { token: "", access_token: jwt }, { token: jwt, seconds: DEFAULT_TOKEN_SECONDS }],
+    ["OAuth2 form (POST): access_token only", { access_token: jwt, expires_in: 300, scope: "repository:a/b:pull", token_type: "Bearer" }, { token: jwt, seconds: 300 }],
+    ["token wins over access_token", { token: "first", access_token: "second" }, { token: "first", seconds: DEFAULT_TOKEN_SECONDS }],
+    ["a ten-year lifetime is capped", { token: jwt, expires_in: 315_360_000 }, { token: jwt, seconds: MAX_TOKEN_SECONDS }],
+    ["a fractional lifetime is kept", { token: jwt, expires_in: 59.5 }, { token: jwt, seconds: 59.5 }],
+    ["zero lifetime: the default", { token: jwt, expires_in: 0 }, { token: jwt, seconds: DEFAULT_TOKEN_SECONDS }],
+    ["negative lifetime: the default", { token: jwt, expires_in: -1 }, { token: jwt, seconds: DEFAULT_TOKEN_SECONDS }],
+    ["lifetime as a string: the default", { token: jwt, expires_in: "300" }, { token: jwt, seconds: DEFAULT_TOKEN_SECONDS }],
+    ["empty token", { token: "" }, null],
+    ["no token at all", { expires_in: 300 }, null],
+    ["an error document", { errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] }, null],
+    ["token not a string", { token: 42 }, null],
+    ["null", null, null],
+    ["an array", [{ token: jwt }], null],
+    ["a bare string", jwt, null],
+  ];
+  for (const [name, body, want] of cases) t.strictSame(issuedToken(body), want, name);
 });
