@@ -147,10 +147,8 @@ record(await build({
   external: [
     // @deno/kv's native addon (see denoKvAddon), loaded from node_modules as is.
     "@deno/kv-*",
-    // Large and loaded only with an S3 store or at the first upstream request; undici also reads
-    // its own WebAssembly files from its package directory.
+    // Large and loaded only with an S3 store.
     "@aws-sdk/*",
-    "undici",
     // Only the TypeScript (source) side of src/runtime/node-workers.ts uses these.
     "tsx",
     "esbuild",

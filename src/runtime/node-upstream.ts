@@ -31,6 +31,9 @@ const AGENT_OPTIONS: http.AgentOptions = {
  */
 const BODY_HIGH_WATER_MARK = 256 * 1024;
 
+/** The most a response's status line and headers may take (real registries send 1-4 KiB). */
+const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
+
 type ConnectOptions = http.RequestOptions & { host: string; port?: number | string; servername?: string; highWaterMark?: number };
 type Connected = (err: Error | null, socket?: Socket) => void;
 type CreateConnection = (options: ConnectOptions, callback?: Connected) => Socket | undefined;
@@ -171,6 +174,8 @@ function send(
         headers,
         agent: client.agent,
         insecureHTTPParser: false,
+        // Node's default, stated: --max-http-header-size in NODE_OPTIONS must not raise it for upstream answers.
+        maxHeaderSize: MAX_RESPONSE_HEAD_BYTES,
       });
     } catch (err) {
       reject(err); // a header value Node refuses

@@ -100,7 +100,7 @@ export async function readLimited(message: Request | Response, max: number): Pro
 
 /**
  * A body whose chunks are pushed to the reader as they arrive, without web stream layers (on
- * Node, an upstream response read straight from undici: no copy and no promises per chunk).
+ * Node, an upstream response read straight from node:http's stream: no copy and no promises per chunk).
  * Read once, either through `pipe` or through the web stream made by `pushedStream`.
  */
 export interface PushedBody {
