@@ -5,7 +5,6 @@
  * byte before the digest is verified, so a failed fetch breaks its response.
  */
 import { directStream, readingAhead, type DirectSource } from "../storage/direct-body.ts";
-import { type BatchHold, holdBatch } from "./batch-pool.ts";
 import type { SharedReader } from "./blob-plumbing.ts";
 
 /** Bytes a follower reads from the spool at a time. */
@@ -40,24 +39,11 @@ export function followFetch(fetch: Followed, reader: SharedReader | null, start:
   return directStream(readingAhead(followSource(fetch, reader, start, end)));
 }
 
-/**
- * The follower's reads: memory chunks are views of the fetch's shared batches, spool reads fill
- * pooled batches. Each chunk handed out holds its batch until it comes back through `recycle`
- * (Node, once the socket took it); one that never does (a web stream's, one read ahead and
- * never sent, a cancelled follower's) keeps it from ever being reused.
- */
+/** The follower's reads; memory chunks are the fetch's shared batches, so none is ever recycled. */
 export function followSource(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): DirectSource {
   reader?.acquire();
   let position = start;
   let released = false;
-  // Chunks out with a hold on their batch, by identity (each read gives a view of its own); weak,
-  // so a consumer that never recycles (a web stream) does not keep every batch alive through it.
-  const lent = new WeakMap<Uint8Array, BatchHold>();
-  const lend = (chunk: Uint8Array, hold: BatchHold | null) => {
-    if (hold) lent.set(chunk, hold);
-    position += chunk.byteLength;
-    return chunk;
-  };
   // Where a follower continues when it fell behind the memory window and there is no spool.
   let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;
   const release = () => {
@@ -86,14 +72,13 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
           if (fetch.error) throw fetch.error;
           const limit = Math.min(stop, fetch.releasable());
           if (position < limit) {
-            // Held at once: the window lets go of its batches as the download moves on.
-            const recent = fetch.inMemory(position, limit);
-            if (recent) return lend(recent, holdBatch(recent));
             const spooled = fetch.spooled;
-            if (reader && position < spooled) {
-              const read = await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position));
-              if (read.bytes.byteLength === 0) throw new Error("blob spool returned no bytes");
-              return lend(read.bytes, read.hold);
+            const chunk = fetch.inMemory(position, limit) ??
+              (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
+            if (chunk) {
+              if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
+              position += chunk.byteLength;
+              return chunk;
             }
             // Unwritten bytes are always in the window, so these were written and dropped from it:
             // with no spool, or past where spooling stopped, they come from elsewhere.
@@ -108,12 +93,6 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
         release();
         throw err;
       }
-    },
-    recycle(chunk) {
-      const hold = lent.get(chunk);
-      if (!hold) return; // not a pooled batch's (or handed back already)
-      lent.delete(chunk);
-      hold.release();
     },
     cancel: release,
   };

@@ -4,42 +4,25 @@
  * completion reported in order (OrderedWriter), kept in memory for followers
  * near the live edge while recent (ByteWindow), and read back from the spool
  * by followers further behind (SharedReader). Batches are shared, never
- * copied or changed once passed on, and reused once every holder let go (see
- * batch-pool.ts): each stage here that keeps a batch holds it.
+ * copied or changed once passed on.
  */
 import type { PartialReader } from "../storage/blob-store.ts";
-import { BufferFiller } from "../util/buffers.ts";
-import { batchPool, type BatchHold, type BatchPool, holdBatch } from "./batch-pool.ts";
+import { BATCH_BYTES, BufferFiller, unzeroedBytes } from "../util/buffers.ts";
 
 /** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
 const BATCH_MAX_AGE_MS = 25;
 
-/**
- * Gathers chunks into batches of the pool's size (the last one shorter). A batch is never changed
- * once passed on; `emit`'s receiver takes its own hold (holdBatch) if it keeps it after the call.
- */
+/** Gathers chunks into batches of BATCH_BYTES (the last one shorter). A batch is never changed once passed on. */
 export class Batcher {
   private readonly filler: BufferFiller;
   private startedAt = 0;
-  /** The hold on the batch being filled (let go once emitted; kept, so never reused, if the download fails midway). */
-  private filling: BatchHold | null = null;
 
-  constructor(private readonly emit: (batch: Uint8Array) => void | Promise<void>, pool: BatchPool = batchPool) {
-    this.filler = new BufferFiller(pool.size, () => {
+  constructor(private readonly emit: (batch: Uint8Array) => void | Promise<void>) {
+    this.filler = new BufferFiller(BATCH_BYTES, () => {
       // Taken when the first byte of a batch arrives: its age counts from then.
       this.startedAt = Date.now();
-      this.filling = pool.take();
-      return this.filling.bytes;
-    }, (batch) => this.pass(batch));
-  }
-
-  private pass(batch: Uint8Array): void | Promise<void> {
-    const hold = this.filling!;
-    this.filling = null;
-    const paced = this.emit(batch);
-    if (!paced) return hold.release();
-    // The receiver took its hold at the call; this one goes once it has the batch either way.
-    return paced.finally(() => hold.release());
+      return unzeroedBytes(BATCH_BYTES);
+    }, emit);
   }
 
   /** Returns a promise only when the caller must wait before the next push (the batch's receiver is pacing). */
@@ -59,7 +42,7 @@ export class Batcher {
 
   private flush(): void | Promise<void> {
     const partial = this.filler.takePartial();
-    if (partial) return this.pass(partial);
+    if (partial) return this.emit(partial);
   }
 }
 
@@ -70,10 +53,7 @@ export const MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024;
  * Passes batches on as they are (no copy): each is handed to `start`
  * at once (store write and hash take their place synchronously), and `done`
  * is called for each in order as they complete. When MAX_UNWRITTEN_BYTES are
- * in flight, `push` waits: the store paces the download. A pooled batch is
- * held from `push` until `done` returned: `start`'s store write and hash must
- * be finished with its bytes when their promise resolves. One that fails is
- * never let go (never reused).
+ * in flight, `push` waits: the store paces the download.
  */
 export class OrderedWriter {
   private readonly inFlight: Array<{ bytes: number; settled: Promise<void> }> = [];
@@ -87,27 +67,23 @@ export class OrderedWriter {
 
   /** Returns a promise only when the caller must wait (MAX_UNWRITTEN_BYTES in flight); a failure surfaces there or at `end`. */
   push(chunk: Uint8Array): void | Promise<void> {
-    const hold = holdBatch(chunk);
-    if (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) return this.drainThenPush(chunk, hold);
-    this.startNow(chunk, hold);
+    if (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) return this.drainThenPush(chunk);
+    this.startNow(chunk);
   }
 
-  private async drainThenPush(chunk: Uint8Array, hold: BatchHold | null): Promise<void> {
+  private async drainThenPush(chunk: Uint8Array): Promise<void> {
     while (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) {
       const oldest = this.inFlight.shift()!;
       await oldest.settled;
       this.unwritten -= oldest.bytes;
     }
-    this.startNow(chunk, hold);
+    this.startNow(chunk);
   }
 
-  private startNow(chunk: Uint8Array, hold: BatchHold | null): void {
+  private startNow(chunk: Uint8Array): void {
     const started = this.start(chunk);
     // Completion is reported in order even if the store finishes out of order.
-    this.tail = Promise.all([this.tail, started]).then(() => {
-      this.done(chunk);
-      hold?.release();
-    });
+    this.tail = Promise.all([this.tail, started]).then(() => this.done(chunk));
     // A failure surfaces through `tail` at the next wait or at end(), not as an unhandled rejection.
     this.tail.catch(() => {});
     this.inFlight.push({ bytes: chunk.byteLength, settled: this.tail });
@@ -131,14 +107,14 @@ export class OrderedWriter {
  */
 export class ByteWindow {
   /** Contiguous and ordered by offset. */
-  private chunks: Array<{ start: number; bytes: Uint8Array; hold: BatchHold | null }> = [];
+  private chunks: Array<{ start: number; bytes: Uint8Array }> = [];
   private bytes = 0;
 
   constructor(private readonly keepBytes: number) {}
 
   /** Adds the chunk at offset `start` (the end of the previous one). */
   append(start: number, chunk: Uint8Array): void {
-    this.chunks.push({ start, bytes: chunk, hold: holdBatch(chunk) });
+    this.chunks.push({ start, bytes: chunk });
     this.bytes += chunk.byteLength;
   }
 
@@ -151,14 +127,10 @@ export class ByteWindow {
       if (oldest.start + oldest.bytes.byteLength > written) return; // not on disk yet: keep
       this.chunks.shift();
       this.bytes -= oldest.bytes.byteLength;
-      oldest.hold?.release();
     }
   }
 
-  /**
-   * The bytes at `position` (up to `limit`) if they are still in memory; shared, never copied or
-   * mutated. A caller that keeps them past this call takes a hold on them (holdBatch) first.
-   */
+  /** The bytes at `position` (up to `limit`) if they are still in memory; shared, never copied or mutated. */
   slice(position: number, limit: number): Uint8Array | null {
     // Entries are contiguous and ordered by offset: binary search.
     let lo = 0;
@@ -174,7 +146,6 @@ export class ByteWindow {
   }
 
   clear(): void {
-    for (const { hold } of this.chunks) hold?.release();
     this.chunks = [];
     this.bytes = 0;
   }
@@ -183,10 +154,7 @@ export class ByteWindow {
 /** The spool reader, closed when the fetch and its last follower are done with it. */
 export class SharedReader {
   private refs = 1;
-  constructor(
-    private readonly reader: PartialReader,
-    private readonly pool: BatchPool = batchPool,
-  ) {}
+  constructor(private readonly reader: PartialReader) {}
   acquire(): void {
     if (this.refs === 0) throw new Error("blob spool already closed: serve the committed blob from the store");
     this.refs++;
@@ -194,16 +162,7 @@ export class SharedReader {
   release(): void {
     if (--this.refs === 0) this.reader.close().catch(() => {});
   }
-  /**
-   * Up to `length` bytes at `offset`, with the hold on the pooled batch they were read into
-   * (null: a buffer of their own), for the caller to release once done with them.
-   */
-  async read(offset: number, length: number): Promise<{ bytes: Uint8Array; hold: BatchHold | null }> {
-    if (!this.reader.readInto || length > this.pool.size) return { bytes: await this.reader.read(offset, length), hold: null };
-    const hold = this.pool.take();
-    // A failed read keeps its hold: the batch is never reused, as a read may still be filling it.
-    const got = await this.reader.readInto(hold.bytes.subarray(0, length), offset);
-    // A view of its own for each read: a caller tells the chunks it lent apart by identity.
-    return { bytes: hold.bytes.subarray(0, got), hold };
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.reader.read(offset, length);
   }
 }

@@ -47,8 +47,7 @@ export interface BlobUpload {
   /**
    * Appends bytes; resolves when they can be read back through a reader.
    * Callers may start the next write before this one resolves: bytes land in
-   * call order (the position is fixed at the call). Nothing may read `chunk` once
-   * the promise resolved (copy what is kept): the fetch then fills it with other bytes.
+   * call order (the position is fixed at the call).
    */
   write(chunk: Uint8Array): Promise<void>;
   /**
@@ -73,10 +72,5 @@ export interface BlobUpload {
 export interface PartialReader {
   /** Reads up to `length` bytes at `offset` of what has been written. */
   read(offset: number, length: number): Promise<Uint8Array>;
-  /**
-   * Reads up to `buffer.byteLength` bytes at `offset` into `buffer` (a reused one, so no fresh
-   * memory per read); resolves with how many it read, fewer only at the end of what was written.
-   */
-  readInto?(buffer: Uint8Array, offset: number): Promise<number>;
   close(): Promise<void>;
 }

@@ -83,8 +83,6 @@ export function readingAhead(source: DirectSource): DirectSource {
       }
       return chunk;
     },
-    // Chunks go back as they are: a chunk read ahead but never sent is never recycled.
-    ...(source.recycle ? { recycle: (chunk: Uint8Array) => source.recycle!(chunk) } : {}),
     cancel: (reason) => source.cancel(reason),
   };
 }

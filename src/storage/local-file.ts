@@ -106,16 +106,6 @@ async function openFileReader(path: string): Promise<PartialReader> {
       const { bytesRead } = await reader.read(buf, 0, length, offset);
       return bytesRead === length ? buf : buf.subarray(0, bytesRead);
     },
-    async readInto(buffer, offset) {
-      // One positional read may read less than asked; only the end of the file stops it.
-      let got = 0;
-      while (got < buffer.byteLength) {
-        const { bytesRead } = await reader.read(buffer, got, buffer.byteLength - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return got;
-    },
     close: () => reader.close(),
   };
 }
