@@ -118,7 +118,7 @@ const RUN_ZOD = `
   script.runInThisContext()(module.exports, requireZod, module);
 `;
 const zodCached = replaceImport("zod-cached", /^zod$/, fromOurSource, `
-  import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+  import { readFileSync } from "node:fs";
   import { createRequire } from "node:module";
   import { fileURLToPath } from "node:url";
   import { Script } from "node:vm";
