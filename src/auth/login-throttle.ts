@@ -5,7 +5,7 @@
  * an address that signed in as that user recently, so an attack on a name from elsewhere does not
  * lock its owner's machines out. Memory is bounded: the oldest records go first.
  */
-import { ipv6Groups } from "../util/ip.ts";
+import { ipv6Groups, unbracketed } from "../util/ip.ts";
 
 export type ThrottleLimits = {
   /** Failures from one address (IPv6: one /64) within the window before it is refused. */
@@ -144,8 +144,7 @@ function trim(map: Map<string, unknown>, max: number): void {
  * host usually holds a whole /64 and could otherwise rotate through it.
  */
 export function clientKey(address: string): string {
-  let a = address.trim().toLowerCase();
-  if (a.startsWith("[") && a.endsWith("]")) a = a.slice(1, -1);
+  let a = unbracketed(address.trim().toLowerCase());
   const zone = a.indexOf("%");
   if (zone >= 0) a = a.slice(0, zone);
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a);

@@ -3,6 +3,7 @@ import type { Agent as HttpsAgent } from "node:https";
 import { isIP, type Socket } from "node:net";
 import type { Readable } from "node:stream";
 import type { PeerCertificate } from "node:tls";
+import { unbracketed } from "../util/ip.ts";
 import { type PushedBody, pushedStream } from "../util/streams.ts";
 import type { AddressGuard, Runtime } from "./runtime.ts";
 
@@ -11,8 +12,8 @@ const NULL_BODY_STATUSES = new Set([101, 204, 205, 304]);
 
 /**
  * Pools of connections per upstream host. Blob and manifest requests reuse idle connections;
- * an idle one is closed after FREE_SOCKET_TIMEOUT_MS (or sooner if the server's Keep-Alive
- * header says so), before a typical server's own idle timeout (5 s for Node, 60-90 s for
+ * an idle one is closed after `timeout` ms (or sooner if the server's Keep-Alive header says
+ * so), before a typical server's own idle timeout (5 s for Node, 60-90 s for
  * registries behind load balancers) would close it under a request.
  */
 const AGENT_OPTIONS: http.AgentOptions = {
@@ -38,8 +39,6 @@ type ConnectOptions = http.RequestOptions & { host: string; port?: number | stri
 type Connected = (err: Error | null, socket?: Socket) => void;
 type CreateConnection = (options: ConnectOptions, callback?: Connected) => Socket | undefined;
 
-const bare = (host: string) => (host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host);
-
 /**
  * Makes `agent` open every connection where the guard says: the guard gets the name from the URL
  * (an IP literal too, which no DNS lookup would see) and answers with the one address to connect
@@ -53,7 +52,8 @@ function guardConnections(agent: http.Agent, guard: AddressGuard, defaultPort: n
   // The agent's own: net.connect, or for https tls.connect with its TLS session cache.
   const open = holder.createConnection.bind(agent);
   holder.createConnection = (options, callback) => {
-    const name = bare(options.host);
+    // The URL's host name, as send() gave it (an IPv6 literal without its brackets).
+    const name = options.host;
     const port = Number(options.port) || defaultPort;
     guard(name, port).then(
       (target) => {
@@ -167,7 +167,7 @@ function send(
     try {
       req = client.request({
         protocol: url.protocol,
-        hostname: bare(url.hostname),
+        hostname: unbracketed(url.hostname),
         port: url.port || undefined,
         path: url.pathname + url.search,
         method,

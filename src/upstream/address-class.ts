@@ -3,7 +3,7 @@
  * upstream's redirects and token realms may lead. Pure: no I/O, the caller
  * resolves names first (so a DNS name pointing at 127.0.0.1 counts as loopback).
  */
-import { ipv4Number, ipv6Groups } from "../util/ip.ts";
+import { ipv4Number, ipv6Groups, unbracketed } from "../util/ip.ts";
 
 export type AddressClass =
   | "public"
@@ -66,7 +66,7 @@ function classifyV6(g: number[]): AddressClass {
 
 /** The class of an IP literal (IPv4, or IPv6 with or without brackets), or null if it is not one. */
 export function classifyAddress(address: string): AddressClass | null {
-  const text = address.startsWith("[") && address.endsWith("]") ? address.slice(1, -1) : address;
+  const text = unbracketed(address);
   const v4 = ipv4Number(text);
   if (v4 !== null) return classifyV4(v4);
   if (!text.includes(":")) return null;

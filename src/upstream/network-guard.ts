@@ -15,6 +15,7 @@
  */
 import { lookup as dnsLookup } from "node:dns/promises";
 import type { ResolveOverride, Upstream } from "./upstream.ts";
+import { unbracketed } from "../util/ip.ts";
 import { type AddressClass, classifyAddress } from "./address-class.ts";
 
 export type Resolved = { address: string; family: 4 | 6 };
@@ -44,7 +45,7 @@ export const systemLookup: Lookup = async (host) => {
 // Kinds of network that an upstream living there may also redirect into.
 const SHAREABLE: ReadonlySet<AddressClass> = new Set(["loopback", "private"]);
 
-const bare = (host: string) => (host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host).toLowerCase();
+const bare = (host: string) => unbracketed(host).toLowerCase();
 const familyOf = (address: string): 4 | 6 => (address.includes(":") ? 6 : 4);
 
 export function createConnectGuard(upstream: Upstream, overrides: readonly ResolveOverride[], lookup: Lookup = systemLookup): ConnectGuard {

@@ -1,5 +1,10 @@
 /** IP address literals as numbers, for the code that classifies or groups addresses. Pure. */
 
+/** A URL's host without the brackets of an IPv6 literal ("[::1]" is "::1"); other hosts as they are. */
+export function unbracketed(host: string): string {
+  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
+}
+
 /** A dotted IPv4 address as a 32-bit number, or null if it is not one. */
 export function ipv4Number(text: string): number | null {
   const parts = text.split(".");

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { Upstream } from "../../src/upstream/upstream.ts";
 import { OCI_MANIFEST } from "../../src/registry/media-types.ts";
 import { classifyAddress } from "../../src/upstream/address-class.ts";
+import { unbracketed } from "../../src/util/ip.ts";
 import { credentialsMayGo } from "../../src/upstream/credential-policy.ts";
 import { createConnectGuard, type Lookup } from "../../src/upstream/network-guard.ts";
 import { redirectRefusal } from "../../src/upstream/redirect-policy.ts";
@@ -51,6 +52,20 @@ t.test("address classes", async (t) => {
     ["1::2::3", null],
   ];
   for (const [address, cls] of table) t.equal(classifyAddress(address), cls, address);
+});
+
+t.test("a URL's host without IPv6 brackets", async (t) => {
+  const table: Array<[string, string]> = [
+    ["[::1]", "::1"],
+    ["[fe80::1%25eth0]", "fe80::1%25eth0"],
+    ["[2606:4700::6810:84e5]", "2606:4700::6810:84e5"],
+    ["::1", "::1"],
+    ["127.0.0.1", "127.0.0.1"],
+    ["registry-1.docker.io", "registry-1.docker.io"],
+    ["[unclosed", "[unclosed"],
+    ["", ""],
+  ];
+  for (const [host, want] of table) t.equal(unbracketed(host), want, host);
 });
 
 t.test("credential policy: where an upstream's credentials may go (token realms)", async (t) => {
