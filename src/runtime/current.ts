@@ -7,5 +7,7 @@ import type { Runtime } from "./runtime.ts";
  */
 export async function currentRuntime(): Promise<Runtime> {
   if ("Deno" in globalThis) return (await import("./deno.ts")).denoRuntime;
+  // Before node.ts loads @hono/node-server, which keeps the classes it sees as it loads.
+  (await import("./node-fetch-classes.ts")).installLeanFetchClasses();
   return (await import("./node.ts")).nodeRuntime;
 }
