@@ -11,19 +11,30 @@ export const IDLE_GC_MS = 5_000;
 
 let collect: (() => void) | null | undefined;
 
-/** V8's full collection, or null where it cannot be had (V8 refused the flag). */
+/**
+ * V8's full collection, in its memory-reducing form ("last-resort", what V8 runs on a low-memory
+ * notification: it also hands the emptied heap pages V8 pools back to the system), or null where it
+ * cannot be had (V8 refused the flag).
+ */
 function fullGc(): (() => void) | null {
   if (collect !== undefined) return collect;
   try {
     // Without --expose-gc on the command line: the flag set now exposes gc() to contexts made after it.
     setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc") as unknown;
-    collect = typeof gc === "function" ? (gc as () => void) : null;
+    collect = typeof gc === "function" ? () => (gc as (opts: object) => void)({ type: "major", execution: "sync", flavor: "last-resort" }) : null;
   } catch {
     collect = null;
   }
   return collect;
 }
+
+/**
+ * How soon after a worker thread stopped the server collects, if no request is open then. A thread
+ * stops after its pool had nothing for it for a while, so the server is quiet already; what the
+ * main thread held for it (its ports, their buffers) is garbage from the moment it is gone.
+ */
+export const AFTER_THREAD_MS = 500;
 
 /**
  * Counts the requests in progress; once none has been open for `quietMs`, collects garbage,
@@ -35,7 +46,11 @@ export class IdleCollector {
   /** Collections done (the tests read it). */
   collections = 0;
 
-  constructor(private readonly quietMs = IDLE_GC_MS, private readonly gc: (() => void) | null = fullGc()) {}
+  constructor(
+    private readonly quietMs = IDLE_GC_MS,
+    private readonly gc: (() => void) | null = fullGc(),
+    private readonly afterThreadMs = AFTER_THREAD_MS,
+  ) {}
 
   begin(): void {
     this.open++;
@@ -47,18 +62,34 @@ export class IdleCollector {
 
   end(): void {
     this.open = Math.max(0, this.open - 1);
-    if (this.open > 0 || this.timer || !this.gc) return;
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      if (this.open > 0) return;
-      this.gc?.();
-      this.collections++;
-    }, this.quietMs);
-    this.timer.unref();
+    if (this.open === 0 && !this.timer) this.schedule(this.quietMs);
+  }
+
+  /** A worker thread stopped: collect soon if no request is open (else the last one's end() will). */
+  threadStopped(): void {
+    if (this.open > 0) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.schedule(this.afterThreadMs);
   }
 
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
   }
+
+  private schedule(ms: number): void {
+    if (!this.gc) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.open > 0) return;
+      this.gc?.();
+      this.collections++;
+    }, ms);
+    this.timer.unref();
+  }
 }
+
+/** The one collector for every listener and worker of this process (a metrics scrape must not count as quiet for blobs). */
+let processIdle: IdleCollector | undefined;
+export const processIdleCollector = (): IdleCollector => (processIdle ??= new IdleCollector());

@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
+import { processIdleCollector } from "./node-idle-gc.ts";
 import type { WorkerName, WorkerPort } from "./runtime.ts";
 
 /** The part of esbuild's API used here. */
@@ -113,7 +114,10 @@ export function spawnNodeWorker(name: WorkerName): WorkerPort {
     terminate: async () => {
       terminated = true;
       queued.length = 0;
-      if (worker) await worker.terminate();
+      if (worker) {
+        await worker.terminate();
+        processIdleCollector().threadStopped();
+      }
     },
   };
 }

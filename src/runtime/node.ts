@@ -6,14 +6,11 @@ import { type Server as HttpServer, ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { Kv } from "../kv/kv.ts";
 import { takeDirect } from "../storage/direct-body.ts";
-import { IdleCollector } from "./node-idle-gc.ts";
+import { processIdleCollector } from "./node-idle-gc.ts";
 import { sendDirect } from "./node-send.ts";
 import { nodeUpstreamFetch } from "./node-upstream.ts";
 import { spawnNodeWorker } from "./node-workers.ts";
 import type { Runtime } from "./runtime.ts";
-
-/** Requests open on every listener of this process (the server's and the metrics listener's). */
-let processIdle: IdleCollector | undefined;
 
 /** The Node adapter; its worker threads (node-workers.ts) and upstream HTTP client (node-upstream.ts) are next to it. */
 
@@ -38,7 +35,7 @@ export const nodeRuntime: Runtime = {
       });
       // What a burst of requests left on the heap is collected once the process has been quiet a
       // while: one collector for every listener (a metrics scrape must not count as quiet for blobs).
-      const idle = (processIdle ??= new IdleCollector());
+      const idle = processIdleCollector();
       server.on("request", (_req: unknown, res: ServerResponse) => {
         idle.begin();
         res.once("close", () => idle.end());

@@ -46,3 +46,23 @@ t.test("the real collection shrinks the heap after a burst of garbage", async (t
   t.equal(idle.collections, 1, "V8's gc() was reachable without --expose-gc on the command line");
   t.ok(process.memoryUsage().heapUsed < before - 10 * 1024 * 1024, `heap used ${(before / 2 ** 20).toFixed(0)} -> ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB`);
 });
+
+t.test("a stopped worker thread brings the collection forward, unless a request is open", async (t) => {
+  let runs = 0;
+  const idle = new IdleCollector(10_000, () => runs++, 30);
+  t.teardown(() => idle.stop());
+
+  idle.begin();
+  idle.threadStopped();
+  await sleep(80);
+  t.equal(runs, 0, "a request is open: nothing yet");
+  idle.end();
+  await sleep(80);
+  t.equal(runs, 0, "its end waits the whole quiet time, as always");
+
+  idle.threadStopped();
+  await sleep(80);
+  t.equal(runs, 1, "with no request open, the collection comes soon after the thread stopped");
+  await sleep(80);
+  t.equal(runs, 1, "once");
+});
