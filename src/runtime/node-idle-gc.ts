@@ -12,9 +12,9 @@ export const IDLE_GC_MS = 5_000;
 let collect: (() => void) | null | undefined;
 
 /**
- * V8's full collection, in its memory-reducing form ("last-resort", what V8 runs on a low-memory
- * notification: it also hands the emptied heap pages V8 pools back to the system), or null where it
- * cannot be had (V8 refused the flag).
+ * V8's full collection, or null where it cannot be had (V8 refused the flag). Its memory-reducing
+ * form (`flavor: "last-resort"`) was tried: no lower at rest, and the cold 1 GiB GET after it
+ * peaked ~15 MiB higher (bench pairs).
  */
 function fullGc(): (() => void) | null {
   if (collect !== undefined) return collect;
@@ -22,7 +22,7 @@ function fullGc(): (() => void) | null {
     // Without --expose-gc on the command line: the flag set now exposes gc() to contexts made after it.
     setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc") as unknown;
-    collect = typeof gc === "function" ? () => (gc as (opts: object) => void)({ type: "major", execution: "sync", flavor: "last-resort" }) : null;
+    collect = typeof gc === "function" ? (gc as () => void) : null;
   } catch {
     collect = null;
   }
