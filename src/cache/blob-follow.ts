@@ -5,10 +5,13 @@
  * byte before the digest is verified, so a failed fetch breaks its response.
  */
 import { directStream, readingAhead, type DirectSource } from "../storage/direct-body.ts";
+import { unzeroedBytes } from "../util/buffers.ts";
 import type { SharedReader } from "./blob-plumbing.ts";
 
 /** Bytes a follower reads from the spool at a time. */
 const FOLLOW_CHUNK = 1024 * 1024;
+/** Spool read buffers a follower keeps for reuse: one being sent, one read ahead, one spare. */
+const FOLLOW_SPARES = 3;
 
 /** What a follower reads of the fetch it follows. */
 export interface Followed {
@@ -39,11 +42,28 @@ export function followFetch(fetch: Followed, reader: SharedReader | null, start:
   return directStream(readingAhead(followSource(fetch, reader, start, end)));
 }
 
-/** The follower's reads; memory chunks are the fetch's shared batches, so none is ever recycled. */
+/**
+ * The follower's reads. Memory chunks are the fetch's shared batches, never recycled; spool reads
+ * go into the follower's own buffers, which a runtime that sends the source itself hands back
+ * (recycle), so twenty followers of a cold blob reuse a few buffers each instead of leaving a
+ * fresh 1 MiB per read for the collector (the web stream still gets fresh ones).
+ */
 export function followSource(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): DirectSource {
   reader?.acquire();
   let position = start;
   let released = false;
+  const spare: Uint8Array[] = [];
+  // The buffers this follower made for its spool reads: the only chunks it may take back (a batch
+  // from memory has the same size, but is the fetch's, shared by every follower).
+  const own = new WeakSet<ArrayBufferLike>();
+  const spoolRead = (from: SharedReader, length: number) => {
+    let into = spare.pop();
+    if (!into) {
+      into = unzeroedBytes(length);
+      if (length === FOLLOW_CHUNK) own.add(into.buffer);
+    }
+    return from.read(position, length, into);
+  };
   // Where a follower continues when it fell behind the memory window and there is no spool.
   let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;
   const release = () => {
@@ -74,7 +94,7 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
           if (position < limit) {
             const spooled = fetch.spooled;
             const chunk = fetch.inMemory(position, limit) ??
-              (reader && position < spooled ? await reader.read(position, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
+              (reader && position < spooled ? await spoolRead(reader, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
             if (chunk) {
               if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
               position += chunk.byteLength;
@@ -92,6 +112,12 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
       } catch (err) {
         release();
         throw err;
+      }
+    },
+    recycle(chunk) {
+      // Whole buffers of its own only (a short read's smaller one is left to the collector).
+      if (!released && own.has(chunk.buffer) && chunk.byteOffset === 0 && spare.length < FOLLOW_SPARES) {
+        spare.push(new Uint8Array(chunk.buffer, 0, FOLLOW_CHUNK));
       }
     },
     cancel: release,

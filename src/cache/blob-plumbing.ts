@@ -162,7 +162,7 @@ export class SharedReader {
   release(): void {
     if (--this.refs === 0) this.reader.close().catch(() => {});
   }
-  read(offset: number, length: number): Promise<Uint8Array> {
-    return this.reader.read(offset, length);
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    return this.reader.read(offset, length, into);
   }
 }

@@ -70,7 +70,10 @@ export interface BlobUpload {
 }
 
 export interface PartialReader {
-  /** Reads up to `length` bytes at `offset` of what has been written. */
-  read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads up to `length` bytes at `offset` of what has been written: into `into` when given (at
+   * least `length` bytes long; the result is a view of it), else into fresh memory.
+   */
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
   close(): Promise<void>;
 }

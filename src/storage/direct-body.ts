@@ -83,6 +83,7 @@ export function readingAhead(source: DirectSource): DirectSource {
       }
       return chunk;
     },
+    recycle: source.recycle && ((chunk) => source.recycle!(chunk)),
     cancel: (reason) => source.cancel(reason),
   };
 }

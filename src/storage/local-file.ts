@@ -101,10 +101,10 @@ async function writeAt(handle: FileHandle, chunk: Uint8Array, position: number):
 async function openFileReader(path: string): Promise<PartialReader> {
   const reader = await open(path, "r");
   return {
-    async read(offset, length) {
-      const buf = unzeroedBytes(length); // filled by the read; only what it read is passed on
+    async read(offset, length, into) {
+      const buf = into ?? unzeroedBytes(length); // filled by the read; only what it read is passed on
       const { bytesRead } = await reader.read(buf, 0, length, offset);
-      return bytesRead === length ? buf : buf.subarray(0, bytesRead);
+      return bytesRead === buf.byteLength ? buf : buf.subarray(0, bytesRead);
     },
     close: () => reader.close(),
   };

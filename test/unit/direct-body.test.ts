@@ -11,6 +11,10 @@ import { join } from "node:path";
 import { nodeRuntime } from "../../src/runtime/node.ts";
 import { bytesBody, directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
 import { fileSource } from "../../src/storage/fs/fs-store.ts";
+import { followSource, type Followed } from "../../src/cache/blob-follow.ts";
+import { SharedReader } from "../../src/cache/blob-plumbing.ts";
+import { UploadFile } from "../../src/storage/local-file.ts";
+import type { Digest } from "../../src/registry/reference.ts";
 
 const MiB = 1024 * 1024;
 
@@ -57,6 +61,42 @@ t.test("a sent file goes out through a few reused buffers, not a fresh one per c
   }
   t.ok(Buffer.concat(out).equals(bytes), "the bytes");
   t.ok(buffers.size <= 4, `16 MiB in ${buffers.size} buffers`);
+});
+
+t.test("a follower reuses its own spool buffers once sent, and never takes a batch of the fetch's", async (t) => {
+  const bytes = randomBytes(12 * MiB + 5);
+  const dir = await mkdtemp(join(tmpdir(), "direct-body-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const upload = await UploadFile.create(dir, `sha256:${"a".repeat(64)}` as Digest);
+  t.teardown(() => upload.remove());
+  await upload.write(bytes);
+  // The first MiB is still in memory as a batch of the fetch's; the rest is read from the spool.
+  const batch = new Uint8Array(bytes.subarray(0, MiB));
+  const fetch: Followed = {
+    error: null,
+    received: bytes.length,
+    written: bytes.length,
+    spooled: bytes.length,
+    complete: true,
+    releasable: () => bytes.length,
+    inMemory: (position, limit) => (position < MiB ? batch.subarray(position, Math.min(MiB, limit)) : null),
+    nextChange: () => Promise.resolve(),
+    restFrom: () => Promise.reject(new Error("not here")),
+  };
+  const source = followSource(fetch, new SharedReader(await upload.openReader()), 0, null);
+  const spoolBuffers = new Set<ArrayBufferLike>();
+  let inBatch = 0;
+  const out: Buffer[] = [];
+  for (let c = await source.read(); c; c = await source.read()) {
+    if (c.buffer === batch.buffer) inBatch++;
+    else spoolBuffers.add(c.buffer);
+    out.push(Buffer.from(c)); // copied, as the socket would, before handing it back
+    source.recycle?.(c);
+  }
+  t.ok(Buffer.concat(out).equals(bytes), "the bytes, from memory then from the spool");
+  t.ok(spoolBuffers.size <= 2, `11 MiB from the spool in ${spoolBuffers.size} buffers`);
+  t.equal(inBatch, 1, "the batch was sent once and never read into");
+  t.ok(Buffer.from(batch).equals(bytes.subarray(0, MiB)), "and is unchanged");
 });
 
 t.test("a follower reads one chunk ahead: the next read runs while the last chunk is being sent", async (t) => {
