@@ -1,6 +1,6 @@
 // The report's prose: what each scenario does (before the table) and the notes after it (fault
 // runs, failed or timed-out scenarios, fallbacks, machine load).
-import { PEER_NAMES } from "./peers.ts";
+import { FS_PEERS, PEER_NAMES } from "./peers.ts";
 import type { Results } from "./results.ts";
 import { CLIENTS } from "./scenarios/concurrent-pull.ts";
 import { WARM_REPEATS } from "./scenarios/large-blob.ts";
@@ -62,7 +62,32 @@ export function notes(r: Results): string[] {
   const ok = r.scenarios.length - bad.length;
   out.push(`scenarios: ${ok} of ${r.scenarios.length} finished${bad.length ? `; ${bad.length} failed or timed out (their figures show as —):` : ""}`);
   for (const e of r.errors) out.push(`  ERROR: ${e}`);
+  const swing = diskSwing(r);
+  if (swing) out.push(`WARNING: ${swing}`);
   const noisy = Number(r.load.before) > 0.5 ? "; something else was running, so expect noise" : "";
   out.push(`machine load average (1 min) before/after: ${r.load.before}/${r.load.after ?? "?"} on ${r.load.cpus} CPUs${noisy}`);
   return out;
+}
+
+/** Cold runs are held against each other only when the disk wrote at a similar speed for each. */
+export const DISK_SWING_RATIO = 2;
+
+/**
+ * When the disk's write speed, measured next to each peer's cold GET, differs by more than
+ * DISK_SWING_RATIO between peers, says so: on a shared or virtual machine the page cache's cost
+ * can change several-fold within minutes, and the cold rows then compare the machine's moments
+ * as much as the peers. Null when the speeds agree (or fewer than two peers have one).
+ */
+export function diskSwing(r: Results): string | null {
+  const speeds = FS_PEERS.map((kind): [string, number] => {
+    const xs = (r.peers[kind] ?? []).map((m) => m?.["ref.diskWrite"]).filter((v): v is number => v !== undefined && Number.isFinite(v) && v > 0).sort((a, b) => a - b);
+    return [PEER_NAMES[kind], xs.length ? xs[Math.floor(xs.length / 2)]! : NaN];
+  }).filter(([, v]) => Number.isFinite(v));
+  if (speeds.length < 2) return null;
+  const slow = speeds.reduce((a, b) => (b[1] < a[1] ? b : a));
+  const fast = speeds.reduce((a, b) => (b[1] > a[1] ? b : a));
+  if (fast[1] <= DISK_SWING_RATIO * slow[1]) return null;
+  const mbps = (v: number) => `${(v / 1e6).toFixed(0)} MB/s`;
+  return `the disk wrote at ${mbps(slow[1])} next to ${slow[0]}'s cold GET and at ${mbps(fast[1])} next to ${fast[0]}'s ` +
+    `(the "writing 1 GiB" row): the cold rows compare the machine's moments as much as the peers; run the bench again, or with --rounds 3`;
 }
