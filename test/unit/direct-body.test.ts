@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { nodeRuntime } from "../../src/runtime/node.ts";
 import { bytesBody, directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
-import { fileSource } from "../../src/storage/fs/fs-store.ts";
+import { fileSource, filesSending, readAheadFor } from "../../src/storage/fs/fs-store.ts";
 import { followSource, type Followed } from "../../src/cache/blob-follow.ts";
 import { SharedReader } from "../../src/cache/blob-plumbing.ts";
 import { UploadFile } from "../../src/storage/local-file.ts";
@@ -61,6 +61,38 @@ t.test("a sent file goes out through a few reused buffers, not a fresh one per c
   }
   t.ok(Buffer.concat(out).equals(bytes), "the bytes");
   t.ok(buffers.size <= 4, `16 MiB in ${buffers.size} buffers`);
+});
+
+t.test("reads ahead: two while few files are sent, one for a busy server, none for a crowd", async (t) => {
+  t.same([1, 8, 9, 32, 33, 100].map(readAheadFor), [2, 2, 1, 1, 0, 0]);
+});
+
+t.test("forty files sent at once: the same bytes through fewer buffers each, every sender counted out", async (t) => {
+  const bytes = randomBytes(4 * MiB + 3);
+  const path = await fileOf(t, bytes);
+  const before = filesSending();
+  const neverRead = fileSource(await open(path, "r"), 0, bytes.length);
+  const sources = await Promise.all(Array.from({ length: 40 }, async () => fileSource(await open(path, "r"), 0, bytes.length)));
+  // Once all forty have started, none reads ahead: each goes through one or two buffers.
+  const firsts = await Promise.all(sources.map((s) => s.read()));
+  t.equal(filesSending(), before + 40, "forty sending; the body never read is not counted");
+  const perSender: number[] = [];
+  const outs = await Promise.all(sources.map(async (source, i) => {
+    const out: Buffer[] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    for (let c = firsts[i] ?? null; c; c = await source.read()) {
+      buffers.add(c.buffer);
+      out.push(Buffer.from(c));
+      source.recycle?.(c);
+    }
+    perSender.push(buffers.size);
+    return Buffer.concat(out);
+  }));
+  t.ok(outs.every((o) => o.equals(bytes)), "every sender sent the whole file");
+  t.ok(Math.max(...perSender) <= 2, `at most ${Math.max(...perSender)} buffers per sender (three with two read ahead)`);
+  t.equal(filesSending(), before, "each sender was counted out at its end");
+  neverRead.cancel();
+  t.equal(filesSending(), before);
 });
 
 t.test("a follower reuses its own spool buffers once sent, and never takes a batch of the fetch's", async (t) => {
