@@ -2,6 +2,8 @@
 // header blocks encoded and decoded, checksums, octal and GNU base-256 numbers, PAX records and
 // GNU long names. Pure: no I/O, no streams; src/bundle/tar.ts streams entries with it.
 
+import { concatBytes } from "../util/buffers.ts";
+
 export const BLOCK = 512;
 /** The largest size the 11 octal digits of a ustar header hold (8 GiB - 1); above it GNU base-256 is used. */
 const MAX_OCTAL_SIZE = 0o77777777777;
@@ -37,7 +39,7 @@ export function fileHeader(name: string, size: number, mtime = 0): Uint8Array {
   const pax = paxRecords({ path: name });
   const paxHeader = ustarBlock({ name: `PaxHeaders/${shortName(name, 80)}`, prefix: "", size: pax.byteLength, typeflag: "x", mtime });
   const main = ustarBlock({ name: shortName(name), prefix: "", size, typeflag: "0", mtime });
-  return concat([paxHeader, pax, padding(pax.byteLength), main]);
+  return concatBytes([paxHeader, pax, padding(pax.byteLength), main]);
 }
 
 /** ustar's name (100 bytes) and prefix (155 bytes) split at a "/", or null when the name cannot fit. */
@@ -132,15 +134,6 @@ export function padding(size: number): Uint8Array {
   return new Uint8Array(paddingSize(size));
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.byteLength;
-  }
-  return out;
-}
 
 // ------------------------------------------------------------------------------- reading
 

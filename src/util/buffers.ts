@@ -16,6 +16,19 @@ export function unzeroedBytes(size: number): Uint8Array {
   return Buffer.allocUnsafeSlow(size);
 }
 
+/** The bytes of `parts` one after another, in one new buffer. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  let total = 0;
+  for (const p of parts) total += p.byteLength;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
 /**
  * Buffers of one size handed back after use, reused instead of allocating (and faulting in)
  * fresh ones: V8 keeps dead large buffers around for a while, so recycling keeps the resident

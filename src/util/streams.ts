@@ -2,6 +2,7 @@
  * Web stream helpers for bodies on their way through: watching one pass (for
  * accounting and stalled clients) and reading a small one whole, bounded.
  */
+import { concatBytes } from "./buffers.ts";
 import { contentLength } from "./http-headers.ts";
 
 /**
@@ -89,13 +90,7 @@ export async function readLimited(message: Request | Response, max: number): Pro
     }
     parts.push(value);
   }
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.byteLength;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /**
