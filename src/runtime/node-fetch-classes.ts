@@ -15,6 +15,8 @@
  * (Blob, ReadableStream and AbortController are Node's own, not undici's: they stay as they are.)
  */
 
+import { concatBytes } from "../util/buffers.ts";
+
 /** RFC 9110 token characters: what a header name and a method may contain. */
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** What a header value may not contain once trimmed (undici refuses the same). */
@@ -158,6 +160,8 @@ function streamOf(bytes: Bytes): ReadableStream<Bytes> {
 
 /** The body half of Request and Response (the standard's Body mixin). */
 class LeanBody {
+  /** Set by Request and Response (the body's type is read from it). */
+  declare readonly headers: Headers;
   #bytes: Bytes | null = null;
   #stream: ReadableStream<Bytes> | null = null;
   #used = false;
@@ -186,21 +190,13 @@ class LeanBody {
     if (this.#stream.locked) throw new TypeError("Body is unusable: its stream is locked");
     const reader = this.#stream.getReader();
     const parts: Bytes[] = [];
-    let total = 0;
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
       if (!(value instanceof Uint8Array)) throw new TypeError("Body stream gave a chunk that is not a Uint8Array");
       parts.push(value);
-      total += value.byteLength;
     }
-    const out = new Uint8Array(total);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.byteLength;
-    }
-    return out;
+    return concatBytes(parts);
   }
 
   async arrayBuffer(): Promise<ArrayBuffer> {
@@ -216,8 +212,14 @@ class LeanBody {
   }
 
   async blob(): Promise<Blob> {
-    const type = (this as unknown as { headers: Headers }).headers.get("content-type") ?? "";
+    const type = this.headers.get("content-type") ?? "";
     return new Blob([await this.bytes()], { type });
+  }
+
+  /** Parsed by undici (loaded now): a server has no use for it, so it is not written twice. */
+  async formData(): Promise<FormData> {
+    const Undici = undiciResponse();
+    return new Undici(await this.bytes(), { headers: this.headers }).formData();
   }
 
   /** Splits the body for a clone: this one keeps a branch, the clone gets the other. */
@@ -267,11 +269,6 @@ export class LeanResponse extends LeanBody implements Response {
     const copy = new LeanResponse(null, { status: this.status, statusText: this.statusText, headers: this.headers });
     copy.setBody(this.teeBody());
     return copy;
-  }
-
-  async formData(): Promise<FormData> {
-    const Undici = undiciResponse();
-    return new Undici(await this.bytes(), { status: this.status, headers: this.headers }).formData();
   }
 
   static json(data: unknown, init: ResponseInit = {}): Response {
@@ -347,11 +344,6 @@ export class LeanRequest extends LeanBody implements Request {
     const copy = new LeanRequest(this.url, { method: this.method, headers: this.headers, signal: this.signal, redirect: this.redirect });
     copy.setBody(this.teeBody());
     return copy;
-  }
-
-  async formData(): Promise<FormData> {
-    const Undici = undiciResponse();
-    return new Undici(await this.bytes(), { headers: this.headers }).formData();
   }
 
   get [Symbol.toStringTag](): string {
