@@ -18,7 +18,8 @@ export function isBusy(err: unknown): boolean {
 }
 
 
-async function whileBusy<T>(op: () => Promise<T>, budgetMs = BUSY_BUDGET_MS): Promise<T> {
+/** `op`, tried again while it fails because another process holds the database's lock. */
+export async function whileBusy<T>(op: () => Promise<T>, budgetMs = BUSY_BUDGET_MS): Promise<T> {
   const deadline = Date.now() + budgetMs;
   for (let backoff = FIRST_BACKOFF_MS; ; backoff = Math.min(backoff * 2, MAX_BACKOFF_MS)) {
     try {

@@ -1,5 +1,5 @@
 import { join, resolve } from "node:path";
-import { retryWhileBusy } from "./busy-retry.ts";
+import { retryWhileBusy, whileBusy } from "./busy-retry.ts";
 import type { Kv } from "./kv.ts";
 import type { KvLocation } from "./location.ts";
 
@@ -44,9 +44,10 @@ export async function openKvAt(runtime: KvOpener, location: KvLocation): Promise
   }
   const arg = location.kind === "file" ? location.path : location.kind === "memory" ? ":memory:" : location.kind === "remote" ? location.url : undefined;
   try {
-    const kv = await runtime.openKv(arg);
-    // A file may be shared by instances on one machine, each locking it while it writes.
-    return location.kind === "file" ? retryWhileBusy(kv) : kv;
+    // A file may be shared by instances on one machine, each locking it while it writes: opening
+    // it (which reads and may set up the schema) can meet that lock too.
+    if (location.kind !== "file") return await runtime.openKv(arg);
+    return retryWhileBusy(await whileBusy(() => runtime.openKv(arg)));
   } catch (err) {
     // @deno/kv reports a native addon that would not load as the cause of a generic error; the
     // cause says what to do (see bin/build.mjs), and a hint about the path would mislead.

@@ -157,3 +157,19 @@ t.test("opening the KV: the operator is told what went wrong and what to do", as
   }, "a missing native addon: its own message, without the misleading hint about the directory");
   await tt.rejects(openKvAt(failing(new Error("x")), { kind: "platform" }), { message: /no platform KV on Node/ }, "no platform KV on Node");
 });
+
+t.test("opening a KV file another process holds locked: tried again until the lock is gone", async (tt) => {
+  let attempts = 0;
+  const store = { close() {} } as unknown as Kv;
+  const lockedTwice: KvOpener = {
+    hasPlatformKv: false,
+    openKv: () => (++attempts <= 2 ? Promise.reject(new Error("database is locked")) : Promise.resolve(store)),
+  };
+  const kv = await openKvAt(lockedTwice, { kind: "file", path: "/data/kv.sqlite3" });
+  tt.ok(kv, "opened");
+  tt.equal(attempts, 3, "after two busy attempts");
+  let other = 0;
+  const broken: KvOpener = { hasPlatformKv: false, openKv: () => (other++, Promise.reject(new Error("unable to open database file"))) };
+  await tt.rejects(openKvAt(broken, { kind: "file", path: "/data/kv.sqlite3" }), { constructor: KvOpenError, message: /unable to open database file/ }, "any other failure is reported at once");
+  tt.equal(other, 1, "tried once");
+});
