@@ -16,6 +16,11 @@ export interface DirectSource {
    * be reused. Only the runtime calls it; chunks given to the web stream are never reused.
    */
   recycle?(chunk: Uint8Array): void;
+  /**
+   * A chunk `read` gave is kept for good (by a web stream's consumer): its memory is never
+   * reused, and the source may stop tracking it. Called instead of recycle, never with it.
+   */
+  forget?(chunk: Uint8Array): void;
   /** The body ends early (the client left, an error): release what it holds. Called at most once. */
   cancel(reason?: unknown): void;
   /** The whole body, when it is in memory from the start (a manifest): sent in one write with the head. */
@@ -37,8 +42,10 @@ export function directStream(source: DirectSource): ReadableStream<Uint8Array> {
       async pull(controller) {
         try {
           const chunk = await source.read();
-          if (chunk) controller.enqueue(chunk);
-          else controller.close();
+          if (chunk) {
+            controller.enqueue(chunk);
+            source.forget?.(chunk);
+          } else controller.close();
         } catch (err) {
           controller.error(err);
         }
@@ -84,6 +91,7 @@ export function readingAhead(source: DirectSource): DirectSource {
       return chunk;
     },
     recycle: source.recycle && ((chunk) => source.recycle!(chunk)),
+    forget: source.forget && ((chunk) => source.forget!(chunk)),
     cancel: (reason) => source.cancel(reason),
   };
 }

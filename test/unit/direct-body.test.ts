@@ -4,6 +4,7 @@
 // takes nothing cut off), and the same bytes whether the source is taken or read as a stream.
 import t, { type Test } from "tap";
 import { randomBytes } from "node:crypto";
+import { readdirSync } from "node:fs";
 import { open, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -36,12 +37,12 @@ async function readAll(stream: ReadableStream<Uint8Array>): Promise<Buffer> {
 t.test("a file source gives exactly the range asked for, as a stream and when taken", async (t) => {
   const bytes = randomBytes(3 * MiB + 12345);
   const path = await fileOf(t, bytes);
-  const whole = await readAll(directStream(fileSource(await open(path, "r"), 0, bytes.length)));
+  const whole = await readAll(directStream(fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length)));
   t.ok(whole.equals(bytes), "the whole file");
-  const part = await readAll(directStream(fileSource(await open(path, "r"), 1000, 2 * MiB + 77)));
+  const part = await readAll(directStream(fileSource(path, await open(path, "r"), bytes.length, 1000, 2 * MiB + 77)));
   t.ok(part.equals(bytes.subarray(1000, 2 * MiB + 77)), "a range across chunk boundaries");
 
-  const taken = takeDirect(directStream(fileSource(await open(path, "r"), 5, bytes.length)));
+  const taken = takeDirect(directStream(fileSource(path, await open(path, "r"), bytes.length, 5, bytes.length)));
   t.ok(taken, "a file body can be taken by the runtime");
   const parts: Buffer[] = [];
   for (let c = await taken!.source.read(); c; c = await taken!.source.read()) parts.push(Buffer.from(c));
@@ -51,7 +52,7 @@ t.test("a file source gives exactly the range asked for, as a stream and when ta
 t.test("a sent file goes out through a few reused buffers, not a fresh one per chunk", async (t) => {
   const bytes = randomBytes(16 * MiB);
   const path = await fileOf(t, bytes);
-  const source = fileSource(await open(path, "r"), 0, bytes.length);
+  const source = fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length);
   const buffers = new Set<ArrayBufferLike>();
   const out: Buffer[] = [];
   for (let c = await source.read(); c; c = await source.read()) {
@@ -67,32 +68,79 @@ t.test("reads ahead: two while few files are sent, one for a busy server, none f
   t.same([1, 8, 9, 32, 33, 100].map(readAheadFor), [2, 2, 1, 1, 0, 0]);
 });
 
-t.test("forty files sent at once: the same bytes through fewer buffers each, every sender counted out", async (t) => {
+t.test("forty clients of one file at once: each MiB read once for all of them, every sender counted out", async (t) => {
   const bytes = randomBytes(4 * MiB + 3);
   const path = await fileOf(t, bytes);
+  const fds = openFds();
   const before = filesSending();
-  const neverRead = fileSource(await open(path, "r"), 0, bytes.length);
-  const sources = await Promise.all(Array.from({ length: 40 }, async () => fileSource(await open(path, "r"), 0, bytes.length)));
-  // Once all forty have started, none reads ahead: each goes through one or two buffers.
+  const neverRead = fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length);
+  const sources = await Promise.all(Array.from({ length: 40 }, async () => fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length)));
   const firsts = await Promise.all(sources.map((s) => s.read()));
   t.equal(filesSending(), before + 40, "forty sending; the body never read is not counted");
-  const perSender: number[] = [];
+  t.equal(new Set(firsts.map((c) => c!.buffer)).size, 1, "the first MiB was read into one buffer, sent to all forty");
+  await waitFor(() => openFds() === fds + 2); // the joiners' own handles close in the background
+  t.equal(openFds(), fds + 2, "one handle reads for all forty (and the unread body keeps its own)");
+  const all = new Set<ArrayBufferLike>();
   const outs = await Promise.all(sources.map(async (source, i) => {
     const out: Buffer[] = [];
-    const buffers = new Set<ArrayBufferLike>();
     for (let c = firsts[i] ?? null; c; c = await source.read()) {
-      buffers.add(c.buffer);
-      out.push(Buffer.from(c));
+      all.add(c.buffer);
+      out.push(Buffer.from(c)); // copied, as the socket would, before handing it back
       source.recycle?.(c);
     }
-    perSender.push(buffers.size);
     return Buffer.concat(out);
   }));
   t.ok(outs.every((o) => o.equals(bytes)), "every sender sent the whole file");
-  t.ok(Math.max(...perSender) <= 2, `at most ${Math.max(...perSender)} buffers per sender (three with two read ahead)`);
+  t.ok(all.size <= 5, `5 MiB to forty clients through ${all.size} buffers in all (not one set per client)`);
   t.equal(filesSending(), before, "each sender was counted out at its end");
   neverRead.cancel();
   t.equal(filesSending(), before);
+  await waitFor(() => openFds() === fds);
+  t.equal(openFds(), fds, "every handle closed");
+});
+
+t.test("a chunk a web stream consumer keeps is never written again, though the client beside it hands its copy back", async (t) => {
+  const bytes = randomBytes(8 * MiB);
+  const path = await fileOf(t, bytes);
+  const kept: Uint8Array[] = [];
+  const stream = directStream(fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length)).getReader();
+  const sender = fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length);
+  // In step: the sender takes each chunk, the stream's consumer takes the same and keeps it, then the sender hands it back.
+  for (;;) {
+    const theirs = await sender.read();
+    const mine = await stream.read();
+    if (mine.done) {
+      t.equal(theirs, null);
+      break;
+    }
+    t.equal(theirs!.buffer, mine.value.buffer, "the two share the read");
+    kept.push(mine.value);
+    sender.recycle?.(theirs!);
+  }
+  t.ok(Buffer.concat(kept).equals(bytes), "what the consumer kept is still the file's bytes");
+});
+
+t.test("a client leaving in the middle leaves the others' bytes whole", async (t) => {
+  const bytes = randomBytes(6 * MiB + 100);
+  const path = await fileOf(t, bytes);
+  const fds = openFds();
+  const leaver = fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length);
+  const stayers = await Promise.all([0, MiB + 17].map(async (start) => ({ start, source: fileSource(path, await open(path, "r"), bytes.length, start, bytes.length) })));
+  const got = await leaver.read();
+  t.ok(got, "the leaver read a chunk");
+  const outs = await Promise.all(stayers.map(async ({ start, source }, i) => {
+    const out: Buffer[] = [];
+    for (let c = await source.read(), n = 0; c; c = await source.read(), n++) {
+      if (i === 0 && n === 1) leaver.cancel(); // the chunk it held is still out there: never reused
+      out.push(Buffer.from(c));
+      source.recycle?.(c);
+    }
+    return { start, out: Buffer.concat(out) };
+  }));
+  for (const { start, out } of outs) t.ok(out.equals(bytes.subarray(start)), `from ${start}: the bytes`);
+  t.ok(Buffer.from(got!).equals(bytes.subarray(0, MiB)), "the leaver's last chunk was not written over");
+  await waitFor(() => openFds() === fds);
+  t.equal(openFds(), fds, "every handle closed");
 });
 
 t.test("a follower reuses its own spool buffers once sent, and never takes a batch of the fetch's", async (t) => {
@@ -233,12 +281,17 @@ t.test("a client that takes nothing is cut off after the stall time, with the st
 function fileSourceAt(path: string, size: number) {
   // The handle opens on the first read, as fs-store's open would have it by then.
   let real: ReturnType<typeof fileSource> | null = null;
-  const opening = open(path, "r").then((h) => (real = fileSource(h, 0, size)));
+  const opening = open(path, "r").then((h) => (real = fileSource(path, h, size, 0, size)));
   return {
     read: async () => (await opening, real!.read()),
     recycle: (c: Uint8Array) => real?.recycle?.(c),
+    forget: (c: Uint8Array) => real?.forget?.(c),
     cancel: (reason?: unknown) => void opening.then(() => real!.cancel(reason)),
   };
+}
+
+function openFds(): number {
+  return readdirSync("/proc/self/fd").length;
 }
 
 async function waitFor(ok: () => boolean, ms = 5_000): Promise<void> {

@@ -3,11 +3,11 @@ import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import type { ByteRange } from "../../registry/range.ts";
 import { digestAlgorithm, digestHex, parseDigest, type Digest } from "../../registry/reference.ts";
-import { unzeroedBytes } from "../../util/buffers.ts";
 import type { BlobStore, BlobUpload, PartialReader, StoredObject } from "../blob-store.ts";
 import { freeBytes, type StatFs, systemStatFs } from "../disk-space.ts";
 import { sweepUploadDir, UploadFile, uploadFilePath } from "../local-file.ts";
 import { directStream, type DirectSource } from "../direct-body.ts";
+import { sharedFileSource } from "./shared-file.ts";
 
 /** Chunk size of reads from disk: large enough for throughput, small enough to keep memory flat. */
 const READ_CHUNK = 1024 * 1024;
@@ -22,7 +22,7 @@ export function readAheadFor(senders: number): number {
   return senders > 32 ? 0 : senders > 8 ? 1 : 2;
 }
 
-/** Blob files being sent now, counted from their first read to their close. */
+/** Blob files being sent now, counted from their first read to their end. */
 let sending = 0;
 export const filesSending = (): number => sending;
 
@@ -66,16 +66,22 @@ export class FsBlobStore implements BlobStore {
   }
 
   async open(digest: Digest, range?: ByteRange): Promise<ReadableStream<Uint8Array> | null> {
+    const path = this.pathOf(digest);
     let handle: FileHandle;
     try {
-      handle = await open(this.pathOf(digest), "r");
+      handle = await open(path, "r");
     } catch (err) {
       if (isNotFound(err)) return null;
       throw err;
     }
-    const start = range?.start ?? 0;
-    const end = range ? range.end + 1 : (await handle.stat()).size;
-    return directStream(fileSource(handle, start, end));
+    let size: number;
+    try {
+      size = (await handle.stat()).size;
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw err;
+    }
+    return directStream(fileSource(path, handle, size, range?.start ?? 0, range ? range.end + 1 : size));
   }
 
   async put(digest: Digest, bytes: Uint8Array): Promise<void> {
@@ -173,75 +179,17 @@ class FsUpload implements BlobUpload {
 }
 
 /**
- * The file's bytes [start, end) in READ_CHUNK reads, readAheadFor() of them ahead of the consumer. A runtime
- * that sends the source itself hands its chunks back (recycle), so a long blob goes out
- * through the same few buffers; the web stream gets fresh ones. The handle is closed at the
- * end, on an error or on cancel.
+ * The bytes [start, end) of the blob file at `path` (`size` bytes, open as `handle`), in READ_CHUNK
+ * reads shared with every other client sending that file now (see shared-file.ts),
+ * readAheadFor() of them ahead of the consumer. The handle is closed at the end, on an error or
+ * on cancel.
  */
-export function fileSource(handle: FileHandle, start: number, end: number, chunkBytes = READ_CHUNK): DirectSource {
-  let position = start;
-  let closed = false;
-  const spare: Uint8Array[] = [];
-  // Counted from the first read: a body made and never read (a HEAD, a request given up) is not sending.
-  let counted = false;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    if (counted) sending--;
-    // A read still in flight finishes first: FileHandle.close waits for it.
-    handle.close().catch(() => {});
-  };
-  const readNext = async (): Promise<Uint8Array | null> => {
-    if (!counted && !closed) {
-      counted = true;
-      sending++;
-    }
-    const want = Math.min(chunkBytes, end - position);
-    if (want <= 0) {
-      close();
-      return null;
-    }
-    const at = position;
-    position += want;
-    const buf = spare.pop() ?? unzeroedBytes(want === end - start ? want : chunkBytes);
-    let got = 0;
-    while (got < want) {
-      const { bytesRead } = await handle.read(buf, got, want - got, at + got);
-      if (bytesRead === 0) throw new Error("blob file shorter than expected");
-      got += bytesRead;
-    }
-    return want === buf.byteLength ? buf : buf.subarray(0, want);
-  };
-  // Reads queued ahead of the consumer, in file order: the disk is never what a socket waits on.
-  const ahead: Array<Promise<Uint8Array | null>> = [];
-  const fill = () => {
-    while (!closed && ahead.length < readAheadFor(sending) && position < end) {
-      const next = readNext();
-      next.catch(() => {}); // surfaces when the consumer gets to it
-      ahead.push(next);
-    }
-  };
-  return {
-    async read() {
-      if (closed) throw new Error("blob file read after it was closed");
-      const next = ahead.shift() ?? readNext();
-      try {
-        const chunk = await next;
-        fill();
-        return chunk;
-      } catch (err) {
-        close();
-        throw err;
-      }
-    },
-    recycle(chunk) {
-      // Whole read buffers only (not a short last chunk's smaller one), one more than read ahead kept.
-      if (!closed && chunk.byteOffset === 0 && chunk.buffer.byteLength === chunkBytes && spare.length < readAheadFor(sending) + 1) {
-        spare.push(new Uint8Array(chunk.buffer, 0, chunkBytes));
-      }
-    },
-    cancel: close,
-  };
+export function fileSource(path: string, handle: FileHandle, size: number, start: number, end: number, chunkBytes = READ_CHUNK): DirectSource {
+  return sharedFileSource(path, handle, size, start, end, {
+    chunkBytes,
+    readAhead: () => readAheadFor(sending),
+    onSending: (delta) => (sending += delta),
+  });
 }
 
 /** A directory's entries; none when it is gone (or is not a directory). */
