@@ -6,10 +6,9 @@
  */
 import { directStream, readingAhead, type DirectSource } from "../storage/direct-body.ts";
 import { unzeroedBytes } from "../util/buffers.ts";
-import type { SharedReader } from "./blob-plumbing.ts";
+import { ChunkLeases } from "../storage/shared-chunks.ts";
+import { SPOOL_CHUNK, type SharedReader } from "./blob-plumbing.ts";
 
-/** Bytes a follower reads from the spool at a time. */
-const FOLLOW_CHUNK = 1024 * 1024;
 /** Spool read buffers a follower keeps for reuse: one being sent, one read ahead, one spare. */
 const FOLLOW_SPARES = 3;
 
@@ -43,24 +42,31 @@ export function followFetch(fetch: Followed, reader: SharedReader | null, start:
 }
 
 /**
- * The follower's reads. Memory chunks are the fetch's shared batches, never recycled; spool reads
- * go into the follower's own buffers, which a runtime that sends the source itself hands back
- * (recycle), so twenty followers of a cold blob reuse a few buffers each instead of leaving a
- * fresh 1 MiB per read for the collector (the web stream still gets fresh ones).
+ * The follower's reads. Memory chunks are the fetch's shared batches, never recycled. Behind the
+ * memory window, a whole aligned MiB of the spool is read once for every follower that wants it
+ * (SharedReader.chunks), and other spool reads (near the live edge) go into the follower's own
+ * buffers. A runtime that sends the source itself hands both back (recycle), so twenty followers of
+ * a cold blob send from a few buffers instead of leaving a fresh 1 MiB per read for the collector
+ * (a web stream's consumer keeps its chunks: forget).
  */
 export function followSource(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): DirectSource {
   reader?.acquire();
   let position = start;
   let released = false;
   const spare: Uint8Array[] = [];
+  const leases = reader && new ChunkLeases(reader.chunks);
   // The buffers this follower made for its spool reads: the only chunks it may take back (a batch
   // from memory has the same size, but is the fetch's, shared by every follower).
   const own = new WeakSet<ArrayBufferLike>();
   const spoolRead = (from: SharedReader, length: number) => {
+    if (length === SPOOL_CHUNK && position % SPOOL_CHUNK === 0) {
+      const index = position / SPOOL_CHUNK;
+      return leases!.hand(index, from.chunks.acquire(index));
+    }
     let into = spare.pop();
     if (!into) {
       into = unzeroedBytes(length);
-      if (length === FOLLOW_CHUNK) own.add(into.buffer);
+      if (length === SPOOL_CHUNK) own.add(into.buffer);
     }
     return from.read(position, length, into);
   };
@@ -69,6 +75,7 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
   const release = () => {
     if (!released) {
       released = true;
+      leases?.releaseAll();
       reader?.release();
     }
     rest?.cancel().catch(() => {});
@@ -94,8 +101,13 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
           if (position < limit) {
             const spooled = fetch.spooled;
             const chunk = fetch.inMemory(position, limit) ??
-              (reader && position < spooled ? await spoolRead(reader, Math.min(FOLLOW_CHUNK, limit - position, spooled - position)) : null);
+              // Up to the next chunk boundary, so that a follower cut short by the live edge lines up again.
+              (reader && position < spooled ? await spoolRead(reader, Math.min(SPOOL_CHUNK - (position % SPOOL_CHUNK), limit - position, spooled - position)) : null);
             if (chunk) {
+              if (released) {
+                leases?.giveBack(chunk, true); // cancelled while it was read: never handed on
+                return null;
+              }
               if (chunk.byteLength === 0) throw new Error("blob spool returned no bytes");
               position += chunk.byteLength;
               return chunk;
@@ -115,11 +127,13 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
       }
     },
     recycle(chunk) {
+      if (leases?.giveBack(chunk, true)) return;
       // Whole buffers of its own only (a short read's smaller one is left to the collector).
       if (!released && own.has(chunk.buffer) && chunk.byteOffset === 0 && spare.length < FOLLOW_SPARES) {
-        spare.push(new Uint8Array(chunk.buffer, 0, FOLLOW_CHUNK));
+        spare.push(new Uint8Array(chunk.buffer, 0, SPOOL_CHUNK));
       }
     },
+    forget: (chunk) => void leases?.giveBack(chunk, false),
     cancel: release,
   };
 }

@@ -7,6 +7,7 @@
  * copied or changed once passed on.
  */
 import type { PartialReader } from "../storage/blob-store.ts";
+import { SharedChunks } from "../storage/shared-chunks.ts";
 import { BATCH_BYTES, BufferFiller, unzeroedBytes } from "../util/buffers.ts";
 
 /** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
@@ -151,16 +152,36 @@ export class ByteWindow {
   }
 }
 
+/** Bytes a follower reads from the spool at a time: a batch, so chunks line up with the memory window's. */
+export const SPOOL_CHUNK = BATCH_BYTES;
+/** Spool chunk buffers kept for reuse between the followers' reads. */
+const SPOOL_SPARES = 4;
+
 /** The spool reader, closed when the fetch and its last follower are done with it. */
 export class SharedReader {
   private refs = 1;
-  constructor(private readonly reader: PartialReader) {}
+  /**
+   * Whole, aligned SPOOL_CHUNK chunks of the spool, each read once for every follower behind the
+   * memory window (see storage/shared-chunks.ts): twenty followers of a cold layer send from one
+   * read instead of twenty.
+   */
+  readonly chunks: SharedChunks;
+
+  constructor(private readonly reader: PartialReader) {
+    this.chunks = new SharedChunks(SPOOL_CHUNK, async (index, into) => {
+      const got = await reader.read(index * SPOOL_CHUNK, SPOOL_CHUNK, into);
+      if (got.byteLength !== SPOOL_CHUNK) throw new Error("blob spool returned fewer bytes than were written");
+      return got;
+    }, SPOOL_SPARES);
+  }
   acquire(): void {
     if (this.refs === 0) throw new Error("blob spool already closed: serve the committed blob from the store");
     this.refs++;
   }
   release(): void {
-    if (--this.refs === 0) this.reader.close().catch(() => {});
+    if (--this.refs > 0) return;
+    this.chunks.clear();
+    this.reader.close().catch(() => {});
   }
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     return this.reader.read(offset, length, into);

@@ -179,6 +179,50 @@ t.test("a follower reuses its own spool buffers once sent, and never takes a bat
   t.ok(Buffer.from(batch).equals(bytes.subarray(0, MiB)), "and is unchanged");
 });
 
+t.test("twenty followers behind the window read each MiB of the spool once, and one starting mid-chunk lines up with them", async (t) => {
+  const bytes = randomBytes(8 * MiB + 5);
+  const dir = await mkdtemp(join(tmpdir(), "direct-body-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const upload = await UploadFile.create(dir, `sha256:${"b".repeat(64)}` as Digest);
+  t.teardown(() => upload.remove());
+  await upload.write(bytes);
+  const fetch: Followed = {
+    error: null,
+    received: bytes.length,
+    written: bytes.length,
+    spooled: bytes.length,
+    complete: true,
+    releasable: () => bytes.length,
+    inMemory: () => null, // every byte is behind the memory window
+    nextChange: () => Promise.resolve(),
+    restFrom: () => Promise.reject(new Error("not here")),
+  };
+  const reader = new SharedReader(await upload.openReader());
+  const starts = [...Array.from({ length: 20 }, () => 0), MiB + 77];
+  const sources = starts.map((start) => followSource(fetch, reader, start, null));
+  reader.release(); // the fetch is done with it; the followers keep it open
+  const all = new Set<ArrayBufferLike>();
+  const firstOfLate: ArrayBufferLike[] = [];
+  const outs: Buffer[][] = starts.map(() => []);
+  // In step, as sockets of the same speed would take them.
+  for (let live = sources.length; live > 0;) {
+    live = 0;
+    const chunks = await Promise.all(sources.map((s) => s.read()));
+    chunks.forEach((c, i) => {
+      if (!c) return;
+      live++;
+      if (i === 20) firstOfLate.push(c.buffer);
+      else if (c.byteLength === MiB) all.add(c.buffer); // the 5-byte tail is each follower's own read
+      outs[i]!.push(Buffer.from(c));
+    });
+    chunks.forEach((c, i) => c && sources[i]!.recycle?.(c));
+  }
+  starts.forEach((start, i) => t.ok(Buffer.concat(outs[i]!).equals(bytes.subarray(start)), `follower ${i + 1} (from ${start}): the bytes`));
+  t.ok(all.size <= 4, `8 whole MiB to twenty followers through ${all.size} buffers in all, not twenty sets`);
+  t.equal(firstOfLate.length, 8, "the late follower: a short read up to the next MiB, six whole ones, the tail");
+  t.ok(firstOfLate.slice(1, -1).every((b) => all.has(b)), "after its first short read, it shares the others' chunks");
+});
+
 t.test("a follower reads one chunk ahead: the next read runs while the last chunk is being sent", async (t) => {
   let started = 0;
   const chunks = [new Uint8Array([1]), new Uint8Array([2]), new Uint8Array([3])];
