@@ -9,9 +9,6 @@ import { unzeroedBytes } from "../util/buffers.ts";
 import { ChunkLeases } from "../storage/shared-chunks.ts";
 import { SPOOL_CHUNK, type SharedReader } from "./blob-plumbing.ts";
 
-/** Spool read buffers a follower keeps for reuse: one being sent, one read ahead, one spare. */
-const FOLLOW_SPARES = 3;
-
 /** What a follower reads of the fetch it follows. */
 export interface Followed {
   /** What the fetch failed with; null unless it failed. */
@@ -43,32 +40,23 @@ export function followFetch(fetch: Followed, reader: SharedReader | null, start:
 
 /**
  * The follower's reads. Memory chunks are the fetch's shared batches, never recycled. Behind the
- * memory window, a whole aligned MiB of the spool is read once for every follower that wants it
- * (SharedReader.chunks), and other spool reads (near the live edge) go into the follower's own
- * buffers. A runtime that sends the source itself hands both back (recycle), so twenty followers of
- * a cold blob send from a few buffers instead of leaving a fresh 1 MiB per read for the collector
- * (a web stream's consumer keeps its chunks: forget).
+ * memory window, each whole aligned MiB of the spool is read once for every follower that wants
+ * it (SharedReader.chunks); a runtime that sends the source itself hands those back (recycle), so
+ * twenty followers of a cold blob send from a few buffers instead of leaving a fresh 1 MiB per
+ * read for the collector (a web stream's consumer keeps its chunks: forget). Shorter spool reads,
+ * up to the live edge or the next MiB boundary, get a buffer of their own.
  */
 export function followSource(fetch: Followed, reader: SharedReader | null, start: number, end: number | null): DirectSource {
   reader?.acquire();
   let position = start;
   let released = false;
-  const spare: Uint8Array[] = [];
   const leases = reader && new ChunkLeases(reader.chunks);
-  // The buffers this follower made for its spool reads: the only chunks it may take back (a batch
-  // from memory has the same size, but is the fetch's, shared by every follower).
-  const own = new WeakSet<ArrayBufferLike>();
   const spoolRead = (from: SharedReader, length: number) => {
     if (length === SPOOL_CHUNK && position % SPOOL_CHUNK === 0) {
       const index = position / SPOOL_CHUNK;
       return leases!.hand(index, from.chunks.acquire(index));
     }
-    let into = spare.pop();
-    if (!into) {
-      into = unzeroedBytes(length);
-      if (length === SPOOL_CHUNK) own.add(into.buffer);
-    }
-    return from.read(position, length, into);
+    return from.read(position, length, unzeroedBytes(length));
   };
   // Where a follower continues when it fell behind the memory window and there is no spool.
   let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;
@@ -126,13 +114,7 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
         throw err;
       }
     },
-    recycle(chunk) {
-      if (leases?.giveBack(chunk, true)) return;
-      // Whole buffers of its own only (a short read's smaller one is left to the collector).
-      if (!released && own.has(chunk.buffer) && chunk.byteOffset === 0 && spare.length < FOLLOW_SPARES) {
-        spare.push(new Uint8Array(chunk.buffer, 0, SPOOL_CHUNK));
-      }
-    },
+    recycle: (chunk) => void leases?.giveBack(chunk, true),
     forget: (chunk) => void leases?.giveBack(chunk, false),
     cancel: release,
   };

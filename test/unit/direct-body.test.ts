@@ -143,7 +143,7 @@ t.test("a client leaving in the middle leaves the others' bytes whole", async (t
   t.equal(openFds(), fds, "every handle closed");
 });
 
-t.test("a follower reuses its own spool buffers once sent, and never takes a batch of the fetch's", async (t) => {
+t.test("a follower's spool reads go through a few reused buffers once sent, and never into a batch of the fetch's", async (t) => {
   const bytes = randomBytes(12 * MiB + 5);
   const dir = await mkdtemp(join(tmpdir(), "direct-body-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
