@@ -57,14 +57,8 @@ export class UploadFile {
   }
 
   /** Fills `buf` from `position`; the bytes must have been written. */
-  async readInto(buf: Uint8Array, position: number): Promise<Uint8Array> {
-    let got = 0;
-    while (got < buf.byteLength) {
-      const { bytesRead } = await this.handle.read(buf, got, buf.byteLength - got, position + got);
-      if (bytesRead === 0) throw new Error(`upload spool ${this.path} is shorter than expected`);
-      got += bytesRead;
-    }
-    return buf;
+  readInto(buf: Uint8Array, position: number): Promise<Uint8Array> {
+    return fillAt(this.handle, buf, position, `upload spool ${this.path}`);
   }
 
   /** A reader of what was written, with its own descriptor (see openFileReader). */
@@ -82,6 +76,17 @@ export class UploadFile {
 /** A fresh path in `dir` for one upload of `digest`. */
 export function uploadFilePath(dir: string, digest: Digest): string {
   return join(dir, `${digestHex(digest)}.${crypto.randomUUID()}`);
+}
+
+/** Fills all of `buf` from `position` of `file` (one read may give less than asked); `file` names it in the error when it ends first. */
+export async function fillAt(handle: FileHandle, buf: Uint8Array, position: number, file: string): Promise<Uint8Array> {
+  let got = 0;
+  while (got < buf.byteLength) {
+    const { bytesRead } = await handle.read(buf, got, buf.byteLength - got, position + got);
+    if (bytesRead === 0) throw new Error(`${file} is shorter than expected`);
+    got += bytesRead;
+  }
+  return buf;
 }
 
 /** Writes all of `chunk` at `position` (one positional write may write less than asked). */

@@ -5,6 +5,7 @@
  */
 import type { FileHandle } from "node:fs/promises";
 import type { DirectSource } from "../direct-body.ts";
+import { fillAt } from "../local-file.ts";
 import { type Chunk, ChunkLeases, SharedChunks } from "../shared-chunks.ts";
 
 /** Every reader of one file path now; gone when the last one ends. */
@@ -38,13 +39,7 @@ class SharedFile {
   private async read(at: number, into: Uint8Array): Promise<Uint8Array> {
     this.reading++;
     try {
-      let got = 0;
-      while (got < into.byteLength) {
-        const { bytesRead } = await this.handle.read(into, got, into.byteLength - got, at + got);
-        if (bytesRead === 0) throw new Error("blob file shorter than expected");
-        got += bytesRead;
-      }
-      return into;
+      return await fillAt(this.handle, into, at, `blob file ${this.path}`);
     } finally {
       this.reading--;
       this.closeWhenIdle();
