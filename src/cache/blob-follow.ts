@@ -5,7 +5,6 @@
  * byte before the digest is verified, so a failed fetch breaks its response.
  */
 import { directStream, readingAhead, type DirectSource } from "../storage/direct-body.ts";
-import { unzeroedBytes } from "../util/buffers.ts";
 import { ChunkLeases } from "../storage/shared-chunks.ts";
 import { SPOOL_CHUNK, type SharedReader } from "./blob-plumbing.ts";
 
@@ -56,7 +55,7 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
       const index = position / SPOOL_CHUNK;
       return leases!.hand(index, from.chunks.acquire(index));
     }
-    return from.read(position, length, unzeroedBytes(length));
+    return from.read(position, length);
   };
   // Where a follower continues when it fell behind the memory window and there is no spool.
   let rest: ReadableStreamDefaultReader<Uint8Array> | null = null;

@@ -183,7 +183,7 @@ export class SharedReader {
     this.chunks.clear();
     this.reader.close().catch(() => {});
   }
-  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
-    return this.reader.read(offset, length, into);
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.reader.read(offset, length);
   }
 }

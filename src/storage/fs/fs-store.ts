@@ -184,9 +184,9 @@ class FsUpload implements BlobUpload {
  * readAheadFor() of them ahead of the consumer. The handle is closed at the end, on an error or
  * on cancel.
  */
-export function fileSource(path: string, handle: FileHandle, size: number, start: number, end: number, chunkBytes = READ_CHUNK): DirectSource {
+export function fileSource(path: string, handle: FileHandle, size: number, start: number, end: number): DirectSource {
   return sharedFileSource(path, handle, size, start, end, {
-    chunkBytes,
+    chunkBytes: READ_CHUNK,
     readAhead: () => readAheadFor(sending),
     onSending: (delta) => (sending += delta),
   });
