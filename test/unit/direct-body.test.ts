@@ -143,15 +143,13 @@ t.test("a client leaving in the middle leaves the others' bytes whole", async (t
   t.equal(openFds(), fds, "every handle closed");
 });
 
-t.test("a follower's spool reads go through a few reused buffers once sent, and never into a batch of the fetch's", async (t) => {
-  const bytes = randomBytes(12 * MiB + 5);
+/** A fetch of `bytes` that has received, spooled and verified them all, `inMemory` its window, and its spool reader. */
+async function finishedFetch(t: Tap, bytes: Uint8Array, inMemory: Followed["inMemory"]): Promise<{ fetch: Followed; reader: SharedReader }> {
   const dir = await mkdtemp(join(tmpdir(), "direct-body-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const upload = await UploadFile.create(dir, `sha256:${"a".repeat(64)}` as Digest);
   t.teardown(() => upload.remove());
   await upload.write(bytes);
-  // The first MiB is still in memory as a batch of the fetch's; the rest is read from the spool.
-  const batch = new Uint8Array(bytes.subarray(0, MiB));
   const fetch: Followed = {
     error: null,
     received: bytes.length,
@@ -159,11 +157,19 @@ t.test("a follower's spool reads go through a few reused buffers once sent, and 
     spooled: bytes.length,
     complete: true,
     releasable: () => bytes.length,
-    inMemory: (position, limit) => (position < MiB ? batch.subarray(position, Math.min(MiB, limit)) : null),
+    inMemory,
     nextChange: () => Promise.resolve(),
     restFrom: () => Promise.reject(new Error("not here")),
   };
-  const source = followSource(fetch, new SharedReader(await upload.openReader()), 0, null);
+  return { fetch, reader: new SharedReader(await upload.openReader()) };
+}
+
+t.test("a follower's spool reads go through a few reused buffers once sent, and never into a batch of the fetch's", async (t) => {
+  const bytes = randomBytes(12 * MiB + 5);
+  // The first MiB is still in memory as a batch of the fetch's; the rest is read from the spool.
+  const batch = new Uint8Array(bytes.subarray(0, MiB));
+  const { fetch, reader } = await finishedFetch(t, bytes, (position, limit) => (position < MiB ? batch.subarray(position, Math.min(MiB, limit)) : null));
+  const source = followSource(fetch, reader, 0, null);
   const spoolBuffers = new Set<ArrayBufferLike>();
   let inBatch = 0;
   const out: Buffer[] = [];
@@ -181,23 +187,7 @@ t.test("a follower's spool reads go through a few reused buffers once sent, and 
 
 t.test("twenty followers behind the window read each MiB of the spool once, and one starting mid-chunk lines up with them", async (t) => {
   const bytes = randomBytes(8 * MiB + 5);
-  const dir = await mkdtemp(join(tmpdir(), "direct-body-"));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const upload = await UploadFile.create(dir, `sha256:${"b".repeat(64)}` as Digest);
-  t.teardown(() => upload.remove());
-  await upload.write(bytes);
-  const fetch: Followed = {
-    error: null,
-    received: bytes.length,
-    written: bytes.length,
-    spooled: bytes.length,
-    complete: true,
-    releasable: () => bytes.length,
-    inMemory: () => null, // every byte is behind the memory window
-    nextChange: () => Promise.resolve(),
-    restFrom: () => Promise.reject(new Error("not here")),
-  };
-  const reader = new SharedReader(await upload.openReader());
+  const { fetch, reader } = await finishedFetch(t, bytes, () => null); // every byte is behind the memory window
   const starts = [...Array.from({ length: 20 }, () => 0), MiB + 77];
   const sources = starts.map((start) => followSource(fetch, reader, start, null));
   reader.release(); // the fetch is done with it; the followers keep it open
