@@ -8,12 +8,16 @@
  */
 import type { PartialReader } from "../storage/blob-store.ts";
 import { SharedChunks } from "../storage/shared-chunks.ts";
-import { BATCH_BYTES, BufferFiller, unzeroedBytes } from "../util/buffers.ts";
+import { BATCH_BYTES, BufferFiller, isBatch, unzeroedBytes } from "../util/buffers.ts";
 
 /** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
 const BATCH_MAX_AGE_MS = 25;
 
-/** Gathers chunks into batches of BATCH_BYTES (the last one shorter). A batch is never changed once passed on. */
+/**
+ * Gathers chunks into batches of BATCH_BYTES (the last one shorter). A batch is never changed once
+ * passed on. Chunks that are batches already (read in place by Node's upstream client, see
+ * util/buffers.ts markBatch) are passed on as they are, after any bytes gathered before them.
+ */
 export class Batcher {
   private readonly filler: BufferFiller;
   private startedAt = 0;
@@ -28,6 +32,12 @@ export class Batcher {
 
   /** Returns a promise only when the caller must wait before the next push (the batch's receiver is pacing). */
   push(chunk: Uint8Array): void | Promise<void> {
+    if (isBatch(chunk)) {
+      const partial = this.filler.takePartial();
+      if (!partial) return this.emit(chunk);
+      const before = this.emit(partial);
+      return before ? before.then(() => this.emit(chunk)) : this.emit(chunk);
+    }
     const paced = this.filler.push(chunk);
     if (paced) return paced.then(() => this.flushIfOld());
     return this.flushIfOld();

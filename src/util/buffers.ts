@@ -16,6 +16,23 @@ export function unzeroedBytes(size: number): Uint8Array {
   return Buffer.allocUnsafeSlow(size);
 }
 
+/** Buffers whose bytes, once handed on, are never written again: batches made by their reader. */
+const batchBuffers = new WeakSet<ArrayBufferLike>();
+
+/**
+ * Marks `bytes` (a fresh buffer its filler hands on in ranges, each range once and never written
+ * after) as a batch, so a Batcher passes its ranges on as they are instead of copying them.
+ */
+export function markBatch(bytes: Uint8Array): Uint8Array {
+  batchBuffers.add(bytes.buffer);
+  return bytes;
+}
+
+/** Whether `chunk` lies in a buffer marked by markBatch. */
+export function isBatch(chunk: Uint8Array): boolean {
+  return batchBuffers.has(chunk.buffer);
+}
+
 /** The bytes of `parts` one after another, in one new buffer. */
 export function concatBytes(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
   let total = 0;

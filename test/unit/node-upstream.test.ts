@@ -221,3 +221,50 @@ t.test("a refused connection is TypeError('fetch failed') with the socket error 
   t.equal((err as Error).message, "fetch failed");
   t.equal(((err as Error).cause as { code?: string }).code, "ECONNREFUSED");
 });
+
+t.test("a large body comes in batches read in place, paced by its reader, byte for byte (length and chunked)", async (t) => {
+  const body = Buffer.alloc(3 * 1024 * 1024 + 12345);
+  for (let i = 0; i < body.length; i++) body[i] = (i * 7 + (i >> 13)) & 0xff;
+  const srv = await rawServer(t, (socket, head) => {
+    if (head.includes("/chunked")) {
+      socket.write("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+      for (let at = 0; at < body.length; at += 40_000) {
+        const piece = body.subarray(at, at + 40_000);
+        socket.write(`${piece.length.toString(16)}\r\n`);
+        socket.write(piece);
+        socket.write("\r\n");
+      }
+      socket.write("0\r\n\r\n");
+    } else {
+      socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n`);
+      socket.write(body);
+    }
+  });
+  const fetch = nodeUpstreamFetch(allowAll);
+  for (const path of ["/length", "/chunked", "/length"]) {
+    const res = await fetch(`${srv.origin}${path}`);
+    const pushed = takePushed(res.body)!;
+    const chunks: Uint8Array[] = [];
+    await pushed.pipe(async (chunk) => {
+      chunks.push(Uint8Array.from(chunk)); // a copy: what it held when handed on
+      await new Promise((resolve) => setTimeout(resolve, 2)); // a reader that paces
+    });
+    t.ok(Buffer.concat(chunks).equals(body), `${path}: every byte, in order`);
+    t.ok(chunks.every((c) => c.byteLength <= 1024 * 1024), `${path}: no chunk beyond a batch`);
+  }
+  t.equal(srv.conns.length, 1, "all three over one kept-alive connection");
+});
+
+t.test("a handed-on chunk is never written again while the rest of the body arrives", async (t) => {
+  const body = Buffer.alloc(2 * 1024 * 1024, 0x61);
+  body.fill(0x62, 1024 * 1024);
+  const srv = await rawServer(t, (socket) => {
+    socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n`);
+    socket.write(body);
+  });
+  const res = await nodeUpstreamFetch(allowAll)(`${srv.origin}/blob`);
+  const held: Array<{ view: Uint8Array; copy: Buffer }> = [];
+  await takePushed(res.body)!.pipe((chunk) => void held.push({ view: chunk, copy: Buffer.from(chunk) }));
+  t.ok(held.every(({ view, copy }) => copy.equals(view)), "each chunk still holds what it held when handed on");
+  t.ok(Buffer.concat(held.map((h) => h.copy)).equals(body));
+});
