@@ -131,7 +131,7 @@ function requestHead(method: string, url: URL, headers: Record<string, string>):
   let connection = false;
   for (const [name, value] of Object.entries(headers)) {
     if (!TOKEN.test(name)) throw new TypeError(`invalid header name ${JSON.stringify(name)}`);
-    if (/[\r\n\0]/.test(value)) throw new TypeError(`invalid value for header ${name}`);
+    if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(value)) throw new TypeError(`invalid value for header ${name}`);
     const lower = name.toLowerCase();
     if (lower === "host") continue; // from the URL, always
     if (lower === "connection") connection = true;
@@ -342,6 +342,8 @@ class BodyReader {
   private settle: { resolve: () => void; reject: (err: unknown) => void } | null = null;
   private error: unknown = null;
   private pending: Promise<void> | null = null;
+  /** Filled ranges of earlier batches not handed on yet, oldest first. */
+  private readonly unsent: Uint8Array[] = [];
 
   constructor(
     private readonly framing: Framing,
@@ -383,7 +385,11 @@ class BodyReader {
   endsWithConnection(): boolean {
     if (this.framing.kind !== "close" || this.complete) return false;
     this.complete = true;
-    if (this.settle) this.endBody();
+    this.finishConnection();
+    if (this.settle) {
+      this.flush(true);
+      this.endBody();
+    }
     return true;
   }
 
@@ -428,6 +434,9 @@ class BodyReader {
   }
 
   private newBatch(): void {
+    // A full batch is handed on before the next read; should one not be yet (its reader has not
+    // come), it waits its turn here rather than be lost.
+    if (this.batch && this.filled > this.emitted) this.unsent.push(this.batch.subarray(this.emitted, this.filled));
     const size = this.framing.kind === "length" ? Math.min(BATCH_BYTES, this.remaining) : this.batch ? BATCH_BYTES : FIRST_UNKNOWN_BATCH_BYTES;
     this.batch = markBatch(unzeroedBytes(size));
     this.filled = 0;
@@ -454,22 +463,31 @@ class BodyReader {
     if (this.remaining === 0) this.complete = true;
   }
 
-  /** Hands on what is filled: when the batch is full, at the end, or when it has waited too long. */
+  /** Hands on what is filled: when the batch is full, at the end, or when it has waited too long; until the reader paces. */
   private flush(force: boolean): void {
-    const batch = this.batch;
-    if (!batch || this.filled === this.emitted || this.paused) return;
-    if (!force && this.filled < batch.byteLength && Date.now() - this.firstUnemittedAt < BATCH_MAX_AGE_MS) return;
-    const chunk = batch.subarray(this.emitted, this.filled);
-    this.emitted = this.filled;
-    let wait: void | Promise<void>;
-    try {
-      wait = this.onChunk!(chunk);
-    } catch (err) {
-      this.fail(err);
-      this.conn.abort(err);
-      return;
+    while (!this.paused && this.onChunk) {
+      let chunk = this.unsent.shift();
+      if (!chunk) {
+        const batch = this.batch;
+        if (!batch || this.filled === this.emitted) return;
+        if (!force && this.filled < batch.byteLength && Date.now() - this.firstUnemittedAt < BATCH_MAX_AGE_MS) return;
+        chunk = batch.subarray(this.emitted, this.filled);
+        this.emitted = this.filled;
+      }
+      let wait: void | Promise<void>;
+      try {
+        wait = this.onChunk(chunk);
+      } catch (err) {
+        this.fail(err);
+        this.conn.abort(err);
+        return;
+      }
+      if (wait) this.pace(wait);
     }
-    if (!wait) return;
+  }
+
+  /** The reader takes no more until `wait` settles: reading stops meanwhile. */
+  private pace(wait: Promise<void>): void {
     this.paused = true;
     const current = (this.pending = wait.then(
       () => {
@@ -496,7 +514,7 @@ class BodyReader {
 
   /** The body is complete and every byte handed on: the reader's pipe resolves once its last chunk is taken. */
   private endBody(): void {
-    if (this.filled > this.emitted || this.pending) return; // the paced chunk's settling comes back here
+    if (this.unsent.length > 0 || this.filled > this.emitted || this.pending) return; // the paced chunk's settling comes back here
     const settle = this.settle;
     this.settle = null;
     settle?.resolve();
@@ -508,13 +526,17 @@ class BodyReader {
     this.error = err;
     const settle = this.settle;
     if (!settle) return; // pipe() rejects with it
-    if (this.filled > this.emitted && !this.paused && this.onChunk) {
-      try {
-        void this.onChunk(this.batch!.subarray(this.emitted, this.filled));
-      } catch {
-        // the body fails anyway
-      }
+    if (!this.paused && this.onChunk) {
+      if (this.filled > this.emitted) this.unsent.push(this.batch!.subarray(this.emitted, this.filled));
       this.emitted = this.filled;
+      for (const chunk of this.unsent.splice(0)) {
+        try {
+          // The reader's answer no longer matters: the body fails anyway.
+          Promise.resolve(this.onChunk(chunk)).catch(() => {});
+        } catch {
+          break;
+        }
+      }
     }
     this.settle = null;
     settle.reject(err);

@@ -268,3 +268,33 @@ t.test("a handed-on chunk is never written again while the rest of the body arri
   t.ok(held.every(({ view, copy }) => copy.equals(view)), "each chunk still holds what it held when handed on");
   t.ok(Buffer.concat(held.map((h) => h.copy)).equals(body));
 });
+
+t.test("a body without a length ends with the connection, whole, also for a reader that paces", async (t) => {
+  const body = Buffer.alloc(300_000);
+  for (let i = 0; i < body.length; i++) body[i] = i % 251;
+  const srv = await rawServer(t, (socket) => {
+    socket.write("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+    socket.write(body.subarray(0, 100_000));
+    setTimeout(() => socket.end(body.subarray(100_000)), 30);
+  });
+  const fetch = nodeUpstreamFetch(allowAll);
+  for (const pacing of [false, true]) {
+    const res = await fetch(`${srv.origin}/blob`);
+    const got: Buffer[] = [];
+    await takePushed(res.body)!.pipe((chunk) => {
+      got.push(Buffer.from(chunk));
+      return pacing ? new Promise((resolve) => setTimeout(resolve, 40)) : undefined;
+    });
+    t.ok(Buffer.concat(got).equals(body), pacing ? "paced reader" : "reader that keeps up");
+  }
+  t.equal(srv.conns.length, 2, "such a connection is never reused");
+});
+
+t.test("a header value a server could split on is refused before anything is sent", async (t) => {
+  const srv = await rawServer(t, (socket) => respond(socket, "200 OK", []));
+  const fetch = nodeUpstreamFetch(allowAll);
+  for (const value of ["a\r\nx-injected: 1", "a\nb", "nul\0", "snowman \u2603"]) {
+    await t.rejects(fetch(`${srv.origin}/v2/`, { headers: { "x-token": value } }), TypeError, JSON.stringify(value));
+  }
+  t.equal(srv.conns.reduce((n, c) => n + c.heads.length, 0), 0, "no request reached the server");
+});
