@@ -36,15 +36,22 @@ export const nodeRuntime: Runtime = {
       // What a burst of requests left on the heap is collected once the process has been quiet a
       // while: one collector for every listener (a metrics scrape must not count as quiet for blobs).
       const idle = processIdleCollector();
-      server.on("request", (_req: unknown, res: ServerResponse) => {
+      // Connections with a request in progress: only those can hold up a client.
+      const busy = new WeakSet<Socket>();
+      server.on("request", (req: { socket: Socket }, res: ServerResponse) => {
         idle.begin();
-        res.once("close", () => idle.end());
+        busy.add(req.socket);
+        res.once("close", () => {
+          idle.end();
+          busy.delete(req.socket);
+        });
       });
       // Socket inactivity: a client that stops reading leaves its socket idle once the buffers fill.
-      // Closing ends every connection, which some Node versions report as a timeout: not one to log.
+      // The same event ends a kept-alive connection idle between requests (Node's keepAliveTimeout)
+      // and, in some Node versions, every connection when the server closes: neither is to log.
       let closing = false;
       (server as HttpServer).setTimeout(opts.clientTimeoutMs, (socket: Socket) => {
-        if (!closing) opts.onClientTimeout?.();
+        if (!closing && busy.has(socket)) opts.onClientTimeout?.();
         socket.destroy();
       });
       server.once("error", reject);

@@ -562,3 +562,25 @@ t.test("a client that stops reading is cut off after --client-timeout", async (t
   const again = await fetch(`${stowage.url}/v2/app/blobs/${digest}`);
   t.equal(sha256(new Uint8Array(await again.arrayBuffer())), digest, "others are still served");
 });
+
+// Node ends a kept-alive connection that stays idle between requests (its keepAliveTimeout, 5 s)
+// through the same 'timeout' event as a stuck client: that is housekeeping, not a client to report.
+t.test("a kept-alive connection left idle between requests is closed without a client-timeout warning", async (t) => {
+  const up = await startUpstream(t);
+  const stowage = await startInProcessStowage(t, ["--upstream", `local=${up.url}`, "--client-timeout", "2s"]);
+  const { connect } = await import("node:net");
+  const { port, hostname } = new URL(stowage.url);
+  const socket = connect(Number(port), hostname);
+  let answer = "";
+  socket.on("error", () => {});
+  socket.on("data", (d: Buffer) => (answer += d.toString("latin1")));
+  const closed = new Promise<number>((resolve) => {
+    const from = Date.now();
+    socket.on("close", () => resolve(Date.now() - from));
+  });
+  socket.write(`GET /v2/ HTTP/1.1\r\nhost: ${stowage.url.slice(7)}\r\n\r\n`);
+  const after = await within(15_000, "the server closes the idle connection", closed);
+  t.match(answer, /^HTTP\/1\.1 200 /, "the request was answered on it first");
+  t.ok(after >= 1500, `it was closed for being idle, after ${after} ms`);
+  t.notOk(stowage.logs.some((l) => l.includes("for --client-timeout")), "no client-timeout warning for it");
+});
