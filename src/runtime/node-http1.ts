@@ -30,6 +30,8 @@ const BATCH_MAX_AGE_MS = 25;
 const IDLE_TIMEOUT_MS = 4_000;
 /** Idle connections kept per origin. */
 const MAX_IDLE_PER_ORIGIN = 16;
+/** Origins whose TLS session is kept for resumption, as Node's https agent kept 100. */
+const MAX_TLS_SESSIONS = 100;
 
 /** A request that failed on a reused connection before any response byte: the server had closed it meanwhile. */
 export class StaleConnection extends Error {}
@@ -42,8 +44,14 @@ type Origin = { tls: boolean; name: string; port: number; key: string };
 export class Http1Client {
   private readonly idle = new Map<string, Connection[]>();
   private tls: Promise<typeof import("node:tls")> | null = null;
+  /** The latest TLS session per origin: a new connection resumes it instead of a full handshake. */
+  private readonly sessions = new Map<string, Buffer>();
 
-  constructor(private readonly guard: AddressGuard) {}
+  /** `extraCa`: certificates trusted besides Node's own (tests; operators use NODE_EXTRA_CA_CERTS). */
+  constructor(
+    private readonly guard: AddressGuard,
+    private readonly extraCa: string[] = [],
+  ) {}
 
   /**
    * Sends a request without a body; resolves once the response head is in. The signal cuts the
@@ -104,8 +112,15 @@ export class Http1Client {
         servername: net.isIP(name) ? "" : name,
         checkServerIdentity: (_host: string, cert: PeerCertificate) => tls.checkServerIdentity(name, cert),
         ALPNProtocols: ["http/1.1"],
+        session: this.sessions.get(origin.key),
+        ...(this.extraCa.length > 0 ? { ca: [...tls.rootCertificates, ...this.extraCa] } : {}),
         onread,
       } as import("node:tls").ConnectionOptions);
+      socket.on("session", (session: Buffer) => {
+        // One per origin: the map never grows beyond the upstreams (and their CDNs) in use.
+        if (this.sessions.size >= MAX_TLS_SESSIONS && !this.sessions.has(origin.key)) this.sessions.delete(this.sessions.keys().next().value!);
+        this.sessions.set(origin.key, session);
+      });
     } else {
       socket = net.connect({ host: target.address, port: origin.port, onread } as net.NetConnectOpts);
     }

@@ -298,3 +298,41 @@ t.test("a header value a server could split on is refused before anything is sen
   }
   t.equal(srv.conns.reduce((n, c) => n + c.heads.length, 0), 0, "no request reached the server");
 });
+
+t.test("over TLS: the body read in place, the certificate checked against the URL's name, and a new connection resumes the session", async (t) => {
+  const { mkdtemp, rm } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { createServer: createTlsServer } = await import("node:tls");
+  const { makeTestCa } = await import("../e2e/tls-ca.ts");
+  const { Http1Client } = await import("../../src/runtime/node-http1.ts");
+  const dir = await mkdtemp(join(tmpdir(), "stowage-tls-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const ca = await makeTestCa(dir);
+  const issued = await ca.issue("registry", ["registry.test"]);
+  const body = Buffer.alloc(2 * 1024 * 1024 + 7);
+  for (let i = 0; i < body.length; i++) body[i] = (i * 13) & 0xff;
+  const resumed: boolean[] = [];
+  const server = createTlsServer({ key: issued.key, cert: issued.cert }, (socket) => {
+    resumed.push(socket.isSessionReused());
+    socket.on("error", () => {});
+    socket.once("data", () => {
+      // Each answer closes its connection, so every request needs a new one.
+      socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n`);
+      socket.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const port = (server.address() as { port: number }).port;
+  const client = new Http1Client(async () => ({ address: "127.0.0.1", family: 4 }), [ca.caPem]);
+  for (let i = 0; i < 3; i++) {
+    const res = await client.request(new URL(`https://registry.test:${port}/v2/blob`), "GET", {});
+    const got: Buffer[] = [];
+    await res.body!.pipe((chunk) => void got.push(Buffer.from(chunk)));
+    t.ok(Buffer.concat(got).equals(body), `request ${i + 1}: every byte`);
+  }
+  t.same(resumed, [false, true, true], "the second and third connections resumed the first one's session");
+  const wrongName = await client.request(new URL(`https://elsewhere.test:${port}/v2/blob`), "GET", {}).catch((e: Error) => e);
+  t.match(String((wrongName as Error).message), /elsewhere\.test|altnames|certificate/i, "a certificate for another name is refused");
+});
