@@ -7,6 +7,7 @@ import { digestAlgorithm, digestHex, type Digest } from "../registry/reference.t
 import type { BlobStore, BlobUpload } from "../storage/blob-store.ts";
 import type { UpstreamReply } from "../upstream/client.ts";
 import { UpstreamError } from "../upstream/upstream-error.ts";
+import { holdUntil } from "../util/batch-pool.ts";
 import { contentLength } from "../util/http-headers.ts";
 import { checkReceivedBytes, DEFAULT_MAX_BLOB_BYTES, refuseDeclaredSize, type Shortage, SpoolRoom } from "./blob-bounds.ts";
 import { followFetch } from "./blob-follow.ts";
@@ -270,13 +271,14 @@ export class BlobFetch {
       // completion is awaited later, in order, by the writer. Once spooling
       // stopped, bytes only go to the hasher and the clients.
       const spooling = this.room.stoppedAt === null && upload !== null;
-      const stored = !spooling ? Promise.resolve() : upload.write(chunk).catch((cause) => {
+      // The store and the hasher may keep the chunk until their promises settle: its batch is held till then.
+      const stored = !spooling ? Promise.resolve() : holdUntil(chunk, upload.write(chunk)).catch((cause) => {
         throw new StoreError(`the blob store failed to write ${this.digest}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
       });
-      if (!hashesSpool) return Promise.all([stored, hasher.update(chunk)]).then(() => {});
+      if (!hashesSpool) return Promise.all([stored, holdUntil(chunk, hasher.update(chunk))]).then(() => {});
       // Spooled bytes are hashed from the spool once written (below). Bytes past where spooling
       // stopped go to the hasher as they are, after every spooled byte before them.
-      return spooling ? stored : writer.previous.then(() => hasher.update(chunk));
+      return spooling ? stored : holdUntil(chunk, writer.previous.then(() => hasher.update(chunk)));
     }, (chunk) => {
       const at = this.written;
       this.written += chunk.byteLength;

@@ -6,6 +6,7 @@
  */
 import { directStream, readingAhead, type DirectSource } from "../storage/direct-body.ts";
 import { ChunkLeases } from "../storage/shared-chunks.ts";
+import { type BatchHold, holdBatch } from "../util/batch-pool.ts";
 import { SPOOL_CHUNK, type SharedReader } from "./blob-plumbing.ts";
 
 /** What a follower reads of the fetch it follows. */
@@ -38,7 +39,9 @@ export function followFetch(fetch: Followed, reader: SharedReader | null, start:
 }
 
 /**
- * The follower's reads. Memory chunks are the fetch's shared batches, never recycled. Behind the
+ * The follower's reads. Memory chunks are views of the fetch's batches, each held (see
+ * util/batch-pool.ts) until it comes back through `recycle` (Node, once the socket took it); one
+ * that never does (a web stream's: forget) pins its batch, which is then never reused. Behind the
  * memory window, each whole aligned MiB of the spool is read once for every follower that wants
  * it (SharedReader.chunks); a runtime that sends the source itself hands those back (recycle), so
  * twenty followers of a cold blob send from a few buffers instead of leaving a fresh 1 MiB per
@@ -50,6 +53,8 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
   let position = start;
   let released = false;
   const leases = reader && new ChunkLeases(reader.chunks);
+  // Memory chunks out with a hold on their batch, by identity (each read gives a view of its own).
+  const lent = new Map<Uint8Array, BatchHold>();
   const spoolRead = (from: SharedReader, length: number) => {
     if (length === SPOOL_CHUNK && position % SPOOL_CHUNK === 0) {
       const index = position / SPOOL_CHUNK;
@@ -64,6 +69,8 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
       released = true;
       leases?.releaseAll();
       reader?.release();
+      // Chunks still out may yet be written by the runtime: their batches stay pinned, never reused.
+      lent.clear();
     }
     rest?.cancel().catch(() => {});
   };
@@ -87,7 +94,15 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
           const limit = Math.min(stop, fetch.releasable());
           if (position < limit) {
             const spooled = fetch.spooled;
-            const chunk = fetch.inMemory(position, limit) ??
+            const recent = fetch.inMemory(position, limit);
+            if (recent) {
+              // Held at once: the window lets go of its batches as the download moves on.
+              const hold = holdBatch(recent);
+              if (hold) lent.set(recent, hold);
+              position += recent.byteLength;
+              return recent;
+            }
+            const chunk =
               // Up to the next chunk boundary, so that a follower cut short by the live edge lines up again.
               (reader && position < spooled ? await spoolRead(reader, Math.min(SPOOL_CHUNK - (position % SPOOL_CHUNK), limit - position, spooled - position)) : null);
             if (chunk) {
@@ -113,8 +128,16 @@ export function followSource(fetch: Followed, reader: SharedReader | null, start
         throw err;
       }
     },
-    recycle: (chunk) => void leases?.giveBack(chunk, true),
-    forget: (chunk) => void leases?.giveBack(chunk, false),
+    recycle: (chunk) => {
+      const hold = lent.get(chunk);
+      if (!hold) return void leases?.giveBack(chunk, true);
+      lent.delete(chunk);
+      hold.release();
+    },
+    forget: (chunk) => {
+      if (lent.delete(chunk)) return; // kept by its reader: the batch stays pinned
+      leases?.giveBack(chunk, false);
+    },
     cancel: release,
   };
 }

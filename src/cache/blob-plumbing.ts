@@ -8,6 +8,7 @@
  */
 import type { PartialReader } from "../storage/blob-store.ts";
 import { SharedChunks } from "../storage/shared-chunks.ts";
+import { type BatchHold, holdBatch } from "../util/batch-pool.ts";
 import { BATCH_BYTES, BufferFiller, isBatch, unzeroedBytes } from "../util/buffers.ts";
 
 /** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
@@ -36,7 +37,10 @@ export class Batcher {
       const partial = this.filler.takePartial();
       if (!partial) return this.emit(chunk);
       const before = this.emit(partial);
-      return before ? before.then(() => this.emit(chunk)) : this.emit(chunk);
+      if (!before) return this.emit(chunk);
+      // Kept past this call: held until handed on (see util/batch-pool.ts).
+      const hold = holdBatch(chunk);
+      return before.then(() => this.emitHeld(chunk, hold));
     }
     const paced = this.filler.push(chunk);
     if (paced) return paced.then(() => this.flushIfOld());
@@ -45,6 +49,14 @@ export class Batcher {
 
   async end(): Promise<void> {
     await this.flush();
+  }
+
+  private emitHeld(chunk: Uint8Array, hold: BatchHold | null): void | Promise<void> {
+    try {
+      return this.emit(chunk);
+    } finally {
+      hold?.release();
+    }
   }
 
   private flushIfOld(): void | Promise<void> {
@@ -78,17 +90,22 @@ export class OrderedWriter {
 
   /** Returns a promise only when the caller must wait (MAX_UNWRITTEN_BYTES in flight); a failure surfaces there or at `end`. */
   push(chunk: Uint8Array): void | Promise<void> {
-    if (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) return this.drainThenPush(chunk);
+    if (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) return this.drainThenPush(chunk, holdBatch(chunk));
     this.startNow(chunk);
   }
 
-  private async drainThenPush(chunk: Uint8Array): Promise<void> {
-    while (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) {
-      const oldest = this.inFlight.shift()!;
-      await oldest.settled;
-      this.unwritten -= oldest.bytes;
+  /** Waits for room, then starts `chunk`; `hold` keeps its batch meanwhile (`start` takes holds of its own). */
+  private async drainThenPush(chunk: Uint8Array, hold: BatchHold | null): Promise<void> {
+    try {
+      while (this.unwritten >= MAX_UNWRITTEN_BYTES && this.inFlight.length > 0) {
+        const oldest = this.inFlight.shift()!;
+        await oldest.settled;
+        this.unwritten -= oldest.bytes;
+      }
+      this.startNow(chunk);
+    } finally {
+      hold?.release();
     }
-    this.startNow(chunk);
   }
 
   private startNow(chunk: Uint8Array): void {
@@ -118,14 +135,14 @@ export class OrderedWriter {
  */
 export class ByteWindow {
   /** Contiguous and ordered by offset. */
-  private chunks: Array<{ start: number; bytes: Uint8Array }> = [];
+  private chunks: Array<{ start: number; bytes: Uint8Array; hold: BatchHold | null }> = [];
   private bytes = 0;
 
   constructor(private readonly keepBytes: number) {}
 
   /** Adds the chunk at offset `start` (the end of the previous one). */
   append(start: number, chunk: Uint8Array): void {
-    this.chunks.push({ start, bytes: chunk });
+    this.chunks.push({ start, bytes: chunk, hold: holdBatch(chunk) });
     this.bytes += chunk.byteLength;
   }
 
@@ -138,6 +155,7 @@ export class ByteWindow {
       if (oldest.start + oldest.bytes.byteLength > written) return; // not on disk yet: keep
       this.chunks.shift();
       this.bytes -= oldest.bytes.byteLength;
+      oldest.hold?.release();
     }
   }
 
@@ -157,6 +175,7 @@ export class ByteWindow {
   }
 
   clear(): void {
+    for (const c of this.chunks) c.hold?.release();
     this.chunks = [];
     this.bytes = 0;
   }

@@ -10,6 +10,7 @@
 import * as net from "node:net";
 import type { PeerCertificate } from "node:tls";
 import { ChunkedDecoder, headEnd, parseResponseHead, ResponseParseError, type Framing, type ResponseHead } from "../http/http1-response.ts";
+import { batchPool, type BatchHold } from "../util/batch-pool.ts";
 import { BATCH_BYTES, markBatch, unzeroedBytes } from "../util/buffers.ts";
 import { unbracketed } from "../util/ip.ts";
 import type { PushedBody } from "../util/streams.ts";
@@ -357,8 +358,10 @@ class BodyReader {
   private settle: { resolve: () => void; reject: (err: unknown) => void } | null = null;
   private error: unknown = null;
   private pending: Promise<void> | null = null;
-  /** Filled ranges of earlier batches not handed on yet, oldest first. */
-  private readonly unsent: Uint8Array[] = [];
+  /** Filled ranges of earlier batches not handed on yet, oldest first, each with the reader's hold on its batch. */
+  private readonly unsent: Array<{ chunk: Uint8Array; hold: BatchHold | null }> = [];
+  /** The reader's hold on the current batch (pooled ones: see util/batch-pool.ts), released once it moved on. */
+  private hold: BatchHold | null = null;
 
   constructor(
     private readonly framing: Framing,
@@ -451,9 +454,17 @@ class BodyReader {
   private newBatch(): void {
     // A full batch is handed on before the next read; should one not be yet (its reader has not
     // come), it waits its turn here rather than be lost.
-    if (this.batch && this.filled > this.emitted) this.unsent.push(this.batch.subarray(this.emitted, this.filled));
+    if (this.batch && this.filled > this.emitted) this.unsent.push({ chunk: this.batch.subarray(this.emitted, this.filled), hold: this.hold });
+    else this.hold?.release();
+    this.hold = null;
     const size = this.framing.kind === "length" ? Math.min(BATCH_BYTES, this.remaining) : this.batch ? BATCH_BYTES : FIRST_UNKNOWN_BATCH_BYTES;
-    this.batch = markBatch(unzeroedBytes(size));
+    if (size === BATCH_BYTES) {
+      // Whoever keeps a chunk of it takes a hold of their own while it is handed over.
+      this.hold = batchPool.take();
+      this.batch = this.hold.bytes;
+    } else {
+      this.batch = markBatch(unzeroedBytes(size));
+    }
     this.filled = 0;
     this.emitted = 0;
   }
@@ -481,7 +492,8 @@ class BodyReader {
   /** Hands on what is filled: when the batch is full, at the end, or when it has waited too long; until the reader paces. */
   private flush(force: boolean): void {
     while (!this.paused && this.onChunk) {
-      let chunk = this.unsent.shift();
+      const queued = this.unsent.shift();
+      let chunk = queued?.chunk;
       if (!chunk) {
         const batch = this.batch;
         if (!batch || this.filled === this.emitted) return;
@@ -493,10 +505,13 @@ class BodyReader {
       try {
         wait = this.onChunk(chunk);
       } catch (err) {
+        queued?.hold?.release();
         this.fail(err);
         this.conn.abort(err);
         return;
       }
+      // Its takers hold it now, if they keep it.
+      queued?.hold?.release();
       if (wait) this.pace(wait);
     }
   }
@@ -532,6 +547,7 @@ class BodyReader {
     if (this.unsent.length > 0 || this.filled > this.emitted || this.pending) return; // the paced chunk's settling comes back here
     const settle = this.settle;
     this.settle = null;
+    this.releaseHolds();
     settle?.resolve();
   }
 
@@ -540,11 +556,10 @@ class BodyReader {
     if (this.error !== null) return;
     this.error = err;
     const settle = this.settle;
-    if (!settle) return; // pipe() rejects with it
-    if (!this.paused && this.onChunk) {
-      if (this.filled > this.emitted) this.unsent.push(this.batch!.subarray(this.emitted, this.filled));
+    if (settle && !this.paused && this.onChunk) {
+      if (this.filled > this.emitted) this.unsent.push({ chunk: this.batch!.subarray(this.emitted, this.filled), hold: null });
       this.emitted = this.filled;
-      for (const chunk of this.unsent.splice(0)) {
+      for (const { chunk } of this.unsent) {
         try {
           // The reader's answer no longer matters: the body fails anyway.
           Promise.resolve(this.onChunk(chunk)).catch(() => {});
@@ -553,7 +568,16 @@ class BodyReader {
         }
       }
     }
+    this.releaseHolds();
+    if (!settle) return; // pipe() rejects with it
     this.settle = null;
     settle.reject(err);
+  }
+
+  /** The reader is done with its batches (their takers hold what they keep). */
+  private releaseHolds(): void {
+    for (const { hold } of this.unsent.splice(0)) hold?.release();
+    this.hold?.release();
+    this.hold = null;
   }
 }

@@ -255,7 +255,8 @@ t.test("a large body comes in batches read in place, paced by its reader, byte f
   t.equal(srv.conns.length, 1, "all three over one kept-alive connection");
 });
 
-t.test("a handed-on chunk is never written again while the rest of the body arrives", async (t) => {
+t.test("a handed-on chunk its reader holds is never written again while the rest of the body arrives", async (t) => {
+  const { holdBatch } = await import("../../src/util/batch-pool.ts");
   const body = Buffer.alloc(2 * 1024 * 1024, 0x61);
   body.fill(0x62, 1024 * 1024);
   const srv = await rawServer(t, (socket) => {
@@ -263,10 +264,13 @@ t.test("a handed-on chunk is never written again while the rest of the body arri
     socket.write(body);
   });
   const res = await nodeUpstreamFetch(allowAll)(`${srv.origin}/blob`);
-  const held: Array<{ view: Uint8Array; copy: Buffer }> = [];
-  await takePushed(res.body)!.pipe((chunk) => void held.push({ view: chunk, copy: Buffer.from(chunk) }));
+  const held: Array<{ view: Uint8Array; copy: Buffer; hold: ReturnType<typeof holdBatch> }> = [];
+  // Kept past the call: held, as every keeper of a batch must (util/batch-pool.ts).
+  await takePushed(res.body)!.pipe((chunk) => void held.push({ view: chunk, copy: Buffer.from(chunk), hold: holdBatch(chunk) }));
+  t.ok(held.every(({ hold }) => hold !== null), "a body this large comes in pooled batches");
   t.ok(held.every(({ view, copy }) => copy.equals(view)), "each chunk still holds what it held when handed on");
   t.ok(Buffer.concat(held.map((h) => h.copy)).equals(body));
+  for (const h of held) h.hold!.release();
 });
 
 t.test("a body without a length ends with the connection, whole, also for a reader that paces", async (t) => {
