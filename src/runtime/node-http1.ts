@@ -5,11 +5,11 @@
  * node:http read into a fresh 64 KiB buffer per read, copied every body chunk once more in its
  * parser and again into a batch: about 1.6 s of main-thread CPU per GiB here, against 0.2 s for
  * reads into one reused buffer. Heads and the chunked coding are parsed strictly by
- * http/http1-response.ts; connections go only where the guard says and are kept alive per origin.
+ * util/http1-response.ts; connections go only where the guard says and are kept alive per origin.
  */
 import * as net from "node:net";
 import type { PeerCertificate } from "node:tls";
-import { ChunkedDecoder, headEnd, parseResponseHead, ResponseParseError, type Framing, type ResponseHead } from "../http/http1-response.ts";
+import { ChunkedDecoder, headEnd, parseResponseHead, ResponseParseError, type Framing, type ResponseHead } from "../util/http1-response.ts";
 import { batchPool, type BatchHold } from "../util/batch-pool.ts";
 import { BATCH_BYTES, markBatch, unzeroedBytes } from "../util/buffers.ts";
 import { unbracketed } from "../util/ip.ts";

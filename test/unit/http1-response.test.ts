@@ -1,7 +1,7 @@
-// The strict HTTP/1.1 response parsing of src/http/http1-response.ts, on tables of heads and
+// The strict HTTP/1.1 response parsing of src/util/http1-response.ts, on tables of heads and
 // chunked bodies as real servers (and hostile ones) send them.
 import t from "tap";
-import { ChunkedDecoder, headEnd, parseResponseHead, ResponseParseError } from "../../src/http/http1-response.ts";
+import { ChunkedDecoder, headEnd, parseResponseHead, ResponseParseError } from "../../src/util/http1-response.ts";
 
 const bytes = (s: string) => Buffer.from(s, "latin1");
 
