@@ -16,6 +16,7 @@
  */
 
 import { concatBytes } from "../util/buffers.ts";
+import { isFieldValue } from "../util/http1-response.ts";
 
 /** RFC 9110 token characters: what a header name and a method may contain. */
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -251,7 +252,7 @@ export class LeanResponse extends LeanBody implements Response {
     const status = init.status ?? 200;
     if (!Number.isInteger(status) || status < 200 || status > 599) throw new RangeError(`Response: status ${status} is outside 200-599`);
     const statusText = init.statusText ?? "";
-    if (/[^\t\x20-\x7e\x80-\xff]/.test(statusText)) throw new TypeError("Response: invalid statusText");
+    if (!isFieldValue(statusText)) throw new TypeError("Response: invalid statusText");
     this.status = status;
     this.statusText = statusText;
     this.headers = new LeanHeaders(init.headers as HeadersInput);

@@ -11,6 +11,7 @@
  */
 import * as net from "node:net";
 import type { PeerCertificate } from "node:tls";
+import { isFieldValue, isToken } from "../util/http1-response.ts";
 import { unbracketed } from "../util/ip.ts";
 import { Connection, StaleConnection } from "./node-http1-connection.ts";
 import type { Http1Response } from "./node-http1-connection.ts";
@@ -127,16 +128,14 @@ function originOf(url: URL): Origin {
   return { tls, name, port, key: `${url.protocol}//${name}:${port}` };
 }
 
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-
-/** The request head; a header Node's client would refuse (a bad name, CR, LF or NUL in a value) is refused here too. */
+/** The request head; a header Node's client would refuse (a bad name; CR, LF, NUL or a character beyond latin1 in a value) is refused here too. */
 function requestHead(method: string, url: URL, headers: Record<string, string>): string {
-  if (!TOKEN.test(method)) throw new TypeError(`invalid HTTP method ${JSON.stringify(method)}`);
+  if (!isToken(method)) throw new TypeError(`invalid HTTP method ${JSON.stringify(method)}`);
   let head = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
   let connection = false;
   for (const [name, value] of Object.entries(headers)) {
-    if (!TOKEN.test(name)) throw new TypeError(`invalid header name ${JSON.stringify(name)}`);
-    if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(value)) throw new TypeError(`invalid value for header ${name}`);
+    if (!isToken(name)) throw new TypeError(`invalid header name ${JSON.stringify(name)}`);
+    if (!isFieldValue(value)) throw new TypeError(`invalid value for header ${name}`);
     const lower = name.toLowerCase();
     if (lower === "host") continue; // from the URL, always
     if (lower === "connection") connection = true;

@@ -42,6 +42,12 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 // Field values: visible characters, obs-text, spaces and tabs; no other control character.
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 
+/** A token (RFC 9110): a method or a field name. */
+export const isToken = (s: string): boolean => TOKEN.test(s);
+
+/** Characters a field value (or a reason phrase) may hold: no CR, LF, NUL or other control but tab. */
+export const isFieldValue = (s: string): boolean => FIELD_VALUE.test(s);
+
 /**
  * Parses a response head: `head` is its bytes as latin1, without the blank line that ends it.
  * `method` is the request's (a HEAD response has no body whatever its fields say).
@@ -61,9 +67,9 @@ export function parseResponseHead(head: string, method: string): ResponseHead {
     if (line.startsWith(" ") || line.startsWith("\t")) throw new ResponseParseError("a folded header line (obsolete line folding is refused)");
     const colon = line.indexOf(":");
     const name = colon > 0 ? line.slice(0, colon) : "";
-    if (!TOKEN.test(name)) throw new ResponseParseError(`malformed header line ${JSON.stringify(line.slice(0, 80))}`);
+    if (!isToken(name)) throw new ResponseParseError(`malformed header line ${JSON.stringify(line.slice(0, 80))}`);
     const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
-    if (!FIELD_VALUE.test(value)) throw new ResponseParseError(`header ${name} has a control character in its value`);
+    if (!isFieldValue(value)) throw new ResponseParseError(`header ${name} has a control character in its value`);
     headers.push([name.toLowerCase(), value]);
   }
   const values = (name: string) => headers.filter(([n]) => n === name).map(([, v]) => v);
@@ -149,8 +155,9 @@ export class ChunkedDecoder {
           const line = this.line.slice(0, -1);
           this.line = "";
           if (this.state === "trailer") {
+            const colon = line.indexOf(":");
             if (line === "") this.ended = true;
-            else if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(line)) throw new ResponseParseError("malformed trailer field");
+            else if (colon < 1 || !isToken(line.slice(0, colon)) || !isFieldValue(line.slice(colon + 1))) throw new ResponseParseError("malformed trailer field");
             break;
           }
           this.left = chunkSize(line);
