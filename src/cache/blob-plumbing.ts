@@ -9,10 +9,7 @@
 import type { PartialReader } from "../storage/blob-store.ts";
 import { SharedChunks } from "../storage/shared-chunks.ts";
 import { type BatchHold, holdBatch } from "../util/batch-pool.ts";
-import { BATCH_BYTES, BufferFiller, isBatch, unzeroedBytes } from "../util/buffers.ts";
-
-/** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
-const BATCH_MAX_AGE_MS = 25;
+import { BATCH_BYTES, BATCH_MAX_AGE_MS, BufferFiller, isBatch, unzeroedBytes } from "../util/buffers.ts";
 
 /**
  * Gathers chunks into batches of BATCH_BYTES (the last one shorter). A batch is never changed once

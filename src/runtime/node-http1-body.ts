@@ -3,14 +3,12 @@
  * handed on as views; see the class.
  */
 import { batchPool, type BatchHold } from "../util/batch-pool.ts";
-import { BATCH_BYTES, markBatch, unzeroedBytes } from "../util/buffers.ts";
+import { BATCH_BYTES, BATCH_MAX_AGE_MS, markBatch, unzeroedBytes } from "../util/buffers.ts";
 import { ChunkedDecoder, type Framing } from "../util/http1-response.ts";
 import type { PushedBody } from "../util/streams.ts";
 
 /** The first batch of a body of unknown length: most such bodies are small (a chunked manifest). */
 const FIRST_UNKNOWN_BATCH_BYTES = 64 * 1024;
-/** A partly filled batch older than this is handed on anyway, so a slow upstream still reaches clients promptly. */
-const BATCH_MAX_AGE_MS = 25;
 
 /**
  * One response body, read into batches: fresh buffers of BATCH_BYTES (smaller for a short body)

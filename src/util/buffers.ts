@@ -6,6 +6,9 @@ import { Buffer } from "node:buffer";
  */
 export const BATCH_BYTES = 1024 * 1024;
 
+/** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
+export const BATCH_MAX_AGE_MS = 25;
+
 /**
  * `size` bytes of fresh memory that is NOT zeroed, for buffers the caller fills completely
  * before anyone reads them (batches, file reads, upload parts): zero-filling every new 1 MiB
