@@ -11,8 +11,8 @@ import type { PushedBody } from "../util/streams.ts";
 const FIRST_UNKNOWN_BATCH_BYTES = 64 * 1024;
 
 /**
- * One response body, read into batches: fresh buffers of BATCH_BYTES (smaller for a short body)
- * that socket reads fill in place and that are handed on as views, each range once, never
+ * One response body, read into batches: BATCH_BYTES buffers from the batch pool (fresh, smaller
+ * ones for a short body) that socket reads fill in place and that are handed on as views, each range once, never
  * written again after. The batch buffers are marked (markBatch) so a batcher passes them on as
  * they are.
  */

@@ -93,8 +93,9 @@ export class Connection {
   private headBytes(n: number): void {
     this.scratchUsed += n;
     const end = headEnd(this.scratch, this.scratchUsed, this.searched);
-    if (end === -1 || end > MAX_RESPONSE_HEAD_BYTES + 4) {
-      if (this.scratchUsed > MAX_RESPONSE_HEAD_BYTES + 4) throw new ResponseParseError(`response head larger than ${MAX_RESPONSE_HEAD_BYTES} bytes`);
+    // The head and the blank line after it: at most MAX_RESPONSE_HEAD_BYTES + 4 bytes.
+    if ((end === -1 ? this.scratchUsed : end) > MAX_RESPONSE_HEAD_BYTES + 4) throw new ResponseParseError(`response head larger than ${MAX_RESPONSE_HEAD_BYTES} bytes`);
+    if (end === -1) {
       this.searched = this.scratchUsed;
       return;
     }
@@ -155,12 +156,7 @@ export class Connection {
   private fail(err: unknown): void {
     if (this.phase === "closed") return;
     const phase = this.phase;
-    this.phase = "closed";
-    this.signal?.removeEventListener("abort", this.onAbort);
-    this.socket?.destroy();
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.onIdleEnd?.();
-    this.onIdleEnd = null;
+    this.destroy();
     if (phase === "head" && this.onHead) {
       const waiter = this.onHead;
       this.onHead = null;
@@ -175,6 +171,7 @@ export class Connection {
   destroy(): void {
     if (this.phase === "closed") return;
     this.phase = "closed";
+    this.signal?.removeEventListener("abort", this.onAbort);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.onIdleEnd?.();
     this.onIdleEnd = null;
