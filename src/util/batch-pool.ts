@@ -12,7 +12,7 @@
  * pins the batch: the pool never sees it again and the garbage collector has it. Pinning is
  * always safe; releasing early never is.
  */
-import { BATCH_BYTES, markBatch, unzeroedBytes } from "./buffers.ts";
+import { BATCH_BYTES, BufferPool, markBatch } from "./buffers.ts";
 
 /** Spare batches kept at most: one download's working set (8 MiB unwritten, the 4 MiB window, sends). */
 const SPARE_BATCHES = 16;
@@ -71,7 +71,7 @@ export function holdUntil<T>(chunk: Uint8Array, work: Promise<T>): Promise<T> {
 }
 
 export class BatchPool {
-  private readonly spare: Batch[] = [];
+  private readonly spare: BufferPool;
   private lastTake = 0;
   private idleTimer: ReturnType<typeof setTimeout> | null = null;
   /** Batches allocated fresh, and taken from the spares (for tests; the counts only grow). */
@@ -80,19 +80,22 @@ export class BatchPool {
 
   constructor(
     readonly size = BATCH_BYTES,
-    private readonly max = SPARE_BATCHES,
+    max = SPARE_BATCHES,
     private readonly idleMs = IDLE_CLEAR_MS,
-  ) {}
+  ) {
+    this.spare = new BufferPool(size, max);
+  }
 
   /** A batch to fill, with the first hold on it (the taker's). Its buffer is marked (markBatch). */
   take(): BatchHold {
     this.lastTake = Date.now();
-    let batch = this.spare.pop();
+    const bytes = this.spare.take();
+    let batch = batchOf.get(bytes.buffer);
     if (batch) {
       this.reused++;
     } else {
-      batch = new Batch(markBatch(unzeroedBytes(this.size)), this);
-      batchOf.set(batch.bytes.buffer, batch);
+      batch = new Batch(markBatch(bytes), this);
+      batchOf.set(bytes.buffer, batch);
       this.allocated++;
     }
     return new BatchHold(batch);
@@ -100,18 +103,17 @@ export class BatchPool {
 
   /** Spare batches now (for tests). */
   get spares(): number {
-    return this.spare.length;
+    return this.spare.spares;
   }
 
   /** Drops every spare batch. */
   clear(): void {
-    this.spare.length = 0;
+    this.spare.clear();
   }
 
-  /** The last holder let go (BatchHold.release). */
+  /** The last holder let go (BatchHold.release); the spares are bounded. */
   give(batch: Batch): void {
-    if (this.spare.length >= this.max) return;
-    this.spare.push(batch);
+    this.spare.give(batch.bytes.buffer);
     this.idleTimer ??= this.armIdle();
   }
 
@@ -119,7 +121,7 @@ export class BatchPool {
     const timer = setTimeout(() => {
       this.idleTimer = null;
       if (Date.now() - this.lastTake >= this.idleMs) this.clear();
-      else if (this.spare.length > 0) this.idleTimer = this.armIdle();
+      else if (this.spare.spares > 0) this.idleTimer = this.armIdle();
     }, this.idleMs);
     // Spare buffers never keep the process alive.
     (timer as { unref?: () => void }).unref?.();

@@ -78,6 +78,11 @@ export class BufferPool {
   clear(): void {
     this.spare.length = 0;
   }
+
+  /** Spare buffers held now. */
+  get spares(): number {
+    return this.spare.length;
+  }
 }
 
 /**
