@@ -116,7 +116,7 @@ export class BlobCache {
     const { kv } = this.deps;
     const what = `blob ${digest} of ${source.client.upstream.name}/${source.repo}`;
     const linked = await isLinked(kv, source, digest);
-    const record = await kv.read(kvKeys.blob(digest), BlobRecord);
+    const record = await kv.readRecent(kvKeys.blob(digest), BlobRecord);
     let storeFailing = false;
     // Offline, the records prefill and import wrote are the authority: a blob this repository has
     // no link to is refused rather than confirmed upstream (the client would refuse to ask anyway).

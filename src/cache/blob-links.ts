@@ -14,7 +14,7 @@ import { LinkRecord } from "./records.ts";
 
 /** Whether the upstream already confirmed that this repository has the blob. */
 export async function isLinked(kv: TypedKv, source: FetchSource, digest: Digest): Promise<boolean> {
-  return (await kv.read(kvKeys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
+  return (await kv.readRecent(kvKeys.link(source.client.upstream.name, source.repo, digest), LinkRecord)) !== null;
 }
 
 /**

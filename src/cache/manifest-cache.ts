@@ -89,7 +89,7 @@ export class ManifestCache {
     const { kv, tagTtlMs } = this.deps;
     const name = source.client.upstream.name;
     const tagKey = kvKeys.tag(name, source.repo, tag);
-    const record = await kv.read(tagKey, TagRecord);
+    const record = await kv.readRecent(tagKey, TagRecord);
     const cached = record ? await this.cached(source, record.digest, log) : null;
     if (!record || !cached) return this.fetch(source, tag, null, log);
     // Offline, what prefill or import stored is the answer, whatever its age: there is no one to ask.
@@ -220,7 +220,7 @@ export class ManifestCache {
   /** The cached manifest of this repository, if both its record and its bytes are still there. */
   private async cached(source: FetchSource, digest: Digest, log: Logger): Promise<Cached | null> {
     const { kv, store } = this.deps;
-    const record = await kv.read(kvKeys.manifest(source.client.upstream.name, source.repo, digest), ManifestRecord);
+    const record = await kv.readRecent(kvKeys.manifest(source.client.upstream.name, source.repo, digest), ManifestRecord);
     if (!record) return null;
     let bytes = this.lru.get(digest);
     if (!bytes) {

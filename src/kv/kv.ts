@@ -1,5 +1,6 @@
 import type { z } from "zod";
 import { kvKeys } from "./keys.ts";
+import { keyId, RecentReads } from "./recent-reads.ts";
 
 /** Key parts allowed by Deno KV (and the @deno/kv polyfill). */
 export type KvKeyPart = string | number | bigint | boolean | Uint8Array;
@@ -33,13 +34,27 @@ export interface KvAtomic {
  * rather than trusted.
  */
 export class TypedKv {
-  constructor(private readonly raw: Kv) {}
+  private readonly recent: RecentReads;
+
+  constructor(private readonly raw: Kv, opts: { recent?: RecentReads } = {}) {
+    this.recent = opts.recent ?? new RecentReads();
+  }
 
   async read<S extends z.ZodType>(key: KvKey, schema: S): Promise<z.infer<S> | null> {
     const entry = await this.raw.get(key);
     if (entry.value === null) return null;
     const parsed = schema.safeParse(entry.value);
     return parsed.success ? parsed.data : null;
+  }
+
+  /**
+   * Like `read`, for the records every cached pull reads again: one read within the last second
+   * answers (see kv/recent-reads.ts). Another instance's change shows within that second; this
+   * process's own writes at once. Not for read-modify-write or for checks before a removal: those
+   * use `read`. The value is shared between callers and must not be changed.
+   */
+  readRecent<S extends z.ZodType>(key: KvKey, schema: S): Promise<z.infer<S> | null> {
+    return this.recent.read(keyId(key), schema, () => this.read(key, schema));
   }
 
   /** Like `read`, also returning the versionstamp for a later compare-and-set. */
@@ -55,11 +70,11 @@ export class TypedKv {
 
   /** `expireInMs` lets KV reclaim the record eventually; callers still check their own timestamps (KV expiry is lazy). */
   async write(key: KvKey, value: unknown, expireInMs?: number): Promise<void> {
-    await this.raw.set(key, value, expireInMs === undefined ? undefined : { expireIn: expireInMs });
+    await this.changing(key, () => this.raw.set(key, value, expireInMs === undefined ? undefined : { expireIn: expireInMs }));
   }
 
   async remove(key: KvKey): Promise<void> {
-    await this.raw.delete(key);
+    await this.changing(key, () => this.raw.delete(key));
   }
 
   /**
@@ -67,17 +82,19 @@ export class TypedKv {
    * (null: the record must be absent). The new versionstamp, or null if the record changed meanwhile.
    */
   async writeIfUnchanged(key: KvKey, expected: string | null, value: unknown, expireInMs?: number): Promise<string | null> {
-    const result = await this.raw
-      .atomic()
-      .check({ key, versionstamp: expected })
-      .set(key, value, expireInMs === undefined ? undefined : { expireIn: expireInMs })
-      .commit();
+    const result = await this.changing(key, () =>
+      this.raw
+        .atomic()
+        .check({ key, versionstamp: expected })
+        .set(key, value, expireInMs === undefined ? undefined : { expireIn: expireInMs })
+        .commit()
+    );
     return result.ok ? (result.versionstamp ?? null) : null;
   }
 
   /** Deletes only if the record's versionstamp is still `expected`; whether it did. */
   async removeIfUnchanged(key: KvKey, expected: string): Promise<boolean> {
-    return (await this.raw.atomic().check({ key, versionstamp: expected }).delete(key).commit()).ok;
+    return (await this.changing(key, () => this.raw.atomic().check({ key, versionstamp: expected }).delete(key).commit())).ok;
   }
 
   /** The records under `prefix` that pass `schema` (others are skipped, as `read` treats them as absent). */
@@ -85,6 +102,17 @@ export class TypedKv {
     for await (const entry of this.raw.list({ prefix })) {
       const parsed = schema.safeParse(entry.value);
       if (parsed.success) yield { key: entry.key, value: parsed.data };
+    }
+  }
+
+  /** A change to `key`: what is remembered of it is forgotten as it starts and once it has landed (or failed). */
+  private async changing<T>(key: KvKey, change: () => Promise<T>): Promise<T> {
+    const id = keyId(key);
+    this.recent.forget(id);
+    try {
+      return await change();
+    } finally {
+      this.recent.forget(id);
     }
   }
 
