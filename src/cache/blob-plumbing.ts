@@ -180,8 +180,6 @@ export class ByteWindow {
 
 /** Bytes a follower reads from the spool at a time: a batch, so chunks line up with the memory window's. */
 export const SPOOL_CHUNK = BATCH_BYTES;
-/** Spool chunk buffers kept for reuse between the followers' reads. */
-const SPOOL_SPARES = 4;
 
 /** The spool reader, closed when the fetch and its last follower are done with it. */
 export class SharedReader {
@@ -198,7 +196,7 @@ export class SharedReader {
       const got = await reader.read(index * SPOOL_CHUNK, SPOOL_CHUNK, into);
       if (got.byteLength !== SPOOL_CHUNK) throw new Error("blob spool returned fewer bytes than were written");
       return got;
-    }, SPOOL_SPARES);
+    });
   }
   acquire(): void {
     if (this.refs === 0) throw new Error("blob spool already closed: serve the committed blob from the store");
@@ -206,7 +204,6 @@ export class SharedReader {
   }
   release(): void {
     if (--this.refs > 0) return;
-    this.chunks.clear();
     this.reader.close().catch(() => {});
   }
   read(offset: number, length: number): Promise<Uint8Array> {

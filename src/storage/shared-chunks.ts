@@ -5,7 +5,15 @@
  * with how many there are. A chunk's buffer is written again (reused for another chunk) only after
  * every reader it went to has handed it back; one a reader kept for good never is.
  */
-import { BufferPool, unzeroedBytes } from "../util/buffers.ts";
+import { BATCH_BYTES, BufferPool, SPARES_IDLE_MS, unzeroedBytes } from "../util/buffers.ts";
+
+/**
+ * Spare chunk buffers, one pool for every blob being read (stored files and download spools). A
+ * burst of clients on a layer releases chunks in waves, as the sockets take them: a handful of
+ * spares per blob dropped most of them, and each dropped 1 MiB buffer stayed resident as garbage
+ * while a fresh one was read into. 32 MiB covers twenty clients a chunk apart, read ahead included.
+ */
+export const chunkSpares = new BufferPool(BATCH_BYTES, 32, SPARES_IDLE_MS);
 
 /** One chunk, as every reader of it shares it. */
 export class Chunk {
@@ -31,22 +39,22 @@ export class Chunk {
 
 export class SharedChunks {
   private readonly chunks = new Map<number, Chunk>();
-  private readonly spare: BufferPool;
 
-  /** `readInto` gives chunk `index`'s bytes, all of them (or rejects), read into `into` where it can. */
+  /**
+   * `readInto` gives chunk `index`'s bytes, all of them (or rejects), read into `into` where it
+   * can. Whole chunks are read into `spare`'s buffers when they are of its size.
+   */
   constructor(
     readonly chunkBytes: number,
     private readonly readInto: (index: number, into: Uint8Array) => Promise<Uint8Array>,
-    spares: number,
-  ) {
-    this.spare = new BufferPool(chunkBytes, spares);
-  }
+    private readonly spare: BufferPool = chunkSpares,
+  ) {}
 
   /** Chunk `index` (`length` bytes: less for a body's last one), read now unless someone holds it already. */
   acquire(index: number, length = this.chunkBytes): Chunk {
     let chunk = this.chunks.get(index);
     if (!chunk) {
-      const into = length === this.chunkBytes ? this.spare.take() : unzeroedBytes(length);
+      const into = length === this.spare.size ? this.spare.take() : unzeroedBytes(length);
       const read = this.readInto(index, into).then((bytes) => {
         if (bytes.buffer !== into.buffer) made.reusable = false; // someone else's memory: never ours to write
         return bytes;
@@ -68,11 +76,6 @@ export class SharedChunks {
     if (this.chunks.get(index) === chunk) this.chunks.delete(index);
     if (chunk.reusable && chunk.bytes) this.spare.give(chunk.bytes.buffer);
     chunk.bytes = null;
-  }
-
-  /** Lets the collector have the spare buffers (the body is no longer read). */
-  clear(): void {
-    this.spare.clear();
   }
 }
 

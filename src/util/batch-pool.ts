@@ -12,12 +12,10 @@
  * pins the batch: the pool never sees it again and the garbage collector has it. Pinning is
  * always safe; releasing early never is.
  */
-import { BATCH_BYTES, BufferPool, markBatch } from "./buffers.ts";
+import { BATCH_BYTES, BufferPool, markBatch, SPARES_IDLE_MS } from "./buffers.ts";
 
 /** Spare batches kept at most: one download's working set (8 MiB unwritten, the 4 MiB window, sends). */
 const SPARE_BATCHES = 16;
-/** Spares are dropped after this long with no batch taken, so an idle process holds none. */
-const IDLE_CLEAR_MS = 5_000;
 
 /** One batch buffer and the count of its holders. */
 class Batch {
@@ -72,8 +70,6 @@ export function holdUntil<T>(chunk: Uint8Array, work: Promise<T>): Promise<T> {
 
 export class BatchPool {
   private readonly spare: BufferPool;
-  private lastTake = 0;
-  private idleTimer: ReturnType<typeof setTimeout> | null = null;
   /** Batches allocated fresh, and taken from the spares (for tests; the counts only grow). */
   allocated = 0;
   reused = 0;
@@ -81,14 +77,13 @@ export class BatchPool {
   constructor(
     readonly size = BATCH_BYTES,
     max = SPARE_BATCHES,
-    private readonly idleMs = IDLE_CLEAR_MS,
+    idleMs = SPARES_IDLE_MS,
   ) {
-    this.spare = new BufferPool(size, max);
+    this.spare = new BufferPool(size, max, idleMs);
   }
 
   /** A batch to fill, with the first hold on it (the taker's). Its buffer is marked (markBatch). */
   take(): BatchHold {
-    this.lastTake = Date.now();
     const bytes = this.spare.take();
     let batch = batchOf.get(bytes.buffer);
     if (batch) {
@@ -114,18 +109,6 @@ export class BatchPool {
   /** The last holder let go (BatchHold.release); the spares are bounded. */
   give(batch: Batch): void {
     this.spare.give(batch.bytes.buffer);
-    this.idleTimer ??= this.armIdle();
-  }
-
-  private armIdle(): ReturnType<typeof setTimeout> {
-    const timer = setTimeout(() => {
-      this.idleTimer = null;
-      if (Date.now() - this.lastTake >= this.idleMs) this.clear();
-      else if (this.spare.spares > 0) this.idleTimer = this.armIdle();
-    }, this.idleMs);
-    // Spare buffers never keep the process alive.
-    (timer as { unref?: () => void }).unref?.();
-    return timer;
   }
 }
 

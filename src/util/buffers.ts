@@ -9,6 +9,9 @@ export const BATCH_BYTES = 1024 * 1024;
 /** A partly filled batch older than this is passed on anyway, so a slow upstream still reaches clients promptly. */
 export const BATCH_MAX_AGE_MS = 25;
 
+/** Pools of spare buffers drop them after this long with none taken, so an idle process holds none. */
+export const SPARES_IDLE_MS = 5_000;
+
 /**
  * `size` bytes of fresh memory that is NOT zeroed, for buffers the caller fills completely
  * before anyone reads them (batches, file reads, upload parts): zero-filling every new 1 MiB
@@ -51,16 +54,21 @@ export function concatBytes(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffe
 
 /**
  * Buffers of one size handed back after use, reused instead of allocating (and faulting in)
- * fresh ones: V8 keeps dead large buffers around for a while, so recycling keeps the resident
- * size flat. At most `max` are kept; they stay resident for as long as the pool lives.
+ * fresh ones: V8 keeps dead large buffers around until a collection finds them, so a buffer
+ * dropped and another allocated costs twice the memory for a while. At most `max` are kept.
+ * With `idleMs`, they are dropped once none was taken for that long, so an idle process holds
+ * none; without it they stay for as long as the pool lives.
  */
 export class BufferPool {
   private readonly spare: ArrayBuffer[] = [];
+  private lastTake = 0;
+  private idleTimer: ReturnType<typeof setTimeout> | null = null;
 
-  constructor(readonly size: number, private readonly max: number) {}
+  constructor(readonly size: number, private readonly max: number, private readonly idleMs?: number) {}
 
   /** A `size`-byte buffer to fill completely: a spare one, or fresh unzeroed memory. */
   take(): Uint8Array {
+    if (this.idleMs !== undefined) this.lastTake = Date.now();
     const spare = this.spare.pop();
     return spare ? new Uint8Array(spare) : unzeroedBytes(this.size);
   }
@@ -71,7 +79,10 @@ export class BufferPool {
    * size, and any beyond `max`, are left to the garbage collector.
    */
   give(buffer: ArrayBufferLike): void {
-    if (buffer.byteLength === this.size && this.spare.length < this.max && buffer instanceof ArrayBuffer) this.spare.push(buffer);
+    if (buffer.byteLength === this.size && this.spare.length < this.max && buffer instanceof ArrayBuffer) {
+      this.spare.push(buffer);
+      if (this.idleMs !== undefined) this.idleTimer ??= this.armIdle(this.idleMs);
+    }
   }
 
   /** Lets the garbage collector have every spare buffer (when the work that used them is over). */
@@ -82,6 +93,17 @@ export class BufferPool {
   /** Spare buffers held now. */
   get spares(): number {
     return this.spare.length;
+  }
+
+  private armIdle(idleMs: number): ReturnType<typeof setTimeout> {
+    const timer = setTimeout(() => {
+      this.idleTimer = null;
+      if (Date.now() - this.lastTake >= idleMs) this.clear();
+      else if (this.spare.length > 0) this.idleTimer = this.armIdle(idleMs);
+    }, idleMs);
+    // Spare buffers never keep the process alive.
+    (timer as { unref?: () => void }).unref?.();
+    return timer;
   }
 }
 

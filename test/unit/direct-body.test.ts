@@ -99,6 +99,46 @@ t.test("forty clients of one file at once: each MiB read once for all of them, e
   t.equal(openFds(), fds, "every handle closed");
 });
 
+t.test("chunks sockets hand back all at once go to one pool and are read into again, for this blob or the next", async (t) => {
+  const bytes = randomBytes(72 * MiB);
+  const path = await fileOf(t, bytes);
+  const sources = await Promise.all(Array.from({ length: 20 }, async () => fileSource(path, await open(path, "r"), bytes.length, 0, bytes.length)));
+  const sent = sources.map(() => [] as Buffer[]);
+  const seen = new Set<ArrayBufferLike>();
+  const step = async (i: number) => {
+    const c = (await sources[i]!.read())!;
+    seen.add(c.buffer);
+    sent[i]!.push(Buffer.from(c));
+    return c;
+  };
+  // Client i is 3i MiB in: twenty clients spread over the layer, as a CI burst drifts apart.
+  for (let i = 0; i < 20; i++) for (let n = 0; n < 3 * i; n++) sources[i]!.recycle?.(await step(i));
+  let fresh = 0;
+  for (let wave = 0; wave < 9; wave++) {
+    const before = seen.size;
+    const held = await Promise.all(sources.map((_, i) => step(i)));
+    if (wave > 1) fresh += seen.size - before; // a buffer is seen a wave after it was read into (as read ahead)
+    for (const [i, c] of held.entries()) sources[i]!.recycle?.(c); // every socket took its chunk at once
+  }
+  t.ok(fresh <= 4, `${fresh} fresh buffers over 7 waves of twenty clients 3 MiB apart (each wave hands back twenty)`);
+  for (const [i, source] of sources.entries()) for (let c = await step(i); ; c = await step(i)) {
+    source.recycle?.(c);
+    if (sent[i]!.reduce((n, b) => n + b.length, 0) === bytes.length) break;
+  }
+  t.ok(sent.every((parts) => Buffer.concat(parts).equals(bytes)), "every client sent the whole file");
+  for (const source of sources) t.equal(await source.read(), null);
+
+  const next = randomBytes(8 * MiB);
+  const nextPath = await fileOf(t, next);
+  const reader = fileSource(nextPath, await open(nextPath, "r"), next.length, 0, next.length);
+  const nextBuffers = new Set<ArrayBufferLike>();
+  for (let c = await reader.read(); c; c = await reader.read()) {
+    nextBuffers.add(c.buffer);
+    reader.recycle?.(c);
+  }
+  t.ok([...nextBuffers].every((b) => seen.has(b)), "the next blob is read into the buffers the last one gave back");
+});
+
 t.test("a chunk a web stream consumer keeps is never written again, though the client beside it hands its copy back", async (t) => {
   const bytes = randomBytes(8 * MiB);
   const path = await fileOf(t, bytes);

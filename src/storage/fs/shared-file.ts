@@ -22,7 +22,7 @@ class SharedFile {
     readonly size: number,
     readonly chunkBytes: number,
   ) {
-    this.chunks = new SharedChunks(chunkBytes, (index, into) => this.read(index * chunkBytes, into), SPARES_PER_FILE);
+    this.chunks = new SharedChunks(chunkBytes, (index, into) => this.read(index * chunkBytes, into));
   }
 
   /** Chunk `index` (the file's last one is shorter). */
@@ -49,16 +49,12 @@ class SharedFile {
   private closeWhenIdle(): void {
     if (this.readers > 0 || this.reading > 0 || this.closed) return;
     this.closed = true;
-    this.chunks.clear();
     this.handle.close().catch(() => {});
   }
 }
 
 /** The files being read now, by path. */
 const open = new Map<string, SharedFile>();
-
-/** Spare chunk buffers a file keeps for reuse: its readers' read-ahead and one being sent, give or take. */
-const SPARES_PER_FILE = 4;
 
 /**
  * Bytes [start, end) of the file at `path` (`size` bytes long, open as `handle`), read in
