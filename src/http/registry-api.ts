@@ -13,7 +13,6 @@ import { offlineError, UpstreamError } from "../upstream/upstream-error.ts";
 import { readLimited } from "../util/streams.ts";
 import { API_VERSION_HEADER, jsonResponse } from "./responses.ts";
 import { resolveTarget } from "../upstream/target.ts";
-import { bytesBody } from "../storage/direct-body.ts";
 import { parseJsonBytes } from "../util/encoding.ts";
 
 type Method = "GET" | "HEAD";
@@ -44,8 +43,8 @@ export async function getManifest(app: App, name: string, reference: string, met
       : new RegistryError("MANIFEST_UNKNOWN", `manifest unknown: ${JSON.stringify(reference.slice(0, 200))} is neither a valid tag nor a digest`);
   }
   const answer = await app.manifests.get(source, ref, log);
-  // A direct body: Node sends the cached bytes as they are, with the head, in one write.
-  return new Response(method === "HEAD" ? null : bytesBody(answer.bytes), {
+  // Bytes, not a stream: Node sends them with the head in one write (runtime/node.ts).
+  return new Response(method === "HEAD" ? null : answer.bytes, {
     status: 200,
     headers: {
       ...API_VERSION_HEADER,

@@ -159,6 +159,9 @@ function streamOf(bytes: Bytes): ReadableStream<Bytes> {
   }, { highWaterMark: 0 });
 }
 
+/** Reads a lean body's bytes for the server (see takeWholeBody); set by LeanBody. */
+let takeBytes: (body: LeanBody) => Bytes | null;
+
 /** The body half of Request and Response (the standard's Body mixin). */
 class LeanBody {
   /** Set by Request and Response (the body's type is read from it). */
@@ -166,6 +169,14 @@ class LeanBody {
   #bytes: Bytes | null = null;
   #stream: ReadableStream<Bytes> | null = null;
   #used = false;
+
+  static {
+    takeBytes = (body) => {
+      if (body.#used || body.#stream || !body.#bytes) return null;
+      body.#used = true;
+      return body.#bytes;
+    };
+  }
 
   protected setBody(extracted: Extracted | null): void {
     this.#bytes = extracted?.bytes ?? null;
@@ -357,6 +368,15 @@ export class LeanRequest extends LeanBody implements Request {
  * globals (a module that reads them as it loads, such as @hono/node-server, keeps what it saw).
  * Node's own stay reachable for `formData()` and `Response.error()`.
  */
+/**
+ * The bytes of a response made here with bytes for its body (a manifest, a JSON answer), taken
+ * as read, so the server writes them with the head in one call; null for a stream, no body, a
+ * body already read, or a response of another class. Asking for `.body` would make a stream of them.
+ */
+export function takeWholeBody(response: Response): Uint8Array | null {
+  return response instanceof LeanBody ? takeBytes(response) : null;
+}
+
 export function installLeanFetchClasses(): void {
   // Node defines them as getters that load undici when first read: look at the descriptor, never
   // the value, and keep the getter.

@@ -7,6 +7,24 @@
 import type { ServerResponse } from "node:http";
 import type { DirectBody } from "../storage/direct-body.ts";
 
+/**
+ * Sends `response`'s head and `bytes`, its whole body, in one write, with its length (never
+ * chunked) and, as @hono/node-server would give a body without one, a content type.
+ */
+export function sendWhole(outgoing: ServerResponse, response: Response, bytes: Uint8Array): void {
+  const headers = headersOf(response);
+  headers["content-length"] ??= String(bytes.byteLength);
+  headers["content-type"] ??= "text/plain; charset=UTF-8";
+  outgoing.writeHead(response.status, headers);
+  outgoing.end(bytes);
+}
+
+function headersOf(response: Response): Record<string, string> {
+  const headers: Record<string, string> = {};
+  response.headers.forEach((value, name) => (headers[name] = value));
+  return headers;
+}
+
 /** Sends `response`'s head and then `body`; resolves when the response has ended either way. */
 export async function sendDirect(outgoing: ServerResponse, response: Response, body: DirectBody): Promise<void> {
   const { source, hooks } = body;
@@ -28,16 +46,7 @@ export async function sendDirect(outgoing: ServerResponse, response: Response, b
     stop(new Error("the client closed the connection"));
     end();
   });
-  const headers: Record<string, string> = {};
-  response.headers.forEach((value, name) => (headers[name] = value));
-  outgoing.writeHead(response.status, headers);
-  if (source.whole) {
-    // In memory already (a manifest): head and body go out in one write.
-    for (const h of hooks) h.onChunk?.(source.whole.byteLength);
-    finished = true;
-    outgoing.end(source.whole);
-    return;
-  }
+  outgoing.writeHead(response.status, headersOf(response));
   try {
     for (;;) {
       const chunk = await source.read();

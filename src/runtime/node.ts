@@ -7,12 +7,17 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Kv } from "../kv/kv.ts";
 import { takeDirect } from "../storage/direct-body.ts";
 import { processIdleCollector } from "./node-idle-gc.ts";
-import { sendDirect } from "./node-send.ts";
+import { takeWholeBody } from "./node-fetch-classes.ts";
+import { sendDirect, sendWhole } from "./node-send.ts";
 import { nodeUpstreamFetch } from "./node-upstream.ts";
 import { spawnNodeWorker } from "./node-workers.ts";
 import type { Runtime } from "./runtime.ts";
 
 /** The Node adapter; its worker threads (node-workers.ts) and upstream HTTP client (node-upstream.ts) are next to it. */
+
+/** What @hono/node-server is handed for a response Stowage sent itself: one for all, it only reads the header. */
+let sent: Response | undefined;
+const alreadySent = (): Response => (sent ??= new Response(null, { headers: { "x-hono-already-sent": "1" } }));
 
 export const nodeRuntime: Runtime = {
   name: "node",
@@ -22,12 +27,19 @@ export const nodeRuntime: Runtime = {
         // @hono/node-server passes { incoming, outgoing } as the second argument: the peer address is the socket's.
         fetch: async (request: Request, env: { incoming?: { socket?: { remoteAddress?: string } }; outgoing?: unknown }) => {
           const response = await handler(request, { remoteAddress: env?.incoming?.socket?.remoteAddress ?? null });
-          // A blob body goes to the socket from its source (node-send.ts); @hono/node-server is told it was sent.
+          // Bytes in memory go out with the head in one write; a blob body goes to the socket from
+          // its source (node-send.ts). Either way @hono/node-server is told it was sent.
           const outgoing = env?.outgoing instanceof ServerResponse ? env.outgoing : null;
-          const direct = outgoing ? takeDirect(response.body) : null;
-          if (!outgoing || !direct) return response;
+          if (!outgoing) return response;
+          const whole = takeWholeBody(response);
+          if (whole) {
+            sendWhole(outgoing, response, whole);
+            return alreadySent();
+          }
+          const direct = takeDirect(response.body);
+          if (!direct) return response;
           sendDirect(outgoing, response, direct).catch((err) => outgoing.destroy(err));
-          return new Response(null, { headers: { "x-hono-already-sent": "1" } });
+          return alreadySent();
         },
         hostname: listen.hostname,
         port: listen.port,

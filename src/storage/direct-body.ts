@@ -23,8 +23,6 @@ export interface DirectSource {
   forget?(chunk: Uint8Array): void;
   /** The body ends early (the client left, an error): release what it holds. Called at most once. */
   cancel(reason?: unknown): void;
-  /** The whole body, when it is in memory from the start (a manifest): sent in one write with the head. */
-  readonly whole?: Uint8Array;
 }
 
 /** What watches a body: as util/streams.ts observedBody takes them. */
@@ -61,16 +59,6 @@ export function directStream(source: DirectSource): ReadableStream<Uint8Array> {
   );
   bodies.set(stream, { source, hooks: [] });
   return stream;
-}
-
-/** Bytes already in memory as a direct body; they must not change afterwards (they are sent as they are, not copied). */
-export function bytesBody(bytes: Uint8Array): ReadableStream<Uint8Array> {
-  let given = false;
-  return directStream({
-    read: async () => (given ? null : ((given = true), bytes)),
-    cancel: () => {},
-    whole: bytes,
-  });
 }
 
 /**

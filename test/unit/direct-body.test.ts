@@ -9,8 +9,9 @@ import { open, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { LeanResponse } from "../../src/runtime/node-fetch-classes.ts";
 import { nodeRuntime } from "../../src/runtime/node.ts";
-import { bytesBody, directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
+import { directStream, observed, readingAhead, takeDirect, type BodyHooks } from "../../src/storage/direct-body.ts";
 import { fileSource, filesSending, readAheadFor } from "../../src/storage/fs/fs-store.ts";
 import { followSource, type Followed } from "../../src/cache/blob-follow.ts";
 import { SharedReader } from "../../src/cache/blob-plumbing.ts";
@@ -299,14 +300,41 @@ t.test("Node sends a file body whole and calls its hooks as a stream body would"
   t.equal(ends, 3, "the end reported once per response");
 });
 
-t.test("bytes in memory (a manifest) are sent whole, and read whole as a stream too", async (t) => {
+t.test("bytes in memory (a manifest) go out with the head in one write, never as a stream", async (t) => {
   const bytes = new TextEncoder().encode(JSON.stringify({ schemaVersion: 2, layers: [] }));
-  t.same(new Uint8Array(await readAll(bytesBody(bytes))), bytes, "as a stream (Deno, in-process callers)");
-  const url = await serving(t, () => bytesBody(bytes), bytes.length);
-  for (let i = 0; i < 3; i++) {
-    const res = await fetch(url);
-    t.same(new Uint8Array(await res.arrayBuffer()), bytes, `from Node, response ${i + 1} on one connection`);
+  let streamsMade = 0;
+  class Watched extends LeanResponse {
+    override get body() {
+      const made = super.body;
+      if (made) streamsMade++;
+      return made;
+    }
   }
+  const listening = await nodeRuntime.serve(
+    async (req) => new Watched(req.method === "HEAD" ? null : bytes, { headers: { "content-type": "application/vnd.oci.image.manifest.v1+json", "x-test": "1" } }),
+    { hostname: "127.0.0.1", port: 0 },
+    { clientTimeoutMs: 60_000 },
+  );
+  t.teardown(() => listening.close());
+  // One connection, three requests, read raw: each answer must be complete as written.
+  const socket = connect(listening.port, "127.0.0.1");
+  t.teardown(() => socket.destroy());
+  let raw = "";
+  socket.on("data", (d) => (raw += d.toString("latin1")));
+  const ask = "GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+  socket.write(ask + ask + "HEAD / HTTP/1.1\r\nhost: x\r\n\r\n");
+  const body = Buffer.from(bytes).toString("latin1");
+  await waitFor(() => raw.split("HTTP/1.1 200").length === 4 && raw.endsWith("\r\n\r\n"));
+  const answers = raw.split("HTTP/1.1 200 OK\r\n").slice(1);
+  t.equal(answers.length, 3, "three answers on one connection");
+  for (const [i, a] of answers.slice(0, 2).entries()) {
+    t.match(a, new RegExp(`content-length: ${bytes.length}\r\n`, "i"), `GET ${i + 1}: its length`);
+    t.match(a, /content-type: application\/vnd\.oci\.image\.manifest\.v1\+json\r\n/i, `GET ${i + 1}: its type`);
+    t.notMatch(a, /transfer-encoding/i, `GET ${i + 1}: not chunked`);
+    t.ok(a.endsWith(`\r\n\r\n${body}`), `GET ${i + 1}: the bytes`);
+  }
+  t.notOk(answers[2]!.includes(body), "HEAD: no body");
+  t.equal(streamsMade, 0, "no response body was made into a stream");
 });
 
 t.test("a client that leaves in the middle ends the body: the file is released and the end reported", async (t) => {
