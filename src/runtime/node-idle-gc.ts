@@ -3,7 +3,7 @@ import { runInNewContext } from "node:vm";
 
 /**
  * How long the server must have had no request open before it collects garbage. V8 sizes the
- * heap for throughput (bin/stowage.js starts it with a 64 MiB initial old space), so what a burst
+ * heap for throughput (bin/stowage.js starts it with a 32 MiB initial old space), so what a burst
  * of pulls left behind would otherwise stay resident while the process sits idle: 20-30 MiB
  * after a few dozen blobs. One full collection of a heap this size takes ~10 ms.
  */
