@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --initial-old-space-size=32
+#!/usr/bin/env -S node --max-semi-space-size=2 --initial-old-space-size=32 --heap-growing-percent=50
 // The `stowage` command on Node: the JavaScript that `npm run build` (run by `npm ci`) writes to
 // dist/. From a checkout without a build, `npm run stowage -- ARGS` runs the TypeScript instead.
 try {

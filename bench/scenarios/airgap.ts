@@ -25,7 +25,7 @@ export type AirgapResults = {
 };
 
 // The built JavaScript as the `stowage` bin runs it, or (when there is no build) the TypeScript through tsx.
-const NODE_FLAGS = [process.execPath, "--max-semi-space-size=2", "--initial-old-space-size=32"];
+const NODE_FLAGS = [process.execPath, "--max-semi-space-size=2", "--initial-old-space-size=32", "--heap-growing-percent=50"];
 const STOWAGE = { built: [...NODE_FLAGS, "bin/stowage.js"], tsx: [...NODE_FLAGS, "--import", "tsx", "src/main.ts"] };
 const COMMAND_TIMEOUT_MS = 15 * 60_000;
 

@@ -7,7 +7,7 @@ import { denoBinary, freePort, madeByHarness, makeTempDir, procFor, type Proc, P
  */
 export type StowageRuntime = "node" | "node-built" | "deno";
 
-const NODE_FLAGS = ["--max-semi-space-size=2", "--initial-old-space-size=32"]; // as npm start and the image
+const NODE_FLAGS = ["--max-semi-space-size=2", "--initial-old-space-size=32", "--heap-growing-percent=50"]; // as npm start and the image
 
 async function commandFor(runtime: StowageRuntime, denoPermissions?: string[]): Promise<[string, string[]]> {
   if (runtime === "deno") return [await denoBinary(), ["run", ...(denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]];

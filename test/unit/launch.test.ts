@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const read = (path: string) => readFileSync(`${root}${path}`, "utf8");
-const v8Flags = (words: string[]) => words.filter((w) => /^--(max-semi-space-size|initial-old-space-size)=/.test(w)).sort();
+const v8Flags = (words: string[]) => words.filter((w) => /^--(max-semi-space-size|initial-old-space-size|heap-growing-percent)=/.test(w)).sort();
 
 t.test("npm start, npm run stowage, the Docker image and the tests start Node with the bin's V8 flags", async (t) => {
   const shebang = read("bin/stowage.js").split("\n")[0]!;
