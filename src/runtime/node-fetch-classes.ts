@@ -364,11 +364,6 @@ export class LeanRequest extends LeanBody implements Request {
 }
 
 /**
- * Makes these the process's Headers, Request and Response. Call it before anything touches those
- * globals (a module that reads them as it loads, such as @hono/node-server, keeps what it saw).
- * Node's own stay reachable for `formData()` and `Response.error()`.
- */
-/**
  * The bytes of a response made here with bytes for its body (a manifest, a JSON answer), taken
  * as read, so the server writes them with the head in one call; null for a stream, no body, a
  * body already read, or a response of another class. Asking for `.body` would make a stream of them.
@@ -377,6 +372,11 @@ export function takeWholeBody(response: Response): Uint8Array | null {
   return response instanceof LeanBody ? takeBytes(response) : null;
 }
 
+/**
+ * Makes these the process's Headers, Request and Response. Call it before anything touches those
+ * globals (a module that reads them as it loads, such as @hono/node-server, keeps what it saw).
+ * Node's own stay reachable for `formData()` and `Response.error()`.
+ */
 export function installLeanFetchClasses(): void {
   // Node defines them as getters that load undici when first read: look at the descriptor, never
   // the value, and keep the getter.

@@ -19,9 +19,14 @@ export function sendWhole(outgoing: ServerResponse, response: Response, bytes: U
   outgoing.end(bytes);
 }
 
-function headersOf(response: Response): Record<string, string> {
-  const headers: Record<string, string> = {};
-  response.headers.forEach((value, name) => (headers[name] = value));
+/** The head's fields for node:http; each Set-Cookie stays a field of its own. */
+function headersOf(response: Response): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = {};
+  response.headers.forEach((value, name) => {
+    if (name !== "set-cookie") headers[name] = value;
+  });
+  const cookies = response.headers.getSetCookie();
+  if (cookies.length) headers["set-cookie"] = cookies;
   return headers;
 }
 

@@ -311,7 +311,10 @@ t.test("bytes in memory (a manifest) go out with the head in one write, never as
     }
   }
   const listening = await nodeRuntime.serve(
-    async (req) => new Watched(req.method === "HEAD" ? null : bytes, { headers: { "content-type": "application/vnd.oci.image.manifest.v1+json", "x-test": "1" } }),
+    async (req) =>
+      new Watched(req.method === "HEAD" ? null : bytes, {
+        headers: [["content-type", "application/vnd.oci.image.manifest.v1+json"], ["set-cookie", "a=1; Path=/"], ["set-cookie", "b=2; Path=/"]],
+      }),
     { hostname: "127.0.0.1", port: 0 },
     { clientTimeoutMs: 60_000 },
   );
@@ -331,6 +334,7 @@ t.test("bytes in memory (a manifest) go out with the head in one write, never as
     t.match(a, new RegExp(`content-length: ${bytes.length}\r\n`, "i"), `GET ${i + 1}: its length`);
     t.match(a, /content-type: application\/vnd\.oci\.image\.manifest\.v1\+json\r\n/i, `GET ${i + 1}: its type`);
     t.notMatch(a, /transfer-encoding/i, `GET ${i + 1}: not chunked`);
+    t.match(a, /set-cookie: a=1; Path=\/\r\nset-cookie: b=2; Path=\/\r\n/i, `GET ${i + 1}: both cookies, each a field of its own`);
     t.ok(a.endsWith(`\r\n\r\n${body}`), `GET ${i + 1}: the bytes`);
   }
   t.notOk(answers[2]!.includes(body), "HEAD: no body");
