@@ -56,10 +56,6 @@ export class RecentReads {
     this.reading.delete(id);
   }
 
-  get size(): number {
-    return this.remembered.size;
-  }
-
   private remember(id: string, entry: Remembered): void {
     this.remembered.delete(id); // re-inserted last, so the Map's order stays oldest first
     this.remembered.set(id, entry);

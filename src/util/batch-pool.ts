@@ -101,11 +101,6 @@ export class BatchPool {
     return this.spare.spares;
   }
 
-  /** Drops every spare batch. */
-  clear(): void {
-    this.spare.clear();
-  }
-
   /** The last holder let go (BatchHold.release); the spares are bounded. */
   give(batch: Batch): void {
     this.spare.give(batch.bytes.buffer);
