@@ -16,10 +16,8 @@
  */
 
 import { concatBytes } from "../util/buffers.ts";
-import { isFieldValue } from "../util/http1-response.ts";
+import { isFieldValue, isToken } from "../util/http1-response.ts";
 
-/** RFC 9110 token characters: what a header name and a method may contain. */
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** What a header value may not contain once trimmed (undici refuses the same). */
 const BAD_VALUE = /[\0\r\n]/;
 const HTTP_WHITESPACE = /^[\t\n\r ]+|[\t\n\r ]+$/g;
@@ -32,7 +30,7 @@ type HeadersInput = HeadersInit | Headers | Iterable<Iterable<string>> | Record<
 
 function headerName(name: string): string {
   const s = String(name);
-  if (!TOKEN.test(s)) throw new TypeError(`Headers: invalid header name ${JSON.stringify(s)}`);
+  if (!isToken(s)) throw new TypeError(`Headers: invalid header name ${JSON.stringify(s)}`);
   return s.toLowerCase();
 }
 
@@ -338,7 +336,7 @@ export class LeanRequest extends LeanBody implements Request {
     if (url.username || url.password) throw new TypeError("Request: the URL may not carry credentials");
     this.url = url.href;
     let method = init.method ?? from?.method ?? "GET";
-    if (!TOKEN.test(method)) throw new TypeError(`Request: invalid method ${JSON.stringify(method)}`);
+    if (!isToken(method)) throw new TypeError(`Request: invalid method ${JSON.stringify(method)}`);
     const upper = method.toUpperCase();
     if (FORBIDDEN_METHODS.has(upper)) throw new TypeError(`Request: method ${upper} is forbidden`);
     if (NORMALISED_METHODS.has(upper)) method = upper;
