@@ -109,6 +109,8 @@ function allRows(blob: number, burst: { name: string; bytes: number }, s3Skipped
     { label: "CPU: one warm GET", key: "warm.cpu", fmt: fmt.secs },
 
     { section: `${CLIENTS} clients pull the same cold image at once (${burst.name}, ${fmt.mb(burst.bytes)})`, scenario: "pull" },
+    { label: "ref: writing the image to the peers' disk, just before the 1 client", key: "single.diskWrite", fmt: fmt.mbps, reference: true },
+    { label: `ref: the same, just before the ${CLIENTS} clients`, key: "burst.diskWrite", fmt: fmt.mbps, reference: true },
     { label: "1 client, cold: wall time", key: "single.wall", fmt: fmt.secs, ahead: "lower" },
     { label: "1 client, cold: peak RSS", key: "single.rss", fmt: fmt.mib, target: peak },
     {

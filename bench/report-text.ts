@@ -14,7 +14,7 @@ export function explanations(r: Results): string {
 
 Start-up: from spawning a peer's process to its first answered GET /v2/ (a probe every 5 ms), over every start in the run; RSS is read right after the warm-up of each start, and idle RSS once more after the first start of the start-up scenario has been left alone for a while (Stowage's hashing threads have stopped by then).
 
-1 GiB blob: one client GETs a 1 GiB incompressible blob from the empty cache (cold: the peer fetches it while serving it; the figure is curl's mean rate, and "committed" is how long after the last byte the peer's own copy appeared), then ${WARM_REPEATS} more times (warm, from the peer's store; best rate shown). The "ref" rows are measured next to each peer's own GETs (nginx sending the file alternating with the warm GETs, the upstream just before the cold GET), in each peer's column, and the targets use the ones next to Stowage: this machine's speed drifts too much for a reference taken at another moment.
+1 GiB blob: one client GETs a 1 GiB incompressible blob from the empty cache (cold: the peer fetches it while serving it; the figure is curl's mean rate, and "committed" is how long after the last byte the peer's own copy appeared), then ${WARM_REPEATS} more times (warm, from the peer's store; best rate shown). The "ref" rows are measured next to each peer's own GETs (nginx sending the file alternating with the warm GETs, the upstream and a disk write just before the cold GET), in each peer's column, and the targets use the ones next to Stowage: this machine's speed drifts too much for a reference taken at another moment. Every cold measurement (here, in the pulls and in the fault runs) comes right after writing and removing a file as large as what the peer will store: on a VM that hands free memory back to its host, the first write to a page costs a host fault, and this gives each peer pages the host has backed (bench/disk.ts).
 
 ${CLIENTS} clients: ${CLIENTS} simultaneous pulls of one uncached image (manifest by tag, then config and layer in parallel, like a container runtime) on a fresh peer, then the same burst once the image is cached; one client pulling it on another fresh peer is shown for reference. Targets: one copy fetched from the upstream, every client served in full, the cold burst within 1.1× of the cached one, and the cached burst no slower than the distribution proxy's.
 
@@ -89,5 +89,5 @@ export function diskSwing(r: Results): string | null {
   if (fast[1] <= DISK_SWING_RATIO * slow[1]) return null;
   const mbps = (v: number) => `${(v / 1e6).toFixed(0)} MB/s`;
   return `the disk wrote at ${mbps(slow[1])} next to ${slow[0]}'s cold GET and at ${mbps(fast[1])} next to ${fast[0]}'s ` +
-    `(the "writing 1 GiB" row): the cold rows compare the machine's moments as much as the peers; run the bench again, or with --rounds 3`;
+    `(the "writing 1 GiB" row): the cold rows compare the machine's moments as much as the peers (on a VM, often its host faulting in pages the guest had given back); run the bench again, or with --rounds 3`;
 }

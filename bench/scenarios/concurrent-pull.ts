@@ -5,6 +5,7 @@
 // now cached image, so that a miss of the target can be put down to sharing the cold fetch or to
 // handing out CLIENTS copies at all (which on 2 cores takes far longer than one pull, cached or not).
 import { curlBlob } from "../curl.ts";
+import { diskWriteSpeed } from "../disk.ts";
 import type { UpstreamCounter } from "../counters.ts";
 import { CALL_TIMEOUT_MS } from "../deadline.ts";
 import { blobPath, measure, sleep, trafficOf, untilCached, type Metrics } from "../measure.ts";
@@ -36,12 +37,15 @@ const blobPaths = (img: PullableImage) => img.blobs.map((b) => blobPath({ repo: 
 
 /** The reference: one client pulling the image from an empty cache. */
 export async function singlePull(peer: Peer, counter: UpstreamCounter, img: PullableImage): Promise<Metrics> {
+  // The peer stores the image next: pages the VM has backed for it (bench/disk.ts).
+  const diskWrite = await diskWriteSpeed(imageBytes(img));
   const run = await measure(peer, () => burst(peer, img, 1));
   await untilAllCached(peer, img);
-  return { "single.wall": run.wallSeconds, "single.rss": run.peakRss, "single.upBytes": (await trafficOf(counter, blobPaths(img))).bytes };
+  return { "single.wall": run.wallSeconds, "single.rss": run.peakRss, "single.upBytes": (await trafficOf(counter, blobPaths(img))).bytes, "single.diskWrite": diskWrite };
 }
 
 export async function concurrentPull(peer: Peer, counter: UpstreamCounter, img: PullableImage): Promise<Metrics> {
+  const diskWrite = await diskWriteSpeed(imageBytes(img));
   const cold = await measure(peer, () => burst(peer, img, CLIENTS));
   await untilAllCached(peer, img);
   await sleep(250);
@@ -54,6 +58,7 @@ export async function concurrentPull(peer: Peer, counter: UpstreamCounter, img: 
     "burst.upGets": up.gets,
     "burst.rss": cold.peakRss,
     "burst.cpu": cold.cpuSeconds,
+    "burst.diskWrite": diskWrite,
     "burstWarm.wall": warm.wallSeconds,
     "burstWarm.rss": warm.peakRss,
   };

@@ -5,6 +5,7 @@
 // cold GET through the same proxy with no fault, on another fresh peer, so the proxy's own cost
 // is in both.
 import { curlHashed, type HashedDownload } from "../curl.ts";
+import { diskWriteSpeed } from "../disk.ts";
 import { type ProxiedRequest, startFaultProxy } from "../fault-proxy.ts";
 import { blobPath, measure, withPeer, type Blob, type Metrics, type Setup } from "../measure.ts";
 import type { PeerKind } from "../peers.ts";
@@ -16,9 +17,10 @@ async function coldThrough(kind: PeerKind, setup: Setup, blob: Blob, cut: boolea
   const proxy = await startFaultProxy(setup.upstreamUrl, cut ? { path: blobPath(blob), cutAt: Math.floor(blob.size / 2) } : null);
   const stopProxy = setup.scope.defer("fault proxy", () => proxy.stop());
   try {
-    const run = await withPeer(kind, { ...setup, upstreamUrl: proxy.url }, (peer) =>
-      measure(peer, () => curlHashed(peer.url + blobPath(blob), blob.size, blob.digest, 120)),
-    );
+    const run = await withPeer(kind, { ...setup, upstreamUrl: proxy.url }, async (peer) => {
+      await diskWriteSpeed(blob.size); // pages the VM has backed for the peer's writes (bench/disk.ts)
+      return measure(peer, () => curlHashed(peer.url + blobPath(blob), blob.size, blob.digest, 120));
+    });
     return { run, requests: proxy.requests.filter((r) => r.path === blobPath(blob)) };
   } finally {
     await stopProxy();
