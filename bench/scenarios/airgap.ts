@@ -15,6 +15,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PROJECT_ROOT } from "../../test/harness/processes.ts";
+import { NODE_FLAGS } from "../../test/harness/stowage.ts";
 import { progress } from "../measure.ts";
 
 export type Transfer = { seconds: number; peakRss: number; ok: boolean; detail?: string };
@@ -25,8 +26,8 @@ export type AirgapResults = {
 };
 
 // The built JavaScript as the `stowage` bin runs it, or (when there is no build) the TypeScript through tsx.
-const NODE_FLAGS = [process.execPath, "--max-semi-space-size=2", "--initial-old-space-size=32", "--heap-growing-percent=50"];
-const STOWAGE = { built: [...NODE_FLAGS, "bin/stowage.js"], tsx: [...NODE_FLAGS, "--import", "tsx", "src/main.ts"] };
+const NODE = [process.execPath, ...NODE_FLAGS];
+const STOWAGE = { built: [...NODE, "bin/stowage.js"], tsx: [...NODE, "--import", "tsx", "src/main.ts"] };
 const COMMAND_TIMEOUT_MS = 15 * 60_000;
 
 /** One command under GNU time: wall seconds and peak RSS from its last stderr line. */

@@ -7,7 +7,8 @@ import { denoBinary, freePort, madeByHarness, makeTempDir, procFor, type Proc, P
  */
 export type StowageRuntime = "node" | "node-built" | "deno";
 
-const NODE_FLAGS = ["--max-semi-space-size=2", "--initial-old-space-size=32", "--heap-growing-percent=50"]; // as npm start and the image
+/** V8's flags, as npm start and the image give them (test/unit/launch.test.ts keeps them the same). */
+export const NODE_FLAGS = ["--max-semi-space-size=2", "--initial-old-space-size=32", "--heap-growing-percent=50"];
 
 async function commandFor(runtime: StowageRuntime, denoPermissions?: string[]): Promise<[string, string[]]> {
   if (runtime === "deno") return [await denoBinary(), ["run", ...(denoPermissions ?? ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"]), "src/main.ts"]];
@@ -30,7 +31,7 @@ function flagValue(args: string[], name: string): string | undefined {
 }
 
 /**
- * Stowage itself: `node --max-semi-space-size=2 --initial-old-space-size=32 bin/stowage.js serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
+ * Stowage itself: `node NODE_FLAGS bin/stowage.js serve --listen 127.0.0.1:PORT --data-dir DIR <args>`
  * from the project root; a port and a fresh data dir are chosen unless args name them.
  */
 export async function startStowage(
